@@ -1,0 +1,175 @@
+"""Connections: the database URL, the engine, one session scope, and the schema check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage import migrate
+from storage.errors import SchemaOutOfDate, StoreUnavailable
+
+DEFAULT_URL = "sqlite:///tripwire.db"
+"""The embedded default: a SQLite file in the working directory."""
+
+ENV_URL = "TRIPWIRE_DB_URL"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: the argument, else ``$TRIPWIRE_DB_URL``, else ``sqlite:///tripwire.db``.
+
+    A bare ``postgresql://`` URL is taken to mean psycopg 3 (``postgresql+psycopg://``).
+
+    >>> resolve_url("sqlite:///runs.db")
+    'sqlite:///runs.db'
+    """
+    url = url or os.environ.get(ENV_URL) or DEFAULT_URL
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the one time convention of the database."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class Database:
+    """A Tripwire database: an engine plus one session scope that commits or rolls back.
+
+    Driver errors leave this class as :class:`StoreUnavailable`.
+
+    >>> db = Database("sqlite:///tripwire.db")      # doctest: +SKIP
+    >>> db.ensure_schema()                          # upgrades a brand-new SQLite file only
+    >>> with db.session() as s:
+    ...     ...
+    """
+
+    def __init__(self, url: str | None = None, *, pool_pre_ping: bool = True):
+        self.url = resolve_url(url)
+        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        path = _sqlite_path(self.url)
+        self._new_sqlite_file = path is not None and (not path.exists() or path.stat().st_size == 0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict = {"pool_pre_ping": pool_pre_ping, "future": True}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            }
+        else:
+            kwargs["connect_args"] = {"connect_timeout": 5}
+        self.engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Database({redact_url(self.url)!r})"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on error, driver errors → StoreUnavailable."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except (OperationalError, DBAPIError) as exc:
+            session.rollback()
+            raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def schema_status(self) -> tuple[str | None, str]:
+        """(current revision, head revision) of this database."""
+        try:
+            with self.engine.connect() as conn:
+                current = migrate.current_revision(conn)
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
+        return current, migrate.head_revision()
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Apply every pending migration; returns (revision before, revision after)."""
+        try:
+            with self.engine.begin() as conn:
+                before = migrate.current_revision(conn)
+                migrate.upgrade(conn)
+                after = migrate.current_revision(conn)
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
+        return before, after
+
+    def ensure_schema(self) -> None:
+        """Refuse an out-of-date schema, except that a brand-new SQLite file is created on the spot."""
+        current, head = self.schema_status()
+        if current == head:
+            return
+        if current is None and self.is_sqlite and (self._new_sqlite_file or self._is_empty()):
+            self.upgrade()
+            return
+        fix = f"tripwire db upgrade --db '{redact_url(self.url)}'"
+        if current is None:
+            raise SchemaOutOfDate(f"the database has no Tripwire schema; create it with: {fix}")
+        if not migrate.is_known(current):
+            raise SchemaOutOfDate(
+                f"the database schema ({current}) is newer than this Tripwire (head {head}); "
+                "upgrade Tripwire (pip install -U tripwire)"
+            )
+        raise SchemaOutOfDate(
+            f"the database schema is out of date ({current}, head {head}); run: {fix}"
+        )
+
+    def _is_empty(self) -> bool:
+        with self.engine.connect() as conn:
+            return not inspect(conn).get_table_names()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__

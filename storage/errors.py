@@ -1,0 +1,20 @@
+"""Storage errors: everything a caller needs to tell apart, nothing driver-specific."""
+
+
+class StorageError(Exception):
+    """Base class of storage errors."""
+
+
+class StoreUnavailable(StorageError):
+    """The database cannot be reached or refused the operation (network, locks, server down).
+
+    Retrying later can help; the batched writer spools rows when it sees this.
+    """
+
+
+class SchemaOutOfDate(StorageError):
+    """The database schema is older (or newer) than this version of Tripwire expects."""
+
+
+class RunNotFound(StorageError, LookupError):
+    """No run matches the given name or id."""

@@ -1,0 +1,223 @@
+"""Projects, runs and their layers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from storage._models import SqlLayer, SqlProject, SqlRun
+from storage.db import Database, utcnow
+from storage.entities import Layer, Run
+from storage.errors import RunNotFound
+
+
+def _to_run(row: SqlRun, project: str) -> Run:
+    return Run(
+        id=row.id,
+        uid=row.uid,
+        project=project,
+        name=row.name,
+        status=row.status,
+        started_at=row.started_at,
+        config=row.config or {},
+        tags=row.tags or [],
+        host=row.host,
+        pid=row.pid,
+        every=row.every,
+        sa_bin_edges=row.sa_bin_edges,
+        ended_at=row.ended_at,
+        heartbeat_at=row.heartbeat_at,
+        last_step=row.last_step,
+        error=row.error,
+    )
+
+
+def _to_layer(row: SqlLayer) -> Layer:
+    return Layer(
+        id=row.id,
+        run_id=row.run_id,
+        name=row.name,
+        position=row.position,
+        kind=row.kind,
+        shape=row.shape,
+    )
+
+
+def _runs_query():
+    return select(SqlRun, SqlProject.name).join(SqlProject, SqlRun.project_id == SqlProject.id)
+
+
+def project_id(session: Session, name: str) -> int:
+    """The id of project ``name``, created on first use."""
+    found = session.scalar(select(SqlProject.id).where(SqlProject.name == name))
+    if found is not None:
+        return found
+    project = SqlProject(name=name, created_at=utcnow())
+    session.add(project)
+    session.flush()
+    return project.id
+
+
+def ensure_run(
+    session: Session,
+    *,
+    uid: str,
+    project: str,
+    name: str,
+    started_at: datetime,
+    config: dict | None = None,
+    tags: list | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+    every: int | None = None,
+    sa_bin_edges: list[float] | None = None,
+) -> int:
+    """Create the run with this ``uid`` unless it exists (a resume); returns its id.
+
+    On resume the run becomes ``running`` again and its ended time is cleared.
+    """
+    existing = session.scalar(select(SqlRun).where(SqlRun.uid == uid))
+    if existing is not None:
+        existing.status = "running"
+        existing.ended_at = None
+        existing.heartbeat_at = utcnow()
+        if sa_bin_edges is not None and existing.sa_bin_edges is None:
+            existing.sa_bin_edges = sa_bin_edges
+        return existing.id
+    run = SqlRun(
+        uid=uid,
+        project_id=project_id(session, project),
+        name=name,
+        status="running",
+        config=config or {},
+        tags=tags or [],
+        host=host,
+        pid=pid,
+        every=every,
+        sa_bin_edges=sa_bin_edges,
+        started_at=started_at,
+        heartbeat_at=started_at,
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def ensure_layers(session: Session, run_id: int, layers: list[dict]) -> dict[str, int]:
+    """Register layers (dicts with name, position, kind, shape) once; returns name → id for the run."""
+    known = dict(
+        session.execute(select(SqlLayer.name, SqlLayer.id).where(SqlLayer.run_id == run_id)).all()
+    )
+    for spec in layers:
+        if spec["name"] not in known:
+            row = SqlLayer(run_id=run_id, **spec)
+            session.add(row)
+            session.flush()
+            known[row.name] = row.id
+    return known
+
+
+def touch(session: Session, run_id: int, *, last_step: int | None, at: datetime) -> None:
+    """Record that the run is alive (heartbeat) and how far it got."""
+    values: dict = {"heartbeat_at": at}
+    session.execute(update(SqlRun).where(SqlRun.id == run_id).values(**values))
+    if last_step is not None:
+        session.execute(
+            update(SqlRun)
+            .where(
+                SqlRun.id == run_id, (SqlRun.last_step.is_(None)) | (SqlRun.last_step < last_step)
+            )
+            .values(last_step=last_step)
+        )
+
+
+def finish(
+    session: Session, run_id: int, *, status: str, at: datetime, error: str | None = None
+) -> None:
+    """Mark the run ``finished`` or ``failed``."""
+    session.execute(
+        update(SqlRun)
+        .where(SqlRun.id == run_id)
+        .values(status=status, ended_at=at, heartbeat_at=at, error=(error or None) and error[:2000])
+    )
+
+
+# -- reads ---------------------------------------------------------------------------------------
+
+
+def get_run(db: Database, run_id: int) -> Run:
+    with db.session() as s:
+        found = s.execute(_runs_query().where(SqlRun.id == run_id)).first()
+        if found is None:
+            raise RunNotFound(f"no run with id {run_id}")
+        return _to_run(*found)
+
+
+def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
+    """The run with this uid, else the newest run with this name (in ``project`` if given).
+
+    >>> find_run(db, "gpt-small-lr3e-3")       # doctest: +SKIP
+    Run(id=3, name='gpt-small-lr3e-3', status='finished', ...)
+    """
+    with db.session() as s:
+        query = _runs_query()
+        if project is not None:
+            query = query.where(SqlProject.name == project)
+        by_uid = s.execute(query.where(SqlRun.uid == name_or_uid)).first()
+        if by_uid is not None:
+            return _to_run(*by_uid)
+        by_name = s.execute(
+            query.where(SqlRun.name == name_or_uid).order_by(
+                SqlRun.started_at.desc(), SqlRun.id.desc()
+            )
+        ).first()
+        if by_name is None:
+            where = f" in project {project!r}" if project else ""
+            raise RunNotFound(f"no run named {name_or_uid!r}{where}")
+        return _to_run(*by_name)
+
+
+def list_runs(
+    db: Database,
+    *,
+    project: str | None = None,
+    status: str | None = None,
+    name_contains: str | None = None,
+    limit: int = 1000,
+) -> list[Run]:
+    """Runs, newest first, optionally filtered by project, stored status and part of the name."""
+    query = _runs_query().order_by(SqlRun.started_at.desc(), SqlRun.id.desc()).limit(limit)
+    if project is not None:
+        query = query.where(SqlProject.name == project)
+    if status is not None:
+        query = query.where(SqlRun.status == status)
+    if name_contains:
+        query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
+    with db.session() as s:
+        return [_to_run(*row) for row in s.execute(query).all()]
+
+
+def live_runs(db: Database) -> list[Run]:
+    """Runs whose stored status is ``running`` (some may be stalled)."""
+    return list_runs(db, status="running", limit=100_000)
+
+
+def list_projects(db: Database) -> list[str]:
+    with db.session() as s:
+        return list(s.scalars(select(SqlProject.name).order_by(SqlProject.name)))
+
+
+def layers(db: Database, run_id: int) -> list[Layer]:
+    """The run's monitored layers in model order."""
+    with db.session() as s:
+        rows = s.scalars(
+            select(SqlLayer).where(SqlLayer.run_id == run_id).order_by(SqlLayer.position)
+        )
+        return [_to_layer(r) for r in rows]
+
+
+def count_runs(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(SqlRun)) or 0

@@ -1,0 +1,118 @@
+"""Per-step scalars and per-check layer statistics: bulk writes and bounded reads."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage._models import SqlLayer, SqlLayerStat, SqlScalar
+from storage.db import Database
+from storage.entities import LAYER_STATISTICS, LayerStat, ScalarPoint
+from storage.upsert import insert_ignore
+
+
+def write_scalars(session: Session, run_id: int, rows: list[dict]) -> None:
+    """Insert dicts with step, key, value, wall_time; a (run, key, step) already stored is kept."""
+    insert_ignore(session, SqlScalar, [{"run_id": run_id, **row} for row in rows])
+
+
+def write_layer_stats(
+    session: Session, run_id: int, layer_ids: dict[str, int], rows: list[dict]
+) -> None:
+    """Insert dicts with layer (name), step, wall_time, the statistics and sa_hist; idempotent."""
+    payload = []
+    for row in rows:
+        row = dict(row)
+        row["layer_id"] = layer_ids[row.pop("layer")]
+        row["run_id"] = run_id
+        payload.append(row)
+    insert_ignore(session, SqlLayerStat, payload)
+
+
+def scalar_series(
+    db: Database,
+    run_id: int,
+    keys: list[str] | None = None,
+    *,
+    after_step: int | None = None,
+    upto_step: int | None = None,
+    limit: int | None = None,
+) -> list[ScalarPoint]:
+    """Scalars of a run ordered by (step, key); ``after_step`` is exclusive, ``upto_step`` inclusive."""
+    query = select(SqlScalar).where(SqlScalar.run_id == run_id)
+    if keys is not None:
+        query = query.where(SqlScalar.key.in_(keys))
+    if after_step is not None:
+        query = query.where(SqlScalar.step > after_step)
+    if upto_step is not None:
+        query = query.where(SqlScalar.step <= upto_step)
+    query = query.order_by(SqlScalar.step, SqlScalar.key)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.session() as s:
+        return [ScalarPoint(r.step, r.key, r.value, r.wall_time) for r in s.scalars(query)]
+
+
+def scalar_keys(db: Database, run_id: int) -> list[str]:
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(SqlScalar.key)
+                .where(SqlScalar.run_id == run_id)
+                .distinct()
+                .order_by(SqlScalar.key)
+            )
+        )
+
+
+def layer_stats(
+    db: Database,
+    run_id: int,
+    *,
+    layers: list[str] | None = None,
+    after_step: int | None = None,
+    upto_step: int | None = None,
+    with_hist: bool = True,
+    limit: int | None = None,
+) -> list[LayerStat]:
+    """Layer statistics ordered by (step, model order); ``after_step`` exclusive, ``upto_step`` inclusive."""
+    columns = [getattr(SqlLayerStat, c) for c in LAYER_STATISTICS]
+    if with_hist:
+        columns.append(SqlLayerStat.sa_hist)
+    query = (
+        select(SqlLayerStat.step, SqlLayer.name, SqlLayerStat.wall_time, *columns)
+        .join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
+        .where(SqlLayerStat.run_id == run_id)
+    )
+    if layers is not None:
+        query = query.where(SqlLayer.name.in_(layers))
+    if after_step is not None:
+        query = query.where(SqlLayerStat.step > after_step)
+    if upto_step is not None:
+        query = query.where(SqlLayerStat.step <= upto_step)
+    query = query.order_by(SqlLayerStat.step, SqlLayer.position)
+    if limit is not None:
+        query = query.limit(limit)
+    names = ["step", "layer", "wall_time", *LAYER_STATISTICS] + (["sa_hist"] if with_hist else [])
+    with db.session() as s:
+        return [LayerStat(**dict(zip(names, row))) for row in s.execute(query).all()]
+
+
+def last_steps(db: Database, run_id: int) -> tuple[int | None, int | None]:
+    """(last step with scalars, last step with layer statistics)."""
+    with db.session() as s:
+        scalar = s.scalar(select(func.max(SqlScalar.step)).where(SqlScalar.run_id == run_id))
+        layer = s.scalar(select(func.max(SqlLayerStat.step)).where(SqlLayerStat.run_id == run_id))
+        return scalar, layer
+
+
+def count_rows(db: Database, run_id: int) -> tuple[int, int]:
+    """(scalar rows, layer-stat rows) stored for a run."""
+    with db.session() as s:
+        scalars = s.scalar(
+            select(func.count()).select_from(SqlScalar).where(SqlScalar.run_id == run_id)
+        )
+        stats = s.scalar(
+            select(func.count()).select_from(SqlLayerStat).where(SqlLayerStat.run_id == run_id)
+        )
+        return scalars or 0, stats or 0
