@@ -1,0 +1,1 @@
+"""Command modules: each defines click commands and a ``register(cli)`` that adds them."""
