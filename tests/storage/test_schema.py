@@ -1,0 +1,84 @@
+"""Migrations and the schema check, on both backends."""
+
+import math
+
+import pytest
+
+from storage import Database, SchemaOutOfDate, runs, stats
+from storage.db import utcnow
+from storage.migrate import head_revision
+
+
+def test_migrations_upgrade_an_empty_database_to_head(db_url):
+    db = Database(db_url)
+    assert db.schema_status()[0] is None or db.is_sqlite
+    before, after = db.upgrade()
+    assert after == head_revision()
+    assert db.schema_status() == (head_revision(), head_revision())
+    db.upgrade()  # idempotent
+    db.dispose()
+
+
+def test_brand_new_sqlite_file_is_created_on_first_use(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+    db.ensure_schema()
+    assert db.schema_status()[0] == head_revision()
+
+
+def test_postgres_without_schema_is_refused_with_the_fix_command(pg_url):
+    db = Database(pg_url)
+    with pytest.raises(SchemaOutOfDate, match="tripwire db upgrade --db"):
+        db.ensure_schema()
+
+
+def test_schema_newer_than_this_tripwire_is_refused(sqlite_url):
+    db = Database(sqlite_url)
+    db.upgrade()
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
+    with pytest.raises(SchemaOutOfDate, match="newer than this Tripwire"):
+        Database(sqlite_url).ensure_schema()
+
+
+def test_non_finite_values_round_trip(db):
+    with db.session() as s:
+        run_id = runs.ensure_run(s, uid="nf", project="p", name="nan-run", started_at=utcnow())
+        ids = runs.ensure_layers(s, run_id, [{"name": "fc", "position": 0, "kind": "Linear", "shape": [2, 3]}])
+        values = [float("nan"), float("inf"), float("-inf"), None, 1.5, 1e308]
+        stats.write_scalars(
+            s, run_id, [{"step": i, "key": "loss", "value": v, "wall_time": 0.0} for i, v in enumerate(values)]
+        )
+        stats.write_layer_stats(
+            s, run_id, ids, [{"layer": "fc", "step": 0, "grad_norm": float("nan"), "sigma1": float("inf"), "sa_hist": [0, 7, 1]}]
+        )
+    got = [p.value for p in stats.scalar_series(db, run_id, ["loss"])]
+    assert math.isnan(got[0]) and got[1] == math.inf and got[2] == -math.inf
+    assert got[3] is None and got[4] == 1.5 and got[5] == 1e308
+    (row,) = stats.layer_stats(db, run_id)
+    assert math.isnan(row.grad_norm) and row.sigma1 == math.inf and row.sa_hist == [0, 7, 1]
+
+
+def test_rewriting_a_row_is_ignored_not_duplicated(db):
+    with db.session() as s:
+        run_id = runs.ensure_run(s, uid="dup", project="p", name="r", started_at=utcnow())
+        stats.write_scalars(s, run_id, [{"step": 1, "key": "loss", "value": 2.0, "wall_time": 0.0}])
+    with db.session() as s:
+        stats.write_scalars(s, run_id, [{"step": 1, "key": "loss", "value": 2.0, "wall_time": 0.0}])
+    assert stats.count_rows(db, run_id) == (1, 0)
+
+
+def test_hostile_run_names_are_stored_verbatim(db):
+    names = ["'; DROP TABLE runs; --", 'quote " and \\ backslash', "ünïcødé ✓ 训练", "a" * 500]
+    with db.session() as s:
+        for i, name in enumerate(names):
+            runs.ensure_run(s, uid=f"h{i}", project="p", name=name, started_at=utcnow())
+    assert sorted(r.name for r in runs.list_runs(db)) == sorted(names)
+    assert runs.find_run(db, names[0]).uid == "h0"
+
+
+def test_find_run_prefers_uid_then_newest_name(db):
+    with db.session() as s:
+        runs.ensure_run(s, uid="u1", project="p", name="same", started_at=utcnow())
+        runs.ensure_run(s, uid="u2", project="p", name="same", started_at=utcnow())
+    assert runs.find_run(db, "same").uid == "u2"
+    assert runs.find_run(db, "u1").uid == "u1"
