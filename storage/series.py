@@ -1,0 +1,430 @@
+"""Bounded, downsampled reads for the dashboard: whatever the run's length, a fixed number of points.
+
+Every query here returns at most a few thousand values however long the run is. Long series
+are cut into step buckets *in SQL* and each bucket keeps its extremes (the rows holding the
+minimum and the maximum), so a one-step spike or a NaN survives downsampling. Both backends
+sort NaN above every number (see :class:`storage.types.FaithfulFloat`), so a bucket that holds
+a NaN reports it as its maximum.
+
+>>> from storage import Database
+>>> from storage import series
+>>> db = Database("sqlite:///tripwire.db")                     # doctest: +SKIP
+>>> series.scalar_frame(db, run_id=1, keys=["loss"], max_points=1000)
+      step   key     value
+0        0  loss  10.98...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, func, or_, select
+
+from storage._models import SqlAlert, SqlLayer, SqlLayerStat, SqlProject, SqlRun, SqlScalar
+from storage.db import Database, utcnow
+from storage.entities import LAYER_STATISTICS
+
+DEFAULT_STALLED_AFTER_S = 600.0
+"""A running run with no heartbeat for this long shows as ``stalled``."""
+
+AGGREGATES = ("max", "min")
+"""How a layer × step cell summarises its bucket. No mean: SQLite would read a NaN as 0."""
+
+
+@dataclass(frozen=True)
+class LayerMatrix:
+    """One statistic as a layer × step grid: ``z[i][j]`` is layer ``layers[i]`` at ``steps[j]``.
+
+    ``steps[j]`` is the first step of bucket ``j``; a cell with no data is ``None``.
+    """
+
+    stat: str
+    layers: list[str]
+    steps: list[int]
+    z: list[list[float | None]]
+    bucketed: bool = False
+
+
+@dataclass(frozen=True)
+class HistSeries:
+    """One layer's SA histogram over time: ``counts[j]`` is the histogram at ``steps[j]``."""
+
+    layer: str
+    steps: list[int]
+    counts: list[list[int]]
+    sa_pos: list[float | None]
+    bin_edges: list[float] = field(default_factory=list)
+
+
+def _step_range(query_min_max) -> tuple[int | None, int | None]:
+    lo, hi = query_min_max
+    return (None, None) if lo is None else (int(lo), int(hi))
+
+
+def _where_steps(column, start: int | None, end: int | None) -> list:
+    conds = []
+    if start is not None:
+        conds.append(column >= start)
+    if end is not None:
+        conds.append(column <= end)
+    return conds
+
+
+# -- per-step scalars ----------------------------------------------------------------------------
+
+
+def scalar_frame(
+    db: Database,
+    run_id: int,
+    keys: list[str] | tuple[str, ...] = ("loss", "lr", "grad_norm"),
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = 2000,
+):
+    """A run's scalars as a DataFrame (``step``, ``key``, ``value``), at most ~``max_points`` per key.
+
+    A key with more rows than ``max_points`` in ``[start, end]`` is cut into ``max_points // 2``
+    step buckets and each bucket keeps the rows of its minimum and its maximum (their true
+    steps), so spikes, NaN and ±Inf stay visible. Shorter series come back whole.
+
+    >>> df = scalar_frame(db, run.id, ["loss"], start=0, end=5000)   # doctest: +SKIP
+    """
+    import pandas as pd
+
+    base = [SqlScalar.run_id == run_id, SqlScalar.key.in_(list(keys)), SqlScalar.value.is_not(None)]
+    base += _where_steps(SqlScalar.step, start, end)
+    frames = []
+    with db.session() as s:
+        counts = s.execute(
+            select(SqlScalar.key, func.count(), func.min(SqlScalar.step), func.max(SqlScalar.step))
+            .where(*base)
+            .group_by(SqlScalar.key)
+        ).all()
+        for key, count, lo, hi in counts:
+            where = [*base, SqlScalar.key == key]
+            if count <= max_points:
+                rows = s.execute(
+                    select(SqlScalar.step, SqlScalar.value).where(*where).order_by(SqlScalar.step)
+                ).all()
+            else:
+                rows = _extremes_per_bucket(s, where, int(lo), int(hi), max(1, max_points // 2))
+            frames.append(pd.DataFrame(rows, columns=["step", "value"]).assign(key=key))
+    if not frames:
+        return pd.DataFrame({"step": [], "key": [], "value": []}).astype(
+            {"step": "int64", "key": "object", "value": "float64"}
+        )
+    df = pd.concat(frames, ignore_index=True)[["step", "key", "value"]]
+    return df.astype({"step": "int64", "value": "float64"})
+
+
+def _extremes_per_bucket(session, where: list, lo: int, hi: int, buckets: int) -> list:
+    span = hi - lo + 1
+    bucket = ((SqlScalar.step - lo) * buckets // span).label("bucket")
+    inner = select(SqlScalar.step, SqlScalar.value, bucket).where(*where).subquery()
+    low = func.row_number().over(partition_by=inner.c.bucket, order_by=inner.c.value.asc())
+    high = func.row_number().over(partition_by=inner.c.bucket, order_by=inner.c.value.desc())
+    ranked = select(inner.c.step, inner.c.value, low.label("r_lo"), high.label("r_hi")).subquery()
+    query = (
+        select(ranked.c.step, ranked.c.value)
+        .where(or_(ranked.c.r_lo == 1, ranked.c.r_hi == 1))
+        .order_by(ranked.c.step)
+    )
+    return session.execute(query).all()
+
+
+# -- per-layer statistics ------------------------------------------------------------------------
+
+
+def layer_matrices(
+    db: Database,
+    run_id: int,
+    stats: list[str] | tuple[str, ...] = ("sa_imbalance",),
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_steps: int = 400,
+    agg: dict[str, str] | None = None,
+) -> dict[str, LayerMatrix]:
+    """Layer × step grids of several statistics from one scan of the run's rows.
+
+    Layers come in model order. Steps beyond ``max_steps`` distinct buckets are grouped; each
+    cell is the bucket's maximum (or minimum, per ``agg``), so a collapse or a NaN in any
+    check of the bucket shows.
+
+    >>> grids = layer_matrices(db, run.id, ["sa_imbalance", "grad_norm"])   # doctest: +SKIP
+    >>> grids["sa_imbalance"].z[0][:3]
+    [0.02, 0.05, 0.91]
+    """
+    agg = agg or {}
+    for stat in stats:
+        if stat not in LAYER_STATISTICS:
+            raise ValueError(
+                f"unknown layer statistic {stat!r}; one of {', '.join(LAYER_STATISTICS)}"
+            )
+        if agg.get(stat, "max") not in AGGREGATES:
+            raise ValueError(f"agg for {stat} must be one of {', '.join(AGGREGATES)}")
+    where = [SqlLayerStat.run_id == run_id, *_where_steps(SqlLayerStat.step, start, end)]
+    with db.session() as s:
+        layer_rows = s.execute(
+            select(SqlLayer.id, SqlLayer.name)
+            .where(SqlLayer.run_id == run_id)
+            .order_by(SqlLayer.position)
+        ).all()
+        lo, hi = _step_range(
+            s.execute(
+                select(func.min(SqlLayerStat.step), func.max(SqlLayerStat.step)).where(*where)
+            ).one()
+        )
+        if lo is None or not layer_rows:
+            names = [name for _, name in layer_rows]
+            return {st: LayerMatrix(st, names, [], [[] for _ in names]) for st in stats}
+        span = hi - lo + 1
+        bucketed = span > max_steps
+        bucket = ((SqlLayerStat.step - lo) * max_steps // span) if bucketed else SqlLayerStat.step
+        bucket = bucket.label("bucket")
+        aggs = [
+            (func.min if agg.get(st, "max") == "min" else func.max)(getattr(SqlLayerStat, st))
+            for st in stats
+        ]
+        rows = s.execute(
+            select(SqlLayerStat.layer_id, bucket, func.min(SqlLayerStat.step), *aggs)
+            .where(*where)
+            .group_by(SqlLayerStat.layer_id, bucket)
+        ).all()
+    first_step: dict[int, int] = {}
+    for _, b, step, *_ in rows:
+        first_step[b] = min(step, first_step.get(b, step))
+    buckets = sorted(first_step)
+    column = {b: j for j, b in enumerate(buckets)}
+    row_of = {layer_id: i for i, (layer_id, _) in enumerate(layer_rows)}
+    grids = {st: [[None] * len(buckets) for _ in layer_rows] for st in stats}
+    for layer_id, b, _, *values in rows:
+        i = row_of.get(layer_id)
+        if i is None:
+            continue
+        for st, value in zip(stats, values, strict=True):
+            grids[st][i][column[b]] = None if value is None else float(value)
+    names = [name for _, name in layer_rows]
+    steps = [first_step[b] for b in buckets]
+    return {st: LayerMatrix(st, names, steps, grids[st], bucketed) for st in stats}
+
+
+def layer_matrix(db: Database, run_id: int, stat: str = "sa_imbalance", **kwargs) -> LayerMatrix:
+    """One statistic as a layer × step grid; see :func:`layer_matrices`.
+
+    >>> layer_matrix(db, run.id, "sigma1", max_steps=200).layers[:2]   # doctest: +SKIP
+    ['blocks.0.attn.qkv', 'blocks.0.attn.proj']
+    """
+    return layer_matrices(db, run_id, [stat], **kwargs)[stat]
+
+
+def layer_lines(
+    db: Database,
+    run_id: int,
+    layers: list[str],
+    stat: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = 1000,
+):
+    """One statistic for a few chosen layers as a DataFrame (``step``, ``layer``, ``value``).
+
+    Bucketed like :func:`layer_matrices` (per-bucket maximum) when longer than ``max_points``.
+    """
+    import pandas as pd
+
+    grid = layer_matrix(db, run_id, stat, start=start, end=end, max_steps=max_points)
+    wanted = set(layers)
+    records = [
+        (step, name, value)
+        for name, row in zip(grid.layers, grid.z, strict=True)
+        if name in wanted
+        for step, value in zip(grid.steps, row, strict=True)
+        if value is not None
+    ]
+    df = pd.DataFrame(records, columns=["step", "layer", "value"])
+    return df.astype({"step": "int64", "value": "float64"})
+
+
+def sa_hist_series(
+    db: Database,
+    run_id: int,
+    layer: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_steps: int = 300,
+) -> HistSeries:
+    """One layer's SA histograms over time, at most ``max_steps`` of them.
+
+    When there are more checks, each step bucket keeps its most collapsed histogram (the check
+    with the largest imbalance, NaN first), so the moment a distribution folds to one sign is
+    never sampled away.
+
+    >>> h = sa_hist_series(db, run.id, "blocks.0.attn.qkv")   # doctest: +SKIP
+    >>> len(h.counts[0]) == len(h.bin_edges) - 1
+    True
+    """
+    where = [
+        SqlLayerStat.run_id == run_id,
+        SqlLayer.name == layer,
+        *_where_steps(SqlLayerStat.step, start, end),
+    ]
+    joined = select(SqlLayerStat.step).join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
+    with db.session() as s:
+        edges = s.scalar(select(SqlRun.sa_bin_edges).where(SqlRun.id == run_id)) or []
+        count, lo, hi = s.execute(
+            joined.with_only_columns(
+                func.count(), func.min(SqlLayerStat.step), func.max(SqlLayerStat.step)
+            ).where(*where)
+        ).one()
+        if not count:
+            return HistSeries(layer, [], [], [], list(edges))
+        if count > max_steps:
+            span = int(hi) - int(lo) + 1
+            bucket = ((SqlLayerStat.step - int(lo)) * max_steps // span).label("bucket")
+            inner = (
+                select(SqlLayerStat.step, SqlLayerStat.sa_imbalance, bucket)
+                .join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
+                .where(*where)
+                .subquery()
+            )
+            # NULL (not measured) must lose to every value, NaN included, on both backends.
+            missing_last = case((inner.c.sa_imbalance.is_(None), 1), else_=0)
+            rank = func.row_number().over(
+                partition_by=inner.c.bucket,
+                order_by=(missing_last, inner.c.sa_imbalance.desc(), inner.c.step),
+            )
+            ranked = select(inner.c.step, rank.label("r")).subquery()
+            chosen = select(ranked.c.step).where(ranked.c.r == 1)
+            where = [*where, SqlLayerStat.step.in_(chosen)]
+        rows = s.execute(
+            select(SqlLayerStat.step, SqlLayerStat.sa_hist, SqlLayerStat.sa_pos)
+            .join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
+            .where(*where)
+            .order_by(SqlLayerStat.step)
+        ).all()
+    steps, counts, pos = [], [], []
+    for step, hist, sa_pos in rows:
+        steps.append(int(step))
+        counts.append(list(hist) if hist is not None else [])
+        pos.append(sa_pos)
+    return HistSeries(layer, steps, counts, pos, list(edges))
+
+
+# -- runs overview -------------------------------------------------------------------------------
+
+
+def runs_overview(
+    db: Database,
+    *,
+    project: str | None = None,
+    status: str | None = None,
+    name_contains: str | None = None,
+    now: datetime | None = None,
+    stalled_after_s: float = DEFAULT_STALLED_AFTER_S,
+    limit: int = 500,
+) -> list[dict]:
+    """One dict per run, newest first: what the runs page shows.
+
+    Keys: ``id``, ``uid``, ``project``, ``name``, ``status`` (``running``, ``stalled``,
+    ``finished`` or ``failed``), ``last_step``, ``last_loss``, ``critical``, ``warning``,
+    ``info`` (firing alerts by severity), ``pending``, ``started_at``, ``ended_at``,
+    ``duration_s``. ``status="stalled"`` filters on the derived status.
+
+    >>> [r["status"] for r in runs_overview(db)]    # doctest: +SKIP
+    ['running', 'stalled', 'finished']
+    """
+    now = now or utcnow()
+    last_loss = (
+        select(SqlScalar.value)
+        .where(SqlScalar.run_id == SqlRun.id, SqlScalar.key == "loss")
+        .order_by(SqlScalar.step.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    last_scalar_step = (
+        select(func.max(SqlScalar.step)).where(SqlScalar.run_id == SqlRun.id).scalar_subquery()
+    )
+    query = (
+        select(SqlRun, SqlProject.name, last_loss.label("last_loss"), last_scalar_step)
+        .join(SqlProject, SqlRun.project_id == SqlProject.id)
+        .order_by(SqlRun.started_at.desc(), SqlRun.id.desc())
+        .limit(limit)
+    )
+    if project:
+        query = query.where(SqlProject.name == project)
+    if status in ("running", "stalled"):
+        query = query.where(SqlRun.status == "running")
+    elif status:
+        query = query.where(SqlRun.status == status)
+    if name_contains:
+        query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
+    out = []
+    with db.session() as s:
+        rows = s.execute(query).all()
+        ids = [row[0].id for row in rows]
+        open_alerts: dict[int, dict[str, int]] = {}
+        if ids:
+            counted = s.execute(
+                select(SqlAlert.run_id, SqlAlert.state, SqlAlert.severity, func.count())
+                .where(SqlAlert.run_id.in_(ids), SqlAlert.state.in_(("pending", "firing")))
+                .group_by(SqlAlert.run_id, SqlAlert.state, SqlAlert.severity)
+            ).all()
+            for run_id, state, severity, n in counted:
+                slot = open_alerts.setdefault(run_id, {})
+                key = severity if state == "firing" else "pending"
+                slot[key] = slot.get(key, 0) + n
+        for run, project_name, loss, scalar_step in rows:
+            derived = run.status
+            if run.status == "running":
+                seen = run.heartbeat_at or run.started_at
+                if (now - seen).total_seconds() > stalled_after_s:
+                    derived = "stalled"
+            if status in ("running", "stalled") and derived != status:
+                continue
+            steps = [x for x in (run.last_step, scalar_step) if x is not None]
+            ended = run.ended_at or (now if derived == "running" else run.heartbeat_at or now)
+            alerts = open_alerts.get(run.id, {})
+            out.append(
+                {
+                    "id": run.id,
+                    "uid": run.uid,
+                    "project": project_name,
+                    "name": run.name,
+                    "status": derived,
+                    "last_step": max(steps) if steps else None,
+                    "last_loss": None if loss is None else float(loss),
+                    "critical": alerts.get("critical", 0),
+                    "warning": alerts.get("warning", 0),
+                    "info": alerts.get("info", 0),
+                    "pending": alerts.get("pending", 0),
+                    "started_at": run.started_at,
+                    "ended_at": run.ended_at,
+                    "duration_s": max(0.0, (ended - run.started_at).total_seconds()),
+                }
+            )
+    return out
+
+
+def is_finite(value: float | None) -> bool:
+    """True for a real, finite number (False for None, NaN and ±Inf)."""
+    return value is not None and math.isfinite(value)
+
+
+__all__ = [
+    "DEFAULT_STALLED_AFTER_S",
+    "HistSeries",
+    "LayerMatrix",
+    "is_finite",
+    "layer_lines",
+    "layer_matrices",
+    "layer_matrix",
+    "runs_overview",
+    "sa_hist_series",
+    "scalar_frame",
+]
