@@ -95,7 +95,7 @@ def layer_stats(
         query = query.limit(limit)
     names = ["step", "layer", "wall_time", *LAYER_STATISTICS] + (["sa_hist"] if with_hist else [])
     with db.session() as s:
-        return [LayerStat(**dict(zip(names, row))) for row in s.execute(query).all()]
+        return [LayerStat(**dict(zip(names, row, strict=True))) for row in s.execute(query).all()]
 
 
 def last_steps(db: Database, run_id: int) -> tuple[int | None, int | None]:

@@ -74,3 +74,13 @@ def db(db_url: str):
     database.upgrade()
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def throwaway_pg(pg_server_url):
+    """A PostgreSQL server of the test's own, not yet started: ``.start()``, ``.stop()``, ``.url``."""
+    from tests.pgserver import ThrowawayPostgres
+
+    server = ThrowawayPostgres()
+    yield server
+    server.cleanup()

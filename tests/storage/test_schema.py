@@ -43,13 +43,31 @@ def test_schema_newer_than_this_tripwire_is_refused(sqlite_url):
 def test_non_finite_values_round_trip(db):
     with db.session() as s:
         run_id = runs.ensure_run(s, uid="nf", project="p", name="nan-run", started_at=utcnow())
-        ids = runs.ensure_layers(s, run_id, [{"name": "fc", "position": 0, "kind": "Linear", "shape": [2, 3]}])
+        ids = runs.ensure_layers(
+            s, run_id, [{"name": "fc", "position": 0, "kind": "Linear", "shape": [2, 3]}]
+        )
         values = [float("nan"), float("inf"), float("-inf"), None, 1.5, 1e308]
         stats.write_scalars(
-            s, run_id, [{"step": i, "key": "loss", "value": v, "wall_time": 0.0} for i, v in enumerate(values)]
+            s,
+            run_id,
+            [
+                {"step": i, "key": "loss", "value": v, "wall_time": 0.0}
+                for i, v in enumerate(values)
+            ],
         )
         stats.write_layer_stats(
-            s, run_id, ids, [{"layer": "fc", "step": 0, "grad_norm": float("nan"), "sigma1": float("inf"), "sa_hist": [0, 7, 1]}]
+            s,
+            run_id,
+            ids,
+            [
+                {
+                    "layer": "fc",
+                    "step": 0,
+                    "grad_norm": float("nan"),
+                    "sigma1": float("inf"),
+                    "sa_hist": [0, 7, 1],
+                }
+            ],
         )
     got = [p.value for p in stats.scalar_series(db, run_id, ["loss"])]
     assert math.isnan(got[0]) and got[1] == math.inf and got[2] == -math.inf

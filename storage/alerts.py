@@ -1,0 +1,453 @@
+"""Alerts, their deliveries, silences, evaluation cursors and service heartbeats.
+
+The alert engine (``alerts/``) writes through :func:`commit_evaluation` and the delivery
+queue; the dashboard and the collector's ``halt_on_alert`` read through the query functions.
+
+>>> from storage.alerts import firing_alerts
+>>> [a.predictor for a in firing_alerts(db, run.id, severity="critical")]   # doctest: +SKIP
+['non_finite']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage._models import (
+    SqlAlert,
+    SqlEvalCursor,
+    SqlNotification,
+    SqlRun,
+    SqlServiceHeartbeat,
+    SqlSilence,
+)
+from storage.db import Database, utcnow
+from storage.entities import Alert, Notification, Silence
+from storage.upsert import insert_ignore
+
+ALERT_STATES = ("pending", "firing", "resolved")
+SEVERITIES = ("info", "warning", "critical")
+"""Alert severities, weakest first."""
+NOTIFICATION_STATUSES = ("queued", "sending", "sent", "failed")
+"""``queued`` and ``sending`` are the delivery queue; ``sent`` and ``failed`` are outcomes."""
+
+
+def _to_alert(row: SqlAlert) -> Alert:
+    return Alert(
+        id=row.id,
+        run_id=row.run_id,
+        predictor=row.predictor,
+        layer=row.layer,
+        fingerprint=row.fingerprint,
+        severity=row.severity,
+        state=row.state,
+        first_step=row.first_step,
+        last_step=row.last_step,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        score=row.score,
+        message=row.message,
+        details=row.details,
+        fired_step=row.fired_step,
+        resolved_step=row.resolved_step,
+        hold_count=row.hold_count,
+        last_notified_step=row.last_notified_step,
+    )
+
+
+def _to_notification(row: SqlNotification) -> Notification:
+    return Notification(
+        id=row.id,
+        alert_id=row.alert_id,
+        notifier=row.notifier,
+        event=row.event,
+        status=row.status,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        error=row.error,
+    )
+
+
+def _to_silence(row: SqlSilence) -> Silence:
+    return Silence(
+        id=row.id,
+        run_id=row.run_id,
+        created_at=row.created_at,
+        until=row.until,
+        reason=row.reason,
+        created_by=row.created_by,
+    )
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def list_alerts(
+    db: Database,
+    *,
+    run_id: int | None = None,
+    states: list[str] | tuple[str, ...] | None = None,
+    severity: str | None = None,
+    predictor: str | None = None,
+    limit: int = 1000,
+) -> list[Alert]:
+    """Alerts, newest first, optionally filtered.
+
+    >>> list_alerts(db, run_id=3, states=["firing"])          # doctest: +SKIP
+    [Alert(id=7, predictor='sa_collapse', layer='blocks.2.mlp.fc', state='firing', ...)]
+    """
+    query = select(SqlAlert).order_by(SqlAlert.updated_at.desc(), SqlAlert.id.desc()).limit(limit)
+    if run_id is not None:
+        query = query.where(SqlAlert.run_id == run_id)
+    if states is not None:
+        query = query.where(SqlAlert.state.in_(list(states)))
+    if severity is not None:
+        query = query.where(SqlAlert.severity == severity)
+    if predictor is not None:
+        query = query.where(SqlAlert.predictor == predictor)
+    with db.session() as s:
+        return [_to_alert(r) for r in s.scalars(query)]
+
+
+def firing_alerts(db: Database, run_id: int, *, severity: str | None = None) -> list[Alert]:
+    """The run's alerts that are firing now (``halt_on_alert`` polls this with ``"critical"``).
+
+    >>> firing_alerts(db, run.id, severity="critical")      # doctest: +SKIP
+    []
+    """
+    return list_alerts(db, run_id=run_id, states=["firing"], severity=severity)
+
+
+def open_alerts(db: Database, run_ids: list[int]) -> dict[int, list[Alert]]:
+    """Pending and firing alerts of these runs, by run id (the engine's working set)."""
+    found: dict[int, list[Alert]] = {rid: [] for rid in run_ids}
+    if not run_ids:
+        return found
+    query = (
+        select(SqlAlert)
+        .where(SqlAlert.run_id.in_(run_ids), SqlAlert.state.in_(["pending", "firing"]))
+        .order_by(SqlAlert.id)
+    )
+    with db.session() as s:
+        for row in s.scalars(query):
+            found[row.run_id].append(_to_alert(row))
+    return found
+
+
+# -- evaluation cursors and the engine's atomic write ------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalCursor:
+    """How far the engine evaluated a run, and the predictors' memory at that point."""
+
+    run_id: int
+    last_step: int
+    state: dict
+    updated_at: datetime
+
+
+def eval_cursors(db: Database, run_ids: list[int]) -> dict[int, EvalCursor]:
+    if not run_ids:
+        return {}
+    with db.session() as s:
+        rows = s.scalars(select(SqlEvalCursor).where(SqlEvalCursor.run_id.in_(run_ids)))
+        return {
+            r.run_id: EvalCursor(r.run_id, r.last_step, r.state or {}, r.updated_at) for r in rows
+        }
+
+
+def runs_to_evaluate(db: Database, *, now: datetime, finished_grace_s: float) -> list[int]:
+    """Ids of runs the live engine should look at.
+
+    Running runs, plus ended runs whose last data has not been evaluated yet: those with a
+    cursor behind their last step, or without a cursor that ended less than
+    ``finished_grace_s`` ago (older history is not back-filled with notifications).
+    """
+    since = now - timedelta(seconds=finished_grace_s)
+    query = (
+        select(SqlRun.id)
+        .outerjoin(SqlEvalCursor, SqlEvalCursor.run_id == SqlRun.id)
+        .where(
+            or_(
+                SqlRun.status == "running",
+                (SqlEvalCursor.run_id.is_not(None))
+                & (SqlRun.last_step.is_not(None))
+                & (SqlEvalCursor.last_step < SqlRun.last_step),
+                (SqlEvalCursor.run_id.is_(None)) & (SqlRun.ended_at >= since),
+            )
+        )
+        .order_by(SqlRun.id)
+    )
+    with db.session() as s:
+        return list(s.scalars(query))
+
+
+@dataclass
+class AlertWrite:
+    """One alert row for :func:`commit_evaluation`: insert (``id`` None), update, or delete.
+
+    ``notify`` lists the deliveries to queue for it as (notifier name, event) pairs.
+    """
+
+    id: int | None
+    values: dict
+    delete: bool = False
+    notify: list[tuple[str, str]] = field(default_factory=list)
+
+
+def commit_evaluation(
+    db: Database,
+    run_id: int,
+    *,
+    expected_step: int | None,
+    last_step: int,
+    state: dict,
+    writes: list[AlertWrite],
+) -> list[int | None] | None:
+    """Store the engine's result for one run atomically; returns the alert ids (None if deleted).
+
+    The cursor moves from ``expected_step`` (None: no cursor yet) to ``last_step``. If another
+    evaluator moved it first, nothing is written and None is returned, so two schedulers
+    never queue the same notification twice.
+    """
+    now = utcnow()
+    try:
+        with db.session() as s:
+            if expected_step is None:
+                s.add(
+                    SqlEvalCursor(run_id=run_id, last_step=last_step, state=state, updated_at=now)
+                )
+                s.flush()
+            else:
+                moved = s.execute(
+                    update(SqlEvalCursor)
+                    .where(SqlEvalCursor.run_id == run_id, SqlEvalCursor.last_step == expected_step)
+                    .values(last_step=last_step, state=state, updated_at=now)
+                )
+                if moved.rowcount != 1:
+                    s.rollback()
+                    return None
+            ids: list[int | None] = []
+            for write in writes:
+                if write.delete:
+                    if write.id is not None:
+                        s.execute(delete(SqlAlert).where(SqlAlert.id == write.id))
+                    ids.append(None)
+                    continue
+                if write.id is None:
+                    row = SqlAlert(run_id=run_id, created_at=now, updated_at=now, **write.values)
+                    s.add(row)
+                    s.flush()
+                    alert_id = row.id
+                else:
+                    s.execute(
+                        update(SqlAlert)
+                        .where(SqlAlert.id == write.id)
+                        .values(updated_at=now, **write.values)
+                    )
+                    alert_id = write.id
+                ids.append(alert_id)
+                for notifier, event in write.notify:
+                    s.add(
+                        SqlNotification(
+                            alert_id=alert_id,
+                            notifier=notifier,
+                            event=event,
+                            status="queued",
+                            attempts=0,
+                            created_at=now,
+                        )
+                    )
+            return ids
+    except IntegrityError:
+        return None  # a concurrent evaluator created the cursor first
+
+
+def reset_evaluation(db: Database, run_id: int) -> None:
+    """Forget a run's cursor and alerts (re-evaluate from scratch; notifications go too)."""
+    with db.session() as s:
+        s.execute(delete(SqlAlert).where(SqlAlert.run_id == run_id))
+        s.execute(delete(SqlEvalCursor).where(SqlEvalCursor.run_id == run_id))
+
+
+# -- notifications --------------------------------------------------------------------------------
+
+
+def list_notifications(
+    db: Database, *, alert_id: int | None = None, status: str | None = None, limit: int = 1000
+) -> list[Notification]:
+    """Deliveries, newest first.
+
+    >>> [(n.notifier, n.event, n.status, n.attempts) for n in list_notifications(db)]  # doctest: +SKIP
+    [('slack', 'firing', 'sent', 2)]
+    """
+    query = (
+        select(SqlNotification)
+        .order_by(SqlNotification.created_at.desc(), SqlNotification.id.desc())
+        .limit(limit)
+    )
+    if alert_id is not None:
+        query = query.where(SqlNotification.alert_id == alert_id)
+    if status is not None:
+        query = query.where(SqlNotification.status == status)
+    with db.session() as s:
+        return [_to_notification(r) for r in s.scalars(query)]
+
+
+def claim_queued(db: Database, *, limit: int = 500) -> list[tuple[Notification, Alert]]:
+    """Take queued deliveries (oldest first) and mark them ``sending``; each is claimed once."""
+    with db.session() as s:
+        rows = s.execute(
+            select(SqlNotification, SqlAlert)
+            .join(SqlAlert, SqlAlert.id == SqlNotification.alert_id)
+            .where(SqlNotification.status == "queued")
+            .order_by(SqlNotification.id)
+            .limit(limit)
+        ).all()
+        claimed = []
+        for note, alert in rows:
+            taken = s.execute(
+                update(SqlNotification)
+                .where(SqlNotification.id == note.id, SqlNotification.status == "queued")
+                .values(status="sending")
+            )
+            if taken.rowcount == 1:
+                note.status = "sending"
+                claimed.append((_to_notification(note), _to_alert(alert)))
+        return claimed
+
+
+def finish_delivery(
+    db: Database, notification_ids: list[int], *, status: str, attempts: int, error: str | None
+) -> None:
+    """Record the outcome (``sent`` or ``failed``) of claimed deliveries."""
+    if not notification_ids:
+        return
+    with db.session() as s:
+        s.execute(
+            update(SqlNotification)
+            .where(SqlNotification.id.in_(notification_ids))
+            .values(status=status, attempts=attempts, error=error and error[:2000])
+        )
+
+
+def mark_notified(db: Database, alert_ids: list[int], step_by_alert: dict[int, int]) -> None:
+    with db.session() as s:
+        for alert_id in alert_ids:
+            s.execute(
+                update(SqlAlert)
+                .where(SqlAlert.id == alert_id)
+                .values(last_notified_step=step_by_alert[alert_id])
+            )
+
+
+def fail_interrupted(db: Database, *, older_than: datetime) -> int:
+    """Mark deliveries left ``sending`` by a stopped process as failed (never resent twice)."""
+    with db.session() as s:
+        done = s.execute(
+            update(SqlNotification)
+            .where(SqlNotification.status == "sending", SqlNotification.created_at < older_than)
+            .values(status="failed", error="interrupted: the sender stopped during delivery")
+        )
+        return done.rowcount or 0
+
+
+def record_notification(
+    db: Database,
+    *,
+    alert_id: int | None,
+    notifier: str,
+    event: str,
+    status: str,
+    attempts: int,
+    error: str | None = None,
+) -> int:
+    """Record one finished delivery (e.g. a ``test`` message); returns its id."""
+    with db.session() as s:
+        row = SqlNotification(
+            alert_id=alert_id,
+            notifier=notifier,
+            event=event,
+            status=status,
+            attempts=attempts,
+            error=error and error[:2000],
+            created_at=utcnow(),
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+# -- silences -------------------------------------------------------------------------------------
+
+
+def silence_run(
+    db: Database,
+    run_id: int,
+    *,
+    until: datetime | None,
+    reason: str | None = None,
+    created_by: str | None = None,
+) -> Silence:
+    """Silence a run's notifications until ``until`` (naive UTC), or until removed if None.
+
+    Alerts are still evaluated and stored; only their notifications are held back.
+
+    >>> silence_run(db, run.id, until=utcnow() + timedelta(hours=2), reason="known issue")  # doctest: +SKIP
+    """
+    with db.session() as s:
+        row = SqlSilence(
+            run_id=run_id,
+            until=until,
+            reason=reason and reason[:1000],
+            created_by=created_by and created_by[:255],
+            created_at=utcnow(),
+        )
+        s.add(row)
+        s.flush()
+        return _to_silence(row)
+
+
+def unsilence_run(db: Database, run_id: int) -> int:
+    """Remove every silence of the run; returns how many were removed."""
+    with db.session() as s:
+        return s.execute(delete(SqlSilence).where(SqlSilence.run_id == run_id)).rowcount or 0
+
+
+def active_silences(db: Database, now: datetime, run_id: int | None = None) -> list[Silence]:
+    """Silences in force at ``now`` (naive UTC), newest first."""
+    query = (
+        select(SqlSilence)
+        .where(or_(SqlSilence.until.is_(None), SqlSilence.until > now))
+        .order_by(SqlSilence.created_at.desc(), SqlSilence.id.desc())
+    )
+    if run_id is not None:
+        query = query.where(SqlSilence.run_id == run_id)
+    with db.session() as s:
+        return [_to_silence(r) for r in s.scalars(query)]
+
+
+# -- service heartbeats ---------------------------------------------------------------------------
+
+
+def beat(db: Database, name: str, info: dict, *, at: datetime | None = None) -> None:
+    """Record that service ``name`` is alive (e.g. the scheduler after each tick).
+
+    >>> beat(db, "scheduler", {"runs": 3, "tick_s": 0.02})     # doctest: +SKIP
+    """
+    row = {"name": name, "last_seen": at or utcnow(), "info": info}
+    with db.session() as s:
+        insert_ignore(s, SqlServiceHeartbeat, [row], update=("last_seen", "info"))
+
+
+def last_beat(db: Database, name: str) -> tuple[datetime, dict] | None:
+    """(last seen, info) of service ``name``, or None if it never ran."""
+    with db.session() as s:
+        row = s.get(SqlServiceHeartbeat, name)
+        if row is None:
+            return None
+        return row.last_seen, row.info or {}

@@ -1,0 +1,117 @@
+"""A run's data as pandas DataFrames in the contract's column names (``run``, ``step``, ``layer``, ...).
+
+>>> from storage.export import export_frame
+>>> df = export_frame("gpt-small-lr3e-3", what="layers")   # doctest: +SKIP
+>>> df.columns[:4].tolist()
+['run', 'step', 'layer', 'grad_norm']
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from storage import runs, stats
+from storage._models import SqlAlert
+from storage.db import Database
+from storage.entities import LAYER_STATISTICS, STEP_STATISTICS
+
+WHAT = ("scalars", "layers", "alerts")
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("exporting needs pandas: pip install 'tripwire[export]'") from exc
+    return pd
+
+
+def scalars_frame(db: Database, run_id: int, run_name: str):
+    """One row per step: ``run, step, wall_time, loss, lr, grad_norm, weight_norm, <user scalars>``."""
+    pd = _pandas()
+    points = stats.scalar_series(db, run_id)
+    keys = sorted(
+        {p.key for p in points},
+        key=lambda k: (
+            k not in STEP_STATISTICS,
+            STEP_STATISTICS.index(k) if k in STEP_STATISTICS else 0,
+            k,
+        ),
+    )
+    by_step: dict[int, dict] = {}
+    for p in points:
+        row = by_step.setdefault(
+            p.step, {"run": run_name, "step": p.step, "wall_time": p.wall_time}
+        )
+        row[p.key] = p.value
+    columns = ["run", "step", "wall_time", *keys]
+    return pd.DataFrame([by_step[s] for s in sorted(by_step)], columns=columns)
+
+
+def layers_frame(db: Database, run_id: int, run_name: str):
+    """One row per (step, layer): ``run, step, layer, <LAYER_STATISTICS>, sa_hist, wall_time``."""
+    pd = _pandas()
+    rows = [
+        {"run": run_name, "step": s.step, "layer": s.layer}
+        | {name: getattr(s, name) for name in LAYER_STATISTICS}
+        | {"sa_hist": s.sa_hist, "wall_time": s.wall_time}
+        for s in stats.layer_stats(db, run_id)
+    ]
+    return pd.DataFrame(
+        rows, columns=["run", "step", "layer", *LAYER_STATISTICS, "sa_hist", "wall_time"]
+    )
+
+
+def alerts_frame(db: Database, run_id: int, run_name: str):
+    """One row per alert: ``run, predictor, severity, step (fired), layer, message, state, ...``."""
+    pd = _pandas()
+    with db.session() as s:
+        found = s.scalars(
+            select(SqlAlert)
+            .where(SqlAlert.run_id == run_id)
+            .order_by(SqlAlert.first_step, SqlAlert.id)
+        )
+        rows = [
+            {
+                "run": run_name,
+                "predictor": a.predictor,
+                "severity": a.severity,
+                "step": a.fired_step if a.fired_step is not None else a.first_step,
+                "layer": a.layer,
+                "message": a.message,
+                "state": a.state,
+                "first_step": a.first_step,
+                "resolved_step": a.resolved_step,
+                "score": a.score,
+            }
+            for a in found
+        ]
+    columns = [
+        "run",
+        "predictor",
+        "severity",
+        "step",
+        "layer",
+        "message",
+        "state",
+        "first_step",
+        "resolved_step",
+        "score",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def export_frame(
+    run: str, what: str = "scalars", db: str | Database | None = None, project: str | None = None
+):
+    """A run's ``scalars``, ``layers`` or ``alerts`` as a DataFrame (the newest run with that name).
+
+    >>> export_frame("demo", "scalars", db="sqlite:///tripwire.db").plot(x="step", y="loss")  # doctest: +SKIP
+    """
+    if what not in WHAT:
+        raise ValueError(f"what must be one of {', '.join(WHAT)}, got {what!r}")
+    database = db if isinstance(db, Database) else Database(db)
+    database.ensure_schema()
+    found = runs.find_run(database, run, project=project)
+    build = {"scalars": scalars_frame, "layers": layers_frame, "alerts": alerts_frame}[what]
+    return build(database, found.id, found.name)
