@@ -1,0 +1,107 @@
+"""The engine: feeds a run's steps, in order, through every enabled predictor and lifecycle.
+
+It is pure (no database, no clock): the live service and the backtest both drive it, which is
+why they produce the same alerts for the same data, however the steps are split into ticks.
+
+>>> from alerts.config import Config
+>>> from alerts.predictors import Observation
+>>> ev = RunEvaluator(run_id=1, rules=Config().enabled_rules(), memory={}, open_alerts=[])
+>>> ev.feed(Observation(0, {"loss": float("nan")}))
+>>> [(a.predictor, a.state, a.fired_step) for a in ev.touched()]
+[('non_finite', 'firing', 0)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from alerts.config import Rule
+from alerts.lifecycle import AlertState, advance
+from alerts.predictors import PREDICTORS, Observation, Verdict
+
+DEFAULT_RESOLVE_AFTER = 3
+MEMORY_VERSION = 1
+
+
+class RunEvaluator:
+    """Evaluates one run incrementally from its persisted predictor memory and open alerts.
+
+    ``memory`` is the cursor's JSON state and is updated in place; :meth:`touched` returns
+    every alert changed since construction (firing, resolved, pending, or dropped ones).
+    """
+
+    def __init__(
+        self,
+        run_id: int,
+        rules: dict[str, Rule],
+        memory: dict,
+        open_alerts: Iterable[AlertState],
+        *,
+        resolve_after: int = DEFAULT_RESOLVE_AFTER,
+    ):
+        self.run_id = run_id
+        self.rules = rules
+        if memory.get("v") != MEMORY_VERSION:
+            memory.clear()
+            memory.update(v=MEMORY_VERSION, predictors={}, context={})
+        self.memory = memory
+        self.resolve_after = resolve_after
+        self.open: dict[tuple[str, str | None], AlertState] = {
+            (a.predictor, a.layer): a for a in open_alerts
+        }
+        self._touched: list[AlertState] = []
+        self._touched_ids: set[int] = set()
+        self.transitions: list[tuple[str, AlertState]] = []
+
+    def feed(self, obs: Observation) -> None:
+        """Evaluate one step (steps must come in increasing order)."""
+        context = self.memory["context"]
+        if "loss" in obs.scalars:
+            context["loss"] = obs.scalars["loss"]
+            context["loss_step"] = obs.step
+        for name, rule in self.rules.items():
+            spec = PREDICTORS[name]
+            if spec.wall_time:
+                continue
+            memo = self.memory["predictors"].setdefault(name, {})
+            for verdict in spec.fn(obs, memo, rule.params):
+                self.apply(rule, verdict, obs.step)
+
+    def apply(self, rule: Rule, verdict: Verdict, step: int) -> None:
+        """Apply one verdict of ``rule``'s predictor at ``step`` to its fingerprint."""
+        key = (rule.name, verdict.layer)
+        before = self.open.get(key)
+        after, transition = advance(
+            before,
+            verdict,
+            run_id=self.run_id,
+            predictor=rule.name,
+            severity=rule.severity,
+            step=step,
+            for_checks=rule.for_checks,
+            resolve_after=rule.resolve_after or self.resolve_after,
+            context=self._context(),
+        )
+        alert = after or before
+        if alert is not None and alert.dirty and id(alert) not in self._touched_ids:
+            self._touched_ids.add(id(alert))
+            self._touched.append(alert)
+        if after is None:
+            self.open.pop(key, None)
+        else:
+            self.open[key] = after
+        if transition in ("firing", "resolved") and alert is not None:
+            self.transitions.append((transition, alert))
+
+    def _context(self) -> dict:
+        ctx = self.memory["context"]
+        return {k: ctx[k] for k in ("loss", "loss_step") if k in ctx}
+
+    def touched(self) -> list[AlertState]:
+        """Alerts changed since construction, in the order they first changed."""
+        return list(self._touched)
+
+    def inhibited(self) -> bool:
+        """Whether a ``non_finite`` alert of this run is firing (weaker alerts stay quiet)."""
+        alert = self.open.get(("non_finite", None))
+        return alert is not None and alert.state == "firing"

@@ -1,0 +1,127 @@
+"""What a notification says: one :class:`Message`, rendered as text, HTML and JSON."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+from storage.entities import Alert, Run
+
+EVENT_TITLES = {
+    "firing": "FIRING",
+    "repeat": "STILL FIRING",
+    "resolved": "RESOLVED",
+    "test": "TEST",
+}
+
+
+def dashboard_link(base_url: str | None, run: Run, step: int | None) -> str | None:
+    """The dashboard page of ``run`` at ``step``, or None without a base URL.
+
+    >>> from datetime import datetime
+    >>> run = Run(1, "ab12", "default", "gpt", "running", datetime(2025, 1, 1))
+    >>> dashboard_link("http://localhost:8501/", run, 420)
+    'http://localhost:8501/run?run=ab12&step=420'
+    """
+    if not base_url:
+        return None
+    query = {"run": run.uid}
+    if step is not None:
+        query["step"] = str(step)
+    return f"{base_url.rstrip('/')}/run?{urlencode(query, quote_via=quote)}"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notification, whatever the channel.
+
+    >>> m = test_message(None)
+    >>> m.subject
+    '[tripwire] TEST: notifications work'
+    """
+
+    event: str
+    severity: str
+    subject: str
+    text: str
+    html: str
+    payload: dict = field(default_factory=dict)
+
+
+def _fmt(value) -> str:  # noqa: ANN001
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None) -> Message:
+    """The message for ``event`` (firing, repeat, resolved) of alerts of one run and predictor.
+
+    Several layers firing for the same predictor in one tick make one message.
+    """
+    first = alerts[0]
+    step = first.resolved_step if event == "resolved" else first.fired_step
+    step = step if step is not None else first.last_step
+    layers = [a.layer for a in alerts if a.layer]
+    loss = (first.details or {}).get("loss")
+    link = dashboard_link(dashboard_url, run, step)
+    where = ""
+    if layers:
+        shown = ", ".join(layers[:5]) + (f" (+{len(layers) - 5} more)" if len(layers) > 5 else "")
+        where = f" on {shown}"
+    title = EVENT_TITLES.get(event, event.upper())
+    subject = f"[tripwire] {title} {first.severity}: {first.predictor} on run {run.name}"
+    lines = [
+        f"{title} {first.severity} {first.predictor}{where}",
+        f"run: {run.name} (project {run.project}, uid {run.uid})",
+        f"step: {step}   loss: {_fmt(loss)}   score: {_fmt(first.score)}",
+    ]
+    details = [a.message for a in alerts[:5] if a.message]
+    lines += [f"- {d}" for d in details]
+    if link:
+        lines.append(f"dashboard: {link}")
+    text = "\n".join(lines)
+    items = "".join(f"<li>{html.escape(d)}</li>" for d in details)
+    anchor = f'<p><a href="{html.escape(link)}">Open the run at step {step}</a></p>' if link else ""
+    body = (
+        f"<h3>{html.escape(title)} {html.escape(first.severity)}: "
+        f"{html.escape(first.predictor)}{html.escape(where)}</h3>"
+        f"<p>Run <b>{html.escape(run.name)}</b> (project {html.escape(run.project)}), "
+        f"step {step}, loss {html.escape(_fmt(loss))}, score {html.escape(_fmt(first.score))}</p>"
+        f"<ul>{items}</ul>{anchor}"
+    )
+    payload = {
+        "event": event,
+        "severity": first.severity,
+        "predictor": first.predictor,
+        "run": run.name,
+        "run_uid": run.uid,
+        "project": run.project,
+        "step": step,
+        "layers": layers,
+        "loss": _fmt(loss) if loss is not None and not math.isfinite(loss) else loss,
+        "score": first.score if first.score is None or math.isfinite(first.score) else None,
+        "messages": details,
+        "alert_ids": [a.id for a in alerts],
+        "link": link,
+    }
+    return Message(event, first.severity, subject, text, body, payload)
+
+
+def test_message(dashboard_url: str | None) -> Message:
+    """The message ``tripwire notify test`` sends."""
+    text = "Tripwire test message: this notifier is configured and reachable."
+    if dashboard_url:
+        text += f"\ndashboard: {dashboard_url}"
+    return Message(
+        "test",
+        "info",
+        "[tripwire] TEST: notifications work",
+        text,
+        f"<p>{html.escape(text)}</p>",
+        {"event": "test", "severity": "info", "message": text, "link": dashboard_url},
+    )

@@ -1,0 +1,97 @@
+"""The notifier contract: one method, and errors that say whether a retry can help."""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from urllib.parse import urlsplit
+
+from alerts.message import Message
+
+
+class NotifyError(Exception):
+    """A failed delivery. ``recoverable``: could the same message succeed if sent again later?
+
+    ``retry_after`` is the server's requested wait in seconds (HTTP 429), when it gave one.
+    """
+
+    def __init__(self, message: str, *, recoverable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.recoverable = recoverable
+        self.retry_after = retry_after
+
+
+class Notifier(ABC):
+    """Sends a :class:`Message` somewhere. Subclasses keep secrets out of ``repr`` and errors.
+
+    >>> class Print(Notifier):
+    ...     def send(self, message):
+    ...         print(message.subject)
+    >>> Print("print").send(Message("test", "info", "hello", "", ""))
+    hello
+    """
+
+    retries = True
+    """Whether failed sends are retried (the console notifier cannot fail usefully)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @abstractmethod
+    def send(self, message: Message) -> None:
+        """Deliver one message or raise :class:`NotifyError`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def http_status_error(status: int, what: str, retry_after: float | None = None) -> NotifyError:
+    """Classify an HTTP failure: 408, 429 and 5xx may pass later; other 4xx will not."""
+    recoverable = status in (408, 429) or status >= 500
+    return NotifyError(f"{what}: HTTP {status}", recoverable=recoverable, retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def check_url(url: str, variable: str) -> str:
+    """Accept https URLs, and http only to a loopback address; errors never show the URL.
+
+    >>> check_url("http://127.0.0.1:8080/hook", "TRIPWIRE_WEBHOOK_URL")
+    'http://127.0.0.1:8080/hook'
+    >>> check_url("http://example.com/hook", "TRIPWIRE_WEBHOOK_URL")
+    Traceback (most recent call last):
+    ...
+    ValueError: TRIPWIRE_WEBHOOK_URL: must be an https URL (http is allowed only to loopback addresses)
+    """
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        raise ValueError(f"{variable}: not a valid http(s) URL")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(
+            f"{variable}: must be an https URL (http is allowed only to loopback addresses)"
+        )
+    return url
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact(url: str) -> str:
+    """Scheme and host only: webhook URLs carry their secret in the path.
+
+    >>> redact("https://hooks.slack.com/services/T0/B0/XYZ")
+    'https://hooks.slack.com/…'
+    """
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}/…"

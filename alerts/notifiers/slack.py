@@ -1,0 +1,63 @@
+"""Slack incoming webhook, through ``slack_sdk`` (imported when a Slack notifier is built)."""
+
+from __future__ import annotations
+
+from alerts.message import Message
+from alerts.notifiers.base import (
+    Notifier,
+    NotifyError,
+    check_url,
+    http_status_error,
+    parse_retry_after,
+    redact,
+)
+
+SEVERITY_EMOJI = {
+    "critical": ":rotating_light:",
+    "warning": ":warning:",
+    "info": ":information_source:",
+}
+
+
+class SlackNotifier(Notifier):
+    """Posts to a Slack incoming webhook (URL from ``TRIPWIRE_SLACK_WEBHOOK_URL``).
+
+    >>> SlackNotifier("https://hooks.slack.com/services/T0/B0/XYZ")   # doctest: +SKIP
+    SlackNotifier('slack' → https://hooks.slack.com/…)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "slack",
+        timeout_s: float = 10.0,
+        variable: str = "TRIPWIRE_SLACK_WEBHOOK_URL",
+    ):
+        super().__init__(name)
+        try:
+            from slack_sdk.webhook import WebhookClient
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "the Slack notifier needs slack_sdk: pip install 'tripwire[alerts]'"
+            ) from exc
+        self._url = check_url(url, variable)
+        # Retries are ours (tenacity, counted and recorded), not slack_sdk's.
+        self._client = WebhookClient(self._url, timeout=max(1, int(timeout_s)), retry_handlers=[])
+
+    def __repr__(self) -> str:
+        return f"SlackNotifier({self.name!r} → {redact(self._url)})"
+
+    def send(self, message: Message) -> None:
+        emoji = SEVERITY_EMOJI.get(message.severity, "")
+        text = f"{emoji} *{message.subject}*\n{message.text}".strip()
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]
+        try:
+            response = self._client.send(text=message.subject, blocks=blocks)
+        except Exception as exc:  # network errors: slack_sdk raises urllib's
+            raise NotifyError(
+                f"slack {redact(self._url)}: {type(exc).__name__}", recoverable=True
+            ) from None
+        if response.status_code != 200:
+            retry_after = parse_retry_after((response.headers or {}).get("Retry-After"))
+            raise http_status_error(response.status_code, f"slack {redact(self._url)}", retry_after)

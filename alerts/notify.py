@@ -1,0 +1,105 @@
+"""Which alert changes are told, and to whom: inhibition, silences, repeats and routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alerts.config import SEVERITY_RANK
+from alerts.lifecycle import AlertState
+from alerts.notifiers import Route
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a tick did to an alert, as reported by :meth:`AlertService.tick`.
+
+    ``kind``: firing, repeat or resolved. ``notified``: sent to at least one notifier's
+    queue; otherwise ``suppressed`` says why (silenced, inhibited, no route).
+    """
+
+    kind: str
+    run: str
+    run_id: int
+    predictor: str
+    layer: str | None
+    severity: str
+    step: int
+    message: str
+    notified: bool
+    suppressed: str | None = None
+
+
+def suppression(alert: AlertState, *, silenced: bool, inhibited: bool) -> str | None:
+    """Why ``alert`` must stay quiet now, or None.
+
+    A firing ``non_finite`` alert inhibits the weaker (non-critical) alerts of its run.
+    """
+    if silenced:
+        return "silenced"
+    weaker = SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK["critical"]
+    if inhibited and alert.predictor != "non_finite" and weaker:
+        return "inhibited"
+    return None
+
+
+def plan(
+    alerts: list[AlertState],
+    *,
+    run_name: str,
+    project: str,
+    silenced: bool,
+    inhibited: bool,
+    repeat_every_steps: int,
+    routes: list[Route],
+) -> tuple[dict[int, list[tuple[str, str]]], list[Event]]:
+    """Decide the notifications of one run after a tick.
+
+    Returns (deliveries by ``id(alert)`` as (notifier, event) pairs, events). Marks each
+    told alert's ``last_notified_step``: an alert kept quiet while silenced or inhibited is
+    told once that ends, if it is still firing.
+    """
+    deliveries: dict[int, list[tuple[str, str]]] = {}
+    events: list[Event] = []
+    for alert in alerts:
+        if alert.dropped or alert.state == "pending":
+            continue
+        why = suppression(alert, silenced=silenced, inhibited=inhibited)
+        kinds: list[str] = []
+        if alert.state == "firing":
+            if alert.last_notified_step is None:
+                kinds = ["firing"]
+            elif alert.last_step - alert.last_notified_step >= repeat_every_steps:
+                kinds = ["repeat"]
+        elif alert.state == "resolved":
+            if alert.last_notified_step is not None:
+                kinds = ["resolved"]
+                why = "silenced" if silenced else None
+            elif alert.fired_step is not None:
+                kinds = ["firing", "resolved"]
+        for kind in kinds:
+            targets = [] if why else [r for r in routes if r.accepts(alert.severity, project)]
+            if not why and not targets:
+                why = "no notifier accepts it"
+            if not why:
+                deliveries.setdefault(id(alert), []).extend(
+                    (r.notifier.name, kind) for r in targets
+                )
+            step = alert.resolved_step if kind == "resolved" else alert.fired_step
+            events.append(
+                Event(
+                    kind,
+                    run_name,
+                    alert.run_id,
+                    alert.predictor,
+                    alert.layer,
+                    alert.severity,
+                    step if step is not None else alert.last_step,
+                    alert.message or "",
+                    notified=not why,
+                    suppressed=why,
+                )
+            )
+        if kinds and (why is None or why == "no notifier accepts it"):
+            alert.last_notified_step = alert.last_step
+            alert.dirty = True
+    return deliveries, events

@@ -1,0 +1,106 @@
+"""Predictors: small named functions of a run's recent statistics, registered in a dict.
+
+>>> from alerts.predictors import PREDICTORS, get_predictor
+>>> sorted(PREDICTORS)
+['grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'stalled', 'weight_growth']
+>>> get_predictor("sa_collapse").severity
+'warning'
+
+Add one by writing ``fn(observation, memory, params) -> list[Verdict]`` (see
+:mod:`alerts.predictors.base`) and registering a :class:`Predictor` in ``PREDICTORS``.
+Default parameters are starting points: the prediction benchmark recalibrates them, and
+``tripwire.toml`` overrides any of them per predictor.
+"""
+
+from __future__ import annotations
+
+from alerts.predictors import gradients, loss, non_finite, sa, stalled, weights
+from alerts.predictors.base import Observation, Predictor, Verdict, finite
+
+PREDICTORS: dict[str, Predictor] = {
+    "sa_collapse": Predictor(
+        "sa_collapse",
+        sa.sa_collapse,
+        severity="warning",
+        for_checks=3,
+        params=sa.PARAMS,
+        summary="SA signs of a layer collapse to one side, relative to that layer's normal",
+        per_layer=True,
+    ),
+    "grad_norm_spike": Predictor(
+        "grad_norm_spike",
+        gradients.grad_norm_spike,
+        severity="warning",
+        for_checks=3,
+        params=gradients.PARAMS,
+        summary="global gradient norm far above its EMA (log z-score), persistently",
+    ),
+    "weight_growth": Predictor(
+        "weight_growth",
+        weights.weight_growth,
+        severity="warning",
+        for_checks=2,
+        params=weights.PARAMS,
+        summary="a layer's sigma1 (or weight norm) grows faster than a set rate per step",
+        per_layer=True,
+    ),
+    "loss_spike": Predictor(
+        "loss_spike",
+        loss.loss_spike,
+        severity="warning",
+        for_checks=3,
+        params=loss.PARAMS,
+        summary="smoothed loss well above its running minimum",
+    ),
+    "non_finite": Predictor(
+        "non_finite",
+        non_finite.non_finite,
+        severity="critical",
+        for_checks=1,
+        params=non_finite.PARAMS,
+        summary="NaN or Inf in the loss, gradient norms or weights",
+    ),
+    "stalled": Predictor(
+        "stalled",
+        stalled.stalled,
+        severity="warning",
+        for_checks=1,
+        params=stalled.PARAMS,
+        summary="a running run that stopped reporting (wall time; live only)",
+        wall_time=True,
+        resolve_after=1,
+    ),
+}
+
+
+class UnknownPredictor(KeyError):
+    """No predictor has this name; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def get_predictor(name: str) -> Predictor:
+    """The registered predictor ``name``.
+
+    >>> get_predictor("sa_colapse")
+    Traceback (most recent call last):
+    ...
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, stalled, weight_growth
+    """
+    try:
+        return PREDICTORS[name]
+    except KeyError:
+        valid = ", ".join(sorted(PREDICTORS))
+        raise UnknownPredictor(f"unknown predictor {name!r}; valid: {valid}") from None
+
+
+__all__ = [
+    "PREDICTORS",
+    "Observation",
+    "Predictor",
+    "UnknownPredictor",
+    "Verdict",
+    "finite",
+    "get_predictor",
+]

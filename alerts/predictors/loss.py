@@ -1,0 +1,49 @@
+"""``loss_spike``: the smoothed loss rises well above its running minimum."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from alerts.predictors.base import Observation, Verdict, finite
+
+PARAMS = {
+    "key": "loss",
+    "alpha": 0.1,
+    "rel_increase": 0.3,
+    "min_increase": 0.0,
+    "warmup_steps": 20,
+}
+"""``alpha``: EMA weight of a new loss. Holds when ``ema - min(ema)`` exceeds both
+``rel_increase × |min(ema)|`` and ``min_increase``, after ``warmup_steps`` evaluated steps."""
+
+
+def loss_spike(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Compare the EMA of the loss with the lowest EMA seen so far; non-finite losses are skipped.
+
+    >>> p = dict(PARAMS, warmup_steps=2, alpha=1.0)
+    >>> m = {}
+    >>> [loss_spike(Observation(s, {"loss": v}), m, p)[0].holds for s, v in enumerate([3, 2, 2, 4])]
+    [False, False, False, True]
+    """
+    value = obs.scalars.get(params["key"])
+    if not finite(value):
+        return []
+    alpha = float(params["alpha"])
+    ema = memory.get("ema")
+    ema = value if ema is None else ema + alpha * (value - ema)
+    low = min(memory.get("min", ema), ema)
+    n = memory.get("n", 0) + 1
+    memory.update(ema=ema, min=low, n=n)
+    if n <= params["warmup_steps"]:
+        return [Verdict(False, 0.0)]
+    rise = ema - low
+    scale = abs(low) if low != 0 else 1.0
+    score = rise / scale
+    holds = rise > params["min_increase"] and score > params["rel_increase"]
+    message = (
+        f"smoothed {params['key']} {ema:.4g} is {score:.0%} above its minimum {low:.4g}"
+        if holds
+        else ""
+    )
+    return [Verdict(holds, score, message, details={"ema": ema, "min": low})]

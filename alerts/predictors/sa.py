@@ -1,0 +1,74 @@
+"""``sa_collapse``: a layer's spectral-alignment signs collapse, relative to its own normal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from alerts.predictors.base import Observation, Verdict, finite
+
+PARAMS = {
+    "warmup_steps": 50,
+    "baseline_checks": 5,
+    "alpha": 0.02,
+    "min_imbalance": 0.6,
+    "excess": 0.5,
+    "min_headroom": 0.1,
+}
+"""The imbalance ``D = |2 p+ - 1|`` (0: mixed signs, 1: one sign) is judged against the layer's
+own baseline, the mean of its first ``baseline_checks`` checks after ``warmup_steps``, then an
+EMA (weight ``alpha``) updated only while the condition does not hold. It holds when D has
+used up at least ``excess`` of the headroom ``1 - baseline`` *and* ``D >= min_imbalance``.
+A layer whose baseline leaves less than ``min_headroom`` (inputs that are one-signed by
+construction, e.g. after GELU or LayerNorm) cannot collapse further and is never flagged."""
+
+
+def _imbalance(stat) -> float | None:  # noqa: ANN001
+    if finite(stat.sa_imbalance):
+        return stat.sa_imbalance
+    if finite(stat.sa_pos):
+        return abs(2 * stat.sa_pos - 1)
+    return None
+
+
+def sa_collapse(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Per layer: has the SA imbalance risen far above that layer's baseline?
+
+    >>> from storage.entities import LayerStat
+    >>> p, m = dict(PARAMS, warmup_steps=0, baseline_checks=2), {}
+    >>> for step, d in [(0, 0.1), (10, 0.1), (20, 0.12), (30, 0.9)]:
+    ...     v = sa_collapse(Observation(step, layers={"fc": LayerStat(step, "fc", sa_imbalance=d)}), m, p)
+    >>> v[0].holds
+    True
+    """
+    verdicts = []
+    if obs.step < params["warmup_steps"]:
+        return verdicts
+    for layer, stat in obs.layers.items():
+        d = _imbalance(stat)
+        if d is None:
+            continue
+        mem = memory.setdefault(layer, {"n": 0, "base": 0.0})
+        if mem["n"] < params["baseline_checks"]:
+            mem["n"] += 1
+            mem["base"] += (d - mem["base"]) / mem["n"]
+            verdicts.append(Verdict(False, 0.0, layer=layer))
+            continue
+        base = mem["base"]
+        headroom = 1.0 - base
+        if headroom < params["min_headroom"]:
+            verdicts.append(Verdict(False, 0.0, layer=layer, details={"baseline": base}))
+            continue
+        score = (d - base) / headroom
+        holds = score >= params["excess"] and d >= params["min_imbalance"]
+        if not holds:
+            mem["base"] = base + params["alpha"] * (d - base)
+        message = (
+            f"SA signs of {layer} collapsed: imbalance {d:.2f} against its normal {base:.2f}"
+            if holds
+            else ""
+        )
+        verdicts.append(
+            Verdict(holds, score, message, layer=layer, details={"imbalance": d, "baseline": base})
+        )
+    return verdicts

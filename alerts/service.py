@@ -1,0 +1,209 @@
+"""The live alert service: each tick evaluates every live run incrementally and notifies.
+
+Per run and tick: load the cursor (how far it was evaluated, the predictors' memory) and the
+open alerts, feed the new complete steps through the engine, decide notifications, and store
+alerts + cursor + queued deliveries in one transaction; then drain the delivery queue. A
+restart resumes from the cursors, so nothing is evaluated or sent twice.
+
+>>> from storage import Database
+>>> service = AlertService(Database("sqlite:///tripwire.db"))        # doctest: +SKIP
+>>> events = service.tick()                                         # doctest: +SKIP
+>>> [(e.kind, e.predictor, e.layer, e.step) for e in events]         # doctest: +SKIP
+[('firing', 'sa_collapse', 'blocks.2.attn.proj', 260)]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from alerts import observations
+from alerts.config import Config
+from alerts.delivery import Outcome, deliver_queued
+from alerts.engine import RunEvaluator
+from alerts.lifecycle import AlertState
+from alerts.notifiers import ConsoleNotifier, Notifier, Route, build_routes
+from alerts.notify import Event, plan
+from alerts.predictors import PREDICTORS
+from storage import alerts as store
+from storage import runs
+from storage.db import Database, utcnow
+from storage.errors import RunNotFound, StoreUnavailable
+
+log = logging.getLogger("tripwire.alerts")
+
+
+class AlertService:
+    """Evaluates live runs and sends notifications; drive it with :meth:`tick` or :meth:`run_forever`.
+
+    ``notifiers``: a list of notifiers (all alerts go to each) or of :class:`Route`s; default
+    from ``config`` and the environment (the console notifier when nothing is configured).
+    ``clock`` returns naive UTC now; tests inject their own. ``name`` names the heartbeat row.
+
+    >>> import threading
+    >>> service = AlertService(db)                                  # doctest: +SKIP
+    >>> stop = threading.Event()
+    >>> threading.Thread(target=service.run_forever, args=(2.0, stop), daemon=True).start()  # doctest: +SKIP
+    >>> stop.set()                                                   # at the end of training
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        config: Config | None = None,
+        notifiers: list[Notifier] | list[Route] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        name: str = "scheduler",
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.db = db
+        self.config = config or Config()
+        self.clock = clock or utcnow
+        self.name = name
+        self.sleep = sleep
+        if notifiers is None:
+            self.routes = build_routes(self.config)
+        else:
+            self.routes = [n if isinstance(n, Route) else Route(n) for n in notifiers]
+        if not self.routes:
+            self.routes = [Route(ConsoleNotifier())]
+        self.rules = self.config.enabled_rules()
+        self.ticks = 0
+        self._started = False
+
+    @property
+    def notifiers(self) -> dict[str, Notifier]:
+        return {r.notifier.name: r.notifier for r in self.routes}
+
+    def tick(self) -> list[Event]:
+        """Evaluate all live runs once, then deliver what was queued; returns the events.
+
+        Raises :class:`StoreUnavailable` if the database cannot be reached (the scheduler
+        logs it and tries again next tick).
+        """
+        started = time.perf_counter()
+        now = self.clock()
+        if not self._started:
+            store.fail_interrupted(self.db, older_than=now - timedelta(minutes=5))
+            self._started = True
+        engine = self.config.engine
+        run_ids = store.runs_to_evaluate(self.db, now=now, finished_grace_s=engine.finished_grace_s)
+        cursors = store.eval_cursors(self.db, run_ids)
+        opened = store.open_alerts(self.db, run_ids)
+        silenced = {s.run_id for s in store.active_silences(self.db, now)}
+        events: list[Event] = []
+        failures = 0
+        for run_id in run_ids:
+            try:
+                events += self._evaluate(run_id, cursors.get(run_id), opened[run_id], now, silenced)
+            except StoreUnavailable:
+                raise
+            except RunNotFound:
+                continue  # deleted meanwhile
+            except Exception:  # one bad run must not stop the others
+                failures += 1
+                log.exception("evaluating run %s failed", run_id)
+        outcomes = self.deliver()
+        self.ticks += 1
+        info = {
+            "runs": len(run_ids),
+            "events": len(events),
+            "sent": sum(o.status == "sent" for o in outcomes),
+            "failed": sum(o.status == "failed" for o in outcomes),
+            "errors": failures,
+            "tick_s": round(time.perf_counter() - started, 4),
+        }
+        store.beat(self.db, self.name, info)
+        return events
+
+    def deliver(self) -> list[Outcome]:
+        """Send the queued notifications (also those left by a previous process)."""
+        return deliver_queued(
+            self.db,
+            self.notifiers,
+            self.config.retry,
+            dashboard_url=self.config.dashboard_url(),
+            sleep=self.sleep,
+        )
+
+    def _evaluate(
+        self,
+        run_id: int,
+        cursor: store.EvalCursor | None,
+        opened: list,
+        now: datetime,
+        silenced: set[int],
+    ) -> list[Event]:
+        run = runs.get_run(self.db, run_id)
+        start = cursor.last_step if cursor is not None else -1
+        memory = copy.deepcopy(cursor.state) if cursor is not None else {}
+        evaluator = RunEvaluator(
+            run_id,
+            self.rules,
+            memory,
+            [AlertState.from_entity(a) for a in opened],
+            resolve_after=self.config.engine.resolve_after,
+        )
+        stalled_rule = self.rules.get("stalled")
+        stalled_after = stalled_rule.params["after_s"] if stalled_rule else None
+        limit = observations.horizon(self.db, run, now=now, stalled_after_s=stalled_after)
+        last = start
+        if limit is not None and limit > start:
+            last = min(limit, start + self.config.engine.max_steps_per_tick)
+            for obs in observations.load(self.db, run_id, start, last):
+                evaluator.feed(obs)
+        if stalled_rule is not None:
+            for verdict in PREDICTORS["stalled"].fn(run, now, stalled_rule.params):
+                evaluator.apply(stalled_rule, verdict, max(last, run.last_step or 0, 0))
+        touched = evaluator.touched()
+        seen = {id(a) for a in touched}
+        candidates = touched + [a for a in evaluator.open.values() if id(a) not in seen]
+        deliveries, events = plan(
+            candidates,
+            run_name=run.name,
+            project=run.project,
+            silenced=run_id in silenced,
+            inhibited=evaluator.inhibited(),
+            repeat_every_steps=self.config.engine.repeat_every_steps,
+            routes=self.routes,
+        )
+        dirty = [a for a in candidates if a.dirty]
+        if cursor is not None and last == start and not dirty:
+            return events
+        writes = [
+            store.AlertWrite(a.id, a.row(), delete=a.dropped, notify=deliveries.get(id(a), []))
+            for a in dirty
+        ]
+        ids = store.commit_evaluation(
+            self.db,
+            run_id,
+            expected_step=cursor.last_step if cursor is not None else None,
+            last_step=last,
+            state=memory,
+            writes=writes,
+        )
+        if ids is None:
+            log.info("run %s was evaluated by another scheduler meanwhile; skipped", run_id)
+            return []
+        return events
+
+    def run_forever(self, interval_s: float, stop: threading.Event) -> None:
+        """Tick every ``interval_s`` seconds until ``stop`` is set, then tick once more.
+
+        For a background thread (``tripwire demo``); errors are logged, never raised. The
+        final tick evaluates the data written just before ``stop`` was set.
+        """
+        while True:
+            stopping = stop.is_set()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("alert tick failed")
+            if stopping:
+                return
+            stop.wait(interval_s)

@@ -1,0 +1,232 @@
+"""``tripwire scheduler``, ``tripwire evaluate``, ``tripwire notify test``, ``tripwire silence``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from datetime import timedelta
+
+import click
+
+from tripwire.options import UserError, db_option
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="FILE",
+    help="tripwire.toml to use (default: $TRIPWIRE_CONFIG, else ./tripwire.toml if present).",
+)
+
+HINT = "pip install 'tripwire[alerts]'"
+
+
+def _load(config_path: str | None):
+    """The validated configuration; import or config errors become one-line user errors."""
+    try:
+        from alerts.config import ConfigError, load_config
+    except ImportError as exc:
+        raise UserError(f"alerts need optional packages ({exc.name} is missing): {HINT}") from None
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _routes(config):  # noqa: ANN001
+    from alerts.config import ConfigError
+    from alerts.notifiers import build_routes
+
+    try:
+        return build_routes(config)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    except ImportError as exc:
+        raise UserError(f"{exc}") from None
+
+
+def _database(db_url: str | None):
+    from storage import Database
+
+    db = Database(db_url)
+    db.ensure_schema()
+    return db
+
+
+@click.command("scheduler")
+@db_option
+@config_option
+@click.option("--interval", type=float, default=None, help="Seconds between ticks (default 10).")
+@click.option("--once", is_flag=True, help="Run one tick, print its events and exit.")
+def scheduler_command(db_url: str | None, config_path: str | None, interval, once: bool) -> None:  # noqa: ANN001
+    """Evaluate every live run on an interval and send notifications.
+
+    Restarting it resumes from where it stopped: nothing is evaluated or sent twice.
+    """
+    config = _load(config_path)
+    routes = _routes(config)
+    from alerts.service import AlertService
+    from storage import redact_url
+
+    db = _database(db_url)
+    service = AlertService(db, config, routes)
+    if once:
+        for event in service.tick():
+            click.echo(_event_line(event))
+        return
+    try:
+        from alerts.scheduler import build_scheduler
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    every = interval or config.engine.interval_s
+    names = ", ".join(repr(r.notifier) for r in routes)
+    click.echo(f"tripwire scheduler: {redact_url(db.url)} every {every:g} s; notifiers: {names}")
+    try:
+        scheduler = build_scheduler(service, interval_s=interval)
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        click.echo("tripwire scheduler: stopped")
+
+
+def _event_line(event) -> str:  # noqa: ANN001
+    layer = f" {event.layer}" if event.layer else ""
+    told = "" if event.notified else f" ({event.suppressed})"
+    return f"{event.kind} {event.severity} {event.predictor}{layer} run={event.run} step={event.step}{told}"
+
+
+def _json_safe(value):  # noqa: ANN001
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+@click.command("evaluate")
+@db_option
+@config_option
+@click.option(
+    "--run", "run_name", default=None, metavar="NAME", help="Only this run (name or uid)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of alerts.")
+def evaluate_command(db_url: str | None, config_path: str | None, run_name, as_json: bool) -> None:  # noqa: ANN001
+    """Replay stored runs through the predictors (a backtest) and list the alerts.
+
+    Uses the same engine as the scheduler; writes nothing.
+    """
+    config = _load(config_path)
+    from alerts.backtest import evaluate_run
+    from storage import runs
+
+    db = _database(db_url)
+    targets = [runs.find_run(db, run_name)] if run_name else runs.list_runs(db)
+    found = []
+    for run in reversed(targets):  # oldest first
+        found += evaluate_run(db, run, config)
+    if as_json:
+        rows = [{k: _json_safe(v) for k, v in a.as_dict().items()} for a in found]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo(f"no alerts in {len(targets)} run(s)")
+        return
+    for a in found:
+        layer = a.layer or "-"
+        click.echo(f"{a.run}\tstep {a.step}\t{a.severity}\t{a.predictor}\t{layer}\t{a.message}")
+
+
+@click.group("notify")
+def notify_group() -> None:
+    """Notifiers."""
+
+
+@notify_group.command("test")
+@db_option
+@config_option
+def notify_test_command(db_url: str | None, config_path: str | None) -> None:
+    """Send a test message through every configured notifier."""
+    config = _load(config_path)
+    routes = _routes(config)
+    from alerts.delivery import send_with_retry
+    from alerts.message import test_message
+    from storage import StorageError
+    from storage import alerts as store
+
+    try:
+        db = _database(db_url)
+    except StorageError as exc:
+        click.echo(f"warning: deliveries will not be recorded ({exc})", err=True)
+        db = None
+    message = test_message(config.dashboard_url())
+    failed = 0
+    for route in routes:
+        attempts, error = send_with_retry(route.notifier, message, config.retry)
+        status = "sent" if error is None else "failed"
+        failed += error is not None
+        detail = f" after {attempts} attempt(s): {error}" if error else ""
+        click.echo(f"{route.notifier!r}: {status}{detail}")
+        if db is not None:
+            store.record_notification(
+                db,
+                alert_id=None,
+                notifier=route.notifier.name,
+                event="test",
+                status=status,
+                attempts=attempts,
+                error=str(error) if error else None,
+            )
+    if failed:
+        raise UserError(f"{failed} of {len(routes)} notifier(s) failed")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _duration(text: str) -> timedelta:
+    found = _DURATION.match(text.strip())
+    if not found:
+        raise UserError(f"--for: expected a duration like 30m, 2h or 1d (got {text!r})")
+    value, unit = float(found.group(1)), found.group(2)
+    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+@click.command("silence")
+@db_option
+@click.argument("run_name", metavar="RUN")
+@click.option(
+    "--for", "duration", default=None, help="How long, e.g. 30m, 2h, 1d (default: until removed)."
+)
+@click.option("--reason", default=None, help="Why (shown on the dashboard).")
+@click.option("--remove", is_flag=True, help="Remove the run's silences instead.")
+def silence_command(db_url: str | None, run_name: str, duration, reason, remove: bool) -> None:  # noqa: ANN001
+    """Hold back a run's notifications (alerts are still evaluated and stored)."""
+    import getpass
+
+    from storage import alerts as store
+    from storage import runs, utcnow
+
+    db = _database(db_url)
+    run = runs.find_run(db, run_name)
+    if remove:
+        removed = store.unsilence_run(db, run.id)
+        click.echo(f"removed {removed} silence(s) of run {run.name}")
+        return
+    until = utcnow() + _duration(duration) if duration else None
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = None
+    store.silence_run(db, run.id, until=until, reason=reason, created_by=user)
+    when = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "until removed"
+    click.echo(f"silenced run {run.name} {when}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(scheduler_command)
+    cli.add_command(evaluate_command)
+    cli.add_command(notify_group)
+    cli.add_command(silence_command)
