@@ -1,0 +1,429 @@
+"""Figure builders: pure functions from query results to Plotly figures. No Streamlit here.
+
+Non-finite values are evidence, not noise: every builder shows NaN and ±Inf as red ``x``
+markers (Plotly itself would silently leave a gap).
+
+>>> from dashboard import figures
+>>> fig = figures.scalars_figure(df, alerts=run_alerts)     # doctest: +SKIP
+>>> fig.show()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SEVERITY_COLORS = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#1f77b4"}
+NONFINITE_COLOR = "#d62728"
+SCALAR_TITLES = {"loss": "loss", "lr": "learning rate", "grad_norm": "gradient norm"}
+STAT_TITLES = {
+    "sa_imbalance": "SA imbalance D = |2p+ − 1|",
+    "sa_pos": "SA p+",
+    "grad_norm": "gradient norm",
+    "weight_norm": "weight norm",
+    "sigma1": "σ1",
+    "stable_rank": "stable rank",
+    "v_drift": "v1 drift",
+    "sa_mean": "mean SA",
+    "sa_abs_mean": "mean |SA|",
+    "act_max": "max |x|",
+    "act_norm_mean": "mean ||x||",
+}
+LOG_COLOR_STATS = ("grad_norm", "weight_norm", "sigma1", "act_max", "act_norm_mean")
+"""Statistics whose heatmaps are coloured by log10: they span decades across layers."""
+
+
+def _finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _label(value) -> str:
+    if value is None:
+        return "missing"
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+def _base_layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 40},
+        hovermode="closest",
+        legend={"orientation": "h", "y": -0.12},
+    )
+    return fig
+
+
+def empty_figure(message: str, height: int = 250) -> go.Figure:
+    """A blank figure carrying a message (no data yet, nothing selected)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _base_layout(fig, None, height)
+
+
+# -- per-step scalars ----------------------------------------------------------------------------
+
+
+def scalars_figure(
+    df,
+    *,
+    keys: Sequence[str] = ("loss", "lr", "grad_norm"),
+    alerts: Iterable = (),
+    mark_step: int | None = None,
+    log_y: Sequence[str] = (),
+    height_per_row: int = 210,
+) -> go.Figure:
+    """Stacked line charts of a run's scalars sharing one step axis, with alert markers.
+
+    ``df`` has columns ``step``, ``key``, ``value`` and optionally ``run`` (several runs are
+    overlaid, one colour per run). ``alerts`` are objects with ``predictor``, ``layer``,
+    ``severity``, ``state``, ``first_step``, ``fired_step`` and ``message``: each is a marker
+    on the first chart at the step it fired (hover shows it) and a dotted line across all.
+
+    >>> scalars_figure(series.scalar_frame(db, run.id), alerts=list_alerts(db, run_id=run.id))  # doctest: +SKIP
+    """
+    keys = list(keys)
+    fig = make_subplots(
+        rows=len(keys),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        subplot_titles=[SCALAR_TITLES.get(k, k) for k in keys],
+    )
+    runs = list(dict.fromkeys(df["run"])) if "run" in df.columns and len(df) else [None]
+    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+    for row, key in enumerate(keys, start=1):
+        part = df[df["key"] == key] if len(df) else df
+        finite_values = [v for v in part["value"] if _finite(v)] if len(part) else []
+        top = max(finite_values) if finite_values else 0.0
+        for i, run in enumerate(runs):
+            sub = part if run is None else part[part["run"] == run]
+            ok = sub[sub["value"].map(_finite)] if len(sub) else sub
+            name = run or key
+            fig.add_trace(
+                go.Scattergl(
+                    x=ok["step"].tolist() if len(ok) else [],
+                    y=ok["value"].tolist() if len(ok) else [],
+                    mode="lines",
+                    name=str(name),
+                    legendgroup=str(name),
+                    showlegend=row == 1 and run is not None,
+                    line={"color": palette[i % len(palette)], "width": 1.5},
+                    hovertemplate=f"{name}<br>step %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
+            bad = sub[~sub["value"].map(_finite)] if len(sub) else sub
+            if len(bad):
+                fig.add_trace(
+                    go.Scatter(
+                        x=bad["step"].tolist(),
+                        y=[top] * len(bad),
+                        mode="markers",
+                        name="non-finite",
+                        showlegend=False,
+                        marker={"symbol": "x", "size": 9, "color": NONFINITE_COLOR},
+                        text=[f"{name}: {key} = {_label(v)}" for v in bad["value"]],
+                        hovertemplate="step %{x}<br>%{text}<extra></extra>",
+                    ),
+                    row=row,
+                    col=1,
+                )
+        if key in log_y:
+            fig.update_yaxes(type="log", row=row, col=1)
+    _add_alert_markers(fig, df, keys[0] if keys else None, alerts)
+    if mark_step is not None:
+        fig.add_vline(x=mark_step, line_color="#444", line_width=1, row="all", col=1)
+    fig.update_xaxes(title_text="step", row=len(keys), col=1)
+    return _base_layout(fig, None, height_per_row * len(keys) + 60)
+
+
+def _alert_step(alert) -> int | None:
+    fired = getattr(alert, "fired_step", None)
+    return fired if fired is not None else getattr(alert, "first_step", None)
+
+
+def _add_alert_markers(fig: go.Figure, df, key: str | None, alerts: Iterable) -> None:
+    alerts = [a for a in alerts if _alert_step(a) is not None]
+    if not alerts or key is None:
+        return
+    part = df[(df["key"] == key) & df["value"].map(_finite)] if len(df) else df
+    steps = part["step"].tolist() if len(part) else []
+    values = part["value"].tolist() if len(part) else []
+    by_severity: dict[str, list] = {}
+    for alert in alerts:
+        by_severity.setdefault(getattr(alert, "severity", "info"), []).append(alert)
+    for severity, group in by_severity.items():
+        color = SEVERITY_COLORS.get(severity, "#7f7f7f")
+        xs, ys, texts = [], [], []
+        for alert in group:
+            step = _alert_step(alert)
+            xs.append(step)
+            ys.append(_value_near(steps, values, step))
+            layer = getattr(alert, "layer", None)
+            texts.append(
+                f"<b>{getattr(alert, 'predictor', '?')}</b> ({severity}, {getattr(alert, 'state', '')})"
+                + (f"<br>layer {layer}" if layer else "")
+                + f"<br>{(getattr(alert, 'message', '') or '')[:200]}"
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name=f"{severity} alert",
+                marker={
+                    "symbol": "triangle-down",
+                    "size": 13,
+                    "color": color,
+                    "line": {"width": 1, "color": "white"},
+                },
+                text=texts,
+                hovertemplate="step %{x}<br>%{text}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        for step in sorted(set(xs))[:50]:
+            fig.add_vline(x=step, line_dash="dot", line_color=color, line_width=1, row="all", col=1)
+
+
+def _value_near(steps: list[int], values: list[float], step: int) -> float | None:
+    if not steps:
+        return None
+    import bisect
+
+    i = bisect.bisect_right(steps, step) - 1
+    return values[max(i, 0)]
+
+
+# -- layer × step ----------------------------------------------------------------------------
+
+
+def layer_heatmap(
+    matrix,
+    *,
+    title: str | None = None,
+    colorscale: str = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    log: bool | None = None,
+    mark_step: int | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """A layer × step heatmap of one statistic (a :class:`storage.series.LayerMatrix`).
+
+    Layers run top to bottom in model order; non-finite cells are red ``x`` markers. Norm-like
+    statistics are coloured by log10 unless ``log=False``.
+
+    >>> layer_heatmap(series.layer_matrix(db, run.id, "sa_imbalance"), zmin=0, zmax=1)  # doctest: +SKIP
+    """
+    stat = getattr(matrix, "stat", "")
+    title = title or STAT_TITLES.get(stat, stat)
+    if not matrix.layers or not matrix.steps:
+        return empty_figure(f"{title}: no layer statistics yet")
+    log = stat in LOG_COLOR_STATS if log is None else log
+    z, bad_x, bad_y, bad_text = [], [], [], []
+    for name, row in zip(matrix.layers, matrix.z, strict=True):
+        out = []
+        for step, value in zip(matrix.steps, row, strict=True):
+            if value is None:
+                out.append(None)
+            elif not math.isfinite(value):
+                out.append(None)
+                bad_x.append(step)
+                bad_y.append(name)
+                bad_text.append(_label(value))
+            elif log:
+                out.append(math.log10(value) if value > 0 else None)
+            else:
+                out.append(value)
+        z.append(out)
+    fig = go.Figure(
+        go.Heatmap(
+            x=matrix.steps,
+            y=matrix.layers,
+            z=z,
+            colorscale=colorscale,
+            zmin=zmin,
+            zmax=zmax,
+            colorbar={"title": "log10" if log else "", "thickness": 12},
+            hovertemplate="step %{x}<br>%{y}<br>"
+            + ("log10 " if log else "")
+            + f"{stat} %{{z:.3g}}<extra></extra>",
+            hoverongaps=False,
+        )
+    )
+    if bad_x:
+        fig.add_trace(
+            go.Scatter(
+                x=bad_x,
+                y=bad_y,
+                mode="markers",
+                name="non-finite",
+                marker={"symbol": "x", "size": 7, "color": NONFINITE_COLOR},
+                text=bad_text,
+                hovertemplate="step %{x}<br>%{y}<br>%{text}<extra></extra>",
+            )
+        )
+    if mark_step is not None:
+        fig.add_vline(x=mark_step, line_color="white", line_width=1)
+    fig.update_yaxes(autorange="reversed", type="category", title_text="layer")
+    fig.update_xaxes(title_text="step")
+    rows = len(matrix.layers)
+    return _base_layout(fig, title, height or min(900, max(260, 40 + 14 * rows)))
+
+
+def sa_hist_figure(hist, *, mark_step: int | None = None, height: int = 360) -> go.Figure:
+    """A layer's SA distribution over time (step × bin heatmap of fractions) with the p+ line.
+
+    ``hist`` is a :class:`storage.series.HistSeries`. A collapse shows as the mass folding
+    into the bins on one side of zero while p+ runs to 0 or 1.
+
+    >>> sa_hist_figure(series.sa_hist_series(db, run.id, "blocks.0.attn.qkv"))  # doctest: +SKIP
+    """
+    title = f"SA distribution of {hist.layer}"
+    rows = [c for c in hist.counts if c]
+    if not rows:
+        return empty_figure(f"{title}: no histograms yet")
+    bins = max(len(c) for c in rows)
+    edges = list(hist.bin_edges) if len(hist.bin_edges) == bins + 1 else None
+    edges = edges or [-1 + 2 * i / bins for i in range(bins + 1)]
+    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    # z is bins × steps: each column is one check's histogram as fractions of its samples.
+    z = [[None] * len(hist.steps) for _ in range(bins)]
+    for j, counts in enumerate(hist.counts):
+        total = sum(counts)
+        if not total or len(counts) != bins:
+            continue
+        for i, c in enumerate(counts):
+            z[i][j] = c / total
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(
+        go.Heatmap(
+            x=hist.steps,
+            y=centers,
+            z=z,
+            colorscale="Magma",
+            zmin=0,
+            colorbar={"title": "fraction", "thickness": 12, "x": 1.08},
+            hovertemplate="step %{x}<br>SA bin %{y:.2f}<br>fraction %{z:.3f}<extra></extra>",
+            hoverongaps=False,
+            name="SA histogram",
+        ),
+        secondary_y=False,
+    )
+    pos = [p if _finite(p) else None for p in hist.sa_pos]
+    fig.add_trace(
+        go.Scatter(
+            x=hist.steps,
+            y=pos,
+            mode="lines",
+            name="p+ (fraction of SA > 0)",
+            line={"color": "#00e5ff", "width": 2},
+            hovertemplate="step %{x}<br>p+ %{y:.3f}<extra></extra>",
+        ),
+        secondary_y=True,
+    )
+    if mark_step is not None:
+        fig.add_vline(x=mark_step, line_color="white", line_width=1)
+    fig.update_yaxes(title_text="SA", range=[-1, 1], secondary_y=False)
+    fig.update_yaxes(title_text="p+", range=[0, 1], secondary_y=True, showgrid=False)
+    fig.update_xaxes(title_text="step")
+    return _base_layout(fig, title, height)
+
+
+def layer_lines_figure(df, stat: str, *, log_y: bool = False, height: int = 320) -> go.Figure:
+    """One statistic for a few chosen layers as lines (``df``: ``step``, ``layer``, ``value``)."""
+    title = f"{STAT_TITLES.get(stat, stat)} of selected layers"
+    if not len(df):
+        return empty_figure(f"{title}: choose layers")
+    fig = go.Figure()
+    for layer in dict.fromkeys(df["layer"]):
+        sub = df[df["layer"] == layer]
+        ok = sub[sub["value"].map(_finite)]
+        fig.add_trace(
+            go.Scattergl(
+                x=ok["step"].tolist(),
+                y=ok["value"].tolist(),
+                mode="lines",
+                name=str(layer),
+                hovertemplate=f"{layer}<br>step %{{x}}<br>{stat} %{{y:.4g}}<extra></extra>",
+            )
+        )
+        bad = sub[~sub["value"].map(_finite)]
+        if len(bad):
+            fig.add_trace(
+                go.Scatter(
+                    x=bad["step"].tolist(),
+                    y=[ok["value"].max() if len(ok) else 0] * len(bad),
+                    mode="markers",
+                    showlegend=False,
+                    marker={"symbol": "x", "size": 9, "color": NONFINITE_COLOR},
+                    text=[f"{layer}: {_label(v)}" for v in bad["value"]],
+                    hovertemplate="step %{x}<br>%{text}<extra></extra>",
+                )
+            )
+    if log_y:
+        fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="step")
+    return _base_layout(fig, title, height)
+
+
+# -- alerts --------------------------------------------------------------------------------------
+
+
+def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None) -> go.Figure:
+    """Alerts across runs over wall time: one bar per alert from creation to resolution.
+
+    ``rows`` are dicts with ``run``, ``predictor``, ``layer``, ``severity``, ``state``,
+    ``created_at``, ``updated_at`` (naive UTC) and ``message``; open alerts extend to ``now``.
+
+    >>> alerts_timeline([{"run": "r", "predictor": "loss_spike", ...}])   # doctest: +SKIP
+    """
+    if not rows:
+        return empty_figure("no alerts")
+    from datetime import timedelta
+
+    now = now or max(r["updated_at"] for r in rows)
+    fig = go.Figure()
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    for severity in ("critical", "warning", "info"):
+        group = [r for r in rows if r["severity"] == severity]
+        if not group:
+            continue
+        xs, ys, texts = [], [], []
+        for r in group:
+            start = r["created_at"]
+            end = r["updated_at"] if r["state"] == "resolved" else now
+            end = max(end, start + timedelta(seconds=30))
+            label = (
+                f"<b>{r['predictor']}</b> {r['state']}"
+                + (f"<br>layer {r['layer']}" if r.get("layer") else "")
+                + f"<br>{(r.get('message') or '')[:160]}"
+            )
+            xs += [start, end, None]
+            ys += [r["run"], r["run"], None]
+            texts += [label, label, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=severity,
+                line={"color": SEVERITY_COLORS[severity], "width": 8},
+                marker={"size": 8},
+                text=texts,
+                hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>",
+                connectgaps=False,
+            )
+        )
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=runs[::-1])
+    fig.update_xaxes(title_text="time (UTC)")
+    return _base_layout(fig, None, height or min(700, 120 + 36 * len(runs)))

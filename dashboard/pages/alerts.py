@@ -1,0 +1,110 @@
+"""Alerts across runs: a timeline, filters, open/resolved, and silencing a run for a while."""
+
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import figures, queries
+from dashboard import format as fmt
+from storage.db import utcnow
+
+url = queries.db_url()
+st.title("Alerts")
+
+choices = queries.run_choices(url)
+names = {c["id"]: c["name"] for c in choices}
+uids = {c["id"]: c["uid"] for c in choices}
+
+c1, c2, c3, c4 = st.columns(4)
+state = c1.segmented_control("State", ["open", "resolved", "all"], default="open")
+severity = c2.selectbox("Severity", ["(all)", "critical", "warning", "info"])
+predictors = sorted({a.predictor for a in queries.alerts(url)})
+predictor = c3.selectbox("Predictor", ["(all)", *predictors])
+run_pick = c4.selectbox(
+    "Run", [None, *names], format_func=lambda i: "(all)" if i is None else names.get(i, str(i))
+)
+
+states = {"open": ("pending", "firing"), "resolved": ("resolved",)}.get(state or "all")
+rows = queries.alerts(
+    url,
+    run_pick,
+    states,
+    None if severity == "(all)" else severity,
+    None if predictor == "(all)" else predictor,
+)
+records = [
+    {
+        "run": names.get(a.run_id, str(a.run_id)),
+        "predictor": a.predictor,
+        "layer": a.layer,
+        "severity": a.severity,
+        "state": a.state,
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
+        "message": a.message,
+    }
+    for a in rows
+]
+st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), key="timeline")
+
+if rows:
+    table = pd.DataFrame(
+        [
+            {
+                "severity": f"{fmt.SEVERITY_ICONS.get(a.severity, '')} {a.severity}",
+                "state": a.state,
+                "run": names.get(a.run_id, str(a.run_id)),
+                "predictor": a.predictor,
+                "layer": a.layer or "",
+                "step": a.fired_step if a.fired_step is not None else a.first_step,
+                "resolved step": a.resolved_step,
+                "message": a.message or "",
+                "updated (UTC)": a.updated_at,
+                "open": f"run?run={uids.get(a.run_id, a.run_id)}&step="
+                f"{a.fired_step if a.fired_step is not None else a.first_step}",
+            }
+            for a in rows
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={"open": st.column_config.LinkColumn("open", display_text="run ↗")},
+    )
+    st.caption(f"{len(rows)} alerts")
+else:
+    st.info("No alerts match.")
+
+st.subheader("Silence a run")
+st.caption("A silenced run's alerts are still evaluated and listed; only notifications are held.")
+if choices:
+    with st.form("silence"):
+        f1, f2, f3 = st.columns([2, 1, 2])
+        target = f1.selectbox("Run", list(names), format_func=lambda i: names[i])
+        hours = f2.number_input("Hours", min_value=0.25, max_value=24.0 * 30, value=2.0, step=0.25)
+        reason = f3.text_input("Reason", placeholder="known issue, rerunning")
+        if st.form_submit_button("Silence"):
+            until = utcnow() + timedelta(hours=float(hours))
+            queries.silence(url, target, until, reason)
+            st.success(f"Silenced {names[target]} until {until:%Y-%m-%d %H:%M} UTC.")
+
+active = queries.silences(url)
+if active:
+    for silence in active:
+        left, right = st.columns([4, 1])
+        until = (
+            "until removed"
+            if silence.until is None
+            else f"until {silence.until:%Y-%m-%d %H:%M} UTC"
+        )
+        left.write(
+            f"🔕 **{names.get(silence.run_id, silence.run_id)}** {until}"
+            + (f" — {silence.reason}" if silence.reason else "")
+        )
+        if right.button("Unsilence", key=f"unsilence-{silence.id}"):
+            queries.unsilence(url, silence.run_id)
+            st.rerun()
+else:
+    st.caption("No active silences.")

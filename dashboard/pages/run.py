@@ -1,0 +1,186 @@
+"""One run: scalars with alert markers, SA heatmaps, per-layer statistics, alerts and config.
+
+Deep link: ``/run?run=<name or uid>&step=<n>[&layer=<name>]`` (what alert messages link to).
+"""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import figures, insights, queries
+from dashboard import format as fmt
+
+url = queries.db_url()
+params = st.query_params
+choices = queries.run_choices(url)
+if not choices:
+    st.title("Run")
+    st.info("No runs in this database yet.")
+    st.stop()
+
+ref = params.get("run")
+run = queries.find_run(url, ref) if ref else None
+if ref and run is None:
+    st.warning(f"No run named or with uid {ref!r}; showing the newest run.")
+run = run or queries.find_run(url, choices[0]["uid"])
+
+labels = {c["uid"]: f"{c['name']} · {c['project']} · {c['status']}" for c in choices}
+if run["uid"] not in labels:
+    labels = {run["uid"]: f"{run['name']} · {run['project']} · {run['status']}", **labels}
+picked = st.sidebar.selectbox(
+    "Run", list(labels), index=list(labels).index(run["uid"]), format_func=labels.get
+)
+if picked != run["uid"]:
+    st.query_params.clear()
+    st.query_params["run"] = picked
+    run = queries.find_run(url, picked)
+elif params.get("run") != run["uid"] and params.get("run") != run["name"]:
+    st.query_params["run"] = run["uid"]
+
+try:
+    mark_step = int(params["step"]) if "step" in params else None
+except ValueError:
+    mark_step = None
+
+run_id = run["id"]
+first, last = queries.step_bounds(url, run_id)
+layers = queries.layer_names(url, run_id)
+rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
+summary = rows[0] if rows else {"status": run["status"], "duration_s": None}
+live = summary["status"] == "running"
+
+# -- controls ------------------------------------------------------------------------------------
+if last is not None and last > 0:
+    start, end = st.sidebar.slider(
+        "Step range", min_value=0, max_value=int(last), value=(0, int(last)), key=f"range-{run_id}"
+    )
+    if start == 0 and end == last:
+        start, end = None, None  # the whole run, growing while it is live
+else:
+    start, end = None, None
+others = {uid: label for uid, label in labels.items() if uid != run["uid"]}
+overlay = st.sidebar.multiselect("Overlay runs", list(others), format_func=others.get)
+per_layer_stat = st.sidebar.radio(
+    "Per-layer statistic",
+    ["grad_norm", "weight_norm", "sigma1", "stable_rank"],
+    format_func=lambda s: figures.STAT_TITLES[s],
+)
+if live:
+    st.sidebar.caption(f"Live: refreshing every {queries.LIVE_TTL_S} s.")
+
+
+def _step_of(alert) -> int:
+    return alert.fired_step if alert.fired_step is not None else alert.first_step
+
+
+@st.fragment(run_every=queries.LIVE_TTL_S if live else None)
+def body() -> None:
+    rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
+    info = rows[0] if rows else summary
+    st.title(run["name"])
+    cols = st.columns(6)
+    cols[0].metric("status", fmt.status(info["status"]))
+    cols[1].metric("last step", info.get("last_step") if info.get("last_step") is not None else "—")
+    cols[2].metric("last loss", fmt.number(info.get("last_loss")) or "—")
+    cols[3].metric("open alerts", fmt.health_badge(info))
+    cols[4].metric("duration", fmt.duration(info.get("duration_s")) or "—")
+    cols[5].metric("project", run["project"])
+
+    run_alerts = queries.alerts(url, run_id)
+    shown_alerts = [
+        a
+        for a in run_alerts
+        if (start is None or _step_of(a) >= start) and (end is None or _step_of(a) <= end)
+    ]
+    frames = [queries.scalars(url, run_id, ("loss", "lr", "grad_norm"), start, end)]
+    if overlay:
+        frames[0] = frames[0].assign(run=run["name"])
+        for uid in overlay:
+            other = queries.find_run(url, uid)
+            if other:
+                df = queries.scalars(url, other["id"], ("loss", "lr", "grad_norm"), start, end)
+                frames.append(df.assign(run=f"{other['name']} ({uid[:6]})"))
+    scalars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    st.plotly_chart(
+        figures.scalars_figure(scalars, alerts=shown_alerts, mark_step=mark_step),
+        key="scalars",
+    )
+
+    stats = ("sa_imbalance", per_layer_stat)
+    grids = queries.layer_grids(url, run_id, stats, start, end)
+    sa_grid = grids["sa_imbalance"]
+    st.subheader("Spectral alignment")
+    st.plotly_chart(
+        figures.layer_heatmap(sa_grid, zmin=0, zmax=1, colorscale="Inferno", mark_step=mark_step),
+        key="sa_heatmap",
+    )
+    crossings = insights.first_crossings(sa_grid)
+    if crossings:
+        listed = ", ".join(f"`{name}` at step {step}" for name, step in crossings[:5])
+        more = f" and {len(crossings) - 5} more" if len(crossings) > 5 else ""
+        st.caption(f"First to collapse (D ≥ {insights.COLLAPSE_D}): {listed}{more}.")
+    elif sa_grid.steps:
+        st.caption(f"No layer has reached D ≥ {insights.COLLAPSE_D}.")
+
+    if layers:
+        suggested = params.get("layer") or insights.default_layer(sa_grid, layers)
+        index = layers.index(suggested) if suggested in layers else 0
+        layer = st.selectbox("Layer", layers, index=index, key=f"layer-{run_id}")
+        st.plotly_chart(
+            figures.sa_hist_figure(
+                queries.sa_hist(url, run_id, layer, start, end), mark_step=mark_step
+            ),
+            key="sa_hist",
+        )
+    else:
+        layer = None
+
+    st.subheader("Per-layer statistics")
+    st.plotly_chart(
+        figures.layer_heatmap(grids[per_layer_stat], mark_step=mark_step), key="stat_heatmap"
+    )
+    if layers:
+        chosen = st.multiselect(
+            "Layers to plot", layers, default=[layer] if layer else [], key=f"lines-{run_id}"
+        )
+        lines = queries.layer_lines(url, run_id, tuple(chosen), per_layer_stat, start, end)
+        st.plotly_chart(
+            figures.layer_lines_figure(
+                lines, per_layer_stat, log_y=per_layer_stat in figures.LOG_COLOR_STATS
+            ),
+            key="stat_lines",
+        )
+
+    st.subheader("Alerts")
+    if run_alerts:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "severity": a.severity,
+                        "state": a.state,
+                        "predictor": a.predictor,
+                        "layer": a.layer or "",
+                        "first step": a.first_step,
+                        "fired step": a.fired_step,
+                        "resolved step": a.resolved_step,
+                        "score": fmt.number(a.score),
+                        "message": a.message or "",
+                    }
+                    for a in run_alerts
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    else:
+        st.caption("No alerts for this run.")
+
+
+body()
+
+with st.expander("Config"):
+    st.json(run.get("config") or {})
+    st.caption(
+        f"uid `{run['uid']}` · host {run.get('host') or '?'} · check every {run.get('every') or '?'} steps"
+        + (f" · error: {run['error']}" if run.get("error") else "")
+    )

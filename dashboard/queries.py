@@ -1,0 +1,188 @@
+"""Every read the pages make: thin wrappers over ``storage`` cached with a short TTL.
+
+Caches are keyed by the database URL (a string), so one process can serve several databases
+(and tests can). Results are bounded by the storage queries themselves (see
+:mod:`storage.series`); the TTL only spares the database when many browsers watch one run.
+
+>>> from dashboard import queries
+>>> queries.runs_overview("sqlite:///tripwire.db")            # doctest: +SKIP
+[{'name': 'gpt-small', 'status': 'running', 'last_step': 420, ...}]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import streamlit as st
+
+from storage import Database, redact_url, resolve_url, runs, series, stats
+from storage import alerts as alert_store
+from storage.db import utcnow
+
+LIVE_TTL_S = 3
+"""Data of live runs changes every few seconds; pages refresh at about this pace."""
+STATIC_TTL_S = 60
+
+
+def db_url() -> str:
+    """The dashboard's database: ``$TRIPWIRE_DB_URL`` (set by ``tripwire dashboard --db``)."""
+    return resolve_url(None)
+
+
+@st.cache_resource(show_spinner=False)
+def database(url: str) -> Database:
+    """One engine per URL for the life of the server; refuses an out-of-date schema."""
+    db = Database(url)
+    db.ensure_schema()
+    return db
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def runs_overview(
+    url: str,
+    project: str | None = None,
+    status: str | None = None,
+    name_contains: str | None = None,
+) -> list[dict]:
+    return series.runs_overview(
+        database(url), project=project, status=status, name_contains=name_contains
+    )
+
+
+@st.cache_data(ttl=STATIC_TTL_S, show_spinner=False)
+def projects(url: str) -> list[str]:
+    return runs.list_projects(database(url))
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def run_choices(url: str, limit: int = 500) -> list[dict]:
+    """(id, uid, name, project, status) of recent runs, for pickers."""
+    return [
+        {"id": r.id, "uid": r.uid, "name": r.name, "project": r.project, "status": r.status}
+        for r in runs.list_runs(database(url), limit=limit)
+    ]
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def find_run(url: str, name_or_uid: str) -> dict | None:
+    """The run with this uid or name as a plain dict, or None."""
+    try:
+        return asdict(runs.find_run(database(url), name_or_uid))
+    except Exception as exc:  # RunNotFound; a bad URL surfaces elsewhere
+        if type(exc).__name__ == "RunNotFound":
+            return None
+        raise
+
+
+@st.cache_data(ttl=STATIC_TTL_S, show_spinner=False)
+def layer_names(url: str, run_id: int) -> list[str]:
+    return [layer.name for layer in runs.layers(database(url), run_id)]
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def step_bounds(url: str, run_id: int) -> tuple[int | None, int | None]:
+    """(first, last) step with any data."""
+    scalar_last, layer_last = stats.last_steps(database(url), run_id)
+    last = max((s for s in (scalar_last, layer_last) if s is not None), default=None)
+    return (0 if last is not None else None), last
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def scalars(
+    url: str,
+    run_id: int,
+    keys: tuple[str, ...],
+    start: int | None,
+    end: int | None,
+    max_points: int = 2000,
+):
+    return series.scalar_frame(
+        database(url), run_id, list(keys), start=start, end=end, max_points=max_points
+    )
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def layer_grids(
+    url: str,
+    run_id: int,
+    stats_: tuple[str, ...],
+    start: int | None,
+    end: int | None,
+    max_steps: int = 400,
+) -> dict:
+    return series.layer_matrices(
+        database(url),
+        run_id,
+        list(stats_),
+        start=start,
+        end=end,
+        max_steps=max_steps,
+        agg={"stable_rank": "min"},
+    )
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def sa_hist(url: str, run_id: int, layer: str, start: int | None, end: int | None):
+    return series.sa_hist_series(database(url), run_id, layer, start=start, end=end)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def layer_lines(
+    url: str, run_id: int, layers: tuple[str, ...], stat: str, start: int | None, end: int | None
+):
+    return series.layer_lines(database(url), run_id, list(layers), stat, start=start, end=end)
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def alerts(
+    url: str,
+    run_id: int | None = None,
+    states: tuple[str, ...] | None = None,
+    severity: str | None = None,
+    predictor: str | None = None,
+    limit: int = 1000,
+) -> list:
+    return alert_store.list_alerts(
+        database(url),
+        run_id=run_id,
+        states=states,
+        severity=severity,
+        predictor=predictor,
+        limit=limit,
+    )
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def silences(url: str) -> list:
+    return alert_store.active_silences(database(url), utcnow())
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def health(url: str) -> dict:
+    """What the health page shows: database, schema, scheduler tick, notifier failures."""
+    out: dict = {"url": redact_url(url), "ok": False, "error": None}
+    try:
+        db = database(url)
+        current, head = db.schema_status()
+        out.update(ok=True, backend="sqlite" if db.is_sqlite else "postgresql")
+        out.update(schema=current, head=head, runs=runs.count_runs(db))
+        out["scheduler"] = alert_store.last_beat(db, "scheduler")
+        out["failed"] = alert_store.list_notifications(db, status="failed", limit=50)
+        out["recent"] = alert_store.list_notifications(db, limit=200)
+    except Exception as exc:  # the page reports it; a dead database must not crash the page
+        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return out
+
+
+def silence(url: str, run_id: int, until, reason: str | None) -> None:
+    """Silence a run's notifications (a write: never cached)."""
+    alert_store.silence_run(
+        database(url), run_id, until=until, reason=reason or None, created_by="dashboard"
+    )
+    silences.clear()
+
+
+def unsilence(url: str, run_id: int) -> int:
+    removed = alert_store.unsilence_run(database(url), run_id)
+    silences.clear()
+    return removed

@@ -1,0 +1,130 @@
+"""Figure builders on data read back from a real database (SQLite file)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sample_runs import LAYERS, add_alerts, write_run
+
+from dashboard import figures, insights
+from storage import Database, series
+from storage.alerts import list_alerts
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'fig.db'}")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def exploded(db):
+    run_id = write_run(db, name="exploded", steps=300, explode_at=200, status="finished")
+    add_alerts(db, run_id, 299)
+    return run_id
+
+
+def test_scalars_figure_has_a_row_per_key_and_alert_markers_with_hover(db, exploded):
+    df = series.scalar_frame(db, exploded)
+    fig = figures.scalars_figure(df, alerts=list_alerts(db, run_id=exploded), mark_step=220)
+    names = [t.name for t in fig.data]
+    assert names.count("loss") == 1 and "critical alert" in names and "warning alert" in names
+    critical = next(t for t in fig.data if t.name == "critical alert")
+    assert list(critical.x) == [170]
+    assert "sa_collapse" in critical.text[0] and "blocks.1.attn.proj" in critical.text[0]
+    assert critical.y[0] == pytest.approx(df[(df.key == "loss") & (df.step == 170)].value.iloc[0])
+    assert [a.text for a in fig.layout.annotations][:3] == [
+        "loss",
+        "learning rate",
+        "gradient norm",
+    ]
+
+
+def test_scalars_figure_marks_non_finite_values(db):
+    run_id = write_run(db, name="nan", steps=120, nan=True)
+    fig = figures.scalars_figure(series.scalar_frame(db, run_id))
+    bad = [t for t in fig.data if t.name == "non-finite"]
+    assert bad and {"loss = NaN", "loss = +Inf"} <= {text.split(": ")[1] for text in bad[0].text}
+    loss = next(t for t in fig.data if t.name == "loss")
+    assert all(math.isfinite(v) for v in loss.y)
+    fig.to_json()  # serialisable for the browser
+
+
+def test_overlay_draws_one_line_per_run(db, exploded):
+    other = write_run(db, name="base", steps=300)
+    df = series.scalar_frame(db, exploded).assign(run="exploded")
+    df2 = series.scalar_frame(db, other).assign(run="base")
+    import pandas as pd
+
+    fig = figures.scalars_figure(pd.concat([df, df2]), keys=("loss",))
+    assert {t.name for t in fig.data if t.mode == "lines"} == {"exploded", "base"}
+
+
+def test_sa_heatmap_layers_in_model_order_and_collapse_visible(db, exploded):
+    grid = series.layer_matrix(db, exploded, "sa_imbalance")
+    fig = figures.layer_heatmap(grid, zmin=0, zmax=1)
+    heat = fig.data[0]
+    assert heat.type == "heatmap" and list(heat.y) == LAYERS
+    assert fig.layout.yaxis.autorange == "reversed"
+    assert max(v for v in heat.z[4] if v is not None) > 0.9
+    assert insights.first_crossings(grid)[0] == ("blocks.1.attn.proj", 160)
+
+
+def test_heatmap_of_norms_is_log_coloured_and_non_finite_cells_are_marked(db):
+    run_id = write_run(db, name="nan", steps=120, nan=True)
+    fig = figures.layer_heatmap(series.layer_matrix(db, run_id, "weight_norm"))
+    assert fig.data[0].colorbar.title.text == "log10"
+    marks = [t for t in fig.data if t.name == "non-finite"]
+    assert marks and set(marks[0].text) == {"+Inf"}
+    fig.to_json()
+
+
+def test_sa_hist_figure_fractions_and_p_plus(db, exploded):
+    hist = series.sa_hist_series(db, exploded, LAYERS[4])
+    fig = figures.sa_hist_figure(hist)
+    heat, line = fig.data
+    assert heat.type == "heatmap" and len(heat.y) == 16 and len(heat.x) == 30
+    column = [row[-1] for row in heat.z]
+    assert sum(column) == pytest.approx(1.0)
+    assert sum(column[8:]) > 0.9  # collapsed onto positive SA by the end
+    assert line.y[-1] == pytest.approx(0.95)
+
+
+def test_empty_inputs_give_message_figures(db):
+    assert (
+        "no layer statistics"
+        in figures.layer_heatmap(series.layer_matrix(db, 1)).layout.annotations[0].text
+    )
+    assert (
+        "no histograms"
+        in figures.sa_hist_figure(series.sa_hist_series(db, 1, "x")).layout.annotations[0].text
+    )
+    assert figures.alerts_timeline([]).layout.annotations[0].text == "no alerts"
+    assert figures.scalars_figure(series.scalar_frame(db, 1)).data
+
+
+def test_alerts_timeline_one_trace_per_severity(db, exploded):
+    rows = [
+        {
+            "run": "exploded",
+            "predictor": a.predictor,
+            "layer": a.layer,
+            "severity": a.severity,
+            "state": a.state,
+            "created_at": a.created_at,
+            "updated_at": a.updated_at,
+            "message": a.message,
+        }
+        for a in list_alerts(db)
+    ]
+    fig = figures.alerts_timeline(rows)
+    assert {t.name for t in fig.data} == {"critical", "warning"}
+
+
+def test_layer_lines_figure(db, exploded):
+    df = series.layer_lines(db, exploded, [LAYERS[0], LAYERS[4]], "sigma1")
+    fig = figures.layer_lines_figure(df, "sigma1")
+    assert [t.name for t in fig.data] == [LAYERS[0], LAYERS[4]]

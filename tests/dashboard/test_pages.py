@@ -1,0 +1,83 @@
+"""Every page renders without an exception on an empty database, a live run, a finished run
+with alerts and a run full of NaN/Inf (Streamlit's AppTest: the real script, no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
+PAGES = ("runs", "run", "alerts", "health")
+TIMEOUT = 60
+
+
+def _run(script: Path, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(script), default_timeout=TIMEOUT)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def _assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e for e in at.error if "Cannot read" in e.value]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(scenario_db, page):
+    _url, uid, scenario = scenario_db
+    query = {"run": uid, "step": "150"} if page == "run" and uid else None
+    at = _run(DASHBOARD / "pages" / f"{page}.py", query)
+    _assert_clean(at)
+    if page == "run" and uid:
+        charts = at.get("plotly_chart")
+        assert len(charts) >= 5, f"{scenario}: {len(charts)} charts"
+        assert (
+            at.title[0].value
+            == {"live": "live-run", "alerts": "exploded", "nan": "nan-run"}[scenario]
+        )
+    if page == "runs" and scenario != "empty":
+        assert at.dataframe, "the runs table is missing"
+
+
+def test_app_entry_serves_the_runs_page_by_default(scenario_db):
+    at = _run(DASHBOARD / "app.py")
+    _assert_clean(at)
+    assert at.title[0].value == "Runs"
+
+
+def test_password_gate_hides_the_dashboard(scenario_db, monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_DASHBOARD_PASSWORD", "s3cret-value")
+    at = _run(DASHBOARD / "app.py")
+    _assert_clean(at)
+    assert not at.dataframe
+    assert "s3cret-value" not in str(at.main)
+    at.text_input[0].input("wrong")
+    at.button[0].click().run()
+    assert at.error and "Wrong password" in at.error[0].value
+    at.text_input[0].input("s3cret-value")
+    at.button[0].click().run()
+    _assert_clean(at)
+    assert at.title[0].value == "Runs"
+
+
+def test_unknown_run_in_the_link_falls_back_with_a_warning(scenario_db):
+    _url, uid, _ = scenario_db
+    if uid is None:
+        pytest.skip("needs a run")
+    at = _run(DASHBOARD / "pages" / "run.py", {"run": "no-such-run", "step": "x"})
+    _assert_clean(at)
+    assert any("no-such-run" in w.value for w in at.warning)
+
+
+def test_run_link_by_name_and_alert_markers(scenario_db):
+    _url, uid, scenario = scenario_db
+    if scenario != "alerts":
+        pytest.skip("alerts scenario only")
+    at = _run(DASHBOARD / "pages" / "run.py", {"run": "exploded", "step": "220"})
+    _assert_clean(at)
+    scalars = at.get("plotly_chart")[0].proto.spec
+    assert "sa_collapse" in scalars and "critical alert" in scalars
+    assert any("blocks.1.attn.proj" in c.value for c in at.caption)
