@@ -1,0 +1,193 @@
+"""Predictors against literal series, NaN, Inf, flat, noisy and one-signed layers included."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from alerts.predictors import PREDICTORS, Observation, UnknownPredictor, get_predictor
+from storage.entities import LayerStat
+
+NAN, INF = float("nan"), float("inf")
+
+
+def run_scalar(name: str, values, params=None, key=None):
+    spec = PREDICTORS[name]
+    params = {**spec.params, **(params or {})}
+    key = key or params.get("key", "loss")
+    memory: dict = {}
+    out = []
+    for step, value in enumerate(values):
+        verdicts = spec.fn(Observation(step, {key: value}), memory, params)
+        out.append(verdicts[0].holds if verdicts else None)
+    return out, memory
+
+
+def run_layers(name: str, rows, params=None):
+    """rows: list of (step, {layer: {stat: value}}); returns per-step {layer: holds}."""
+    spec = PREDICTORS[name]
+    params = {**spec.params, **(params or {})}
+    memory: dict = {}
+    out = []
+    for step, by_layer in rows:
+        layers = {n: LayerStat(step, n, **v) for n, v in by_layer.items()}
+        verdicts = spec.fn(Observation(step, {}, layers), memory, params)
+        out.append({v.layer: v.holds for v in verdicts})
+    return out, memory
+
+
+def test_registry_lists_valid_names_on_unknown():
+    with pytest.raises(UnknownPredictor) as err:
+        get_predictor("nope")
+    assert "valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, stalled" in str(err.value)
+
+
+def test_every_predictor_has_defaults_and_known_severity():
+    for spec in PREDICTORS.values():
+        assert spec.severity in ("info", "warning", "critical")
+        assert spec.for_checks >= 1
+        assert isinstance(dict(spec.params), dict)
+
+
+# -- non_finite --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_non_finite_holds_on_nan_and_inf_loss(bad):
+    holds, _ = run_scalar("non_finite", [2.0, bad, 2.0])
+    assert holds == [False, True, False]
+
+
+def test_non_finite_checks_layer_statistics_and_skips_missing_values():
+    out, _ = run_layers(
+        "non_finite",
+        [(0, {"fc": {"grad_norm": 1.0}}), (10, {"fc": {"grad_norm": INF}}), (20, {"fc": {}})],
+    )
+    assert out == [{None: False}, {None: True}, {}]
+
+
+def test_non_finite_says_nothing_without_watched_values():
+    spec = PREDICTORS["non_finite"]
+    assert spec.fn(Observation(1, {"lr": NAN}), {}, spec.params) == []
+
+
+# -- loss_spike ---------------------------------------------------------------------------------
+
+
+def test_loss_spike_flat_and_decreasing_losses_never_hold():
+    flat, _ = run_scalar("loss_spike", [2.0] * 200)
+    falling, _ = run_scalar("loss_spike", [5.0 * math.exp(-s / 50) + 1 for s in range(200)])
+    assert not any(flat) and not any(falling)
+
+
+def test_loss_spike_holds_when_the_loss_climbs_and_ignores_nan():
+    values = [3.0 - s * 0.01 for s in range(100)] + [NAN, INF] + [6.0] * 20
+    holds, memory = run_scalar("loss_spike", values)
+    assert not any(h for h in holds[:100])
+    assert holds[100] is None and holds[101] is None  # non-finite: no verdict
+    assert holds[-1] is True
+    assert math.isfinite(memory["ema"])
+
+
+def test_loss_spike_negative_losses():
+    holds, _ = run_scalar("loss_spike", [-2.0] * 50 + [-0.5] * 30)
+    assert holds[-1] is True and not any(holds[:50])
+
+
+# -- grad_norm_spike ----------------------------------------------------------------------------
+
+
+def test_grad_spike_noisy_stable_series_stays_quiet():
+    rng = random.Random(0)
+    values = [math.exp(rng.gauss(0, 0.3)) for _ in range(2000)]
+    holds, _ = run_scalar("grad_norm_spike", values, key="grad_norm")
+    assert sum(bool(h) for h in holds) == 0
+
+
+def test_grad_spike_flat_series_is_not_divided_by_zero():
+    holds, memory = run_scalar("grad_norm_spike", [1.0] * 100 + [1.2], key="grad_norm")
+    assert not any(holds)
+    holds, _ = run_scalar("grad_norm_spike", [1.0] * 100 + [100.0], key="grad_norm")
+    assert holds[-1] is True
+
+
+def test_grad_spike_isolated_spike_holds_once_and_ema_is_not_blinded():
+    values = [1.0] * 50 + [500.0] + [1.0] * 20 + [500.0, 500.0, 500.0]
+    holds, memory = run_scalar("grad_norm_spike", values, key="grad_norm")
+    assert holds[50] is True and not any(holds[51:71])
+    assert holds[71:] == [True, True, True]
+    assert math.exp(memory["mean"]) < 10  # clipped updates: the level did not jump to 500
+
+
+def test_grad_spike_skips_nan_inf_zero_and_none():
+    values = [1.0] * 30 + [NAN, INF, 0.0, None, 1.0]
+    holds, memory = run_scalar("grad_norm_spike", values, key="grad_norm")
+    assert holds[30:34] == [None, None, None, None]
+    assert holds[34] is False and math.isfinite(memory["mean"])
+
+
+# -- weight_growth --------------------------------------------------------------------------------
+
+
+def test_weight_growth_slow_growth_is_fine_fast_growth_holds():
+    slow = [(s, {"fc": {"sigma1": 1.0 + s * 1e-4}}) for s in range(0, 1000, 10)]
+    out, _ = run_layers("weight_growth", slow)
+    assert not any(v["fc"] for v in out)
+    fast = slow + [(1000 + s, {"fc": {"sigma1": 1.1 * 1.05**s}}) for s in range(0, 100, 10)]
+    out, _ = run_layers("weight_growth", fast)
+    assert out[-1]["fc"] is True
+
+
+def test_weight_growth_ignores_non_finite_and_uses_weight_norm_if_asked():
+    rows = [(s, {"fc": {"sigma1": INF, "weight_norm": 1.0 * 1.1**s}}) for s in range(0, 300, 10)]
+    out, _ = run_layers("weight_growth", rows)
+    assert all(v == {} for v in out)
+    out, _ = run_layers("weight_growth", rows, {"stat": "weight_norm"})
+    assert out[-1]["fc"] is True
+
+
+# -- sa_collapse ----------------------------------------------------------------------------------
+
+
+def test_sa_collapse_one_signed_layer_never_cries_wolf():
+    """Inputs after GELU/LayerNorm: D ≈ 1 from the start, which is normal for that layer."""
+    rng = random.Random(1)
+    rows = [
+        (s, {"gelu_in": {"sa_imbalance": min(1.0, 0.97 + rng.uniform(-0.02, 0.03))}})
+        for s in range(0, 2000, 10)
+    ]
+    out, _ = run_layers("sa_collapse", rows)
+    assert not any(v.get("gelu_in") for v in out)
+
+
+def test_sa_collapse_fires_per_layer_relative_to_its_own_normal():
+    rng = random.Random(2)
+    rows = []
+    for s in range(0, 1000, 10):
+        mixed = 0.1 + rng.uniform(-0.05, 0.05)
+        collapsing = mixed if s < 800 else min(1.0, 0.1 + (s - 800) * 0.01)
+        rows.append(
+            (
+                s,
+                {
+                    "attn": {"sa_imbalance": collapsing},
+                    "mlp": {"sa_imbalance": mixed},
+                    "post_ln": {"sa_pos": 0.985},  # D from p+ when the imbalance is missing
+                },
+            )
+        )
+    out, memory = run_layers("sa_collapse", rows)
+    first = next(i for i, v in enumerate(out) if v.get("attn"))
+    assert rows[first][0] >= 850
+    assert not any(v.get("mlp") for v in out)
+    assert not any(v.get("post_ln") for v in out)
+    assert memory["attn"]["base"] < 0.2
+
+
+def test_sa_collapse_skips_nan_and_warmup():
+    rows = [(s, {"fc": {"sa_imbalance": NAN if s % 20 else 0.95}}) for s in range(0, 40, 10)]
+    out, memory = run_layers("sa_collapse", rows)
+    assert out == [{}, {}, {}, {}]  # all inside the default warm-up
+    assert memory == {}

@@ -1,0 +1,230 @@
+"""The engine through the live service on a real SQLite file: lifecycle, dedup, repeats,
+inhibition, silences, restart."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+from alerts.config import parse_config
+from alerts.notifiers import ConsoleNotifier, Route
+from alerts.service import AlertService
+from storage import alerts as store
+from tests.alerts.conftest import exploding_series, finish_run, make_run, write_steps
+
+
+class Recorder(ConsoleNotifier):
+    """A console notifier whose output we can read (a real notifier, in-process stream)."""
+
+    def __init__(self, name: str = "log"):
+        super().__init__(name, stream=io.StringIO())
+        self.subjects: list[str] = []
+
+    def send(self, message):
+        self.subjects.append(message.subject)
+        super().send(message)
+
+
+def service(db, clock, *, config=None, notifier=None):
+    config = config or parse_config({})
+    notifier = notifier or Recorder()
+    return AlertService(db, config, [Route(notifier)], clock=clock), notifier
+
+
+ONLY_NON_FINITE = {
+    "predictors": {
+        name: {"enabled": False}
+        for name in ("sa_collapse", "grad_norm_spike", "weight_growth", "loss_spike", "stalled")
+    }
+}
+
+
+def nan_at(steps: int, bad: set[int]) -> dict[int, dict[str, float]]:
+    return {s: {"loss": float("nan") if s in bad else 1.0} for s in range(steps)}
+
+
+def test_pending_then_firing_then_resolved(sqlite_db, clock):
+    cfg = parse_config(
+        {
+            **ONLY_NON_FINITE,
+            "predictors": {
+                **ONLY_NON_FINITE["predictors"],
+                "non_finite": {"for_checks": 2, "resolve_after": 2},
+            },
+        }
+    )
+    svc, rec = service(sqlite_db, clock, config=cfg)
+    run = make_run(sqlite_db)
+    write_steps(sqlite_db, run, nan_at(4, {2}))  # steps 0..3, step 3 held back
+    assert svc.tick() == []
+    alerts = store.list_alerts(sqlite_db, run_id=run)
+    assert [(a.state, a.first_step, a.hold_count) for a in alerts] == [("pending", 2, 1)]
+
+    write_steps(sqlite_db, run, {s: v for s, v in nan_at(6, {3}).items() if s >= 4})  # 3 finite
+    svc.tick()
+    assert store.list_alerts(sqlite_db, run_id=run) == []  # pending dropped when it cleared
+
+    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(6, 9)})
+    events = svc.tick()  # steps 5..7: 5 is finite, 6 and 7 are NaN
+    assert [(e.kind, e.step) for e in events] == [("firing", 7)]
+    (alert,) = store.firing_alerts(sqlite_db, run, severity="critical")
+    assert (alert.first_step, alert.fired_step, alert.predictor) == (6, 7, "non_finite")
+
+    write_steps(sqlite_db, run, {s: {"loss": 1.0} for s in range(9, 12)})
+    events = svc.tick()  # 8 NaN, 9 and 10 finite → resolves at 10
+    assert [(e.kind, e.step) for e in events] == [("resolved", 10)]
+    (alert,) = store.list_alerts(sqlite_db, run_id=run)
+    assert (alert.state, alert.resolved_step) == ("resolved", 10)
+    assert len(rec.subjects) == 2 and "RESOLVED" in rec.subjects[1]
+    kinds = sorted(n.event for n in store.list_notifications(sqlite_db))
+    assert kinds == ["firing", "resolved"]
+
+
+def test_dedup_one_alert_per_fingerprint_and_repeat_interval(sqlite_db, clock):
+    cfg = parse_config({**ONLY_NON_FINITE, "engine": {"repeat_every_steps": 50}})
+    svc, rec = service(sqlite_db, clock, config=cfg)
+    run = make_run(sqlite_db)
+    for chunk in range(0, 200, 10):
+        write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(chunk, chunk + 10)})
+        svc.tick()
+    alerts = store.list_alerts(sqlite_db, run_id=run)
+    assert len(alerts) == 1 and alerts[0].state == "firing"
+    events = [n.event for n in reversed(store.list_notifications(sqlite_db))]
+    assert events[0] == "firing" and set(events[1:]) == {"repeat"}
+    assert 3 <= len(events) <= 4  # every >= 50 steps over ~200 steps
+    assert len(rec.subjects) == len(events)
+
+
+def test_non_finite_inhibits_weaker_alerts_of_the_run(sqlite_db, clock):
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    svc, rec = service(sqlite_db, clock)
+    run = make_run(sqlite_db, layers=["fc", "ln_out"])
+    write_steps(sqlite_db, run, scalars, layers)
+    finish_run(sqlite_db, run)
+    events = svc.tick()
+    fired = {(e.predictor, e.kind): e for e in events}
+    assert ("non_finite", "firing") in fired and fired["non_finite", "firing"].notified
+    weaker = [e for e in events if e.predictor != "non_finite" and e.kind == "firing"]
+    assert weaker, "the synthetic explosion must raise warnings too"
+    # All in one tick: the non_finite alert fired, so the warnings are inhibited.
+    assert all(not e.notified and e.suppressed == "inhibited" for e in weaker)
+    assert len(rec.subjects) == 1
+    assert not any(e.layer == "ln_out" for e in events)  # one-signed layer never alerts
+
+
+def test_warnings_before_the_explosion_are_told_and_ordered(sqlite_db, clock):
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    svc, rec = service(sqlite_db, clock)
+    run = make_run(sqlite_db, layers=["fc", "ln_out"])
+    for start in range(0, 300, 20):
+        write_steps(
+            sqlite_db,
+            run,
+            {s: v for s, v in scalars.items() if start <= s < start + 20},
+            {s: v for s, v in layers.items() if start <= s < start + 20},
+        )
+        svc.tick()
+    finish_run(sqlite_db, run)
+    svc.tick()
+    firing = [n for n in reversed(store.list_notifications(sqlite_db)) if n.event == "firing"]
+    alerts = {a.id: a for a in store.list_alerts(sqlite_db, run_id=run)}
+    first = alerts[firing[0].alert_id]
+    nan_step = 260
+    assert first.predictor in ("sa_collapse", "weight_growth") and first.fired_step < nan_step
+    assert any(alerts[n.alert_id].predictor == "non_finite" for n in firing)
+
+
+def test_silence_holds_notifications_until_it_expires(sqlite_db, clock):
+    svc, rec = service(sqlite_db, clock, config=parse_config(ONLY_NON_FINITE))
+    run = make_run(sqlite_db)
+    store.silence_run(sqlite_db, run, until=clock.now + timedelta(minutes=10), reason="known")
+    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(5)})
+    events = svc.tick()
+    assert [(e.kind, e.suppressed) for e in events] == [("firing", "silenced")]
+    assert rec.subjects == [] and store.list_notifications(sqlite_db) == []
+    clock.advance(11 * 60)
+    write_steps(sqlite_db, run, {5: {"loss": float("nan")}})
+    events = svc.tick()
+    assert [(e.kind, e.notified) for e in events] == [("firing", True)]
+    assert len(rec.subjects) == 1
+    assert store.active_silences(sqlite_db, clock.now, run) == []
+
+
+def test_restart_resumes_and_sends_nothing_twice(sqlite_db, clock):
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    run = make_run(sqlite_db, layers=["fc", "ln_out"])
+    sent: list[str] = []
+    for start in range(0, 300, 30):
+        # A fresh service (a restarted scheduler) for every chunk of data.
+        svc, rec = service(sqlite_db, clock)
+        write_steps(
+            sqlite_db,
+            run,
+            {s: v for s, v in scalars.items() if start <= s < start + 30},
+            {s: v for s, v in layers.items() if start <= s < start + 30},
+        )
+        svc.tick()
+        svc.tick()  # a second tick with no new data sends nothing
+        sent += rec.subjects
+    finish_run(sqlite_db, run)
+    svc, rec = service(sqlite_db, clock)
+    svc.tick()
+    sent += rec.subjects
+    notes = store.list_notifications(sqlite_db)
+    assert len(sent) == len(notes) and len(notes) > 0
+    keys = [(n.alert_id, n.event) for n in notes if n.event != "repeat"]
+    assert len(keys) == len(set(keys))
+
+
+def test_stalled_run_fires_on_wall_time_and_resolves_when_data_returns(sqlite_db, clock):
+    svc, rec = service(sqlite_db, clock)
+    run = make_run(sqlite_db, started_at=clock.now)
+    write_steps(sqlite_db, run, {0: {"loss": 1.0}, 1: {"loss": 1.0}}, at=clock.now)
+    assert svc.tick() == []
+    clock.advance(400)
+    events = svc.tick()
+    assert [(e.predictor, e.kind) for e in events] == [("stalled", "firing")]
+    write_steps(sqlite_db, run, {2: {"loss": 1.0}}, at=clock.now)
+    events = svc.tick()
+    assert [(e.predictor, e.kind) for e in events] == [("stalled", "resolved")]
+
+
+def test_failing_notifier_is_recorded_and_does_not_stop_the_tick(sqlite_db, clock):
+    class Broken(ConsoleNotifier):
+        retries = True
+
+        def send(self, message):
+            raise RuntimeError("boom")
+
+    svc, _ = service(sqlite_db, clock, config=parse_config(ONLY_NON_FINITE), notifier=Broken("x"))
+    run = make_run(sqlite_db)
+    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)})
+    events = svc.tick()
+    assert events and events[0].notified
+    (note,) = store.list_notifications(sqlite_db)
+    assert (note.status, note.attempts, note.notifier) == ("failed", 1, "x")
+    assert "boom" in note.error
+    seen, info = store.last_beat(sqlite_db, "scheduler")
+    assert info["failed"] == 1
+
+
+def test_routing_by_severity_and_project(sqlite_db, clock):
+    critical_only, everything = Recorder("pager"), Recorder("chat")
+    svc = AlertService(
+        sqlite_db,
+        parse_config({}),
+        [Route(critical_only, "critical"), Route(everything, "info", ("ml",))],
+        clock=clock,
+    )
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    run = make_run(sqlite_db, "ml-run", layers=["fc", "ln_out"], project="ml")
+    other = make_run(sqlite_db, "other-run", layers=["fc", "ln_out"], project="other")
+    for rid in (run, other):
+        write_steps(sqlite_db, rid, scalars, layers)
+        finish_run(sqlite_db, rid)
+    svc.tick()
+    assert sorted(critical_only.subjects) == [
+        "[tripwire] FIRING critical: non_finite on run ml-run",
+        "[tripwire] FIRING critical: non_finite on run other-run",
+    ]
+    assert everything.subjects and all(s.endswith("on run ml-run") for s in everything.subjects)
