@@ -1,0 +1,214 @@
+"""The collector on a real (small) training loop: what it stores is what was computed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import collector
+from collector.spectral import SA_BINS
+from storage import Database, runs, stats
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 32)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def _batches(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(4, 8, 12, generator=gen)  # (batch, tokens, features): 32 rows per step
+        y = torch.randint(0, 3, (4, 8), generator=gen)
+        yield x, y
+
+
+def _train(model, monitor, steps: int, *, check_every: int, observe=None):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0].detach().clone())) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for step, (x, y) in enumerate(_batches(steps)):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))
+        loss.backward()
+        if observe is not None and step % check_every == 0:
+            observe(step, model, dict(inputs), loss.item())
+        monitor.log(step, loss=loss, lr=0.05, tokens=float(x.numel()))
+        opt.step()
+        opt.zero_grad()
+    for h in hooks:
+        h.remove()
+
+
+def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracle(sqlite_url, tmp_path):
+    model = TinyNet()
+    expected = {}
+
+    def observe(step, model, inputs, loss):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                w = module.weight.detach()
+                s = torch.linalg.svdvals(w)
+                expected[(step, name)] = {
+                    "grad_norm": torch.linalg.norm(module.weight.grad).item(),
+                    "weight_norm": torch.linalg.norm(w).item(),
+                    "sigma1": s[0].item(),
+                    "input": inputs[name].reshape(-1, w.shape[1]).numpy(),
+                    "v1": torch.linalg.svd(w)[2][0].numpy(),
+                }
+
+    monitor = collector.watch(model, run="tiny", db=sqlite_url, every=5, sample_size=4096, spool_dir=tmp_path)
+    _train(model, monitor, 21, check_every=5, observe=observe)
+    monitor.close()
+    assert monitor.errors == 0
+
+    db = Database(sqlite_url)
+    run = runs.find_run(db, "tiny")
+    assert run.status == "finished" and run.last_step == 20 and run.every == 5
+    assert run.sa_bin_edges == pytest.approx(SA_BINS.tolist())
+    assert [layer.name for layer in runs.layers(db, run.id)] == ["fc1", "fc2", "head"]
+
+    points = stats.scalar_series(db, run.id)
+    by_key = {}
+    for p in points:
+        by_key.setdefault(p.key, {})[p.step] = p.value
+    assert sorted(by_key["loss"]) == list(range(21)) and sorted(by_key["lr"]) == list(range(21))
+    assert by_key["tokens"][3] == 384.0
+    assert sorted(by_key["grad_norm"]) == [0, 5, 10, 15, 20]  # global norms on check steps
+
+    rows = stats.layer_stats(db, run.id)
+    assert {(r.step, r.layer) for r in rows} == {(s, n) for s in (0, 5, 10, 15, 20) for n in ("fc1", "fc2", "head")}
+    for row in rows:
+        oracle = expected[(row.step, row.layer)]
+        assert row.grad_norm == pytest.approx(oracle["grad_norm"], rel=1e-5)
+        assert row.weight_norm == pytest.approx(oracle["weight_norm"], rel=1e-5)
+        assert row.sigma1 == pytest.approx(oracle["sigma1"], rel=1e-3)
+        assert row.stable_rank == pytest.approx(oracle["weight_norm"] ** 2 / oracle["sigma1"] ** 2, rel=1e-3)
+        # SA against numpy, with every input row sampled (sample_size > rows per step).
+        x = oracle["input"]
+        v = np.asarray(oracle["v1"], dtype=np.float64)
+        sa = x @ v / np.linalg.norm(x, axis=1)
+        # v1's sign is arbitrary; the collector keeps it continuous, so compare sign-free and matched.
+        if row.sa_mean is not None and np.sign(row.sa_mean) != np.sign(sa.mean()):
+            sa = -sa
+        assert row.sa_pos == pytest.approx(float((sa > 0).mean()), abs=1e-6)
+        assert row.sa_imbalance == pytest.approx(abs(2 * float((sa > 0).mean()) - 1), abs=1e-6)
+        assert row.sa_mean == pytest.approx(float(sa.mean()), abs=2e-3)
+        assert row.sa_abs_mean == pytest.approx(float(np.abs(sa).mean()), abs=2e-3)
+        assert row.act_max == pytest.approx(float(np.abs(x).max()), rel=1e-5)
+        assert row.act_norm_mean == pytest.approx(float(np.linalg.norm(x, axis=1).mean()), rel=1e-5)
+        assert sum(row.sa_hist) == x.shape[0] == 32
+        hist, _ = np.histogram(sa, bins=np.asarray(run.sa_bin_edges))
+        assert row.sa_hist == hist.tolist()
+    drifts = [r.v_drift for r in rows if r.step == 0]
+    assert all(math.isnan(d) for d in drifts)  # no previous v1 at the first check
+    assert all(0 <= r.v_drift <= math.pi / 2 for r in rows if r.step > 0)
+
+
+def test_non_finite_values_are_stored_as_what_they_are(sqlite_url, tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4))
+    monitor = collector.watch(model, run="nan", db=sqlite_url, every=2, spool_dir=tmp_path)
+    x = torch.randn(8, 4)
+    for step, loss_value in enumerate([1.0, float("nan"), float("inf"), float("-inf")]):
+        out = model(x).sum()
+        out.backward()
+        if step == 2:
+            model[0].weight.grad.fill_(float("nan"))
+        monitor.log(step, loss=torch.tensor(loss_value), lr=float("inf") if step == 3 else 0.1)
+        model.zero_grad()
+    monitor.close()
+    db = Database(sqlite_url)
+    run = runs.find_run(db, "nan")
+    loss = {p.step: p.value for p in stats.scalar_series(db, run.id, ["loss"])}
+    assert loss[0] == 1.0 and math.isnan(loss[1]) and loss[2] == math.inf and loss[3] == -math.inf
+    assert {p.step: p.value for p in stats.scalar_series(db, run.id, ["lr"])}[3] == math.inf
+    layer_rows = {r.step: r for r in stats.layer_stats(db, run.id)}
+    assert math.isnan(layer_rows[2].grad_norm) and math.isfinite(layer_rows[0].grad_norm)
+    global_grad = {p.step: p.value for p in stats.scalar_series(db, run.id, ["grad_norm"])}
+    assert math.isnan(global_grad[2])
+
+
+def test_a_model_without_linear_layers_records_scalars_only(sqlite_url, tmp_path):
+    model = nn.Sequential(nn.Conv1d(2, 2, 3), nn.Embedding(4, 2))
+    with collector.watch(model, run="no-linear", db=sqlite_url, every=1, spool_dir=tmp_path) as monitor:
+        for step in range(3):
+            monitor.log(step, loss=1.0 / (step + 1))
+    db = Database(sqlite_url)
+    run = runs.find_run(db, "no-linear")
+    assert stats.count_rows(db, run.id) == (3, 0) and monitor.errors == 0
+
+
+def test_layer_patterns_choose_the_monitored_layers(sqlite_url, tmp_path):
+    model = TinyNet()
+    monitor = collector.watch(model, run="filtered", db=sqlite_url, layers="fc*", exclude="fc2", spool_dir=tmp_path)
+    assert [layer.name for layer in monitor.layers] == ["fc1"]
+    monitor.close()
+
+
+def test_hooks_are_armed_only_for_check_steps(sqlite_url, tmp_path):
+    model = TinyNet()
+    monitor = collector.watch(model, run="hooks", db=sqlite_url, every=10, spool_dir=tmp_path)
+    armed = []
+    for step, (x, _) in enumerate(_batches(25)):
+        armed.append(bool(model.fc1._forward_hooks))
+        model(x).sum().backward()
+        monitor.log(step, loss=1.0)
+        model.zero_grad()
+    monitor.close()
+    assert [s for s, a in enumerate(armed) if a] == [0, 10, 20]
+
+
+def test_a_failure_inside_the_collector_never_reaches_the_training_loop(sqlite_url, tmp_path, monkeypatch, caplog):
+    import collector.monitor as monitor_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(monitor_module, "run_check", broken)
+    model = TinyNet()
+    monitor = collector.watch(model, run="broken", db=sqlite_url, every=1, spool_dir=tmp_path)
+    for step, (x, _) in enumerate(_batches(5)):
+        model(x).sum().backward()
+        monitor.log(step, loss=1.0)
+    monitor.close()
+    assert monitor.errors == 5
+    assert sum("collector error" in r.message for r in caplog.records) == 1  # logged once
+
+
+def test_an_exception_in_the_with_block_marks_the_run_failed(sqlite_url, tmp_path):
+    with pytest.raises(ValueError):
+        with collector.watch(TinyNet(), run="crash", db=sqlite_url, spool_dir=tmp_path) as monitor:
+            monitor.log(0, loss=1.0)
+            raise ValueError("diverged")
+    run = runs.find_run(Database(sqlite_url), "crash")
+    assert run.status == "failed" and "diverged" in run.error
+
+
+def test_resuming_a_run_by_id_appends_to_it(sqlite_url, tmp_path):
+    first = collector.watch(TinyNet(), run="resumable", db=sqlite_url, spool_dir=tmp_path)
+    first.log(0, loss=2.0)
+    first.close()
+    second = collector.watch(TinyNet(), db=sqlite_url, run_id=first.uid, spool_dir=tmp_path)
+    second.log(1, loss=1.0)
+    second.close()
+    db = Database(sqlite_url)
+    assert len(runs.list_runs(db)) == 1
+    run = runs.find_run(db, first.uid)
+    assert [p.step for p in stats.scalar_series(db, run.id, ["loss"])] == [0, 1]
+
+
+def test_bad_arguments_fail_at_start_up(sqlite_url):
+    with pytest.raises(ValueError, match="every"):
+        collector.watch(TinyNet(), db=sqlite_url, every=0)
