@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from storage._models import (
     SqlAlert,
@@ -215,56 +215,58 @@ def commit_evaluation(
     never queue the same notification twice.
     """
     now = utcnow()
-    try:
-        with db.session() as s:
-            if expected_step is None:
-                s.add(
-                    SqlEvalCursor(run_id=run_id, last_step=last_step, state=state, updated_at=now)
-                )
+    with db.session() as s:
+        if expected_step is None:
+            dialect = s.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            moved = s.execute(
+                insert(SqlEvalCursor)
+                .values(run_id=run_id, last_step=last_step, state=state, updated_at=now)
+                .on_conflict_do_nothing()
+                .returning(SqlEvalCursor.run_id)
+            ).first()
+        else:
+            moved = s.execute(
+                update(SqlEvalCursor)
+                .where(SqlEvalCursor.run_id == run_id, SqlEvalCursor.last_step == expected_step)
+                .values(last_step=last_step, state=state, updated_at=now)
+                .returning(SqlEvalCursor.run_id)
+            ).first()
+        if moved is None:
+            s.rollback()
+            return None
+        ids: list[int | None] = []
+        for write in writes:
+            if write.delete:
+                if write.id is not None:
+                    s.execute(delete(SqlAlert).where(SqlAlert.id == write.id))
+                ids.append(None)
+                continue
+            if write.id is None:
+                row = SqlAlert(run_id=run_id, created_at=now, updated_at=now, **write.values)
+                s.add(row)
                 s.flush()
+                alert_id = row.id
             else:
-                moved = s.execute(
-                    update(SqlEvalCursor)
-                    .where(SqlEvalCursor.run_id == run_id, SqlEvalCursor.last_step == expected_step)
-                    .values(last_step=last_step, state=state, updated_at=now)
+                s.execute(
+                    update(SqlAlert)
+                    .where(SqlAlert.id == write.id)
+                    .values(updated_at=now, **write.values)
                 )
-                if moved.rowcount != 1:
-                    s.rollback()
-                    return None
-            ids: list[int | None] = []
-            for write in writes:
-                if write.delete:
-                    if write.id is not None:
-                        s.execute(delete(SqlAlert).where(SqlAlert.id == write.id))
-                    ids.append(None)
-                    continue
-                if write.id is None:
-                    row = SqlAlert(run_id=run_id, created_at=now, updated_at=now, **write.values)
-                    s.add(row)
-                    s.flush()
-                    alert_id = row.id
-                else:
-                    s.execute(
-                        update(SqlAlert)
-                        .where(SqlAlert.id == write.id)
-                        .values(updated_at=now, **write.values)
+                alert_id = write.id
+            ids.append(alert_id)
+            for notifier, event in write.notify:
+                s.add(
+                    SqlNotification(
+                        alert_id=alert_id,
+                        notifier=notifier,
+                        event=event,
+                        status="queued",
+                        attempts=0,
+                        created_at=now,
                     )
-                    alert_id = write.id
-                ids.append(alert_id)
-                for notifier, event in write.notify:
-                    s.add(
-                        SqlNotification(
-                            alert_id=alert_id,
-                            notifier=notifier,
-                            event=event,
-                            status="queued",
-                            attempts=0,
-                            created_at=now,
-                        )
-                    )
-            return ids
-    except IntegrityError:
-        return None  # a concurrent evaluator created the cursor first
+                )
+        return ids
 
 
 def reset_evaluation(db: Database, run_id: int) -> None:
