@@ -1,6 +1,8 @@
 """The Streamlit entry point: ``streamlit run dashboard/app.py`` (``tripwire dashboard`` does it).
 
-Pages live in ``dashboard/pages``; the run page takes ``?run=<name or uid>&step=<n>``.
+Pages live in ``dashboard/views`` (not ``pages/``: Streamlit would serve a ``pages/`` folder's
+scripts directly by URL, around this entry point and its password gate). The run page takes
+``/run?run=<name or uid>&step=<n>``.
 """
 
 import streamlit as st
@@ -13,9 +15,9 @@ if not auth.gate():
     st.stop()
 
 pages = [
-    st.Page("pages/runs.py", title="Runs", icon="🏃", url_path="runs", default=True),
-    st.Page("pages/run.py", title="Run", icon="📈", url_path="run"),
-    st.Page("pages/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
-    st.Page("pages/health.py", title="Health", icon="🩺", url_path="health"),
+    st.Page("views/runs.py", title="Runs", icon="🏃", url_path="runs", default=True),
+    st.Page("views/run.py", title="Run", icon="📈", url_path="run"),
+    st.Page("views/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
+    st.Page("views/health.py", title="Health", icon="🩺", url_path="health"),
 ]
 st.navigation(pages).run()

@@ -36,6 +36,24 @@ LOG_COLOR_STATS = ("grad_norm", "weight_norm", "sigma1", "act_max", "act_norm_me
 """Statistics whose heatmaps are coloured by log10: they span decades across layers."""
 
 
+def colorscale(name: str) -> list[list]:
+    """A named Plotly colour scale as explicit stops, safe to hand to Streamlit.
+
+    Streamlit's front end rewrites the colours ``#000001``..``#000010`` (placeholders of its
+    own theme) into its palette, so Inferno's and Magma's black ``#000004`` would show as
+    lilac. Such stops are nudged to ``#010105``.
+    """
+    import plotly.colors
+
+    stops = plotly.colors.get_colorscale(name)
+    return [[pos, "#010105" if _is_placeholder(color) else color] for pos, color in stops]
+
+
+def _is_placeholder(color: str) -> bool:
+    color = color.lower()
+    return len(color) == 7 and color.startswith("#0000") and 1 <= int(color[1:], 16) <= 16
+
+
 def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -210,7 +228,7 @@ def layer_heatmap(
     matrix,
     *,
     title: str | None = None,
-    colorscale: str = "Viridis",
+    scale: str = "Viridis",
     zmin: float | None = None,
     zmax: float | None = None,
     log: bool | None = None,
@@ -250,7 +268,7 @@ def layer_heatmap(
             x=matrix.steps,
             y=matrix.layers,
             z=z,
-            colorscale=colorscale,
+            colorscale=colorscale(scale),
             zmin=zmin,
             zmax=zmax,
             colorbar={"title": "log10" if log else "", "thickness": 12},
@@ -274,7 +292,7 @@ def layer_heatmap(
         )
     if mark_step is not None:
         fig.add_vline(x=mark_step, line_color="white", line_width=1)
-    fig.update_yaxes(autorange="reversed", type="category", title_text="layer")
+    fig.update_yaxes(autorange="reversed", type="category", automargin=True)
     fig.update_xaxes(title_text="step")
     rows = len(matrix.layers)
     return _base_layout(fig, title, height or min(900, max(260, 40 + 14 * rows)))
@@ -310,7 +328,7 @@ def sa_hist_figure(hist, *, mark_step: int | None = None, height: int = 360) -> 
             x=hist.steps,
             y=centers,
             z=z,
-            colorscale="Magma",
+            colorscale=colorscale("Magma"),
             zmin=0,
             colorbar={"title": "fraction", "thickness": 12, "x": 1.08},
             hovertemplate="step %{x}<br>SA bin %{y:.2f}<br>fraction %{z:.3f}<extra></extra>",

@@ -46,7 +46,7 @@ records = [
     }
     for a in rows
 ]
-st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), key="timeline")
+st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), theme=None, key="timeline")
 
 if rows:
     table = pd.DataFrame(

@@ -77,13 +77,16 @@ def body() -> None:
     rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
     info = rows[0] if rows else summary
     st.title(run["name"])
-    cols = st.columns(6)
-    cols[0].metric("status", fmt.status(info["status"]))
+    st.caption(
+        f"project {run['project']} · started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC"
+        f" · uid {run['uid']}"
+    )
+    cols = st.columns(5)
+    cols[0].metric("status", info["status"])
     cols[1].metric("last step", info.get("last_step") if info.get("last_step") is not None else "—")
     cols[2].metric("last loss", fmt.number(info.get("last_loss")) or "—")
     cols[3].metric("open alerts", fmt.health_badge(info))
     cols[4].metric("duration", fmt.duration(info.get("duration_s")) or "—")
-    cols[5].metric("project", run["project"])
 
     run_alerts = queries.alerts(url, run_id)
     shown_alerts = [
@@ -102,6 +105,7 @@ def body() -> None:
     scalars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     st.plotly_chart(
         figures.scalars_figure(scalars, alerts=shown_alerts, mark_step=mark_step),
+        theme=None,
         key="scalars",
     )
 
@@ -110,7 +114,8 @@ def body() -> None:
     sa_grid = grids["sa_imbalance"]
     st.subheader("Spectral alignment")
     st.plotly_chart(
-        figures.layer_heatmap(sa_grid, zmin=0, zmax=1, colorscale="Inferno", mark_step=mark_step),
+        figures.layer_heatmap(sa_grid, zmin=0, zmax=1, scale="Inferno", mark_step=mark_step),
+        theme=None,
         key="sa_heatmap",
     )
     crossings = insights.first_crossings(sa_grid)
@@ -129,6 +134,7 @@ def body() -> None:
             figures.sa_hist_figure(
                 queries.sa_hist(url, run_id, layer, start, end), mark_step=mark_step
             ),
+            theme=None,
             key="sa_hist",
         )
     else:
@@ -136,7 +142,9 @@ def body() -> None:
 
     st.subheader("Per-layer statistics")
     st.plotly_chart(
-        figures.layer_heatmap(grids[per_layer_stat], mark_step=mark_step), key="stat_heatmap"
+        figures.layer_heatmap(grids[per_layer_stat], mark_step=mark_step),
+        theme=None,
+        key="stat_heatmap",
     )
     if layers:
         chosen = st.multiselect(
@@ -147,6 +155,7 @@ def body() -> None:
             figures.layer_lines_figure(
                 lines, per_layer_stat, log_y=per_layer_stat in figures.LOG_COLOR_STATS
             ),
+            theme=None,
             key="stat_lines",
         )
 

@@ -60,7 +60,7 @@ def runs_table() -> None:
     )
     selected = picked.selection.rows if picked is not None else []
     if selected:
-        st.switch_page("pages/run.py", query_params={"run": rows[selected[0]]["uid"]})
+        st.switch_page("views/run.py", query_params={"run": rows[selected[0]]["uid"]})
 
 
 runs_table()

@@ -128,3 +128,10 @@ def test_layer_lines_figure(db, exploded):
     df = series.layer_lines(db, exploded, [LAYERS[0], LAYERS[4]], "sigma1")
     fig = figures.layer_lines_figure(df, "sigma1")
     assert [t.name for t in fig.data] == [LAYERS[0], LAYERS[4]]
+
+
+def test_colour_scales_avoid_streamlits_placeholder_colours():
+    # Streamlit repaints #000001..#000010; Inferno starts at #000004 (found in the browser test).
+    stops = figures.colorscale("Inferno")
+    assert stops[0][1] == "#010105" and stops[-1][1] == "#fcffa4"
+    assert figures.colorscale("Viridis")[0][1] == "#440154"

@@ -29,7 +29,7 @@ def _assert_clean(at: AppTest) -> None:
 def test_page_renders(scenario_db, page):
     _url, uid, scenario = scenario_db
     query = {"run": uid, "step": "150"} if page == "run" and uid else None
-    at = _run(DASHBOARD / "pages" / f"{page}.py", query)
+    at = _run(DASHBOARD / "views" / f"{page}.py", query)
     _assert_clean(at)
     if page == "run" and uid:
         charts = at.get("plotly_chart")
@@ -67,7 +67,7 @@ def test_unknown_run_in_the_link_falls_back_with_a_warning(scenario_db):
     _url, uid, _ = scenario_db
     if uid is None:
         pytest.skip("needs a run")
-    at = _run(DASHBOARD / "pages" / "run.py", {"run": "no-such-run", "step": "x"})
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "no-such-run", "step": "x"})
     _assert_clean(at)
     assert any("no-such-run" in w.value for w in at.warning)
 
@@ -76,7 +76,7 @@ def test_run_link_by_name_and_alert_markers(scenario_db):
     _url, uid, scenario = scenario_db
     if scenario != "alerts":
         pytest.skip("alerts scenario only")
-    at = _run(DASHBOARD / "pages" / "run.py", {"run": "exploded", "step": "220"})
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "exploded", "step": "220"})
     _assert_clean(at)
     scalars = at.get("plotly_chart")[0].proto.spec
     assert "sa_collapse" in scalars and "critical alert" in scalars

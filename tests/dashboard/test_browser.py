@@ -1,0 +1,89 @@
+"""A real browser: serve the dashboard on a test database and load pages in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from sample_runs import populate
+
+from dashboard import server
+from storage import Database
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("TRIPWIRE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'dash.db'}"
+    db = Database(url)
+    db.upgrade()
+    populate(db, "alerts")
+    populate(db, "live")
+    db.dispose()
+    port = _free_port()
+    process = server.start(url, port=port)
+    try:
+        assert server.wait_ready(port, timeout=90, process=process), "dashboard did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(process)
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 4200})
+        yield context.new_page()
+        browser.close()
+
+
+def _wait_for_charts(page, count: int) -> None:
+    page.wait_for_function(
+        f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {count}",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(1500)  # let the last charts finish drawing before the screenshot
+
+
+def test_run_page_shows_loss_chart_and_heatmaps(served, page):
+    page.goto(f"{served}/run?run=uid-exploded&step=220")
+    _wait_for_charts(page, 5)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_role("heading", name="exploded").count() >= 1
+    # Plotly draws heatmaps as images inside .heatmaplayer and lines inside .scatterlayer.
+    assert page.locator(".heatmaplayer image").count() >= 3
+    assert page.locator(".subplot.xy .scatterlayer .trace").count() >= 3
+    titles = page.locator(".js-plotly-plot").all_inner_texts()
+    joined = " ".join(titles)
+    assert "loss" in joined and "SA imbalance" in joined
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+
+
+def test_runs_and_alerts_pages_render(served, page):
+    page.goto(f"{served}/runs")
+    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.goto(f"{served}/alerts")
+    _wait_for_charts(page, 1)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"), full_page=True)

@@ -1,0 +1,138 @@
+"""``tripwire dashboard`` (the web dashboard alone) and ``tripwire up`` (scheduler + dashboard)."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+from tripwire.options import UserError, db_option
+
+HINT = "pip install 'tripwire[dashboard]'"
+
+host_option = click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TRIPWIRE_DASHBOARD_HOST",
+    help="Address to bind; 0.0.0.0 exposes the dashboard to the network.",
+)
+port_option = click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8501,
+    show_default=True,
+    envvar="TRIPWIRE_DASHBOARD_PORT",
+)
+
+
+def _server():
+    """The server module, or a one-line error naming the missing extra."""
+    try:
+        import plotly  # noqa: F401
+        import streamlit  # noqa: F401
+
+        from dashboard import server
+    except ImportError as exc:
+        raise UserError(
+            f"the dashboard needs optional packages ({exc.name} is missing): {HINT}"
+        ) from None
+    return server
+
+
+def _database(db_url: str | None):
+    from storage import Database
+
+    db = Database(db_url)
+    db.ensure_schema()
+    return db
+
+
+def _serve(server, db_url: str, host: str, port: int):
+    from storage import redact_url
+
+    process = server.start(db_url, host=host, port=port)
+    if not server.wait_ready(port, timeout=90, host=host, process=process):
+        server.stop(process)
+        raise UserError(f"the dashboard did not start on {host}:{port} (is the port in use?)")
+    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    click.echo(f"Dashboard: http://{shown}:{port}  ({redact_url(db_url)})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            "Note: bound beyond localhost; set TRIPWIRE_DASHBOARD_PASSWORD to require a password."
+        )
+    return process
+
+
+@click.command("dashboard")
+@db_option
+@host_option
+@port_option
+def dashboard_command(db_url: str | None, host: str, port: int) -> None:
+    """Serve the web dashboard (localhost:8501 by default) until Ctrl-C.
+
+    Set TRIPWIRE_DASHBOARD_PASSWORD to require a password.
+    """
+    server = _server()
+    db = _database(db_url)
+    process = _serve(server, db.url, host, port)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        server.stop(process)
+        return
+    if code:
+        raise UserError(f"the dashboard stopped with exit status {code}")
+
+
+@click.command("up")
+@db_option
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="FILE",
+    help="tripwire.toml to use (default: $TRIPWIRE_CONFIG, else ./tripwire.toml if present).",
+)
+@click.option("--interval", type=float, default=None, help="Seconds between scheduler ticks.")
+@host_option
+@port_option
+def up_command(db_url: str | None, config_path: str | None, interval, host: str, port: int) -> None:  # noqa: ANN001
+    """Run the alert scheduler and the dashboard together until Ctrl-C."""
+    server = _server()
+    try:
+        from alerts.config import ConfigError, load_config
+        from alerts.service import AlertService
+    except ImportError as exc:
+        raise UserError(
+            f"alerts need optional packages ({exc.name} is missing): pip install 'tripwire[alerts]'"
+        ) from None
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    db = _database(db_url)
+    service = AlertService(db, config)
+    every = interval or config.engine.interval_s
+    process = _serve(server, db.url, host, port)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=service.run_forever, args=(every, stop), name="tripwire-scheduler", daemon=True
+    )
+    thread.start()
+    click.echo(f"Scheduler: every {every:g} s; notifiers: {', '.join(service.notifiers)}")
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        stop.set()
+        server.stop(process)
+        thread.join(timeout=30)
+    if code:
+        raise UserError(f"the dashboard stopped with exit status {code}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(dashboard_command)
+    cli.add_command(up_command)
