@@ -1,0 +1,81 @@
+"""Tripwire's in-trainer collector.
+
+>>> import collector
+>>> monitor = collector.watch(model, run="gpt-small-lr3e-3", every=10)  # doctest: +SKIP
+>>> for step, (x, y) in enumerate(loader):
+...     loss = model(x, y)
+...     loss.backward()
+...     monitor.log(step, loss=loss, lr=scheduler.get_last_lr()[0])
+...     optimizer.step(); optimizer.zero_grad()
+>>> monitor.close()
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from collector.monitor import LossExplosionPredicted, Monitor
+
+__all__ = ["LossExplosionPredicted", "Monitor", "watch"]
+
+
+def watch(
+    model: nn.Module,
+    run: str | None = None,
+    project: str = "default",
+    db: str | None = None,
+    every: int = 10,
+    config: dict | None = None,
+    *,
+    layers: list[str] | str | None = None,
+    exclude: list[str] | str | None = None,
+    sample_size: int = 1024,
+    tags: list[str] | None = None,
+    run_id: str | None = None,
+    halt_on_alert: bool = False,
+    spool_dir: str | None = None,
+    seed: int = 0,
+) -> Monitor:
+    """Start monitoring ``model``; returns the :class:`Monitor` whose ``log()`` the loop calls.
+
+    Args:
+        model: the module being trained (unwrap DDP/compile wrappers or pass them; both work).
+        run: a human name for the run (names may repeat; the newest wins on look-up).
+        project: groups runs on the dashboard.
+        db: database URL; default ``$TRIPWIRE_DB_URL``, else ``sqlite:///tripwire.db``.
+        every: run a check (per-layer statistics) every this many steps.
+        config: hyper-parameters to store with the run (shown on the dashboard).
+        layers: glob patterns of layer names to monitor (default: every ``nn.Linear``).
+        exclude: glob patterns of layer names to leave out.
+        sample_size: input rows (tokens) sampled per layer per check for spectral alignment.
+        tags: free-form labels.
+        run_id: resume the run with this id (``monitor.uid``) instead of starting a new one.
+        halt_on_alert: raise :class:`LossExplosionPredicted` from ``log()`` once a critical
+            alert fires for this run (needs the alert scheduler running against the same DB).
+        spool_dir: where rows wait while the database is unreachable
+            (default ``$TRIPWIRE_SPOOL_DIR`` or ``~/.cache/tripwire/spool``).
+        seed: seed of the input-row sampler.
+
+    Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
+    database whose schema needs ``tripwire db upgrade``. A database that is down at start is not
+    an error: rows are spooled and replayed when it returns.
+
+    >>> with collector.watch(model, run="baseline", config={"lr": 3e-3}) as monitor:  # doctest: +SKIP
+    ...     train(model, monitor)
+    """
+    return Monitor(
+        model,
+        run=run,
+        project=project,
+        db=db,
+        every=every,
+        config=config,
+        layers=layers,
+        exclude=exclude,
+        sample_size=sample_size,
+        tags=tags,
+        run_id=run_id,
+        halt_on_alert=halt_on_alert,
+        spool_dir=spool_dir,
+        seed=seed,
+    )

@@ -38,7 +38,11 @@ def _train(model, monitor, steps: int, *, check_every: int, observe=None):
     torch.manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     inputs = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0].detach().clone())) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0].detach().clone()))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
     for step, (x, y) in enumerate(_batches(steps)):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))
@@ -52,8 +56,22 @@ def _train(model, monitor, steps: int, *, check_every: int, observe=None):
         h.remove()
 
 
-def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracle(sqlite_url, tmp_path):
-    model = TinyNet()
+def _with_spectral_gap(model: nn.Module) -> nn.Module:
+    """Give every weight a clear top singular direction, so that σ1 and v1 are well defined."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                out_f, in_f = module.weight.shape
+                u, v = torch.randn(out_f, 1, generator=gen), torch.randn(1, in_f, generator=gen)
+                module.weight.add_(2.0 * (u / u.norm()) @ (v / v.norm()))
+    return model
+
+
+def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracle(
+    sqlite_url, tmp_path
+):
+    model = _with_spectral_gap(TinyNet())
     expected = {}
 
     def observe(step, model, inputs, loss):
@@ -69,7 +87,9 @@ def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracl
                     "v1": torch.linalg.svd(w)[2][0].numpy(),
                 }
 
-    monitor = collector.watch(model, run="tiny", db=sqlite_url, every=5, sample_size=4096, spool_dir=tmp_path)
+    monitor = collector.watch(
+        model, run="tiny", db=sqlite_url, every=5, sample_size=4096, spool_dir=tmp_path
+    )
     _train(model, monitor, 21, check_every=5, observe=observe)
     monitor.close()
     assert monitor.errors == 0
@@ -89,13 +109,17 @@ def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracl
     assert sorted(by_key["grad_norm"]) == [0, 5, 10, 15, 20]  # global norms on check steps
 
     rows = stats.layer_stats(db, run.id)
-    assert {(r.step, r.layer) for r in rows} == {(s, n) for s in (0, 5, 10, 15, 20) for n in ("fc1", "fc2", "head")}
+    assert {(r.step, r.layer) for r in rows} == {
+        (s, n) for s in (0, 5, 10, 15, 20) for n in ("fc1", "fc2", "head")
+    }
     for row in rows:
         oracle = expected[(row.step, row.layer)]
         assert row.grad_norm == pytest.approx(oracle["grad_norm"], rel=1e-5)
         assert row.weight_norm == pytest.approx(oracle["weight_norm"], rel=1e-5)
         assert row.sigma1 == pytest.approx(oracle["sigma1"], rel=1e-3)
-        assert row.stable_rank == pytest.approx(oracle["weight_norm"] ** 2 / oracle["sigma1"] ** 2, rel=1e-3)
+        assert row.stable_rank == pytest.approx(
+            oracle["weight_norm"] ** 2 / oracle["sigma1"] ** 2, rel=1e-3
+        )
         # SA against numpy, with every input row sampled (sample_size > rows per step).
         x = oracle["input"]
         v = np.asarray(oracle["v1"], dtype=np.float64)
@@ -142,7 +166,9 @@ def test_non_finite_values_are_stored_as_what_they_are(sqlite_url, tmp_path):
 
 def test_a_model_without_linear_layers_records_scalars_only(sqlite_url, tmp_path):
     model = nn.Sequential(nn.Conv1d(2, 2, 3), nn.Embedding(4, 2))
-    with collector.watch(model, run="no-linear", db=sqlite_url, every=1, spool_dir=tmp_path) as monitor:
+    with collector.watch(
+        model, run="no-linear", db=sqlite_url, every=1, spool_dir=tmp_path
+    ) as monitor:
         for step in range(3):
             monitor.log(step, loss=1.0 / (step + 1))
     db = Database(sqlite_url)
@@ -152,7 +178,9 @@ def test_a_model_without_linear_layers_records_scalars_only(sqlite_url, tmp_path
 
 def test_layer_patterns_choose_the_monitored_layers(sqlite_url, tmp_path):
     model = TinyNet()
-    monitor = collector.watch(model, run="filtered", db=sqlite_url, layers="fc*", exclude="fc2", spool_dir=tmp_path)
+    monitor = collector.watch(
+        model, run="filtered", db=sqlite_url, layers="fc*", exclude="fc2", spool_dir=tmp_path
+    )
     assert [layer.name for layer in monitor.layers] == ["fc1"]
     monitor.close()
 
@@ -170,7 +198,9 @@ def test_hooks_are_armed_only_for_check_steps(sqlite_url, tmp_path):
     assert [s for s, a in enumerate(armed) if a] == [0, 10, 20]
 
 
-def test_a_failure_inside_the_collector_never_reaches_the_training_loop(sqlite_url, tmp_path, monkeypatch, caplog):
+def test_a_failure_inside_the_collector_never_reaches_the_training_loop(
+    sqlite_url, tmp_path, monkeypatch, caplog
+):
     import collector.monitor as monitor_module
 
     def broken(*args, **kwargs):

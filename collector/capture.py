@@ -1,0 +1,78 @@
+"""Forward hooks that sample a layer's input rows, armed only for the step that is checked."""
+
+from __future__ import annotations
+
+import torch
+
+from collector.layers import MonitoredLayer
+from collector.spectral import sample_rows
+
+
+class InputSampler:
+    """Arms one-shot forward hooks on the monitored layers and keeps a sample of their inputs.
+
+    Between checks no hook is registered, so ordinary steps pay nothing. After ``arm()``, each
+    layer's first forward call (the first micro-batch under gradient accumulation) is sampled
+    and its hook removes itself.
+
+    >>> sampler = InputSampler(layers, sample_size=1024)   # doctest: +SKIP
+    >>> sampler.arm(); model(x); rows = sampler.take()      # {layer name: (k, in) tensor}
+    """
+
+    def __init__(self, layers: list[MonitoredLayer], sample_size: int = 1024, seed: int = 0):
+        self.layers = layers
+        self.sample_size = sample_size
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._rows: dict[str, torch.Tensor] = {}
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Register the hooks for the next forward pass (idempotent)."""
+        for layer in self.layers:
+            if layer.name not in self._handles:
+                self._handles[layer.name] = layer.module.register_forward_hook(
+                    self._hook_for(layer.name)
+                )
+
+    def disarm(self) -> None:
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The sampled rows since ``arm()``, and forget them; disarms layers that never ran."""
+        rows, self._rows = self._rows, {}
+        self.disarm()
+        return rows
+
+    def discard(self) -> None:
+        self._rows.clear()
+        self.disarm()
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device).manual_seed(self._seed)
+            self._generators[device] = gen
+        return gen
+
+    def _hook_for(self, name: str):
+        def hook(module, inputs, output):  # noqa: ANN001, ARG001
+            try:
+                x = inputs[0] if inputs else None
+                if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
+                    with torch.no_grad():
+                        self._rows[name] = sample_rows(
+                            x, self.sample_size, self._generator(x.device)
+                        ).to(torch.float32, copy=True)
+            finally:
+                handle = self._handles.pop(name, None)
+                if handle is not None:
+                    handle.remove()
+
+        return hook

@@ -1,0 +1,120 @@
+"""One check: every per-layer statistic, computed on the device, moved to the host once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from collector.layers import MonitoredLayer
+from collector.norms import global_norm, stable_rank, weight_and_grad_norms
+from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
+
+# Order of the per-layer statistics in the stacked tensor (the histogram travels apart).
+_COLUMNS = (
+    "grad_norm",
+    "weight_norm",
+    "sigma1",
+    "stable_rank",
+    "v_drift",
+    "sa_pos",
+    "sa_imbalance",
+    "sa_mean",
+    "sa_abs_mean",
+    "act_max",
+    "act_norm_mean",
+)
+_SA_COLUMNS = ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean")
+
+
+def _as_vector(values) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.float().reshape(-1)
+    return (
+        torch.stack([torch.as_tensor(v).float().reshape(()) for v in values])
+        if values
+        else torch.zeros(0)
+    )
+
+
+class SpectralState:
+    """The top right singular vector of each layer, kept between checks for warm starts."""
+
+    def __init__(self) -> None:
+        self.v: dict[str, torch.Tensor] = {}
+
+
+@torch.no_grad()
+def run_check(
+    layers: list[MonitoredLayer],
+    rows: dict[str, torch.Tensor],
+    state: SpectralState,
+    bin_edges: torch.Tensor = SA_BINS,
+) -> tuple[list[dict], dict[str, float]]:
+    """Statistics of every layer for one check, and the global norms over those layers.
+
+    Returns ``(layer_rows, global_scalars)``: one dict per layer with the contract's statistic
+    names (``None`` where not measured: no input sample this step) and ``sa_hist``, and
+    ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers.
+    """
+    if not layers:
+        return [], {}
+    weight_norms, grad_norms = weight_and_grad_norms([layer.weight for layer in layers])
+    weight_norms, grad_norms = _as_vector(weight_norms), _as_vector(grad_norms)
+    grads_present = [layer.weight.grad is not None for layer in layers]
+
+    n_bins = bin_edges.numel() - 1
+    per_layer, hists, measured = [], [], []
+    for i, layer in enumerate(layers):
+        device = layer.weight.device
+        sigma1, v1, _ = power_iteration(layer.weight, state.v.get(layer.name))
+        drift = v_drift(v1, state.v.get(layer.name))
+        state.v[layer.name] = v1  # a NaN v1 is replaced by a cold start at the next check
+        sample = rows.get(layer.name)
+        if sample is not None and sample.shape[-1] == v1.shape[0]:
+            sa = sa_statistics(sample, v1, bin_edges)
+            measured.append(True)
+        else:
+            nan = torch.full((), math.nan, device=device)
+            sa = {name: nan for name in _SA_COLUMNS} | {
+                "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=device)
+            }
+            measured.append(False)
+        values = {
+            "grad_norm": grad_norms[i].to(device),
+            "weight_norm": weight_norms[i].to(device),
+            "sigma1": sigma1,
+            "stable_rank": stable_rank(weight_norms[i].to(device), sigma1),
+            "v_drift": drift,
+        } | {name: sa[name] for name in _SA_COLUMNS}
+        per_layer.append(torch.stack([values[c].float().reshape(()) for c in _COLUMNS]))
+        hists.append(sa["sa_hist"])
+
+    # sync point: one host transfer per device for the whole check.
+    table = torch.stack([t.cpu() if t.device.type != "cpu" else t for t in per_layer]).tolist()
+    hist_table = torch.stack([h.cpu() for h in hists]).tolist()
+
+    out = []
+    for layer, values, hist, has_rows, has_grad in zip(
+        layers, table, hist_table, measured, grads_present, strict=True
+    ):
+        row = dict(zip(_COLUMNS, values, strict=True))
+        if not has_grad:
+            row["grad_norm"] = None
+        if not has_rows:
+            for name in _SA_COLUMNS:
+                row[name] = None
+            hist = None
+        row["layer"] = layer.name
+        row["sa_hist"] = hist
+        out.append(row)
+    finite_grads = [r["grad_norm"] for r in out if r["grad_norm"] is not None]
+    totals = {
+        "weight_norm": _global([r["weight_norm"] for r in out]),
+        "grad_norm": _global(finite_grads) if finite_grads else None,
+    }
+    return out, totals
+
+
+def _global(values: list[float]) -> float:
+    return float(global_norm(torch.tensor(values, dtype=torch.float64)))

@@ -1,0 +1,62 @@
+"""Which layers are monitored: every ``nn.Linear`` by default, filtered by name patterns."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MonitoredLayer:
+    """A linear layer the collector watches, with its dotted name in the model."""
+
+    name: str
+    position: int
+    module: nn.Module
+
+    @property
+    def weight(self):
+        return self.module.weight
+
+    def spec(self) -> dict:
+        """The layer as storage registers it."""
+        return {
+            "name": self.name,
+            "position": self.position,
+            "kind": type(self.module).__name__,
+            "shape": list(self.module.weight.shape),
+        }
+
+
+def select_layers(
+    model: nn.Module,
+    include: list[str] | str | None = None,
+    exclude: list[str] | str | None = None,
+    types: tuple[type[nn.Module], ...] = (nn.Linear,),
+) -> list[MonitoredLayer]:
+    """The model's linear layers in model order, filtered by glob patterns on their names.
+
+    A layer is kept if its name matches any ``include`` pattern (all layers when none is given)
+    and no ``exclude`` pattern. Layers whose weight is empty are skipped: they have no spectrum.
+
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> [layer.name for layer in select_layers(model, exclude="1*")]
+    ['0']
+    """
+    include = [include] if isinstance(include, str) else list(include or [])
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    chosen = []
+    for name, module in model.named_modules():
+        if not isinstance(module, types) or getattr(module, "weight", None) is None:
+            continue
+        if module.weight.dim() != 2 or module.weight.numel() == 0:
+            continue
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        chosen.append(MonitoredLayer(name=name or "<root>", position=len(chosen), module=module))
+    return chosen
