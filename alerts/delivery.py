@@ -62,9 +62,9 @@ def send_with_retry(
     """Send, retrying recoverable failures with exponential backoff; returns (attempts, error).
 
     >>> from alerts.notifiers import ConsoleNotifier
-    >>> from alerts.message import test_message
+    >>> from alerts.message import notify_test_message
     >>> import io
-    >>> send_with_retry(ConsoleNotifier(stream=io.StringIO()), test_message(None), RetrySettings())
+    >>> send_with_retry(ConsoleNotifier(stream=io.StringIO()), notify_test_message(None), RetrySettings())
     (1, None)
     """
     attempts = 0

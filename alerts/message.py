@@ -37,7 +37,7 @@ def dashboard_link(base_url: str | None, run: Run, step: int | None) -> str | No
 class Message:
     """One notification, whatever the channel.
 
-    >>> m = test_message(None)
+    >>> m = notify_test_message(None)
     >>> m.subject
     '[tripwire] TEST: notifications work'
     """
@@ -112,7 +112,7 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
     return Message(event, first.severity, subject, text, body, payload)
 
 
-def test_message(dashboard_url: str | None) -> Message:
+def notify_test_message(dashboard_url: str | None) -> Message:
     """The message ``tripwire notify test`` sends."""
     text = "Tripwire test message: this notifier is configured and reachable."
     if dashboard_url:

@@ -1,0 +1,223 @@
+"""The email notifier against a real SMTP server on loopback (aiosmtpd): plain, STARTTLS, SSL."""
+
+from __future__ import annotations
+
+import email
+import shutil
+import socket
+import ssl
+import subprocess
+from email import policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from alerts.config import RetrySettings, parse_config
+from alerts.delivery import send_with_retry
+from alerts.notifiers import EmailNotifier, build_routes
+from tests.alerts.test_notifiers_http import alert_message
+
+FAST = RetrySettings(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, timeout_s=5)
+
+
+class Mailbox:
+    def __init__(self, reply: str | None = None):
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes = []
+        self.reply = reply
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        if self.reply:
+            return self.reply
+        self.envelopes.append(envelope)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (made by the openssl tool), and a client
+    context that trusts it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key_file), "-out", str(cert_file),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+def _authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"s3cret"
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def smtp():
+    controllers = []
+
+    def start(mailbox: Mailbox, **kwargs):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        controller = Controller(mailbox, hostname="127.0.0.1", port=port, **kwargs)
+        controller.start()
+        controllers.append(controller)
+        return port
+
+    yield start
+    for c in controllers:
+        c.stop()
+
+
+def _check_content(msg):
+    assert msg["Subject"] == "[tripwire] FIRING warning: sa_collapse on run gpt-lr3e-3"
+    assert (
+        msg["From"] == "tripwire@example.com" and msg["To"] == "oncall@example.com, ml@example.com"
+    )
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    for part in (text, html):
+        assert "blocks.1.mlp.fc" in part and "260" in part and "2.71" in part
+        assert "https://dash.example.com/run?run=uid7&amp;step=260" in part or (
+            "https://dash.example.com/run?run=uid7&step=260" in part
+        )
+    assert "<a href=" in html and "<a href=" not in text
+
+
+def test_plain_smtp_delivers_text_and_html(smtp):
+    box = Mailbox()
+    port = smtp(box)
+    notifier = EmailNotifier(
+        "127.0.0.1",
+        port=port,
+        tls="none",
+        sender="tripwire@example.com",
+        to=["oncall@example.com", "ml@example.com"],
+    )
+    assert send_with_retry(notifier, alert_message(), FAST) == (1, None)
+    (msg,) = box.messages
+    _check_content(msg)
+    assert box.envelopes[0].rcpt_tos == ["oncall@example.com", "ml@example.com"]
+
+
+def test_starttls_with_login(smtp, certificate):
+    server_ctx, client_ctx = certificate
+    box = Mailbox()
+    port = smtp(
+        box,
+        tls_context=server_ctx,
+        require_starttls=True,
+        authenticator=_authenticator,
+        auth_require_tls=True,
+    )
+    notifier = EmailNotifier(
+        "127.0.0.1",
+        port=port,
+        tls="starttls",
+        user="bot",
+        password="s3cret",
+        sender="tripwire@example.com",
+        to=["oncall@example.com", "ml@example.com"],
+        ssl_context=client_ctx,
+    )
+    assert send_with_retry(notifier, alert_message(), FAST) == (1, None)
+    _check_content(box.messages[0])
+    assert "s3cret" not in repr(notifier)
+
+
+def test_wrong_password_is_not_retried(smtp, certificate):
+    server_ctx, client_ctx = certificate
+    port = smtp(
+        Mailbox(),
+        tls_context=server_ctx,
+        require_starttls=True,
+        authenticator=_authenticator,
+    )
+    notifier = EmailNotifier(
+        "127.0.0.1",
+        port=port,
+        user="bot",
+        password="wrong",
+        sender="a@example.com",
+        to=["b@example.com"],
+        ssl_context=client_ctx,
+    )
+    attempts, error = send_with_retry(notifier, alert_message(), FAST)
+    assert attempts == 1 and not error.recoverable and "authentication" in str(error)
+    assert "wrong" not in str(error)
+
+
+def test_implicit_ssl(smtp, certificate):
+    server_ctx, client_ctx = certificate
+    box = Mailbox()
+    port = smtp(box, ssl_context=server_ctx)
+    notifier = EmailNotifier(
+        "127.0.0.1",
+        port=port,
+        tls="ssl",
+        sender="tripwire@example.com",
+        to=["oncall@example.com", "ml@example.com"],
+        ssl_context=client_ctx,
+    )
+    assert send_with_retry(notifier, alert_message(), FAST) == (1, None)
+    _check_content(box.messages[0])
+
+
+def test_untrusted_certificate_fails_without_retry(smtp, certificate):
+    server_ctx, _ = certificate
+    port = smtp(Mailbox(), tls_context=server_ctx, require_starttls=True)
+    notifier = EmailNotifier("127.0.0.1", port=port, sender="a@example.com", to=["b@example.com"])
+    attempts, error = send_with_retry(notifier, alert_message(), FAST)
+    assert attempts == 1 and not error.recoverable and "TLS" in str(error)
+
+
+def test_transient_4xx_is_retried_permanent_5xx_is_not(smtp):
+    port = smtp(Mailbox(reply="451 try again later"))
+    notifier = EmailNotifier(
+        "127.0.0.1", port=port, tls="none", sender="a@example.com", to=["b@example.com"]
+    )
+    attempts, error = send_with_retry(notifier, alert_message(), FAST)
+    assert attempts == 3 and error.recoverable and "451" in str(error)
+    port = smtp(Mailbox(reply="554 rejected"))
+    notifier = EmailNotifier(
+        "127.0.0.1", port=port, tls="none", sender="a@example.com", to=["b@example.com"]
+    )
+    attempts, error = send_with_retry(notifier, alert_message(), FAST)
+    assert attempts == 1 and not error.recoverable
+
+
+def test_email_from_environment_and_missing_settings_named():
+    env = {
+        "TRIPWIRE_SMTP_HOST": "127.0.0.1",
+        "TRIPWIRE_SMTP_PORT": "2525",
+        "TRIPWIRE_SMTP_TLS": "none",
+        "TRIPWIRE_SMTP_PASSWORD": "hunter2",
+        "TRIPWIRE_SMTP_USER": "bot",
+        "TRIPWIRE_EMAIL_FROM": "t@example.com",
+        "TRIPWIRE_EMAIL_TO": "a@example.com, b@example.com",
+    }
+    (_, route) = build_routes(parse_config({}), env)
+    mail = route.notifier
+    assert (mail.host, mail.port, mail.tls, mail.to) == (
+        "127.0.0.1",
+        2525,
+        "none",
+        ["a@example.com", "b@example.com"],
+    )
+    assert "hunter2" not in repr(mail)
+    from alerts.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"notifiers\[1\]: kind 'email' needs sender"):
+        build_routes(parse_config({}), {"TRIPWIRE_SMTP_HOST": "h", "TRIPWIRE_EMAIL_TO": "a@b.c"})
