@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import click
@@ -48,11 +49,28 @@ def _database(db_url: str | None):
     return db
 
 
+def _interrupt(_signum, _frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``docker stop``, systemd) stops like Ctrl-C, so the Streamlit child goes too."""
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (e.g. invoked from a test runner's thread)
+        pass
+
+
 def _serve(server, db_url: str, host: str, port: int):
     from storage import redact_url
 
     process = server.start(db_url, host=host, port=port)
-    if not server.wait_ready(port, timeout=90, host=host, process=process):
+    try:
+        ready = server.wait_ready(port, timeout=90, host=host, process=process)
+    except KeyboardInterrupt:
+        server.stop(process)
+        raise
+    if not ready:
         server.stop(process)
         raise UserError(f"the dashboard did not start on {host}:{port} (is the port in use?)")
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
@@ -75,6 +93,7 @@ def dashboard_command(db_url: str | None, host: str, port: int) -> None:
     """
     server = _server()
     db = _database(db_url)
+    _stop_on_sigterm()
     process = _serve(server, db.url, host, port)
     try:
         code = process.wait()
@@ -114,6 +133,7 @@ def up_command(db_url: str | None, config_path: str | None, interval, host: str,
     db = _database(db_url)
     service = AlertService(db, config)
     every = interval or config.engine.interval_s
+    _stop_on_sigterm()
     process = _serve(server, db.url, host, port)
     stop = threading.Event()
     thread = threading.Thread(
