@@ -1,0 +1,63 @@
+"""A trainer killed with SIGKILL: its run shows as stalled and the ``stalled`` alert fires once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+
+from alerts.config import parse_config
+from alerts.notifiers import WebhookNotifier
+from alerts.service import AlertService
+from storage import Database, RunNotFound, runs, utcnow
+from tests.reliability.helpers import Webhook, start_trainer, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _run_reporting(db: Database, name: str, step: int) -> bool:
+    try:
+        run = runs.find_run(db, name)
+    except RunNotFound:
+        return False
+    return (run.last_step or -1) >= step
+
+
+def test_a_killed_trainer_is_stalled_and_alerted_once(sqlite_url, tmp_path):
+    db = Database(sqlite_url)
+    db.upgrade()
+    trainer = start_trainer(sqlite_url, "doomed", tmp_path / "spool", steps=20)
+    hook = Webhook()
+    try:
+        wait_for(lambda: _run_reporting(db, "doomed", 25), 90, "the trainer to report")
+        assert trainer.poll() is None, trainer.stderr.read()
+        os.kill(trainer.pid, signal.SIGKILL)  # no atexit, no close(), no final flush
+        assert trainer.wait(10) == -signal.SIGKILL
+
+        offset = timedelta(0)
+        config = parse_config({"predictors": {"stalled": {"after_s": 2.0}}})
+        service = AlertService(
+            db, config, [WebhookNotifier(hook.url)], clock=lambda: utcnow() + offset
+        )
+        run = runs.find_run(db, "doomed")
+        assert run.status == "running" and not run.is_stalled(utcnow(), 2.0)
+        fresh = [e for e in service.tick() if e.predictor == "stalled"]
+        assert fresh == []  # it reported a moment ago
+
+        offset = timedelta(seconds=5)
+        events = [e for e in service.tick() if e.predictor == "stalled"]
+        assert [(e.kind, e.run, e.notified) for e in events] == [("firing", "doomed", True)]
+        assert runs.find_run(db, "doomed").is_stalled(utcnow() + offset, 2.0)
+        for later in (10, 60, 600):  # it stays stalled; nothing is sent again
+            offset = timedelta(seconds=later)
+            assert [e for e in service.tick() if e.predictor == "stalled"] == []
+        stalled = [k for k in hook.keys() if k[1] == "stalled"]
+        assert stalled == [("doomed", "stalled", "firing", ())]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        trainer.wait(10)
+        hook.close()
+        db.dispose()
