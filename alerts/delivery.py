@@ -100,16 +100,22 @@ def deliver_queued(
     dashboard_url: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Outcome]:
-    """Send every queued notification; alerts of one run, predictor and event share a message."""
-    claimed = store.claim_queued(db)
+    """Send every queued notification; alerts of one run, predictor and event share a message.
+
+    Each message's deliveries are claimed just before it is sent, so a process killed here
+    leaves the others queued for the next one.
+    """
     groups: dict[tuple, list[tuple[Notification, Alert]]] = {}
-    for note, alert in claimed:
+    for note, alert in store.queued_deliveries(db):
         key = (note.notifier, alert.run_id, alert.predictor, note.event)
         groups.setdefault(key, []).append((note, alert))
     outcomes = []
     run_cache: dict = {}
-    for (name, run_id, _predictor, event), items in groups.items():
-        ids = [note.id for note, _ in items]
+    for (name, run_id, _predictor, event), queued in groups.items():
+        ids = store.claim(db, [note.id for note, _ in queued])
+        items = [(note, alert) for note, alert in queued if note.id in ids]
+        if not items:
+            continue  # another scheduler took them
         notifier = notifiers.get(name)
         if notifier is None:
             error = f"notifier {name!r} is no longer configured"

@@ -138,16 +138,14 @@ def advance(
         alert.clear_count = 0
         alert.last_step = step
         alert.dirty = True
-        if alert.state == "pending" or verdict.score >= (alert.score or float("-inf")):
-            alert.score = verdict.score
-            alert.message = verdict.message
-            alert.details = {**verdict.details, **context}
-        if alert.state == "pending" and alert.hold_count >= for_checks:
+        if alert.state != "pending":
+            return alert, None  # firing: what it said when it fired stands
+        alert.score = verdict.score
+        alert.message = verdict.message
+        alert.details = {**verdict.details, **context}
+        if alert.hold_count >= for_checks:
             alert.state = "firing"
             alert.fired_step = step
-            alert.score = verdict.score
-            alert.message = verdict.message
-            alert.details = {**verdict.details, **context}
             return alert, "firing"
         return alert, None
     if alert is None:

@@ -74,7 +74,6 @@ class AlertService:
             self.routes = [Route(ConsoleNotifier())]
         self.rules = self.config.enabled_rules()
         self.ticks = 0
-        self._started = False
 
     @property
     def notifiers(self) -> dict[str, Notifier]:
@@ -88,9 +87,9 @@ class AlertService:
         """
         started = time.perf_counter()
         now = self.clock()
-        if not self._started:
-            store.fail_interrupted(self.db, older_than=now - timedelta(minutes=5))
-            self._started = True
+        # A delivery left `sending` by a killed process may or may not have gone out: recorded
+        # as failed (never sent twice) once it is old enough not to be another scheduler's.
+        store.fail_interrupted(self.db, older_than=now - timedelta(minutes=5))
         engine = self.config.engine
         run_ids = store.runs_to_evaluate(self.db, now=now, finished_grace_s=engine.finished_grace_s)
         cursors = store.eval_cursors(self.db, run_ids)

@@ -10,7 +10,7 @@ from alerts.predictors.base import Observation, Verdict, finite
 PARAMS = {
     "key": "loss",
     "alpha": 0.1,
-    "rel_increase": 0.3,
+    "rel_increase": 0.25,
     "min_increase": 0.0,
     "warmup_steps": 20,
 }
