@@ -1,0 +1,125 @@
+"""`tripwire db`, `tripwire runs`, `tripwire export`, run as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import torch
+from torch import nn
+
+import collector
+
+
+def tripwire(*args: str, env_db: str | None = None) -> subprocess.CompletedProcess:
+    env = None
+    if env_db is not None:
+        import os
+
+        env = dict(os.environ, TRIPWIRE_DB_URL=env_db)
+    return subprocess.run(
+        [sys.executable, "-m", "tripwire", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def _record_run(url: str, tmp_path, name: str = "cli-run") -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with collector.watch(
+        model, run=name, project="cli", db=url, every=5, spool_dir=tmp_path
+    ) as monitor:
+        for step in range(12):
+            x = torch.randn(8, 6)
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            monitor.log(step, loss=loss if step != 7 else torch.tensor(float("nan")), lr=0.01)
+            opt.step()
+            opt.zero_grad()
+
+
+def test_db_upgrade_then_status(sqlite_url):
+    first = tripwire("db", "upgrade", "--db", sqlite_url)
+    assert first.returncode == 0 and "upgraded" in first.stdout
+    again = tripwire("db", "upgrade", "--db", sqlite_url)
+    assert "already at" in again.stdout
+    status = tripwire("db", "status", "--db", sqlite_url)
+    assert "up to date" in status.stdout
+
+
+def test_runs_json_lists_name_project_status_last_step(sqlite_url, tmp_path):
+    _record_run(sqlite_url, tmp_path)
+    result = tripwire("runs", "--json", env_db=sqlite_url)  # the URL from TRIPWIRE_DB_URL
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["name"] == "cli-run" and run["project"] == "cli"
+    assert run["status"] == "finished" and run["last_step"] == 11
+    table = tripwire("runs", "--db", sqlite_url)
+    assert "cli-run" in table.stdout and "finished" in table.stdout
+
+
+def test_export_uses_the_contract_column_names_in_every_format(sqlite_url, tmp_path):
+    _record_run(sqlite_url, tmp_path)
+    scalars = tripwire("export", "--run", "cli-run", "--db", sqlite_url)
+    assert scalars.returncode == 0, scalars.stderr
+    frame = pd.read_csv(io.StringIO(scalars.stdout))
+    assert list(frame.columns[:7]) == [
+        "run",
+        "step",
+        "wall_time",
+        "loss",
+        "lr",
+        "grad_norm",
+        "weight_norm",
+    ]
+    assert len(frame) == 12 and math.isnan(frame.loc[frame.step == 7, "loss"].item())
+
+    layers = tripwire(
+        "export", "--run", "cli-run", "--what", "layers", "--format", "json", "--db", sqlite_url
+    )
+    records = json.loads(layers.stdout)
+    assert {r["layer"] for r in records} == {"0", "2"} and {r["step"] for r in records} == {
+        0,
+        5,
+        10,
+    }
+    assert {"run", "step", "layer", "sigma1", "sa_imbalance", "sa_hist"} <= records[0].keys()
+
+    out = tmp_path / "layers.parquet"
+    parquet = tripwire(
+        "export",
+        "--run",
+        "cli-run",
+        "--what",
+        "layers",
+        "--format",
+        "parquet",
+        "-o",
+        str(out),
+        "--db",
+        sqlite_url,
+    )
+    assert parquet.returncode == 0, parquet.stderr
+    assert len(pd.read_parquet(out)) == 6
+
+    alerts = tripwire("export", "--run", "cli-run", "--what", "alerts", "--db", sqlite_url)
+    assert alerts.stdout.startswith("run,predictor,severity,step,layer,message")
+
+
+def test_errors_are_one_line(sqlite_url, pg_url):
+    missing = tripwire("export", "--run", "nope", "--db", sqlite_url)
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: no run named 'nope'"
+    unmigrated = tripwire("runs", "--db", pg_url)  # PostgreSQL is never upgraded implicitly
+    assert unmigrated.returncode == 1
+    assert (
+        len(unmigrated.stderr.strip().splitlines()) == 1
+        and "tripwire db upgrade --db" in unmigrated.stderr
+    )

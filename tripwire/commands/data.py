@@ -1,0 +1,154 @@
+"""Commands over stored data: ``tripwire db upgrade``, ``tripwire runs``, ``tripwire export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+
+import click
+
+from storage import Database, redact_url, runs, utcnow
+from storage.export import WHAT, export_frame
+from tripwire.options import UserError, db_option
+
+STALLED_AFTER_S = 300.0
+"""A running run silent for this long is shown as stalled (the alert rule has its own setting)."""
+
+
+@click.group("db")
+def db_group() -> None:
+    """Manage the database schema."""
+
+
+@db_group.command("upgrade")
+@db_option
+def db_upgrade(db_url: str | None) -> None:
+    """Create or upgrade the schema to this version of Tripwire (Alembic migrations)."""
+    db = Database(db_url)
+    before, after = db.upgrade()
+    target = redact_url(db.url)
+    if before == after:
+        click.echo(f"{target}: schema already at {after}")
+    else:
+        click.echo(f"{target}: schema upgraded {before or '(empty)'} -> {after}")
+
+
+@db_group.command("status")
+@db_option
+def db_status(db_url: str | None) -> None:
+    """Show the schema revision of the database and the one this Tripwire needs."""
+    db = Database(db_url)
+    current, head = db.schema_status()
+    state = "up to date" if current == head else "needs `tripwire db upgrade`"
+    click.echo(f"{redact_url(db.url)}: schema {current or '(none)'}, head {head}: {state}")
+
+
+def _display_status(run, now: datetime) -> str:
+    return "stalled" if run.is_stalled(now, STALLED_AFTER_S) else run.status
+
+
+def _last_loss(db: Database, run_id: int, last_step: int | None) -> float | None:
+    from storage import stats
+
+    if last_step is None:
+        return None
+    points = stats.scalar_series(
+        db, run_id, ["loss"], after_step=max(-1, last_step - 1000), upto_step=last_step
+    )
+    return points[-1].value if points else None
+
+
+@click.command("runs")
+@db_option
+@click.option("--project", default=None, help="Only runs of this project.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def runs_command(db_url: str | None, project: str | None, as_json: bool) -> None:
+    """List runs, newest first: status (running, finished, failed, stalled), last step and loss."""
+    db = Database(db_url)
+    db.ensure_schema()
+    now = utcnow()
+    found = runs.list_runs(db, project=project)
+    items = [
+        {
+            "name": r.name,
+            "id": r.uid,
+            "project": r.project,
+            "status": _display_status(r, now),
+            "last_step": r.last_step,
+            "last_loss": _last_loss(db, r.id, r.last_step),
+            "started_at": r.started_at.isoformat(timespec="seconds") + "Z",
+            "host": r.host,
+        }
+        for r in found
+    ]
+    if as_json:
+        click.echo(json.dumps(items, indent=2, default=str))
+        return
+    if not items:
+        click.echo(f"no runs in {redact_url(db.url)}")
+        return
+    header = f"{'NAME':<32} {'PROJECT':<14} {'STATUS':<9} {'STEP':>7} {'LOSS':>9}  STARTED (UTC)"
+    click.echo(header)
+    for item in items:
+        loss = "" if item["last_loss"] is None else f"{item['last_loss']:.4g}"
+        step = "" if item["last_step"] is None else str(item["last_step"])
+        name = item["name"] if len(item["name"]) <= 32 else item["name"][:31] + "…"
+        click.echo(
+            f"{name:<32} {item['project'][:14]:<14} {item['status']:<9} {step:>7} {loss:>9}  {item['started_at'][:19]}"
+        )
+
+
+@click.command("export")
+@db_option
+@click.option(
+    "--run", "run_name", required=True, help="Run name (the newest with that name) or run id."
+)
+@click.option("--what", type=click.Choice(WHAT), default="scalars", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "json"]),
+    default="csv",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File to write (default: stdout).",
+)
+@click.option("--project", default=None, help="Look the run up in this project only.")
+def export_command(db_url, run_name, what, fmt, output, project) -> None:
+    """Write a run's scalars, layer statistics or alerts, in the contract's column names."""
+    frame = export_frame(run_name, what, db=db_url, project=project)
+    if fmt == "parquet":
+        if output is None:
+            raise UserError("--format parquet needs --output FILE")
+        if "sa_hist" in frame:
+            frame["sa_hist"] = frame["sa_hist"].map(lambda h: None if h is None else list(h))
+        try:
+            frame.to_parquet(output, index=False)
+        except ImportError as exc:
+            raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
+        return
+    if fmt == "json":
+        text = frame.to_json(orient="records", date_format="iso")
+    else:
+        if "sa_hist" in frame:
+            frame["sa_hist"] = frame["sa_hist"].map(
+                lambda h: "" if h is None else " ".join(map(str, h))
+            )
+        text = frame.to_csv(index=False)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(db_group)
+    cli.add_command(runs_command)
+    cli.add_command(export_command)
