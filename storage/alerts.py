@@ -323,6 +323,38 @@ def claim_queued(db: Database, *, limit: int = 500) -> list[tuple[Notification, 
         return claimed
 
 
+def queued_deliveries(db: Database, *, limit: int = 500) -> list[tuple[Notification, Alert]]:
+    """Queued deliveries, oldest first, without taking them: :func:`claim` each before sending."""
+    with db.session() as s:
+        rows = s.execute(
+            select(SqlNotification, SqlAlert)
+            .join(SqlAlert, SqlAlert.id == SqlNotification.alert_id)
+            .where(SqlNotification.status == "queued")
+            .order_by(SqlNotification.id)
+            .limit(limit)
+        ).all()
+        return [(_to_notification(note), _to_alert(alert)) for note, alert in rows]
+
+
+def claim(db: Database, notification_ids: list[int]) -> list[int]:
+    """Take these queued deliveries (queued → sending); returns the ids this caller got.
+
+    Claim just before sending: a process killed mid-delivery then leaves only the one message
+    it was sending in ``sending`` (recorded as failed later), and the rest still queued.
+    """
+    taken = []
+    with db.session() as s:
+        for note_id in notification_ids:
+            done = s.execute(
+                update(SqlNotification)
+                .where(SqlNotification.id == note_id, SqlNotification.status == "queued")
+                .values(status="sending")
+            )
+            if done.rowcount == 1:
+                taken.append(note_id)
+    return taken
+
+
 def finish_delivery(
     db: Database, notification_ids: list[int], *, status: str, attempts: int, error: str | None
 ) -> None:
