@@ -152,7 +152,7 @@ def notify_test_command(db_url: str | None, config_path: str | None) -> None:
     config = _load(config_path)
     routes = _routes(config)
     from alerts.delivery import send_with_retry
-    from alerts.message import test_message
+    from alerts.message import notify_test_message
     from storage import StorageError
     from storage import alerts as store
 
@@ -161,7 +161,7 @@ def notify_test_command(db_url: str | None, config_path: str | None) -> None:
     except StorageError as exc:
         click.echo(f"warning: deliveries will not be recorded ({exc})", err=True)
         db = None
-    message = test_message(config.dashboard_url())
+    message = notify_test_message(config.dashboard_url())
     failed = 0
     for route in routes:
         attempts, error = send_with_retry(route.notifier, message, config.retry)

@@ -1,0 +1,181 @@
+"""``tripwire evaluate``, ``notify test``, ``silence``, ``scheduler`` from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from alerts.config import parse_config
+from alerts.scheduler import build_scheduler
+from alerts.service import AlertService
+from storage import alerts as store
+from tests.alerts.conftest import exploding_series, finish_run, make_run, write_steps
+from tests.alerts.test_notifiers_http import Recorder
+from tripwire.cli import cli
+
+
+@pytest.fixture
+def runner(monkeypatch, tmp_path):
+    for var in (
+        "TRIPWIRE_CONFIG",
+        "TRIPWIRE_SLACK_WEBHOOK_URL",
+        "TRIPWIRE_WEBHOOK_URL",
+        "TRIPWIRE_SMTP_HOST",
+        "TRIPWIRE_EMAIL_TO",
+        "TRIPWIRE_DB_URL",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+@pytest.fixture
+def exploded(sqlite_db):
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    run = make_run(sqlite_db, "boom", layers=["fc", "ln_out"])
+    write_steps(sqlite_db, run, scalars, layers)
+    finish_run(sqlite_db, run)
+    quiet = make_run(sqlite_db, "calm", layers=["fc"])
+    write_steps(sqlite_db, quiet, {s: {"loss": 2.0, "grad_norm": 1.0} for s in range(100)})
+    finish_run(sqlite_db, quiet)
+    return sqlite_db
+
+
+def test_evaluate_json_lists_alerts_and_writes_nothing(runner, exploded):
+    result = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows and {r["run"] for r in rows} == {"boom"}
+    for key in ("run", "predictor", "severity", "step", "layer", "message"):
+        assert all(key in r for r in rows)
+    non_finite = [r for r in rows if r["predictor"] == "non_finite"]
+    assert non_finite[0]["severity"] == "critical" and non_finite[0]["step"] == 260
+    assert store.list_alerts(exploded) == []
+
+    one = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--run", "calm", "--json"])
+    assert json.loads(one.output) == []
+    text = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--run", "boom"])
+    assert "non_finite" in text.output and "step 260" in text.output
+    missing = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--run", "nope"])
+    assert missing.exit_code == 1 and "no run named 'nope'" in missing.output
+
+
+def test_evaluate_uses_the_config_file(runner, exploded, tmp_path):
+    (tmp_path / "tripwire.toml").write_text(
+        "[predictors.non_finite]\nenabled = false\n[predictors.sa_collapse]\nenabled = false\n"
+    )
+    rows = json.loads(runner.invoke(cli, ["evaluate", "--db", exploded.url, "--json"]).output)
+    assert rows and not {"non_finite", "sa_collapse"} & {r["predictor"] for r in rows}
+    (tmp_path / "tripwire.toml").write_text("[predictors.nope]\n")
+    bad = runner.invoke(cli, ["evaluate", "--db", exploded.url])
+    assert bad.exit_code == 1 and "predictors.nope: unknown predictor" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_notify_test_sends_through_every_notifier_and_records(runner, sqlite_db, monkeypatch):
+    server = Recorder([500, 200])
+    monkeypatch.setenv("TRIPWIRE_WEBHOOK_URL", server.url)
+    result = runner.invoke(cli, ["notify", "test", "--db", sqlite_db.url])
+    server.close()
+    assert result.exit_code == 0, result.output
+    assert "[tripwire] Tripwire test message" in result.output  # the console notifier
+    assert "WebhookNotifier('webhook' → http://127.0.0.1/…): sent" in result.output
+    assert "SECRET" not in result.output
+    assert json.loads(server.requests[-1]["body"])["event"] == "test"
+    notes = {n.notifier: n for n in store.list_notifications(sqlite_db)}
+    assert notes["webhook"].attempts == 2 and notes["webhook"].status == "sent"
+    assert notes["log"].event == "test"
+
+
+def test_notify_test_fails_clearly(runner, sqlite_db, monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_WEBHOOK_URL", "http://example.com/hook/SECRET")
+    result = runner.invoke(cli, ["notify", "test", "--db", sqlite_db.url])
+    assert result.exit_code == 1
+    assert "TRIPWIRE_WEBHOOK_URL: must be an https URL" in result.output
+    assert "SECRET" not in result.output
+
+
+def test_silence_and_unsilence(runner, exploded):
+    out = runner.invoke(
+        cli, ["silence", "boom", "--for", "2h", "--reason", "known", "--db", exploded.url]
+    )
+    assert out.exit_code == 0 and "silenced run boom until" in out.output
+    from storage import runs, utcnow
+
+    run = runs.find_run(exploded, "boom")
+    (silence,) = store.active_silences(exploded, utcnow(), run.id)
+    assert silence.reason == "known" and silence.until is not None
+    bad = runner.invoke(cli, ["silence", "boom", "--for", "soon", "--db", exploded.url])
+    assert bad.exit_code == 1 and "--for" in bad.output
+    out = runner.invoke(cli, ["silence", "boom", "--remove", "--db", exploded.url])
+    assert "removed 1 silence(s)" in out.output
+
+
+def test_scheduler_once_evaluates_and_is_idempotent(runner, exploded):
+    from storage import utcnow
+
+    # "boom" and "calm" ended long ago: a new scheduler does not back-fill old history.
+    old = runner.invoke(cli, ["scheduler", "--once", "--db", exploded.url])
+    assert old.exit_code == 0 and old.output == ""
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    run = make_run(exploded, "boom", layers=["fc", "ln_out"])
+    write_steps(exploded, run, scalars, layers)
+    finish_run(exploded, run, at=utcnow())
+    first = runner.invoke(cli, ["scheduler", "--once", "--db", exploded.url])
+    assert first.exit_code == 0, first.output
+    assert "firing critical non_finite run=boom step=260" in first.output
+    assert "[tripwire] FIRING critical non_finite" in first.output
+    again = runner.invoke(cli, ["scheduler", "--once", "--db", exploded.url])
+    assert again.exit_code == 0 and "firing" not in again.output
+    seen, info = store.last_beat(exploded, "scheduler")
+    assert info["runs"] == 0
+
+
+def test_apscheduler_job_ticks_and_writes_heartbeats(sqlite_db):
+    from storage import utcnow
+
+    run = make_run(sqlite_db, started_at=utcnow())
+    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)}, at=utcnow())
+    service = AlertService(sqlite_db, parse_config({}), [])
+    scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
+    (job,) = scheduler.get_jobs()
+    assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 30
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 20
+        while service.ticks < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert service.ticks >= 3
+    assert [a.predictor for a in store.firing_alerts(sqlite_db, run)] == ["non_finite"]
+    assert store.last_beat(sqlite_db, "scheduler") is not None
+
+
+@pytest.mark.slow
+def test_keeps_up_with_100_live_runs(sqlite_db):
+    from storage import utcnow
+
+    scalars, layers = exploding_series(steps=70, blowup=1000)
+    ids = [
+        make_run(sqlite_db, f"many-{i}", layers=["fc", "ln_out"], started_at=utcnow())
+        for i in range(100)
+    ]
+    for rid in ids:
+        write_steps(sqlite_db, rid, {s: scalars[s] for s in range(60)}, layers, at=utcnow())
+    service = AlertService(sqlite_db, parse_config({}), [])
+    started = time.perf_counter()
+    service.tick()
+    first = time.perf_counter() - started
+    for rid in ids:
+        write_steps(sqlite_db, rid, {s: scalars[s] for s in range(60, 70)}, at=utcnow())
+    started = time.perf_counter()
+    service.tick()
+    steady = time.perf_counter() - started
+    cursors = store.eval_cursors(sqlite_db, ids)
+    assert all(c.last_step == 68 for c in cursors.values())
+    print(f"first tick {first:.2f} s, steady tick {steady:.2f} s")
+    assert steady < 10.0, f"a tick over 100 live runs took {steady:.1f} s (first {first:.1f} s)"
