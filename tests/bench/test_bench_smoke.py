@@ -1,0 +1,69 @@
+"""Each benchmark runs end to end at tiny sizes, so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import check_cost, common, overhead, storage_throughput
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Prediction\n\nkeep me\n\n## Overhead (cpu)\n\nold\n")
+    common.write_section("Overhead (cpu)", "new", doc)
+    common.write_section("Check cost (cpu)", "added", doc)
+    text = doc.read_text()
+    assert "keep me" in text and "new" in text and "old" not in text
+    assert text.index("## Prediction") < text.index("## Overhead") < text.index("## Check cost")
+
+
+def test_overhead_runs_every_variant(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = overhead.main(
+        ["--sizes", "tiny", "--rounds", "1", "--every", "2", "--no-memory", "--no-write"]
+    )
+    (result,) = out["results"]
+    assert [r["variant"] for r in result["rows"]] == list(overhead.VARIANTS)
+    assert all(r["cpu_step_s"] > 0 and r["wall_step_s"] > 0 for r in result["rows"])
+    assert all(not r["errors"] for r in result["rows"])  # the collector itself did not fail
+
+
+def test_memory_probe_reports_host_memory():
+    probe = overhead.memory_probe("tiny", "tripwire", "cpu", steps=4, every=2)
+    assert probe["setup"] >= 0 and probe["device_peak"] is None
+
+
+def test_check_cost_parts_and_svd_comparison():
+    out = check_cost.main(
+        [
+            "--sizes",
+            "tiny",
+            "--rounds",
+            "1",
+            "--svd-steps",
+            "21",
+            "--log-calls",
+            "200",
+            "--no-write",
+        ]
+    )
+    (result,) = out["results"]
+    assert set(check_cost.PARTS) <= set(result["breakdown"])
+    svd = result["svd"]
+    assert svd["pairs"] == svd["layers"] * svd["checks"] > 0
+    assert 0 <= svd["sigma_median"] < 1 and not math.isnan(svd["v_median"])
+    assert all(us > 0 for us in out["log"].values())
+
+
+@pytest.mark.parametrize("scheduler", [False, True])
+def test_storage_throughput_on_sqlite(scheduler):
+    argv = ["--layers", "3", "--checks", "4", "--size-checks", "4", "--no-pg", "--no-write"]
+    argv += (
+        ["--runs", "2", "--tick-checks", "2", "--ticks", "1"] if scheduler else ["--no-scheduler"]
+    )
+    (result,) = storage_throughput.main(argv).values()
+    assert result["writer"]["complete"] and result["size"] > 0
+    if scheduler:
+        assert result["scheduler"]["first_s"] > 0
