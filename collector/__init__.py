@@ -35,6 +35,7 @@ def watch(
     halt_on_alert: bool = False,
     spool_dir: str | None = None,
     seed: int = 0,
+    per_rank: bool = False,
 ) -> Monitor:
     """Start monitoring ``model``; returns the :class:`Monitor` whose ``log()`` the loop calls.
 
@@ -55,6 +56,9 @@ def watch(
         spool_dir: where rows wait while the database is unreachable
             (default ``$TRIPWIRE_SPOOL_DIR`` or ``~/.cache/tripwire/spool``).
         seed: seed of the input-row sampler.
+        per_rank: in distributed training, every rank writes its own run (``<run>/rank<r>``)
+            with the statistics of its own inputs, instead of rank 0 writing those of all ranks.
+            Either way every rank must call ``log()`` (checks use collectives).
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not
@@ -78,4 +82,5 @@ def watch(
         halt_on_alert=halt_on_alert,
         spool_dir=spool_dir,
         seed=seed,
+        per_rank=per_rank,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from collector.layers import MonitoredLayer
@@ -15,6 +17,10 @@ class InputSampler:
     layer's first forward call (the first micro-batch under gradient accumulation) is sampled
     and its hook removes itself.
 
+    ``torch.compile``d modules ignore hooks registered after compilation, so while armed the
+    compiler's stance is ``force_eager``: the sampled forward pass runs eagerly (once per check,
+    until every layer was sampled); compiled code is reused afterwards, nothing recompiles.
+
     >>> sampler = InputSampler(layers, sample_size=1024)   # doctest: +SKIP
     >>> sampler.arm(); model(x); rows = sampler.take()      # {layer name: (k, in) tensor}
     """
@@ -26,6 +32,7 @@ class InputSampler:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rows: dict[str, torch.Tensor] = {}
+        self._stance = None
 
     @property
     def armed(self) -> bool:
@@ -33,6 +40,8 @@ class InputSampler:
 
     def arm(self) -> None:
         """Register the hooks for the next forward pass (idempotent)."""
+        if self.layers and not self._handles:
+            self._force_eager()
         for layer in self.layers:
             if layer.name not in self._handles:
                 self._handles[layer.name] = layer.module.register_forward_hook(
@@ -43,6 +52,7 @@ class InputSampler:
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+        self._restore_stance()
 
     def take(self) -> dict[str, torch.Tensor]:
         """The sampled rows since ``arm()``, and forget them; disarms layers that never ran."""
@@ -74,5 +84,21 @@ class InputSampler:
                 handle = self._handles.pop(name, None)
                 if handle is not None:
                     handle.remove()
+                if not self._handles:
+                    self._restore_stance()
 
         return hook
+
+    def _force_eager(self) -> None:
+        # Only where dynamo is already loaded: importing it just to set a stance costs seconds.
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        if self._stance is None and set_stance is not None and "torch._dynamo" in sys.modules:
+            self._stance = set_stance("force_eager")
+
+    def _restore_stance(self) -> None:
+        stance, self._stance = self._stance, None
+        if stance is not None:
+            try:
+                stance.__exit__(None, None, None)
+            except RuntimeError:  # inside a compiled region: retried at the next disarm
+                self._stance = stance

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from collector.distributed import Ranks, full
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
 from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
@@ -50,29 +51,47 @@ def run_check(
     rows: dict[str, torch.Tensor],
     state: SpectralState,
     bin_edges: torch.Tensor = SA_BINS,
+    ranks: Ranks | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Statistics of every layer for one check, and the global norms over those layers.
 
     Returns ``(layer_rows, global_scalars)``: one dict per layer with the contract's statistic
     names (``None`` where not measured: no input sample this step) and ``sa_hist``, and
     ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers.
+
+    With ``ranks`` (distributed training) every rank must call this at the same check: sharded
+    weights are gathered one layer at a time, norms summed over shards, and the SA statistics
+    combine all ranks' input samples (see :mod:`collector.distributed`).
     """
     if not layers:
         return [], {}
-    weight_norms, grad_norms = weight_and_grad_norms([layer.weight for layer in layers])
+    params = [layer.weight for layer in layers]
+    if ranks is not None and ranks.sharded(params):
+        weight_norms, grad_norms = ranks.sharded_norms(params)
+    else:
+        weight_norms, grad_norms = weight_and_grad_norms(params)
     weight_norms, grad_norms = _as_vector(weight_norms), _as_vector(grad_norms)
-    grads_present = [layer.weight.grad is not None for layer in layers]
+    grads_present = [p.grad is not None for p in params]
 
     n_bins = bin_edges.numel() - 1
-    per_layer, hists, measured = [], [], []
-    for i, layer in enumerate(layers):
-        device = layer.weight.device
-        sigma1, v1, _ = power_iteration(layer.weight, state.v.get(layer.name))
+    spectra, sa_stats, samples = [], [], []
+    for layer in layers:
+        weight = full(layer.weight)  # FSDP: gathers this layer's shards (a collective)
+        sigma1, v1, _ = power_iteration(weight, state.v.get(layer.name))
         drift = v_drift(v1, state.v.get(layer.name))
         state.v[layer.name] = v1  # a NaN v1 is replaced by a cold start at the next check
         sample = rows.get(layer.name)
-        if sample is not None and sample.shape[-1] == v1.shape[0]:
-            sa = sa_statistics(sample, v1, bin_edges)
+        usable = sample is not None and sample.shape[-1] == v1.shape[0]
+        sa_stats.append(sa_statistics(sample, v1, bin_edges) if usable else None)
+        samples.append(sample if usable else None)
+        spectra.append((sigma1, drift))
+    if ranks is not None and ranks.combines_inputs:
+        sa_stats = ranks.combine_sa(sa_stats, samples, n_bins, weight_norms.device)
+
+    per_layer, hists, measured = [], [], []
+    for i, ((sigma1, drift), sa) in enumerate(zip(spectra, sa_stats, strict=True)):
+        device = sigma1.device
+        if sa is not None:
             measured.append(True)
         else:
             nan = torch.full((), math.nan, device=device)
@@ -86,7 +105,7 @@ def run_check(
             "sigma1": sigma1,
             "stable_rank": stable_rank(weight_norms[i].to(device), sigma1),
             "v_drift": drift,
-        } | {name: sa[name] for name in _SA_COLUMNS}
+        } | {name: sa[name].to(device) for name in _SA_COLUMNS}
         per_layer.append(torch.stack([values[c].float().reshape(()) for c in _COLUMNS]))
         hists.append(sa["sa_hist"])
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from collector.capture import InputSampler
 from collector.checks import SpectralState, run_check
+from collector.distributed import detect, unwrap
 from collector.layers import select_layers
 from collector.spectral import SA_BINS
 from storage import Database, SchemaOutOfDate, StoreUnavailable
@@ -43,6 +44,7 @@ class LossExplosionPredicted(RuntimeError):
         names = ", ".join(
             sorted({f"{a.predictor}" + (f" on {a.layer}" if a.layer else "") for a in alerts})
         )
+        names = names or "a critical alert seen by the rank that writes"
         super().__init__(f"Tripwire predicts a loss explosion: {names}")
 
 
@@ -72,16 +74,30 @@ class Monitor:
         halt_on_alert: bool,
         spool_dir: str | None,
         seed: int,
+        per_rank: bool = False,
     ):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         if sample_size < 1:
             raise ValueError(f"sample_size must be at least 1, got {sample_size}")
-        self.model = model
+        self.ranks = detect(per_rank)
+        self.model = model = unwrap(model)
         self.every = every
         self.halt_on_alert = halt_on_alert
         self.uid = run_id or uuid.uuid4().hex
         self.name = run or f"run-{self.uid[:8]}"
+        if per_rank and self.ranks.world > 1:
+            self.uid, self.name = (
+                f"{self.uid}-rank{self.ranks.rank}",
+                f"{self.name}/rank{self.ranks.rank}",
+            )
+        if self.ranks.world > 1:
+            config = dict(config or {})
+            config["tripwire"] = {
+                **config.get("tripwire", {}),
+                "world_size": self.ranks.world,
+                "ranks": "each rank writes its own run" if per_rank else "rank 0 writes for all",
+            }
         self.project = project
         self.errors = 0
         self.checks = 0
@@ -91,48 +107,23 @@ class Monitor:
                 "tripwire: no linear layers matched in %s; only scalars will be recorded",
                 type(model).__name__,
             )
+        if self.ranks.combines_inputs:  # the sample is split over the ranks' inputs
+            sample_size = math.ceil(sample_size / self.ranks.world)
         self._sampler = InputSampler(self.layers, sample_size=sample_size, seed=seed)
         self._spectral = SpectralState()
         self._pending: list[tuple[int, float, dict]] = []
         self._last_step: int | None = None
         self._closed = False
         self._error_logged = False
-        self._alarm: list | None = None
+        self._fired: list | None = None  # set by the writer thread
+        self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
+        self._warned: set[str] = set()
 
-        self.db = Database(db)
-        try:
-            self.db.ensure_schema()  # refuses an out-of-date schema, with the command that fixes it
-        except SchemaOutOfDate:
-            raise
-        except StoreUnavailable as exc:
-            log.warning(
-                "tripwire: database unavailable at start (%s); spooling until it returns", exc
-            )
-        self._writer = BatchWriter(
-            self.db,
-            self.uid,
-            spool_dir=spool_dir,
-            on_written=self._poll_alerts if halt_on_alert else None,
-        )
-        self._writer.put(
-            "start",
-            {
-                "run": {
-                    "uid": self.uid,
-                    "project": project,
-                    "name": self.name,
-                    "started_at": time.time(),
-                    "config": _jsonable(config or {}),
-                    "tags": list(tags or []),
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "every": every,
-                    "sa_bin_edges": SA_BINS.tolist(),
-                },
-                "layers": [layer.spec() for layer in self.layers],
-            },
-        )
+        self.db: Database | None = None
+        self._writer: BatchWriter | _SilentWriter = _SilentWriter()
+        if self.ranks.writes:
+            self._open_store(db, spool_dir, project=project, config=config, tags=tags)
         self._sampler.arm()  # the first step may be a check step
         _live_monitors.add(self)
 
@@ -148,28 +139,96 @@ class Monitor:
 
         >>> monitor.log(step, loss=loss, lr=scheduler.get_last_lr()[0], tokens_per_s=tps)  # doctest: +SKIP
         """
-        if self._alarm:
-            alerts, self._alarm = self._alarm, None
+        alerts = self.take_alarm()
+        if alerts is not None:
             raise LossExplosionPredicted(alerts)
         if self._closed:
             return
         try:
-            values = {"loss": loss, "lr": lr, **scalars}
-            values = {
-                k: (v.detach() if isinstance(v, torch.Tensor) else v)
-                for k, v in values.items()
-                if v is not None
-            }
-            self._pending.append((int(step), time.time(), values))
-            self._last_step = int(step)
-            if step % self.every == 0:
-                self._check(int(step))
-            elif self._sampler.armed:
-                self._sampler.discard()  # armed for a step that turned out not to be a check
-            if (step + 1) % self.every == 0:
-                self._sampler.arm()  # the next forward pass belongs to a check step
+            step = int(step)
+            self._record(step, {"loss": loss, "lr": lr, **scalars})
+            if self.is_check_step(step):
+                self._check(step)
+            self._prepare(step + 1)
         except Exception:
             self._failed()
+
+    # -- for integrations: the same step in separate moments ---------------------------------------
+
+    def is_check_step(self, step: int) -> bool:
+        """Whether ``step`` gets per-layer statistics (every ``every`` steps, from step 0)."""
+        return step % self.every == 0
+
+    def prepare(self, step: int) -> None:
+        """Say that the next forward pass is the first of step ``step`` (before it runs).
+
+        Arms the input hooks when ``step`` is a check step, and drops what earlier passes left.
+        ``log()`` does this itself for the step after the one it records; integrations whose
+        framework announces each optimizer step (``on_step_begin``) call it there, so that
+        gradient-accumulation micro-batches after the first and evaluation passes are not
+        sampled.
+
+        >>> monitor.prepare(trainer_step)     # then forward, backward, monitor.check(trainer_step)  # doctest: +SKIP
+        """
+        if self._closed:
+            return
+        try:
+            self._prepare(int(step))
+        except Exception:
+            self._failed()
+
+    def check(self, step: int, *, grad_norm: bool = True) -> bool:
+        """Run step ``step``'s check now, if it is a check step; True if it ran.
+
+        The gradients are measured as they are at this moment, so call it where they are final
+        (after the last micro-batch's backward, before ``optimizer.step()``). The inputs are the
+        ones sampled since :meth:`prepare`. In distributed training every rank must call it.
+        ``grad_norm=False`` leaves the step's ``grad_norm`` to the caller (a framework that
+        logs its own global norm); the per-layer gradient norms are stored either way.
+
+        >>> monitor.check(trainer_step)  # doctest: +SKIP
+        True
+        """
+        if self._closed or not self.is_check_step(int(step)):
+            return False
+        try:
+            self._check(int(step), grad_norm=grad_norm)
+            return True
+        except Exception:
+            self._failed()
+            return False
+
+    def record(self, step: int, **values) -> None:
+        """Store per-step scalars (``loss``, ``lr``, anything numeric) without running a check.
+
+        For integrations that see the loss at another moment than the gradients; values are
+        Python numbers or 0-dim tensors, as in :meth:`log`.
+
+        >>> monitor.record(100, loss=2.31, lr=3e-4, epoch=0.4)  # doctest: +SKIP
+        """
+        if self._closed:
+            return
+        try:
+            self._record(int(step), values)
+        except Exception:
+            self._failed()
+
+    def take_alarm(self) -> list | None:
+        """The critical alerts that fired for this run since the last call, else None.
+
+        Only with ``halt_on_alert``. In distributed training every rank gets the alarm at the
+        same check (ranks that do not write get an empty list), so all of them stop together.
+        Integrations poll this instead of catching :class:`LossExplosionPredicted`.
+
+        >>> if monitor.take_alarm() is not None:  # doctest: +SKIP
+        ...     control.should_training_stop = True
+        """
+        with self._alarm_lock:
+            if self.ranks.reduces:
+                alerts, self._alarm = self._alarm, None
+            else:
+                alerts, self._fired = self._fired, None
+        return alerts
 
     def close(
         self, status: str = "finished", error: str | None = None, timeout: float = 30.0
@@ -220,27 +279,116 @@ class Monitor:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _check(self, step: int) -> None:
+    def _open_store(
+        self, db: str | None, spool_dir: str | None, *, project: str, config, tags
+    ) -> None:
+        """Connect, start the writer thread and register the run (on the ranks that write)."""
+        self.db = Database(db)
+        try:
+            self.db.ensure_schema()  # refuses an out-of-date schema, with the command that fixes it
+        except SchemaOutOfDate:
+            raise
+        except StoreUnavailable as exc:
+            log.warning(
+                "tripwire: database unavailable at start (%s); spooling until it returns", exc
+            )
+        self._writer = BatchWriter(
+            self.db,
+            self.uid,
+            spool_dir=spool_dir,
+            on_written=self._poll_alerts if self.halt_on_alert else None,
+        )
+        self._writer.put(
+            "start",
+            {
+                "run": {
+                    "uid": self.uid,
+                    "project": project,
+                    "name": self.name,
+                    "started_at": time.time(),
+                    "config": _jsonable(config or {}),
+                    "tags": list(tags or []),
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "every": self.every,
+                    "sa_bin_edges": SA_BINS.tolist(),
+                },
+                "layers": [layer.spec() for layer in self.layers],
+            },
+        )
+
+    def _record(self, step: int, values: dict) -> None:
+        values = {
+            k: (v.detach() if isinstance(v, torch.Tensor) else v)
+            for k, v in values.items()
+            if v is not None
+        }
+        self._pending.append((step, time.time(), values))
+        self._last_step = step
+
+    def _prepare(self, step: int) -> None:
+        self._sampler.discard()  # rows from a pass that was not a check step's first
+        if self.is_check_step(step):
+            self._sampler.arm()
+
+    def _check(self, step: int, grad_norm: bool = True) -> None:
         rows = self._sampler.take()
-        layer_rows, totals = run_check(self.layers, rows, self._spectral)
+        ranks = self.ranks if self.ranks.reduces else None
+        layer_rows, totals = run_check(self.layers, rows, self._spectral, ranks=ranks)
+        if not grad_norm:
+            totals.pop("grad_norm", None)
+        if ranks is not None:
+            self._exchange_flags(step, rows)
+        if self.layers and not rows:
+            self._warn_once(
+                "no-rows",
+                "tripwire: no input reached the monitored layers' forward hooks for step %d "
+                "(a fused or scripted forward, or prepare() not called before it): the SA "
+                "statistics of this check are missing",
+                step,
+            )
         wall = time.time()
         if layer_rows:
             for row in layer_rows:
                 row["step"] = step
                 row["wall_time"] = wall
             self._writer.put("layer_stats", layer_rows)
-            step_values = (
-                self._pending[-1][2] if self._pending and self._pending[-1][0] == step else None
-            )
-            if step_values is not None:
+            totals = {k: v for k, v in totals.items() if v is not None}
+            if self._pending and self._pending[-1][0] == step:
                 for key, value in totals.items():
-                    if value is not None:
-                        step_values.setdefault(key, value)
+                    self._pending[-1][2].setdefault(key, value)
+            else:  # an integration's check, before the step's loss is known
+                self._pending.append((step, wall, totals))
         self.checks += 1
         self._flush_scalars()
 
+    def _exchange_flags(self, step: int, rows: dict[str, torch.Tensor]) -> None:
+        """Tell every rank which ranks went non-finite and whether a critical alert fired."""
+        losses = [v["loss"] for _, _, v in self._pending if "loss" in v]
+        flags = torch.tensor(
+            [self._fired is not None, _any_non_finite(losses), _any_non_finite(rows.values())],
+            dtype=torch.float64,
+        )
+        table = self.ranks.gather_flags(flags).tolist()  # sync point: a collective per check
+        if any(alarm for alarm, _, _ in table):
+            with self._alarm_lock:
+                self._alarm, self._fired = self._fired or [], None
+        bad = [r for r, (_, loss, act) in enumerate(table) if loss or act]
+        if bad and self.ranks.writes:
+            # Which rank blew up first is lost once gradients are all-reduced; name it here.
+            self._record(step, {"nonfinite_rank": bad[0], "nonfinite_ranks": len(bad)})
+            what = ", ".join(f"rank {r} ({'loss' if table[r][1] else 'activations'})" for r in bad)
+            self._warn_once("nonfinite", "tripwire: non-finite values at step %d on %s", step, what)
+
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
     def _flush_scalars(self) -> None:
         """Turn the pending per-step values into rows with one host transfer."""
+        if not self.ranks.writes:
+            self._pending.clear()
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -265,7 +413,7 @@ class Monitor:
         firing = alert_store.firing_alerts(self.db, run_db_id, severity="critical")
         if firing:
             with self._alarm_lock:
-                self._alarm = firing
+                self._fired = firing
 
     def _failed(self) -> None:
         self.errors += 1
@@ -274,6 +422,34 @@ class Monitor:
             log.exception(
                 "tripwire: collector error (training continues; further errors counted in monitor.errors)"
             )
+
+
+class _SilentWriter:
+    """The writer of a rank that does not write (distributed training, rank 0 writes)."""
+
+    run_id = None
+    spooled = False
+    spool_path = None
+
+    def put(self, kind: str, payload) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def _any_non_finite(values) -> bool:
+    """Whether any of these numbers or tensors holds NaN or ±Inf (a sync point for tensors)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    numbers = [v for v in values if not isinstance(v, torch.Tensor) and isinstance(v, Number)]
+    if any(not math.isfinite(v) for v in numbers):
+        return True
+    return bool(tensors) and bool(
+        torch.stack([(~torch.isfinite(t.float())).any().cpu() for t in tensors]).any()
+    )
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:

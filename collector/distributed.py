@@ -1,0 +1,241 @@
+"""Distributed training: which rank this is, which rank writes, and the cross-rank reductions.
+
+Under DDP every rank holds the same weights and (after the all-reduce) the same gradients, but
+each sees its own inputs; under FSDP each rank holds a shard of the weights and gradients. A
+check must give the statistics of the whole model and the whole global batch, so:
+
+- norms of sharded parameters sum the local squares over the ranks (one all-reduce per check);
+- σ1 and v1 come from the full matrix, gathered one layer at a time at check steps only;
+- SA statistics combine every rank's input sample from per-rank counts and sums (one all-reduce
+  of a small table, plus one for the maxima), never by moving rows;
+- a small flag table names the ranks whose loss or activations went non-finite, and carries
+  rank 0's "a critical alert fired" to every rank so that all of them stop at the same step.
+
+Every rank must run every check (the collectives are matched by order). Only torch here.
+
+>>> ranks = detect()                  # no process group: a single process that writes
+>>> (ranks.rank, ranks.world, ranks.writes, ranks.reduces)
+(0, 1, True, False)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+try:  # DTensor (FSDP2's sharded parameters); absent on old or non-distributed builds
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # pragma: no cover - depends on the torch build
+    DTensor = Replicate = None
+
+# Columns of the per-layer SA table that is summed over ranks (the histogram follows them).
+_N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT = range(7)
+_SA_SUMS = 7
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def _process_group_ready() -> bool:
+    if not torch.distributed.is_available():
+        return False
+    return _dist().is_initialized()
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job and what it does at a check.
+
+    ``rank``/``world`` come from the initialized process group, else from the ``RANK`` and
+    ``WORLD_SIZE`` variables (torchrun, accelerate launch) and else are 0/1. ``reduces`` is true
+    when a process group of more than one rank is up, so collectives can run. ``per_rank``: every
+    rank writes its own run with its own inputs' statistics, instead of rank 0 writing the
+    combined ones.
+    """
+
+    rank: int = 0
+    world: int = 1
+    reduces: bool = False
+    per_rank: bool = False
+
+    @property
+    def writes(self) -> bool:
+        """Whether this rank writes to the database."""
+        return self.per_rank or self.rank == 0
+
+    @property
+    def combines_inputs(self) -> bool:
+        """Whether SA statistics combine the inputs of all ranks (rank-0 writing under DDP/FSDP)."""
+        return self.reduces and not self.per_rank
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def sharded(self, params: list[torch.Tensor]) -> bool:
+        """Whether any parameter is a DTensor (FSDP2, tensor parallel)."""
+        return self.reduces and DTensor is not None and any(isinstance(p, DTensor) for p in params)
+
+    @torch.no_grad()
+    def sharded_norms(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frobenius norms of the full parameters and gradients, from the local shards.
+
+        Each rank sums its local squares, divided by how many ranks hold a replica of that
+        shard, and one all-reduce adds them up. NaN where a parameter has no gradient.
+        """
+        device = _local(params[0]).device
+        squares = torch.zeros(2, len(params), dtype=torch.float64, device=device)
+        missing_grad = []
+        for i, p in enumerate(params):
+            share = 1.0 / _replicas(p, self.world)
+            squares[0, i] = _local(p).detach().double().square().sum() * share
+            if p.grad is None:
+                missing_grad.append(i)
+            else:
+                squares[1, i] = _local(p.grad).detach().double().square().sum() * share
+        squares = self._all_reduce(squares, "sum")
+        norms = squares.sqrt().float()
+        norms[1, missing_grad] = math.nan
+        return norms[0], norms[1]
+
+    # -- SA statistics ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def combine_sa(
+        self,
+        stats: list[dict | None],
+        rows: list[torch.Tensor | None],
+        n_bins: int,
+        device: torch.device,
+    ) -> list[dict | None]:
+        """SA statistics of all ranks' input samples, from each rank's statistics of its own.
+
+        ``stats[i]`` is what :func:`collector.spectral.sa_statistics` returned for layer ``i``
+        on this rank (None if this rank has no sample) and ``rows[i]`` the sample it came from.
+        Means are weighted by each rank's row counts; NaN on any rank makes the result NaN, as
+        it would in one process. Returns None for layers no rank sampled.
+        """
+        sums = torch.zeros(len(stats), _SA_SUMS + n_bins, dtype=torch.float64, device=device)
+        maxima = torch.zeros(len(stats), dtype=torch.float64, device=device)
+        for i, (sa, x) in enumerate(zip(stats, rows, strict=True)):
+            if sa is None or x is None:
+                continue
+            x = x.detach().reshape(-1, x.shape[-1]).to(device, torch.float32)
+            n_sa = (torch.linalg.vector_norm(x, dim=1) != 0).sum().double()
+            n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)
+            has_sa = n_sa > 0
+            sums[i, _N_SA] = n_sa
+            for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
+                sums[i, col] = torch.where(has_sa, sa[name].double() * n_sa, 0.0)
+            sums[i, _N_ROWS] = n_rows
+            sums[i, _NORM] = sa["act_norm_mean"].double() * n_rows
+            act_max = sa["act_max"].double()
+            sums[i, _NAN_ACT] = act_max.isnan().double()
+            # gloo's MAX is not NaN-aware: send +Inf and restore NaN from the flag column.
+            maxima[i] = torch.where(act_max.isnan(), math.inf, act_max)
+            sums[i, _SA_SUMS:] = sa["sa_hist"].to(device, torch.float64)
+        sums = self._all_reduce(sums, "sum")
+        maxima = self._all_reduce(maxima, "max")
+
+        present = (sums[:, _N_ROWS] > 0).tolist()  # sync point: one small copy per check
+        out: list[dict | None] = []
+        for i in range(len(stats)):
+            row = sums[i]
+            if not present[i]:
+                out.append(None)
+                continue
+            sa_pos = (row[_POS] / row[_N_SA]).float()
+            out.append(
+                {
+                    "sa_pos": sa_pos,
+                    "sa_imbalance": (2 * sa_pos - 1).abs(),
+                    "sa_mean": (row[_MEAN] / row[_N_SA]).float(),
+                    "sa_abs_mean": (row[_ABS] / row[_N_SA]).float(),
+                    "act_max": torch.where(row[_NAN_ACT] > 0, math.nan, maxima[i]).float(),
+                    "act_norm_mean": (row[_NORM] / row[_N_ROWS]).float(),
+                    "sa_hist": row[_SA_SUMS:].round().long(),
+                }
+            )
+        return out
+
+    # -- flags --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def gather_flags(self, flags: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``flags`` (a 1-D tensor of the same length everywhere), as ``world × n``."""
+        table = torch.zeros(self.world, flags.numel(), dtype=torch.float64, device=flags.device)
+        table[self.rank] = flags.double()
+        return self._all_reduce(table, "sum") if self.reduces else table
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        if not self.reduces:
+            return tensor
+        dist = _dist()
+        backend = str(dist.get_backend())
+        on_device = tensor.is_cuda and "nccl" in backend
+        work = tensor if on_device else tensor.cpu()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return work.to(tensor.device)
+
+
+def detect(per_rank: bool = False) -> Ranks:
+    """This process's :class:`Ranks`: from the process group if it is up, else the environment.
+
+    >>> detect().writes
+    True
+    """
+    if _process_group_ready():
+        dist = _dist()
+        world = dist.get_world_size()
+        return Ranks(dist.get_rank(), world, reduces=world > 1, per_rank=per_rank)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return Ranks(rank, world, reduces=False, per_rank=per_rank)
+
+
+def full(param: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a sharded DTensor is gathered (a collective), anything else returned as is."""
+    if DTensor is not None and isinstance(param, DTensor):
+        return param.full_tensor()
+    return param
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / DataParallel / ``torch.compile`` wrappers.
+
+    Layer names then read the same (``fc1``, not ``module.fc1`` or ``_orig_mod.fc1``) whether
+    or not the model was wrapped. FSDP2 (``fully_shard``) does not wrap and needs nothing.
+
+    >>> unwrap(nn.parallel.DataParallel(nn.Linear(2, 2))).__class__.__name__
+    'Linear'
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod  # torch.compile's OptimizedModule
+        else:
+            return model
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
+
+def _replicas(t: torch.Tensor, world: int) -> int:
+    """How many ranks hold each element of ``t`` (all of them for a plain tensor)."""
+    if DTensor is None or not isinstance(t, DTensor):
+        return world
+    mesh = t.device_mesh
+    return math.prod(
+        mesh.size(dim) for dim, p in enumerate(t.placements) if isinstance(p, Replicate)
+    )

@@ -1,0 +1,62 @@
+"""What each rank runs in the distributed tests (started with torch.multiprocessing.spawn)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import collector
+from tests.integrations.helpers import TinyNet, fire_critical_alert, train
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+
+def ddp(rank: int, world: int, port: int, url: str, out: str) -> None:
+    """Four runs under DDP: plain, a NaN on rank 1, per-rank writing, and halt_on_alert."""
+    _init(rank, world, port)
+    spool = Path(out) / f"spool{rank}"
+    kw = {"db": url, "every": 2, "sample_size": 4096, "spool_dir": spool}
+
+    torch.manual_seed(0)
+    model = DistributedDataParallel(TinyNet())
+    with collector.watch(model, run="ddp", **kw) as monitor:
+        train(model, monitor, 5, rank=rank, world=world)
+
+    torch.manual_seed(0)
+    model = DistributedDataParallel(TinyNet())
+    with collector.watch(model, run="ddp-nan", **kw) as monitor:
+        train(model, monitor, 3, rank=rank, world=world, nan_at=2, nan_rank=1)
+
+    torch.manual_seed(0)
+    model = DistributedDataParallel(TinyNet())
+    with collector.watch(model, run="ddp-per-rank", per_rank=True, **kw) as monitor:
+        train(model, monitor, 3, rank=rank, world=world)
+
+    torch.manual_seed(0)
+    model = DistributedDataParallel(TinyNet())
+    monitor = collector.watch(model, run="ddp-halt", halt_on_alert=True, **kw)
+    stopped = None
+    try:
+        for step in range(12):
+            x = torch.randn(4, 4, 12)
+            model(x).sum().backward()
+            monitor.log(step, loss=1.0)
+            if rank == 0:
+                monitor.flush()  # makes the writer's alert poll happen now, not within a second
+                if step == 0:
+                    fire_critical_alert(url, monitor.run_db_id)
+            model.zero_grad()
+    except collector.LossExplosionPredicted:
+        stopped = step
+    monitor.close()
+    Path(out, f"halt{rank}.json").write_text(json.dumps({"stopped": stopped}))
+    dist.destroy_process_group()

@@ -1,0 +1,112 @@
+"""A tiny model, its data, a training loop usable in one process or on each rank, and DB reads."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+from torch import nn
+
+from storage import Database, runs, stats
+from storage import alerts as alert_store
+
+STAT_NAMES = (
+    "grad_norm",
+    "weight_norm",
+    "sigma1",
+    "stable_rank",
+    "sa_pos",
+    "sa_imbalance",
+    "sa_mean",
+    "sa_abs_mean",
+    "act_max",
+    "act_norm_mean",
+)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 32)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def batches(n: int, batch: int = 8, seed: int = 0):
+    """``n`` global batches of (batch, 4 tokens, 12 features) and their labels."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        yield (
+            torch.randn(batch, 4, 12, generator=gen),
+            torch.randint(0, 3, (batch, 4), generator=gen),
+        )
+
+
+def train(model, monitor, steps: int, *, rank: int = 0, world: int = 1, nan_at=None, nan_rank=None):
+    """Plain SGD on this rank's share of each global batch; ``monitor.log`` after backward."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step, (x, y) in enumerate(batches(steps)):
+        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+        if step == nan_at and rank == nan_rank:
+            x = x.clone()
+            x[0, 0, 0] = float("nan")
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1))
+        loss.backward()
+        monitor.log(step, loss=loss)
+        opt.step()
+        opt.zero_grad()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def layer_table(url: str, run_name: str) -> dict[tuple[int, str], object]:
+    """{(step, layer): LayerStat} of the newest run with this name."""
+    db = Database(url)
+    run = runs.find_run(db, run_name)
+    return {(r.step, r.layer): r for r in stats.layer_stats(db, run.id)}
+
+
+def scalar_table(url: str, run_name: str) -> dict[str, dict[int, float]]:
+    """{key: {step: value}} of the newest run with this name."""
+    db = Database(url)
+    run = runs.find_run(db, run_name)
+    out: dict[str, dict[int, float]] = {}
+    for p in stats.scalar_series(db, run.id):
+        out.setdefault(p.key, {})[p.step] = p.value
+    return out
+
+
+def fire_critical_alert(url: str, run_id: int, step: int = 0) -> None:
+    """What the alert engine writes when a critical alert fires for the run."""
+    alert = {
+        "predictor": "non_finite",
+        "layer": None,
+        "fingerprint": f"{run_id}/non_finite",
+        "severity": "critical",
+        "state": "firing",
+        "score": 1.0,
+        "message": "test alarm",
+        "details": {},
+        "first_step": step,
+        "fired_step": step,
+        "last_step": step,
+        "resolved_step": None,
+        "hold_count": 1,
+        "last_notified_step": None,
+    }
+    alert_store.commit_evaluation(
+        Database(url),
+        run_id,
+        expected_step=None,
+        last_step=step,
+        state={},
+        writes=[alert_store.AlertWrite(None, alert)],
+    )

@@ -1,0 +1,104 @@
+"""DDP on 2 gloo processes: the same statistics as one process on the same global batches."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import collector
+from storage import Database, runs
+from tests.integrations import ddp_worker
+from tests.integrations.helpers import (
+    STAT_NAMES,
+    TinyNet,
+    free_port,
+    layer_table,
+    scalar_table,
+    train,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _single_process_reference(url, tmp_path, steps=5):
+    torch.manual_seed(0)
+    model = TinyNet()
+    with collector.watch(
+        model, run="single", db=url, every=2, sample_size=4096, spool_dir=tmp_path
+    ) as m:
+        train(model, m, steps)
+
+
+def _assert_same_statistics(url, a, b):
+    left, right = layer_table(url, a), layer_table(url, b)
+    assert left.keys() == right.keys() and len(left) == 3 * 3  # steps 0, 2, 4 × three layers
+    for key, row in left.items():
+        other = right[key]
+        for name in STAT_NAMES:
+            assert getattr(other, name) == pytest.approx(getattr(row, name), rel=1e-5, abs=1e-6), (
+                key,
+                name,
+            )
+        assert other.sa_hist == row.sa_hist, key
+    for key in ("grad_norm", "weight_norm"):
+        assert scalar_table(url, b)[key] == pytest.approx(scalar_table(url, a)[key], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    url = f"sqlite:///{tmp / 'tripwire.db'}"
+    _single_process_reference(url, tmp)
+    mp.spawn(ddp_worker.ddp, args=(2, free_port(), url, str(tmp)), nprocs=2, join=True)
+    return url, tmp
+
+
+def test_ddp_statistics_equal_one_process_on_the_same_global_batch(ddp_run):
+    url, _ = ddp_run
+    _assert_same_statistics(url, "single", "ddp")
+    row = layer_table(url, "ddp")[(0, "fc1")]
+    assert sum(row.sa_hist) == 8 * 4  # both ranks' input rows, not rank 0's alone
+
+
+def test_ddp_is_written_once_by_rank_0(ddp_run):
+    url, _ = ddp_run
+    db = Database(url)
+    names = sorted(r.name for r in runs.list_runs(db))
+    assert names == [
+        "ddp",
+        "ddp-halt",
+        "ddp-nan",
+        "ddp-per-rank/rank0",
+        "ddp-per-rank/rank1",
+        "single",
+    ]
+    config = runs.find_run(db, "ddp").config
+    assert config["tripwire"]["world_size"] == 2
+
+
+def test_per_rank_runs_hold_each_ranks_own_inputs(ddp_run):
+    url, _ = ddp_run
+    for rank in (0, 1):
+        rows = layer_table(url, f"ddp-per-rank/rank{rank}")
+        assert sum(rows[(0, "fc1")].sa_hist) == 4 * 4
+    # weights and gradients are the same on every rank
+    zero, one = layer_table(url, "ddp-per-rank/rank0"), layer_table(url, "ddp-per-rank/rank1")
+    assert zero[(2, "fc2")].sigma1 == pytest.approx(one[(2, "fc2")].sigma1, rel=1e-6)
+    assert zero[(2, "fc2")].sa_mean != pytest.approx(one[(2, "fc2")].sa_mean, rel=1e-3)
+
+
+def test_a_single_rank_going_non_finite_is_named(ddp_run):
+    url, _ = ddp_run
+    scalars = scalar_table(url, "ddp-nan")
+    assert scalars["nonfinite_rank"] == {2: 1.0} and scalars["nonfinite_ranks"] == {2: 1.0}
+    assert math.isnan(layer_table(url, "ddp-nan")[(2, "fc1")].grad_norm)  # all-reduced to both
+
+
+def test_halt_on_alert_stops_every_rank_at_the_same_step(ddp_run):
+    _, tmp = ddp_run
+    stopped = [json.loads((tmp / f"halt{rank}.json").read_text())["stopped"] for rank in (0, 1)]
+    assert stopped == [3, 3]  # fired after step 0, agreed at the step-2 check, raised at step 3
