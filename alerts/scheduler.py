@@ -45,8 +45,10 @@ def build_scheduler(
 ):
     """An APScheduler scheduler running ``service.tick`` every ``interval_s`` seconds.
 
+    A blocking one's ``start()`` returns only when stopped (Ctrl-C).
+
     >>> scheduler = build_scheduler(AlertService(db), interval_s=10)     # doctest: +SKIP
-    >>> scheduler.start()                          # doctest: +SKIP  (blocks; Ctrl-C stops)
+    >>> scheduler.start()  # doctest: +SKIP
     """
     blocking_cls, background_cls = _import_apscheduler()
     engine = service.config.engine
