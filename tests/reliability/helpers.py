@@ -112,7 +112,7 @@ class Webhook:
 
 
 TRAINER = """
-import sys, time, torch
+import json, sys, time, torch
 sys.path.insert(0, {root!r})
 import collector
 from tests.reliability.helpers import tiny_model, train
@@ -125,16 +125,22 @@ train(model, monitor, range(0, {steps}))
 monitor.flush()
 print("ready", flush=True)
 step = {steps}
-while True:  # keeps training until killed
+while {forever}:  # keeps training until killed
     train(model, monitor, range(step, step + 1))
     step += 1
     time.sleep(0.01)
+monitor.close()
+print(json.dumps({{"errors": monitor.errors, "write_failures": monitor._writer.write_failures}}))
 """
 
 
-def start_trainer(db_url: str, run: str, spool_dir: Path, steps: int = 20) -> subprocess.Popen:
-    """A separate Python process training with the collector until it is killed."""
-    code = TRAINER.format(root=str(ROOT), run=run, db=db_url, spool=str(spool_dir), steps=steps)
+def start_trainer(
+    db_url: str, run: str, spool_dir: Path, steps: int = 20, *, forever: bool = True
+) -> subprocess.Popen:
+    """A separate Python process training with the collector (``forever``: until killed)."""
+    code = TRAINER.format(
+        root=str(ROOT), run=run, db=db_url, spool=str(spool_dir), steps=steps, forever=forever
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
     return subprocess.Popen(
         [sys.executable, "-c", code],
