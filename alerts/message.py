@@ -17,8 +17,10 @@ EVENT_TITLES = {
 }
 
 
-def dashboard_link(base_url: str | None, run: Run, step: int | None) -> str | None:
-    """The dashboard page of ``run`` at ``step``, or None without a base URL.
+def dashboard_link(
+    base_url: str | None, run: Run, step: int | None, layer: str | None = None
+) -> str | None:
+    """The dashboard page of ``run`` at ``step`` (and ``layer``), or None without a base URL.
 
     >>> from datetime import datetime
     >>> run = Run(1, "ab12", "default", "gpt", "running", datetime(2025, 1, 1))
@@ -30,6 +32,8 @@ def dashboard_link(base_url: str | None, run: Run, step: int | None) -> str | No
     query = {"run": run.uid}
     if step is not None:
         query["step"] = str(step)
+    if layer:
+        query["layer"] = layer
     return f"{base_url.rstrip('/')}/run?{urlencode(query, quote_via=quote)}"
 
 
@@ -68,7 +72,7 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
     step = step if step is not None else first.last_step
     layers = [a.layer for a in alerts if a.layer]
     loss = (first.details or {}).get("loss")
-    link = dashboard_link(dashboard_url, run, step)
+    link = dashboard_link(dashboard_url, run, step, layers[0] if len(layers) == 1 else None)
     where = ""
     if layers:
         shown = ", ".join(layers[:5]) + (f" (+{len(layers) - 5} more)" if len(layers) > 5 else "")

@@ -90,8 +90,9 @@ def _check_content(msg):
     html = msg.get_body(("html",)).get_content()
     for part in (text, html):
         assert "blocks.1.mlp.fc" in part and "260" in part and "2.71" in part
-        assert "https://dash.example.com/run?run=uid7&amp;step=260" in part or (
-            "https://dash.example.com/run?run=uid7&step=260" in part
+        assert (
+            "https://dash.example.com/run?run=uid7&amp;step=260&amp;layer=blocks.1.mlp.fc" in part
+            or ("https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc" in part)
         )
     assert "<a href=" in html and "<a href=" not in text
 

@@ -107,7 +107,7 @@ def test_webhook_retries_429_and_500_then_succeeds(http_server):
     assert body["event"] == "firing" and body["predictor"] == "sa_collapse"
     assert body["run"] == "gpt-lr3e-3" and body["step"] == 260 and body["loss"] == 2.71
     assert body["layers"] == ["blocks.1.mlp.fc"]
-    assert body["link"] == "https://dash.example.com/run?run=uid7&step=260"
+    assert body["link"] == "https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc"
 
 
 def test_webhook_does_not_retry_a_client_error_and_hides_the_secret(http_server):
@@ -138,7 +138,7 @@ def test_slack_posts_blocks_and_retries(http_server):
     assert payload["text"] == "[tripwire] FIRING warning: sa_collapse on run gpt-lr3e-3"
     block = payload["blocks"][0]["text"]["text"]
     assert "blocks.1.mlp.fc" in block and "step: 260" in block and "loss: 2.71" in block
-    assert "https://dash.example.com/run?run=uid7&step=260" in block
+    assert "https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc" in block
 
 
 def test_retry_after_is_honoured_up_to_the_cap(http_server):
