@@ -123,6 +123,8 @@ def advance(
     ('firing', 20, 'firing')
     """
     if verdict.holds:
+        if alert is not None and alert.state == "firing" and step == alert.last_step:
+            return alert, None  # judged again at the same step (a wall-time predictor): no news
         if alert is None:
             alert = AlertState(
                 run_id=run_id,

@@ -78,3 +78,29 @@ def test_backtest_writes_nothing(sqlite_db):
     assert store.list_alerts(sqlite_db) == []
     assert store.eval_cursors(sqlite_db, [run_id]) == {}
     assert store.list_notifications(sqlite_db) == []
+
+
+def test_live_equals_backtest_on_sqlite_and_postgresql(db, clock):
+    """The shared ``db`` fixture: once on SQLite, once on the real PostgreSQL server."""
+    scalars, layers = exploding_series(steps=300, blowup=180)
+    run_id = make_run(db, layers=["fc", "ln_out"])
+    out = io.StringIO()
+    for start in range(0, 300, 40):
+        write_steps(
+            db,
+            run_id,
+            {s: v for s, v in scalars.items() if start <= s < start + 40},
+            {s: v for s, v in layers.items() if start <= s < start + 40},
+        )
+        # A restarted service each time: state comes from the database only.
+        AlertService(db, parse_config({}), [ConsoleNotifier(stream=out)], clock=clock).tick()
+    finish_run(db, run_id)
+    AlertService(db, parse_config({}), [ConsoleNotifier(stream=out)], clock=clock).tick()
+    live = live_alerts(db, run_id)
+    assert live and live == backtest_alerts(db, run_id)
+    notes = store.list_notifications(db)
+    keys = [(n.alert_id, n.event) for n in notes if n.event != "repeat"]
+    assert len(keys) == len(set(keys)) and {n.status for n in notes} == {"sent"}
+    # One console line per message; layers of one predictor in one tick share a message.
+    lines = out.getvalue().count("\n")
+    assert 0 < lines <= len(notes)
