@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EngineSettings(_Strict):
@@ -64,7 +64,7 @@ class EngineSettings(_Strict):
 class RetrySettings(_Strict):
     """Delivery retries with exponential backoff (``[retry]``)."""
 
-    max_attempts: int = Field(4, ge=1)
+    max_attempts: int = Field(4, ge=1, le=100)
     """Tries per delivery, the first included."""
     initial_backoff_s: float = Field(1.0, ge=0)
     """Wait before the second try; doubles each time."""
@@ -156,9 +156,10 @@ class Rule:
 def _rule(name: str, settings: RuleSettings | None) -> Rule:
     spec = PREDICTORS[name]
     settings = settings or RuleSettings()
+    enabled = settings.enabled if "enabled" in settings.model_fields_set else spec.enabled
     return Rule(
         name=name,
-        enabled=settings.enabled,
+        enabled=enabled,
         severity=settings.severity or spec.severity,
         for_checks=settings.for_checks or spec.for_checks,
         resolve_after=settings.resolve_after or spec.resolve_after,
@@ -253,10 +254,14 @@ def load_config(path: str | os.PathLike | None = None, *, search: bool = True) -
         text = found.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{found}: cannot read the configuration ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{found}: not UTF-8 text (a TOML file must be UTF-8)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{found}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{found}: not valid TOML (nested too deeply)") from None
     try:
         return parse_config(data)
     except ConfigError as exc:

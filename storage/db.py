@@ -135,6 +135,8 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 before = migrate.current_revision(conn)
+                if before is not None and not migrate.is_known(before):
+                    raise SchemaOutOfDate(_newer_message(before))
                 migrate.upgrade(conn)
                 after = migrate.current_revision(conn)
         except (OperationalError, DBAPIError) as exc:
@@ -153,10 +155,7 @@ class Database:
         if current is None:
             raise SchemaOutOfDate(f"the database has no Tripwire schema; create it with: {fix}")
         if not migrate.is_known(current):
-            raise SchemaOutOfDate(
-                f"the database schema ({current}) is newer than this Tripwire (head {head}); "
-                "upgrade Tripwire (pip install -U tripwire)"
-            )
+            raise SchemaOutOfDate(_newer_message(current))
         raise SchemaOutOfDate(
             f"the database schema is out of date ({current}, head {head}); run: {fix}"
         )
@@ -167,6 +166,13 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _newer_message(current: str) -> str:
+    return (
+        f"the database schema ({current}) is newer than this Tripwire "
+        f"(head {migrate.head_revision()}); upgrade Tripwire (pip install -U tripwire)"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
