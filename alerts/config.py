@@ -156,7 +156,8 @@ class Rule:
 def _rule(name: str, settings: RuleSettings | None) -> Rule:
     spec = PREDICTORS[name]
     settings = settings or RuleSettings()
-    enabled = settings.enabled if "enabled" in settings.model_fields_set else spec.enabled
+    default = getattr(spec, "enabled", True)
+    enabled = settings.enabled if "enabled" in settings.model_fields_set else default
     return Rule(
         name=name,
         enabled=enabled,

@@ -41,7 +41,10 @@ def run_layers(name: str, rows, params=None):
 def test_registry_lists_valid_names_on_unknown():
     with pytest.raises(UnknownPredictor) as err:
         get_predictor("nope")
-    assert "valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, stalled" in str(err.value)
+    valid = str(err.value).split("valid: ")[1].split(", ")
+    assert valid == sorted(PREDICTORS)
+    assert {"sa_collapse", "grad_norm_spike", "weight_growth", "loss_spike"} <= set(valid)
+    assert {"non_finite", "stalled"} <= set(valid)
 
 
 def test_every_predictor_has_defaults_and_known_severity():
