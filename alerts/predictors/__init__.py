@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'stalled', 'weight_growth']
+['grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'warning'
 
@@ -14,7 +14,7 @@ Default parameters are starting points: the prediction benchmark recalibrates th
 
 from __future__ import annotations
 
-from alerts.predictors import gradients, loss, non_finite, sa, stalled, weights
+from alerts.predictors import gradients, loss, non_finite, sa, stalled, together, weights
 from alerts.predictors.base import Observation, Predictor, Verdict, finite
 
 PREDICTORS: dict[str, Predictor] = {
@@ -52,6 +52,24 @@ PREDICTORS: dict[str, Predictor] = {
         params=loss.PARAMS,
         summary="smoothed loss well above its running minimum",
     ),
+    "sigma_surge": Predictor(
+        "sigma_surge",
+        together.sigma_surge,
+        severity="warning",
+        for_checks=2,
+        params=together.SIGMA_PARAMS,
+        summary="many layers' sigma1 grow fast at once (each against its own rate)",
+        enabled=False,
+    ),
+    "sa_shift": Predictor(
+        "sa_shift",
+        together.sa_shift,
+        severity="warning",
+        for_checks=2,
+        params=together.SHIFT_PARAMS,
+        summary="many layers' mean |SA| jump above their own history at once",
+        enabled=False,
+    ),
     "non_finite": Predictor(
         "non_finite",
         non_finite.non_finite,
@@ -86,7 +104,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, stalled, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, weight_growth
     """
     try:
         return PREDICTORS[name]

@@ -63,6 +63,8 @@ class Predictor:
     """Clear evaluations before a firing alert resolves (None: the engine's default)."""
     wall_time: bool = False
     """Judges wall-clock time, not data (``stalled``): live only, never replayed."""
+    enabled: bool = True
+    """Evaluated unless ``tripwire.toml`` says otherwise; experimental predictors ship off."""
 
 
 def finite(value: float | None) -> bool:

@@ -1,0 +1,122 @@
+"""Calibration: learn a model's alert thresholds from runs the user marks as healthy.
+
+For every enabled predictor with a threshold, the healthy runs are replayed through the
+predictor's own function (as the engine feeds it) and the highest score that *persisted* for the
+rule's ``for_checks`` evaluations in a row is found; the new threshold is that level times
+``1 + margin``. On data like the healthy runs the rule therefore stays silent, while it may now
+be tighter (earlier) than the conservative default. A predictor whose healthy maximum already
+reaches its cap (a fraction of layers of 1) is switched off for that model.
+
+>>> thresholds = learn(db, [run_a, run_b], Config())            # doctest: +SKIP
+>>> thresholds["grad_norm_spike"]                               # doctest: +SKIP
+Threshold(predictor='grad_norm_spike', param='z_threshold', healthy_max=3.1, value=3.72, ...)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from alerts import observations
+from alerts.config import Config, Rule
+from alerts.predictors import PREDICTORS
+from storage.db import Database
+from storage.entities import Run
+
+THRESHOLD_PARAMS: dict[str, tuple[str, float | None]] = {
+    "sa_collapse": ("excess", 1.0),
+    "grad_norm_spike": ("z_threshold", None),
+    "weight_growth": ("max_rate", None),
+    "loss_spike": ("rel_increase", None),
+    "sigma_surge": ("min_layers", 1.0),
+    "sa_shift": ("min_layers", 1.0),
+}
+"""Predictor → (the parameter its score is compared with, the highest meaningful value)."""
+
+DEFAULT_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A learned threshold: ``value`` replaces ``param``; ``enabled`` False switches it off."""
+
+    predictor: str
+    param: str
+    default: float
+    healthy_max: float
+    value: float
+    enabled: bool = True
+
+
+def persistent_max(scores: Iterable[float], for_checks: int) -> float:
+    """Highest level a score held for ``for_checks`` consecutive evaluations.
+
+    >>> persistent_max([0.1, 5.0, 0.2, 0.9, 1.0, 0.8], 2)
+    0.9
+    >>> persistent_max([0.1, 5.0], 1)
+    5.0
+    """
+    scores, best = list(scores), 0.0
+    for i in range(len(scores) - for_checks + 1):
+        best = max(best, min(scores[i : i + for_checks]))
+    return best
+
+
+def healthy_scores(db: Database, run: Run, rule: Rule) -> list[list[float]]:
+    """The rule's predictor scores over ``run``, one series per layer (or one for the run)."""
+    spec = PREDICTORS[rule.name]
+    memory: dict = {}
+    series: dict[str | None, list[float]] = {}
+    last, _ = observations.horizon(db, run), None
+    if last is None:
+        return []
+    for obs in observations.load(db, run.id, -1, last):
+        for verdict in spec.fn(obs, memory, rule.params):
+            score = verdict.score if math.isfinite(verdict.score) else 0.0
+            series.setdefault(verdict.layer, []).append(score)
+    return list(series.values())
+
+
+def learn(
+    db: Database, runs: list[Run], config: Config, *, margin: float = DEFAULT_MARGIN
+) -> dict[str, Threshold]:
+    """Thresholds for every enabled, calibratable predictor from the healthy ``runs``."""
+    out = {}
+    for name, rule in config.enabled_rules().items():
+        if name not in THRESHOLD_PARAMS:
+            continue
+        param, cap = THRESHOLD_PARAMS[name]
+        peak = 0.0
+        for run in runs:
+            for scores in healthy_scores(db, run, rule):
+                peak = max(peak, persistent_max(scores, rule.for_checks))
+        value = peak * (1 + margin) if peak > 0 else float(rule.params[param])
+        enabled = cap is None or peak < cap
+        value = min(value, cap) if cap is not None else value
+        out[name] = Threshold(name, param, float(rule.params[param]), peak, value, enabled)
+    return out
+
+
+def overrides(thresholds: Mapping[str, Threshold]) -> dict[str, dict]:
+    """``[predictors.NAME]`` tables for ``tripwire.toml``."""
+    tables = {}
+    for t in thresholds.values():
+        value = t.value
+        if isinstance(PREDICTORS[t.predictor].params[t.param], float):
+            value = float(f"{value:.4g}")
+        tables[t.predictor] = {t.param: value} if t.enabled else {"enabled": False}
+    return tables
+
+
+def apply(config: Config, thresholds: Mapping[str, Threshold]) -> Config:
+    """``config`` with the learned thresholds in place (what the written file will load as)."""
+    from alerts.config import parse_config
+
+    data = config.model_dump(exclude_unset=True)
+    rules = data.setdefault("predictors", {})
+    for name, table in overrides(thresholds).items():
+        rule = {k: v for k, v in rules.get(name, {}).items() if v is not None}
+        rule.update(table)
+        rules[name] = rule
+    return parse_config(data)

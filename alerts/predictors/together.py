@@ -1,0 +1,135 @@
+"""Run-level predictors that count layers changing together, each against its own history.
+
+A single layer's statistic wanders in healthy training (near-edge runs show isolated 100–1000×
+gradient spikes that never explode); a run about to explode moves many layers at once. Both
+predictors here judge every layer against itself — a rate or a z-score, so scale-free — and
+hold only when at least ``min_layers`` of the run's layers move together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from alerts.predictors.base import Observation, Verdict, finite
+
+SIGMA_PARAMS = {
+    "stat": "sigma1",
+    "window_checks": 5,
+    "max_rate": 0.005,
+    "min_layers": 0.5,
+    "warmup_steps": 100,
+}
+"""``sigma_surge``: a layer *surges* when ``stat`` grew by more than ``max_rate`` per step
+(compounded) over its last ``window_checks`` checks; the condition holds when at least
+``min_layers`` (a fraction of the layers seen at this check) surge at once. Steps before
+``warmup_steps`` (growth from the initialisation) are only remembered."""
+
+SHIFT_PARAMS = {
+    "stat": "sa_abs_mean",
+    "alpha": 0.1,
+    "z_threshold": 4.0,
+    "min_sd": 0.02,
+    "min_layers": 0.3,
+    "warmup_checks": 10,
+}
+"""``sa_shift``: each layer's ``stat`` (default ``mean |SA|``; also ``sa_imbalance``,
+``v_drift``, ``act_max``) is compared with an exponentially weighted mean and standard deviation
+of its own past checks (weight ``alpha``; ``min_sd`` floors the deviation); a layer *shifts*
+when its z-score exceeds ``z_threshold``. Holds when at least ``min_layers`` of the layers shift
+at once. Values that shifted enter the EMA clipped at the threshold, so a lasting change is
+absorbed slowly and one outlier does not blind the baseline."""
+
+
+def _fraction_verdict(
+    name: str, obs: Observation, hits: list[str], seen: int, frac: float, what: str
+) -> list[Verdict]:
+    if not obs.layers:
+        return []  # not a check step: nothing to judge
+    if seen == 0:
+        return [Verdict(False, 0.0)]
+    score = len(hits) / seen
+    holds = score >= frac
+    message = (
+        f"{len(hits)} of {seen} layers {what} at step {obs.step}: "
+        + ", ".join(hits[:5])
+        + (" …" if len(hits) > 5 else "")
+        if holds
+        else ""
+    )
+    return [Verdict(holds, score, message, details={"layers": hits[:20], "predictor": name})]
+
+
+def sigma_surge(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Fraction of layers whose ``stat`` grows faster than ``max_rate`` per step.
+
+    >>> from storage.entities import LayerStat
+    >>> p, m = dict(SIGMA_PARAMS, window_checks=1, warmup_steps=0), {}
+    >>> def obs(step, a, b):
+    ...     return Observation(step, layers={"a": LayerStat(step, "a", sigma1=a),
+    ...                                      "b": LayerStat(step, "b", sigma1=b)})
+    >>> [sigma_surge(obs(s, a, b), m, p)[0].holds for s, a, b in [(0, 1, 1), (10, 1.01, 1.0),
+    ...                                                            (20, 1.5, 1.5)]]
+    [False, False, True]
+    """
+    window = int(params["window_checks"])
+    hits, seen = [], 0
+    for layer, stat in obs.layers.items():
+        value = getattr(stat, params["stat"], None)
+        if not finite(value) or value <= 0:
+            continue
+        history = memory.setdefault(layer, [])
+        history.append([obs.step, math.log(value)])
+        del history[: max(0, len(history) - window - 1)]
+        if obs.step < params["warmup_steps"] or len(history) <= window:
+            continue
+        seen += 1
+        (s0, x0), (s1, x1) = history[0], history[-1]
+        if math.expm1((x1 - x0) / max(1, s1 - s0)) > params["max_rate"]:
+            hits.append(layer)
+    return _fraction_verdict(
+        "sigma_surge",
+        obs,
+        hits,
+        seen,
+        params["min_layers"],
+        f"grow {params['stat']} faster than {params['max_rate']:.2%}/step",
+    )
+
+
+def sa_shift(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Fraction of layers whose ``stat`` jumped more than ``z_threshold`` deviations above its EMA.
+
+    >>> from storage.entities import LayerStat
+    >>> p, m = dict(SHIFT_PARAMS, warmup_checks=3, min_layers=1.0), {}
+    >>> vals = [0.30, 0.31, 0.29, 0.30, 0.31, 0.80]
+    >>> [sa_shift(Observation(s, layers={"a": LayerStat(s, "a", sa_abs_mean=v)}), m, p)[0].holds
+    ...  for s, v in enumerate(vals)][-1]
+    True
+    """
+    alpha, thr = float(params["alpha"]), float(params["z_threshold"])
+    hits, seen = [], 0
+    for layer, stat in obs.layers.items():
+        value = getattr(stat, params["stat"], None)
+        if not finite(value):
+            continue
+        mem = memory.setdefault(layer, {"n": 0, "mean": value, "var": 0.0})
+        sd = max(math.sqrt(mem["var"]), float(params["min_sd"]))
+        z = (value - mem["mean"]) / sd
+        if mem["n"] >= params["warmup_checks"]:
+            seen += 1
+            if z > thr:
+                hits.append(layer)
+        diff = min(value, mem["mean"] + thr * sd) - mem["mean"]
+        mem["mean"] += alpha * diff
+        mem["var"] = (1 - alpha) * (mem["var"] + diff * alpha * diff)
+        mem["n"] += 1
+    return _fraction_verdict(
+        "sa_shift",
+        obs,
+        hits,
+        seen,
+        params["min_layers"],
+        f"shifted {params['stat']} above their own history",
+    )

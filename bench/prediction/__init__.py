@@ -1,0 +1,1 @@
+"""The prediction benchmark: does an alert fire before the loss explodes, and how early?"""

@@ -1,0 +1,73 @@
+"""The formulations the benchmark explores, each a registered predictor with its parameters.
+
+Every candidate is scored alone, through the same backtest as ``tripwire evaluate``, with a
+``tripwire.toml``-style override (so any row here can be reproduced by a user's config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alerts.config import Config, parse_config
+from alerts.predictors import PREDICTORS
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One formulation: a predictor, its parameter overrides and persistence."""
+
+    label: str
+    predictor: str
+    params: dict = field(default_factory=dict)
+    for_checks: int | None = None
+    note: str = ""
+
+    def config(self) -> Config:
+        """A config that evaluates this candidate only."""
+        rules: dict = {n: {"enabled": False} for n in PREDICTORS}
+        rule = {"enabled": True, **self.params}
+        if self.for_checks:
+            rule["for_checks"] = self.for_checks
+        rules[self.predictor] = rule
+        return parse_config({"predictors": rules})
+
+
+CANDIDATES: list[Candidate] = [
+    # --- SA level (the textbook statistic) and its variants -----------------------------------
+    Candidate("sa_collapse (default)", "sa_collapse", note="D against the layer's own baseline"),
+    Candidate(
+        "sa_shift mean|SA|",
+        "sa_shift",
+        {"stat": "sa_abs_mean"},
+        note="mean |SA| jumps above own history, ≥30% of layers",
+    ),
+    Candidate(
+        "sa_shift D",
+        "sa_shift",
+        {"stat": "sa_imbalance", "min_sd": 0.05},
+        note="imbalance D jumps above own history, ≥30% of layers",
+    ),
+    Candidate(
+        "sa_shift v_drift",
+        "sa_shift",
+        {"stat": "v_drift"},
+        note="speed of v1 rotation above own history",
+    ),
+    Candidate(
+        "sa_shift act_max",
+        "sa_shift",
+        {"stat": "act_max", "min_sd": 0.1},
+        note="max activation above own history",
+    ),
+    # --- weights / spectrum -------------------------------------------------------------------
+    Candidate("weight_growth (default)", "weight_growth", note="any one layer's σ1 > 1%/step"),
+    Candidate("sigma_surge 0.5%/50%", "sigma_surge", note="σ1 > 0.5%/step in ≥50% of layers"),
+    Candidate("sigma_surge 1%/50%", "sigma_surge", {"max_rate": 0.01}),
+    Candidate("sigma_surge 0.5%/30%", "sigma_surge", {"min_layers": 0.3}),
+    Candidate("sigma_surge 0.3%/70%", "sigma_surge", {"max_rate": 0.003, "min_layers": 0.7}),
+    # --- cheap non-SA signals ------------------------------------------------------------------
+    Candidate("grad_norm_spike (default)", "grad_norm_spike"),
+    Candidate("loss_spike (default)", "loss_spike", note="EMA loss 30% above its minimum"),
+    Candidate("loss_spike 10%", "loss_spike", {"rel_increase": 0.1}),
+    Candidate("loss_spike 0.2 nat", "loss_spike", {"rel_increase": 0.0, "min_increase": 0.2}),
+]
