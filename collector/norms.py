@@ -1,59 +1,72 @@
-"""Weight and gradient norms, fused across layers. Imports only torch."""
+"""Weight and gradient norms, global norms and stable rank.
+
+Framework-free: imports only torch. Works under ``torch.no_grad()``, computes in fp32 and returns
+tensors on the parameters' device; nothing here syncs with the device.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 
-@torch.no_grad()
-def weight_and_grad_norms(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frobenius norms of each parameter and of its ``.grad`` (NaN where there is no gradient).
-
-    Fused with ``torch._foreach_norm`` per device and dtype; computed in fp32; no host sync.
-    Returns two 1-D fp32 tensors on the first parameter's device.
-
-    >>> w = torch.nn.Parameter(torch.ones(2, 2))
-    >>> weights, grads = weight_and_grad_norms([w])
-    >>> float(weights[0]), bool(grads[0].isnan())
-    (2.0, True)
-    """
-    if not params:
-        return torch.zeros(0), torch.zeros(0)
-    device = params[0].device
-    weights = _norms([p.detach() for p in params], device)
-    grads = torch.full((len(params),), math.nan, device=device)
-    with_grad = [i for i, p in enumerate(params) if p.grad is not None]
-    if with_grad:
-        grads[with_grad] = _norms([params[i].grad.detach() for i in with_grad], device)
-    return weights, grads
-
-
-def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    as_fp32 = [t.float() for t in tensors]
+def _norms(tensors: Sequence[torch.Tensor | None], device: torch.device) -> torch.Tensor:
+    """fp32 L2 norm of each tensor, NaN for ``None``, as one 1-D tensor on ``device``."""
+    present = [t.detach() for t in tensors if t is not None]
     try:
-        norms = torch._foreach_norm(as_fp32)
-    except (AttributeError, RuntimeError):  # older torch, or mixed devices
-        norms = [torch.linalg.vector_norm(t) for t in as_fp32]
-    return torch.stack([n.to(device) for n in norms])
+        found = list(torch._foreach_norm(present, 2, dtype=torch.float32))
+    except (AttributeError, RuntimeError, TypeError):  # older torch, or a layout it rejects
+        found = [torch.linalg.vector_norm(t, dtype=torch.float32) for t in present]
+    found.reverse()
+    out = [
+        torch.full((), math.nan, device=device) if t is None else found.pop().to(device)
+        for t in tensors
+    ]
+    return torch.stack(out) if out else torch.empty(0, device=device)
+
+
+@torch.no_grad()
+def weight_and_grad_norms(
+    params: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius norms of each parameter and of its ``.grad``, as two 1-D fp32 tensors.
+
+    Fused with ``torch._foreach_norm`` (a loop where it is missing). A parameter without a
+    gradient gets a NaN gradient norm. The results live on the first parameter's device.
+
+    Example:
+        >>> layer = torch.nn.Linear(4, 3)
+        >>> weight_norms, grad_norms = weight_and_grad_norms([layer.weight, layer.bias])
+        >>> grad_norms  # no backward yet
+        tensor([nan, nan])
+    """
+    device = params[0].device if params else torch.device("cpu")
+    return _norms(list(params), device), _norms([p.grad for p in params], device)
 
 
 @torch.no_grad()
 def global_norm(norms: torch.Tensor) -> torch.Tensor:
-    """sqrt(sum of squares) of per-layer norms; NaN and Inf propagate.
+    """``sqrt(sum(norms²))``, the norm of all the tensors together; NaN and Inf propagate.
 
-    >>> float(global_norm(torch.tensor([3.0, 4.0])))
-    5.0
+    Pass only real norms: a NaN standing for a missing gradient would make the result NaN.
+    Computed in fp32 (fp64 input stays fp64); fp32 squares overflow to Inf beyond ~1.8e19.
+
+    Example:
+        >>> global_norm(torch.tensor([3.0, 4.0]))
+        tensor(5.)
     """
-    return torch.sqrt(torch.sum(norms.double() ** 2)).float()
+    norms = norms.detach()
+    return torch.linalg.vector_norm(norms if norms.dtype == torch.float64 else norms.float())
 
 
 @torch.no_grad()
 def stable_rank(weight_norm: torch.Tensor, sigma1: torch.Tensor) -> torch.Tensor:
-    """``||W||_F² / σ1²`` (between 1 and the rank); NaN for a zero matrix.
+    """``||W||_F² / σ1²``: between 1 (rank one) and rank(W); NaN for a zero matrix.
 
-    >>> float(stable_rank(torch.tensor(2.0), torch.tensor(1.0)))
-    4.0
+    Example:
+        >>> stable_rank(torch.tensor(2.0), torch.tensor(1.0))
+        tensor(4.)
     """
     return (weight_norm.float() / sigma1.float()) ** 2

@@ -1,0 +1,222 @@
+"""Spectral statistics of one linear layer: σ1 and v1 by power iteration, and spectral alignment.
+
+Framework-free: imports only torch. Every function works under ``torch.no_grad()``, accepts CPU or
+CUDA tensors in fp32/bf16/fp16, computes in fp32 and returns tensors on the input's device, so the
+caller can gather a whole check's statistics with one host transfer. Nothing here syncs with the
+device except where marked "sync point" (inputs on mixed devices).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+COLD_ITERS = 50
+"""Power iterations without a previous ``v``."""
+
+WARM_ITERS = 4
+"""Power iterations warm-started from the previous check's ``v``."""
+
+SA_BINS = torch.arange(-20, 21, dtype=torch.float32) / 20
+"""Default SA histogram bin edges: 40 equal bins on [-1, 1], each 0.05 wide; 0 is an exact edge
+(``linspace`` would put it at -1.5e-8), so bins 0-19 hold negative SA and 20-39 the rest."""
+
+_COLD_SEED = 0
+_SA_BINS_ON: dict[torch.device, torch.Tensor] = {}
+
+
+def _normalize(x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||``, or ``fallback`` where ``x`` is exactly zero; NaN stays NaN."""
+    norm = torch.linalg.vector_norm(x)
+    return torch.where(norm == 0, fallback, x / norm)
+
+
+def _edges_on(edges: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if edges.device == device:
+        return edges.float()
+    if edges is SA_BINS:
+        if device not in _SA_BINS_ON:
+            _SA_BINS_ON[device] = SA_BINS.to(device)  # sync point, once per device
+        return _SA_BINS_ON[device]
+    # sync point: a blocking host-to-device copy; pass custom edges on the rows' device instead.
+    return edges.to(device, torch.float32)
+
+
+def _cold_start(n: int, device: torch.device) -> torch.Tensor:
+    # A private generator: the collector must not consume the training loop's global RNG.
+    gen = torch.Generator(device=device).manual_seed(_COLD_SEED)
+    v = torch.randn(n, generator=gen, device=device)
+    return v / torch.linalg.vector_norm(v)
+
+
+@torch.no_grad()
+def power_iteration(
+    weight: torch.Tensor, v: torch.Tensor | None = None, iters: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top singular value and vectors of ``weight`` (out × in) by power iteration on WᵀW.
+
+    Warm-start with the ``v`` returned at the previous check: the weight moves little between
+    checks, so ``WARM_ITERS`` iterations suffice (``COLD_ITERS`` without ``v``). A warm-started
+    ``v1`` keeps the sign of ``v``: WᵀW is positive semi-definite, so ``<v1, v> > 0``. A ``v``
+    that is zero or non-finite is replaced by the cold start vector (for ``iters`` or
+    ``WARM_ITERS`` iterations, so that one check is less accurate). Weights with more than two
+    dimensions are flattened to ``(shape[0], -1)``.
+
+    Returns ``(sigma1, v1, u1)``: a 0-dim fp32 tensor and unit vectors of length ``in`` and
+    ``out`` with ``W v1 = sigma1 u1``. A zero matrix gives ``sigma1 = 0`` and ``u1 = 0``; a NaN
+    weight gives ``sigma1 = NaN``, an infinite one ``sigma1 = Inf`` (its vectors are then NaN).
+
+    Example:
+        >>> w = torch.diag(torch.tensor([3.0, 1.0]))
+        >>> sigma1, v1, u1 = power_iteration(w)
+        >>> round(float(sigma1), 4)
+        3.0
+        >>> sigma1, v1, u1 = power_iteration(w + 0.01, v=v1)  # next check, warm
+    """
+    w = weight.detach().float()
+    w = w.reshape(w.shape[0], -1) if w.dim() != 2 else w
+    n_in = w.shape[1]
+    cold = _cold_start(n_in, w.device)
+    if v is None:
+        n_iters = COLD_ITERS if iters is None else iters
+        v = cold
+    else:
+        n_iters = WARM_ITERS if iters is None else iters
+        v = v.detach().to(w.device, torch.float32)
+        norm = torch.linalg.vector_norm(v)
+        v = torch.where(torch.isfinite(norm) & (norm > 0), v / norm, cold)
+    no_u = torch.zeros(w.shape[0], device=w.device)
+    for _ in range(n_iters):
+        # Alternating u/v steps: the same iterates as WᵀW, without squaring σ (overflow in fp32).
+        u = _normalize(w @ v, no_u)
+        v = _normalize(w.T @ u, v)
+    wv = w @ v
+    sigma1 = torch.linalg.vector_norm(wv)
+    u = torch.where(sigma1 == 0, torch.zeros_like(wv), wv / sigma1)
+    # A NaN anywhere makes σ1 NaN and an Inf makes it Inf (σ1 ≥ max |w_ij|); the iterates alone
+    # would turn an Inf into NaN through Inf - Inf.
+    amax = w.abs().amax() if w.numel() else torch.zeros((), device=w.device)
+    sigma1 = torch.where(torch.isfinite(amax), sigma1, amax)
+    return sigma1, v, u
+
+
+@torch.no_grad()
+def align_sign(v_new: torch.Tensor, v_prev: torch.Tensor | None) -> torch.Tensor:
+    """``v_new`` or ``-v_new``, whichever has ``<v_new, v_prev> >= 0``.
+
+    Singular vectors are defined up to sign; flipping keeps the SA sign continuous between checks.
+    With no ``v_prev`` (or a NaN one) ``v_new`` is returned unchanged.
+
+    Example:
+        >>> align_sign(torch.tensor([-0.6, -0.8]), torch.tensor([1.0, 0.0]))
+        tensor([0.6000, 0.8000])
+    """
+    if v_prev is None:
+        return v_new
+    dot = torch.dot(v_new.float(), v_prev.to(v_new.device, torch.float32))
+    return torch.where(dot < 0, -v_new, v_new)
+
+
+@torch.no_grad()
+def v_drift(v_new: torch.Tensor, v_prev: torch.Tensor | None) -> torch.Tensor:
+    """Angle in radians, in [0, π/2], between the lines of ``v_new`` and ``v_prev`` (sign-blind).
+
+    0 means v1 has not moved since the last check, π/2 that it turned orthogonal. Computed as
+    ``2·atan2(||a - b||, ||a + b||)`` on unit vectors, accurate for small angles where
+    ``arccos`` of a cosine near 1 is not. NaN when there is no previous vector.
+
+    Example:
+        >>> round(float(v_drift(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]))), 4)
+        0.7854
+    """
+    if v_prev is None:
+        return torch.full((), math.nan, device=v_new.device)
+    a = v_new.float()
+    b = v_prev.to(a.device, torch.float32)
+    a = a / torch.linalg.vector_norm(a)
+    b = b / torch.linalg.vector_norm(b)
+    b = torch.where(torch.dot(a, b) < 0, -b, b)
+    return 2 * torch.atan2(torch.linalg.vector_norm(a - b), torch.linalg.vector_norm(a + b))
+
+
+@torch.no_grad()
+def sample_rows(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` rows of ``x`` (shape ``(..., in)``) drawn uniformly without replacement.
+
+    All leading dimensions (batch, sequence, ...) are pooled, so every token row is equally likely.
+    Returns all rows, in order, when there are at most ``k``. Deterministic given ``generator``;
+    keep the generator on ``x``'s device to avoid a host-to-device copy of the indices.
+
+    Example:
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> sample_rows(torch.randn(8, 128, 64), 1024, gen).shape
+        torch.Size([1024, 64])
+    """
+    rows = x.detach().reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    n = rows.shape[0]
+    if n <= k:
+        return rows
+    idx = torch.randperm(n, generator=generator, device=generator.device)[: max(k, 0)]
+    return rows[idx.to(rows.device)]  # sync point only with a CPU generator for CUDA rows
+
+
+@torch.no_grad()
+def sa_statistics(
+    rows: torch.Tensor, v1: torch.Tensor, bin_edges: torch.Tensor = SA_BINS
+) -> dict[str, torch.Tensor]:
+    """Spectral-alignment statistics of input rows against the top right singular vector ``v1``.
+
+    ``SA_t = <x_t, v1> / ||x_t||`` for each row (rows with ``||x|| = 0`` have no SA and are left
+    out of the SA statistics). Returns 0-dim fp32 tensors ``sa_pos`` (fraction SA > 0),
+    ``sa_imbalance`` (``|2 sa_pos - 1|``), ``sa_mean``, ``sa_abs_mean``, ``act_max`` (max |x|
+    over all rows) and ``act_norm_mean`` (mean ||x|| over all rows), and ``sa_hist``, the int64
+    counts per bin of ``bin_edges`` (numpy's convention: half-open bins, the last one closed).
+
+    Non-finite inputs propagate: a row with NaN makes the SA statistics NaN and is left out of
+    the histogram. No rows with SA give NaN SA statistics and a zero histogram. Custom
+    ``bin_edges`` should live on the rows' device (the default is cached per device).
+
+    Example:
+        >>> stats = sa_statistics(torch.randn(1024, 64) + 1.0, torch.ones(64))
+        >>> float(stats["sa_imbalance"])
+        1.0
+    """
+    x = rows.detach().float().reshape(-1, rows.shape[-1])
+    dev = x.device
+    edges = _edges_on(bin_edges, dev)
+    n_bins = edges.numel() - 1
+    nan = torch.full((), math.nan, device=dev)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        names = ["sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean"]
+        stats = {name: nan.clone() for name in names}
+        return {**stats, "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=dev)}
+
+    v = v1.detach().to(dev, torch.float32)
+    v = v / torch.linalg.vector_norm(v)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    has_sa = norms != 0  # a NaN norm counts: its SA is NaN and must show
+    sa = ((x @ v) / norms).clamp(-1.0, 1.0)  # |cos| can exceed 1 by rounding
+    count = has_sa.float().sum()
+
+    def masked_mean(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(has_sa, values, 0.0).sum() / count
+
+    positive = torch.where(torch.isnan(sa), math.nan, (sa > 0).float())
+    sa_pos = masked_mean(positive)
+
+    binned = has_sa & torch.isfinite(sa)
+    idx = (torch.searchsorted(edges, sa.contiguous(), right=True) - 1).clamp(0, n_bins - 1)
+    idx = torch.where(binned, idx, 0)
+    # scatter_add_, not bincount: bincount sizes its output from the data, a sync point on CUDA.
+    hist = torch.zeros(n_bins, dtype=torch.int64, device=dev).scatter_add_(0, idx, binned.long())
+
+    return {
+        "sa_pos": sa_pos,
+        "sa_imbalance": (2 * sa_pos - 1).abs(),
+        "sa_mean": masked_mean(sa),
+        "sa_abs_mean": masked_mean(sa.abs()),
+        "sa_hist": hist,
+        "act_max": x.abs().amax(),
+        "act_norm_mean": norms.mean(),
+    }
