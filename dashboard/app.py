@@ -11,13 +11,16 @@ from dashboard import auth
 
 st.set_page_config(page_title="Tripwire", page_icon="⚡", layout="wide")
 
-if not auth.gate():
-    st.stop()
-
 pages = [
-    st.Page("views/runs.py", title="Runs", icon="🏃", url_path="runs", default=True),
-    st.Page("views/run.py", title="Run", icon="📈", url_path="run"),
-    st.Page("views/alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
-    st.Page("views/health.py", title="Health", icon="🩺", url_path="health"),
+    st.Page("views/runs.py", title="Runs", icon=":material/list:", url_path="runs", default=True),
+    st.Page("views/run.py", title="Run", icon=":material/monitoring:", url_path="run"),
+    st.Page("views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"),
+    st.Page("views/health.py", title="Health", icon=":material/favorite:", url_path="health"),
 ]
-st.navigation(pages).run()
+# Navigation is resolved before the gate so that a deep link (/run?run=...) survives signing in.
+allowed = auth.allowed()
+page = st.navigation(pages, position="sidebar" if allowed else "hidden")
+if not allowed:
+    auth.login_form()
+    st.stop()
+page.run()

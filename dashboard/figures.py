@@ -71,6 +71,7 @@ def _base_layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
         margin={"l": 60, "r": 20, "t": 50 if title else 20, "b": 40},
         hovermode="closest",
         legend={"orientation": "h", "y": -0.12},
+        uirevision="keep",  # live refreshes keep the user's zoom and hidden traces
     )
     return fig
 
@@ -124,7 +125,7 @@ def scalars_figure(
             ok = sub[sub["value"].map(_finite)] if len(sub) else sub
             name = run or key
             fig.add_trace(
-                go.Scattergl(
+                go.Scatter(
                     x=ok["step"].tolist() if len(ok) else [],
                     y=ok["value"].tolist() if len(ok) else [],
                     mode="lines",
@@ -367,7 +368,7 @@ def layer_lines_figure(df, stat: str, *, log_y: bool = False, height: int = 320)
         sub = df[df["layer"] == layer]
         ok = sub[sub["value"].map(_finite)]
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=ok["step"].tolist(),
                 y=ok["value"].tolist(),
                 mode="lines",

@@ -3,15 +3,12 @@
 >>> duration(3725)
 '1h 02m'
 >>> health_badge({"critical": 1, "warning": 2, "info": 0, "pending": 0})
-'🔴 1 · 🟠 2'
+'1 critical · 2 warning'
 """
 
 from __future__ import annotations
 
 import math
-
-STATUS_ICONS = {"running": "🟢", "stalled": "🟡", "finished": "⚪", "failed": "🔴"}
-SEVERITY_ICONS = {"critical": "🔴", "warning": "🟠", "info": "🔵", "pending": "⏳"}
 
 
 def duration(seconds: float | None) -> str:
@@ -28,18 +25,14 @@ def duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def status(value: str) -> str:
-    return f"{STATUS_ICONS.get(value, '')} {value}".strip()
-
-
 def health_badge(row: dict) -> str:
-    """Open alerts by severity, most severe first; ``✓`` when there are none."""
+    """Open alerts by severity, most severe first; ``ok`` when there are none."""
     parts = [
-        f"{SEVERITY_ICONS[key]} {row.get(key, 0)}"
+        f"{row.get(key, 0)} {key}"
         for key in ("critical", "warning", "info", "pending")
         if row.get(key, 0)
     ]
-    return " · ".join(parts) if parts else "✓"
+    return " · ".join(parts) if parts else "ok"
 
 
 def number(value: float | None, digits: int = 4) -> str:

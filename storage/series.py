@@ -147,10 +147,11 @@ def layer_matrices(
     end: int | None = None,
     max_steps: int = 400,
     agg: dict[str, str] | None = None,
+    layers: list[str] | None = None,
 ) -> dict[str, LayerMatrix]:
     """Layer × step grids of several statistics from one scan of the run's rows.
 
-    Layers come in model order. Steps beyond ``max_steps`` distinct buckets are grouped; each
+    Layers come in model order (only ``layers`` when given). Steps beyond ``max_steps`` distinct buckets are grouped; each
     cell is the bucket's maximum (or minimum, per ``agg``), so a collapse or a NaN in any
     check of the bucket shows.
 
@@ -168,11 +169,12 @@ def layer_matrices(
             raise ValueError(f"agg for {stat} must be one of {', '.join(AGGREGATES)}")
     where = [SqlLayerStat.run_id == run_id, *_where_steps(SqlLayerStat.step, start, end)]
     with db.session() as s:
-        layer_rows = s.execute(
-            select(SqlLayer.id, SqlLayer.name)
-            .where(SqlLayer.run_id == run_id)
-            .order_by(SqlLayer.position)
-        ).all()
+        layer_query = select(SqlLayer.id, SqlLayer.name).where(SqlLayer.run_id == run_id)
+        if layers is not None:
+            layer_query = layer_query.where(SqlLayer.name.in_(list(layers)))
+        layer_rows = s.execute(layer_query.order_by(SqlLayer.position)).all()
+        if layers is not None:
+            where.append(SqlLayerStat.layer_id.in_([layer_id for layer_id, _ in layer_rows]))
         lo, hi = _step_range(
             s.execute(
                 select(func.min(SqlLayerStat.step), func.max(SqlLayerStat.step)).where(*where)
@@ -183,12 +185,14 @@ def layer_matrices(
             return {st: LayerMatrix(st, names, [], [[] for _ in names]) for st in stats}
         span = hi - lo + 1
         bucketed = span > max_steps
-        bucket = ((SqlLayerStat.step - lo) * max_steps // span) if bucketed else SqlLayerStat.step
+        bucket = (SqlLayerStat.step - lo) * max_steps // span if bucketed else SqlLayerStat.step
         bucket = bucket.label("bucket")
         aggs = [
             (func.min if agg.get(st, "max") == "min" else func.max)(getattr(SqlLayerStat, st))
             for st in stats
         ]
+        # One scan for every statistic. On SQLite the GROUP BY sorts all the run's rows
+        # (about 4.5 s of CPU for 200 layers x 10 000 checks); PostgreSQL hash-aggregates.
         rows = s.execute(
             select(SqlLayerStat.layer_id, bucket, func.min(SqlLayerStat.step), *aggs)
             .where(*where)
@@ -237,12 +241,16 @@ def layer_lines(
     """
     import pandas as pd
 
-    grid = layer_matrix(db, run_id, stat, start=start, end=end, max_steps=max_points)
-    wanted = set(layers)
+    if not layers:
+        return pd.DataFrame({"step": [], "layer": [], "value": []}).astype(
+            {"step": "int64", "layer": "object", "value": "float64"}
+        )
+    grid = layer_matrix(
+        db, run_id, stat, start=start, end=end, max_steps=max_points, layers=list(layers)
+    )
     records = [
         (step, name, value)
         for name, row in zip(grid.layers, grid.z, strict=True)
-        if name in wanted
         for step, value in zip(grid.steps, row, strict=True)
         if value is not None
     ]
@@ -269,27 +277,29 @@ def sa_hist_series(
     >>> len(h.counts[0]) == len(h.bin_edges) - 1
     True
     """
-    where = [
-        SqlLayerStat.run_id == run_id,
-        SqlLayer.name == layer,
-        *_where_steps(SqlLayerStat.step, start, end),
-    ]
-    joined = select(SqlLayerStat.step).join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
     with db.session() as s:
         edges = s.scalar(select(SqlRun.sa_bin_edges).where(SqlRun.id == run_id)) or []
+        layer_id = s.scalar(
+            select(SqlLayer.id).where(SqlLayer.run_id == run_id, SqlLayer.name == layer)
+        )
+        # (run_id, layer_id, step) is the primary key: these read one layer's rows only.
+        where = [
+            SqlLayerStat.run_id == run_id,
+            SqlLayerStat.layer_id == layer_id,
+            *_where_steps(SqlLayerStat.step, start, end),
+        ]
         count, lo, hi = s.execute(
-            joined.with_only_columns(
-                func.count(), func.min(SqlLayerStat.step), func.max(SqlLayerStat.step)
-            ).where(*where)
+            select(func.count(), func.min(SqlLayerStat.step), func.max(SqlLayerStat.step)).where(
+                *where
+            )
         ).one()
-        if not count:
+        if layer_id is None or not count:
             return HistSeries(layer, [], [], [], list(edges))
         if count > max_steps:
             span = int(hi) - int(lo) + 1
             bucket = ((SqlLayerStat.step - int(lo)) * max_steps // span).label("bucket")
             inner = (
                 select(SqlLayerStat.step, SqlLayerStat.sa_imbalance, bucket)
-                .join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
                 .where(*where)
                 .subquery()
             )
@@ -304,7 +314,6 @@ def sa_hist_series(
             where = [*where, SqlLayerStat.step.in_(chosen)]
         rows = s.execute(
             select(SqlLayerStat.step, SqlLayerStat.sa_hist, SqlLayerStat.sa_pos)
-            .join(SqlLayer, SqlLayer.id == SqlLayerStat.layer_id)
             .where(*where)
             .order_by(SqlLayerStat.step)
         ).all()

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, queries
-from dashboard import format as fmt
 from storage.db import utcnow
 
 url = queries.db_url()
@@ -52,7 +51,7 @@ if rows:
     table = pd.DataFrame(
         [
             {
-                "severity": f"{fmt.SEVERITY_ICONS.get(a.severity, '')} {a.severity}",
+                "severity": a.severity,
                 "state": a.state,
                 "run": names.get(a.run_id, str(a.run_id)),
                 "predictor": a.predictor,

@@ -32,7 +32,7 @@ def runs_table() -> None:
         {
             "run": [r["name"] for r in rows],
             "project": [r["project"] for r in rows],
-            "status": [fmt.status(r["status"]) for r in rows],
+            "status": [r["status"] for r in rows],
             "last step": [r["last_step"] for r in rows],
             "last loss": [fmt.number(r["last_loss"]) for r in rows],
             "health": [fmt.health_badge(r) for r in rows],

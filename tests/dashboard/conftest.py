@@ -1,4 +1,5 @@
-"""Dashboard fixtures: a SQLite database file in each of the states the pages must handle."""
+"""Dashboard fixtures: databases filled by real short training runs, in each state the pages
+must handle (empty, a live run, a finished run with real alerts, a run that went NaN)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,49 @@ import pytest
 from storage import Database
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_runs import SCENARIOS, populate  # noqa: E402
+from real_runs import add_service_records, evaluate_alerts, train  # noqa: E402
+
+SCENARIOS = ("empty", "live", "alerts", "nan")
+
+
+@pytest.fixture(scope="session")
+def real_dbs(tmp_path_factory):
+    """scenario → (url, uid of the run to open or None), built once per test session."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model on a shared machine: threads only contend
+    root = tmp_path_factory.mktemp("real_runs")
+    out, open_monitors = {}, []
+    for scenario in SCENARIOS:
+        url = f"sqlite:///{root / f'{scenario}.db'}"
+        db = Database(url)
+        db.upgrade()
+        db.dispose()
+        out[scenario] = (url, None)
+    url = out["live"][0]
+    live = train(url, "live-run", steps=40, close=False)
+    open_monitors.append(live)
+    out["live"] = (url, live.uid)
+    url = out["alerts"][0]
+    exploded = train(url, "exploded", steps=80, explode_at=50)
+    train(url, "baseline", steps=80, seed=1)
+    evaluate_alerts(url)
+    add_service_records(url, exploded.uid)
+    out["alerts"] = (url, exploded.uid)
+    url = out["nan"][0]
+    broken = train(url, "nan-run", steps=40, explode_at=15, close=False)
+    broken.close(status="failed", error="RuntimeError: loss became NaN")
+    out["nan"] = (url, broken.uid)
+    torch.set_num_threads(threads)
+    yield out
+    for monitor in open_monitors:
+        monitor.close()
 
 
 @pytest.fixture(params=SCENARIOS)
-def scenario_db(request, tmp_path, monkeypatch):
-    """(url, uid of the run to open or None, scenario name); ``TRIPWIRE_DB_URL`` points at it."""
-    url = f"sqlite:///{tmp_path / 'dash.db'}"
-    db = Database(url)
-    db.upgrade()
-    uid = populate(db, request.param)
-    db.dispose()
+def scenario_db(request, real_dbs, monkeypatch):
+    """(url, uid of the run to open or None, scenario); ``TRIPWIRE_DB_URL`` points at it."""
+    url, uid = real_dbs[request.param]
     monkeypatch.setenv("TRIPWIRE_DB_URL", url)
     return url, uid, request.param

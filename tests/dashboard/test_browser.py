@@ -8,10 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from sample_runs import populate
 
 from dashboard import server
-from storage import Database
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,23 +24,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def _serve(url: str, env: dict | None = None):
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    url = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'dash.db'}"
-    db = Database(url)
-    db.upgrade()
-    populate(db, "alerts")
-    populate(db, "live")
-    db.dispose()
     port = _free_port()
-    process = server.start(url, port=port)
+    process = server.start(url, port=port, env=env)
     try:
         assert server.wait_ready(port, timeout=90, process=process), "dashboard did not start"
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop(process)
+
+
+@pytest.fixture(scope="module")
+def exploded(real_dbs):
+    return real_dbs["alerts"]
+
+
+@pytest.fixture(scope="module")
+def served(exploded):
+    yield from _serve(exploded[0])
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def _wait_for_charts(page, count: int) -> None:
     page.wait_for_timeout(1500)  # let the last charts finish drawing before the screenshot
 
 
-def test_run_page_shows_loss_chart_and_heatmaps(served, page):
-    page.goto(f"{served}/run?run=uid-exploded&step=220")
+def test_run_page_shows_loss_chart_and_heatmaps(served, exploded, page):
+    _, uid = exploded
+    page.goto(f"{served}/run?run={uid}&step=55")
     _wait_for_charts(page, 5)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.get_by_role("heading", name="exploded").count() >= 1
@@ -87,3 +89,17 @@ def test_runs_and_alerts_pages_render(served, page):
     _wait_for_charts(page, 1)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"), full_page=True)
+
+
+def test_password_gate_guards_deep_links(exploded, page):
+    url, uid = exploded
+    for base in _serve(url, env={"TRIPWIRE_DASHBOARD_PASSWORD": "hunter2-secret"}):
+        page.goto(f"{base}/run?run={uid}&step=55")
+        page.wait_for_selector('input[type="password"]', timeout=60_000)
+        page.wait_for_timeout(1000)
+        assert page.locator(".js-plotly-plot").count() == 0
+        assert "hunter2-secret" not in page.content()
+        page.fill('input[type="password"]', "hunter2-secret")
+        page.get_by_role("button", name="Sign in").click()
+        _wait_for_charts(page, 5)
+        assert page.locator('[data-testid="stException"]').count() == 0

@@ -198,3 +198,24 @@ def test_runs_overview_statuses_last_loss_and_open_alerts(db):
     assert [r["name"] for r in series.runs_overview(db, now=now, name_contains="liv")] == ["live"]
     assert [r["id"] for r in series.runs_overview(db, now=now, status="running")] == [live]
     assert old
+
+
+def test_bucket_aggregates_treat_null_nan_and_inf_alike_on_both_backends(db):
+    with db.session() as s:
+        run_id = runs.ensure_run(s, uid="agg", project="p", name="agg", started_at=utcnow())
+        ids = runs.ensure_layers(s, run_id, [{"name": "l", "position": 0}])
+        values = {0: None, 1: 1.0, 2: math.nan, 3: None, 4: None, 5: None, 6: -math.inf, 7: None}
+        rows = [
+            {"layer": "l", "step": step, "grad_norm": v, "stable_rank": v}
+            for step, v in values.items()
+        ]
+        stats.write_layer_stats(s, run_id, ids, rows)
+    grids = series.layer_matrices(
+        db, run_id, ["grad_norm", "stable_rank"], max_steps=3, agg={"stable_rank": "min"}
+    )
+    # buckets of the 8 steps: [0, 1, 2], [3, 4, 5], [6, 7]
+    assert grids["grad_norm"].steps == [0, 3, 6]
+    high, low = grids["grad_norm"].z[0], grids["stable_rank"].z[0]
+    assert math.isnan(high[0]) and low[0] == 1.0
+    assert high[1] is None and low[1] is None
+    assert high[2] == -math.inf and low[2] == -math.inf
