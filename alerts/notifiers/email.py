@@ -68,7 +68,8 @@ class EmailNotifier(Notifier):
 
     def send(self, message: Message) -> None:
         email = EmailMessage()
-        email["Subject"] = message.subject
+        # One line: a run name with a line break must neither add headers nor fail the send.
+        email["Subject"] = " ".join(message.subject.split())
         email["From"] = self.sender
         email["To"] = ", ".join(self.to)
         email.set_content(message.text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from alerts.message import Message
 from alerts.notifiers.base import (
     Notifier,
@@ -17,6 +19,30 @@ SEVERITY_EMOJI = {
     "warning": ":warning:",
     "info": ":information_source:",
 }
+
+
+def escape(text: str) -> str:
+    """Slack's control characters as entities: a run or layer name cannot mention ``<!channel>``,
+    link ``<https://…|here>`` or otherwise format the message.
+
+    >>> escape("<!channel> & <https://evil.example|click>")
+    '&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Redact(logging.Filter):
+    """Replaces the webhook URL in log records with its redacted form."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self._url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self._url in text:
+            record.msg, record.args = text.replace(self._url, redact(self._url)), ()
+        return True
 
 
 class SlackNotifier(Notifier):
@@ -42,18 +68,23 @@ class SlackNotifier(Notifier):
                 "the Slack notifier needs slack_sdk: pip install 'tripwire[alerts]'"
             ) from exc
         self._url = check_url(url, variable)
+        # slack_sdk logs the full URL (the secret) at DEBUG: its records pass a redacting filter.
+        sdk_log = logging.getLogger(f"tripwire.alerts.slack_sdk.{name}")
+        sdk_log.addFilter(_Redact(self._url))
         # Retries are ours (tenacity, counted and recorded), not slack_sdk's.
-        self._client = WebhookClient(self._url, timeout=max(1, int(timeout_s)), retry_handlers=[])
+        self._client = WebhookClient(
+            self._url, timeout=max(1, int(timeout_s)), retry_handlers=[], logger=sdk_log
+        )
 
     def __repr__(self) -> str:
         return f"SlackNotifier({self.name!r} → {redact(self._url)})"
 
     def send(self, message: Message) -> None:
         emoji = SEVERITY_EMOJI.get(message.severity, "")
-        text = f"{emoji} *{message.subject}*\n{message.text}".strip()
+        text = f"{emoji} *{escape(message.subject)}*\n{escape(message.text)}".strip()
         blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]
         try:
-            response = self._client.send(text=message.subject, blocks=blocks)
+            response = self._client.send(text=escape(message.subject), blocks=blocks)
         except Exception as exc:  # network errors: slack_sdk raises urllib's
             raise NotifyError(
                 f"slack {redact(self._url)}: {type(exc).__name__}", recoverable=True
