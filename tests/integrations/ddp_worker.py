@@ -10,6 +10,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+try:
+    from torch.distributed.fsdp import fully_shard  # FSDP2, torch >= 2.6
+except ImportError:  # pragma: no cover - older torch
+    fully_shard = None
+
 import collector
 from tests.integrations.helpers import TinyNet, fire_critical_alert, train
 
@@ -20,11 +25,17 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def ddp(rank: int, world: int, port: int, url: str, out: str) -> None:
-    """Four runs under DDP: plain, a NaN on rank 1, per-rank writing, and halt_on_alert."""
-    _init(rank, world, port)
+def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
+    """The single-process reference, then runs under DDP (plain, a NaN on rank 1, per-rank
+    writing, halt_on_alert) and FSDP2: all in the same processes, so with the same code."""
     spool = Path(out) / f"spool{rank}"
     kw = {"db": url, "every": 2, "sample_size": 4096, "spool_dir": spool}
+    if rank == 0:  # before the process group exists: one process, the whole global batch
+        torch.manual_seed(0)
+        model = TinyNet()
+        with collector.watch(model, run="single", **kw) as monitor:
+            train(model, monitor, 5)
+    _init(rank, world, port)
 
     torch.manual_seed(0)
     model = DistributedDataParallel(TinyNet())
@@ -59,4 +70,13 @@ def ddp(rank: int, world: int, port: int, url: str, out: str) -> None:
         stopped = step
     monitor.close()
     Path(out, f"halt{rank}.json").write_text(json.dumps({"stopped": stopped}))
+
+    if fully_shard is not None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        for layer in (model.fc1, model.fc2, model.head):
+            fully_shard(layer)  # the head's 3 rows split 2 + 1: uneven shards
+        fully_shard(model)
+        with collector.watch(model, run="fsdp", **kw) as monitor:
+            train(model, monitor, 5, rank=rank, world=world)
     dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""DDP on 2 gloo processes: the same statistics as one process on the same global batches."""
+"""DDP and FSDP2 on 2 gloo processes: the same statistics as one process on the same global batches."""
 
 from __future__ import annotations
 
@@ -6,31 +6,18 @@ import json
 import math
 
 import pytest
-import torch
 import torch.multiprocessing as mp
 
-import collector
 from storage import Database, runs
 from tests.integrations import ddp_worker
 from tests.integrations.helpers import (
     STAT_NAMES,
-    TinyNet,
     free_port,
     layer_table,
     scalar_table,
-    train,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def _single_process_reference(url, tmp_path, steps=5):
-    torch.manual_seed(0)
-    model = TinyNet()
-    with collector.watch(
-        model, run="single", db=url, every=2, sample_size=4096, spool_dir=tmp_path
-    ) as m:
-        train(model, m, steps)
 
 
 def _assert_same_statistics(url, a, b):
@@ -52,8 +39,7 @@ def _assert_same_statistics(url, a, b):
 def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     url = f"sqlite:///{tmp / 'tripwire.db'}"
-    _single_process_reference(url, tmp)
-    mp.spawn(ddp_worker.ddp, args=(2, free_port(), url, str(tmp)), nprocs=2, join=True)
+    mp.spawn(ddp_worker.runs, args=(2, free_port(), url, str(tmp)), nprocs=2, join=True)
     return url, tmp
 
 
@@ -67,15 +53,9 @@ def test_ddp_statistics_equal_one_process_on_the_same_global_batch(ddp_run):
 def test_ddp_is_written_once_by_rank_0(ddp_run):
     url, _ = ddp_run
     db = Database(url)
-    names = sorted(r.name for r in runs.list_runs(db))
-    assert names == [
-        "ddp",
-        "ddp-halt",
-        "ddp-nan",
-        "ddp-per-rank/rank0",
-        "ddp-per-rank/rank1",
-        "single",
-    ]
+    names = sorted(r.name for r in runs.list_runs(db) if r.name != "fsdp")
+    per_rank = ["ddp-per-rank/rank0", "ddp-per-rank/rank1"]
+    assert names == ["ddp", "ddp-halt", "ddp-nan", *per_rank, "single"]
     config = runs.find_run(db, "ddp").config
     assert config["tripwire"]["world_size"] == 2
 
@@ -102,3 +82,12 @@ def test_halt_on_alert_stops_every_rank_at_the_same_step(ddp_run):
     _, tmp = ddp_run
     stopped = [json.loads((tmp / f"halt{rank}.json").read_text())["stopped"] for rank in (0, 1)]
     assert stopped == [3, 3]  # fired after step 0, agreed at the step-2 check, raised at step 3
+
+
+@pytest.mark.skipif(ddp_worker.fully_shard is None, reason="FSDP2 (fully_shard) needs torch >= 2.6")
+def test_fsdp2_sharded_weights_give_the_statistics_of_the_full_matrix(ddp_run):
+    url, _ = ddp_run
+    _assert_same_statistics(url, "single", "fsdp")
+    db = Database(url)
+    layers = {layer.name: layer.shape for layer in runs.layers(db, runs.find_run(db, "fsdp").id)}
+    assert layers == {"fc1": [32, 12], "fc2": [32, 32], "head": [3, 32]}  # full shapes, not shards

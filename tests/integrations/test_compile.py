@@ -1,0 +1,31 @@
+"""torch.compile'd models: the check step's sampled forward runs eagerly, nothing recompiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import collector
+from tests.integrations.helpers import STAT_NAMES, TinyNet, layer_table, train
+
+
+def test_a_compiled_model_gives_the_statistics_of_the_eager_one(sqlite_url, tmp_path):
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    for name, compiled in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        model = TinyNet()
+        # The "eager" backend still captures graphs with dynamo, which is what hides hooks.
+        runnable = torch.compile(model, backend="eager") if compiled else model
+        with collector.watch(runnable, run=name, db=sqlite_url, every=2, spool_dir=tmp_path) as m:
+            train(runnable, m, 5)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1  # armed steps did not recompile
+
+    eager, compiled = layer_table(sqlite_url, "eager"), layer_table(sqlite_url, "compiled")
+    assert eager.keys() == compiled.keys() and {s for s, _ in compiled} == {0, 2, 4}
+    for key, row in compiled.items():
+        assert sum(row.sa_hist) == 8 * 4, key  # the hooks saw the inputs
+        for name in STAT_NAMES:
+            assert getattr(row, name) == pytest.approx(getattr(eager[key], name), rel=1e-5), key
+    assert torch.compiler.is_compiling() is False

@@ -1,0 +1,128 @@
+"""lightning.Trainer.fit with TripwireCallback: a tiny LightningModule on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+L = pytest.importorskip("lightning")
+
+from collector.integrations.lightning import TripwireCallback  # noqa: E402
+from storage import Database, runs  # noqa: E402
+from tests.integrations.helpers import fire_critical_alert, layer_table, scalar_table  # noqa: E402
+
+TOKENS = 4
+
+
+class TinyModule(L.LightningModule):
+    def __init__(self, lr: float = 0.05):
+        super().__init__()
+        self.save_hyperparameters()
+        self.fc1 = nn.Linear(12, 32)
+        self.fc2 = nn.Linear(32, 3)
+        self.losses: list[float] = []
+        self.grad_norms: dict[int, dict[str, float]] = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1))
+        self.losses.append(loss.item())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # Runs right after the callbacks' hook, before Lightning clips: the oracle.
+        self.grad_norms[self.trainer.global_step] = {
+            name: torch.linalg.norm(p.grad).item()
+            for name, p in (("fc1", self.fc1.weight), ("fc2", self.fc2.weight))
+        }
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _loader(batch_size: int, n: int = 48):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, TOKENS, 12, generator=gen)
+    y = torch.randint(0, 3, (n, TOKENS), generator=gen)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+def _fit(callbacks, *, batch_size=4, **settings):
+    torch.manual_seed(0)
+    module = TinyModule()
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 4,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    trainer = L.Trainer(callbacks=callbacks, **(options | settings))
+    trainer.fit(module, _loader(batch_size))
+    return trainer, module
+
+
+def test_fit_is_named_configured_and_measures_gradients_before_clipping(sqlite_url, tmp_path):
+    callback = TripwireCallback(db=sqlite_url, every=2, spool_dir=tmp_path)
+    _, module = _fit([callback], gradient_clip_val=0.01)
+    assert callback.monitor.errors == 0
+
+    db = Database(sqlite_url)
+    run = runs.find_run(db, "TinyModule")
+    assert run.status == "finished" and run.last_step == 3
+    assert run.config["hparams"] == {"lr": 0.05}
+    assert run.config["trainer"]["max_steps"] == 4
+    assert run.config["trainer"]["gradient_clip_val"] == 0.01
+    assert run.config["tripwire"]["gradients"] == "after unscaling, before clipping"
+
+    rows = layer_table(sqlite_url, "TinyModule")
+    assert set(rows) == {(s, n) for s in (0, 2) for n in ("fc1", "fc2")}
+    for (step, name), row in rows.items():
+        assert row.grad_norm == pytest.approx(module.grad_norms[step][name], rel=1e-6)
+        assert None not in (row.sigma1, row.sa_pos, row.act_norm_mean)
+    assert math.hypot(rows[(0, "fc1")].grad_norm, rows[(0, "fc2")].grad_norm) > 0.01  # unclipped
+    assert sum(rows[(0, "fc1")].sa_hist) == 4 * TOKENS
+
+    scalars = scalar_table(sqlite_url, "TinyModule")
+    assert scalars["loss"] == pytest.approx(dict(enumerate(module.losses)))
+    assert scalars["lr"] == {s: 0.05 for s in range(4)}
+
+
+def test_gradient_accumulation_checks_once_per_step_on_the_first_micro_batch(sqlite_url, tmp_path):
+    callback = TripwireCallback(run="accumulated", db=sqlite_url, every=1, spool_dir=tmp_path)
+    _, module = _fit([callback], batch_size=2, accumulate_grad_batches=3, max_steps=2)
+    rows = layer_table(sqlite_url, "accumulated")
+    assert set(rows) == {(s, n) for s in (0, 1) for n in ("fc1", "fc2")}
+    assert all(sum(row.sa_hist) == 2 * TOKENS for row in rows.values())  # one micro-batch
+    loss = scalar_table(sqlite_url, "accumulated")["loss"]
+    assert loss[0] == pytest.approx(sum(module.losses[:3]) / 3, rel=1e-6)
+    assert loss[1] == pytest.approx(sum(module.losses[3:6]) / 3, rel=1e-6)
+
+
+class _FireAlertAt(L.Callback):
+    """Plays the alert engine: a critical alert fires for the run after step ``at``."""
+
+    def __init__(self, tripwire: TripwireCallback, url: str, at: int):
+        self.tripwire, self.url, self.at = tripwire, url, at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        monitor = self.tripwire.monitor
+        monitor.flush()  # writes now, and the writer polls the alerts after writing
+        if trainer.global_step - 1 == self.at:
+            fire_critical_alert(self.url, monitor.run_db_id, step=self.at)
+
+
+def test_halt_on_alert_sets_should_stop(sqlite_url, tmp_path):
+    tripwire = TripwireCallback(
+        run="halted", db=sqlite_url, every=2, spool_dir=tmp_path, halt_on_alert=True
+    )
+    trainer, _ = _fit([_FireAlertAt(tripwire, sqlite_url, at=0), tripwire], max_steps=10)
+    assert trainer.should_stop and trainer.global_step == 2  # fired after step 0, seen after step 1
+    run = runs.find_run(Database(sqlite_url), "halted")
+    assert run.status == "failed" and "halt_on_alert" in run.error
