@@ -31,6 +31,7 @@ THRESHOLD_PARAMS: dict[str, tuple[str, float | None]] = {
     "loss_spike": ("rel_increase", None),
     "sigma_surge": ("min_layers", 1.0),
     "sa_shift": ("min_layers", 1.0),
+    "diverging": ("min_layers", 1.0),
 }
 """Predictor → (the parameter its score is compared with, the highest meaningful value)."""
 

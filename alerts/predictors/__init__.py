@@ -2,14 +2,17 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'weight_growth']
+['diverging', 'grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
-'warning'
+'info'
 
 Add one by writing ``fn(observation, memory, params) -> list[Verdict]`` (see
 :mod:`alerts.predictors.base`) and registering a :class:`Predictor` in ``PREDICTORS``.
-Default parameters are starting points: the prediction benchmark recalibrates them, and
-``tripwire.toml`` overrides any of them per predictor.
+Default severities, switches and thresholds follow the prediction benchmark
+(``python -m bench.prediction``, docs/benchmarks.md): predictors that cried wolf on its stable
+near-edge runs (``sa_collapse``, ``weight_growth``, ``loss_spike``) are ``info`` — shown on the
+dashboard, not sent by the default notifiers — and ``tripwire calibrate`` tightens any of them
+per model. ``tripwire.toml`` overrides every setting per predictor.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ PREDICTORS: dict[str, Predictor] = {
     "sa_collapse": Predictor(
         "sa_collapse",
         sa.sa_collapse,
-        severity="warning",
+        severity="info",
         for_checks=3,
         params=sa.PARAMS,
         summary="SA signs of a layer collapse to one side, relative to that layer's normal",
@@ -38,7 +41,7 @@ PREDICTORS: dict[str, Predictor] = {
     "weight_growth": Predictor(
         "weight_growth",
         weights.weight_growth,
-        severity="warning",
+        severity="info",
         for_checks=2,
         params=weights.PARAMS,
         summary="a layer's sigma1 (or weight norm) grows faster than a set rate per step",
@@ -47,7 +50,7 @@ PREDICTORS: dict[str, Predictor] = {
     "loss_spike": Predictor(
         "loss_spike",
         loss.loss_spike,
-        severity="warning",
+        severity="info",
         for_checks=3,
         params=loss.PARAMS,
         summary="smoothed loss well above its running minimum",
@@ -59,7 +62,14 @@ PREDICTORS: dict[str, Predictor] = {
         for_checks=2,
         params=together.SIGMA_PARAMS,
         summary="many layers' sigma1 grow fast at once (each against its own rate)",
-        enabled=False,
+    ),
+    "diverging": Predictor(
+        "diverging",
+        together.diverging,
+        severity="warning",
+        for_checks=2,
+        params=together.DIVERGING_PARAMS,
+        summary="many layers' sigma1 grow fast while the smoothed loss climbs off its minimum",
     ),
     "sa_shift": Predictor(
         "sa_shift",
@@ -104,7 +114,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: grad_norm_spike, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: diverging, grad_norm_spike, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, weight_growth
     """
     try:
         return PREDICTORS[name]

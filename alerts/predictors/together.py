@@ -17,11 +17,14 @@ from alerts.predictors.base import Observation, Verdict, finite
 SIGMA_PARAMS = {
     "stat": "sigma1",
     "window_checks": 5,
-    "max_rate": 0.005,
+    "max_rate": 0.01,
     "min_layers": 0.5,
     "warmup_steps": 100,
 }
-"""``sigma_surge``: a layer *surges* when ``stat`` grew by more than ``max_rate`` per step
+"""Defaults chosen on the prediction benchmark (docs/benchmarks.md, "Prediction"): the loosest
+setting with no false alarm on its stable near-edge runs.
+
+``sigma_surge``: a layer *surges* when ``stat`` grew by more than ``max_rate`` per step
 (compounded) over its last ``window_checks`` checks; the condition holds when at least
 ``min_layers`` (a fraction of the layers seen at this check) surge at once. Steps before
 ``warmup_steps`` (growth from the initialisation) are only remembered."""
@@ -133,3 +136,43 @@ def sa_shift(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[
         params["min_layers"],
         f"shifted {params['stat']} above their own history",
     )
+
+
+DIVERGING_PARAMS = {
+    **SIGMA_PARAMS,
+    "max_rate": 0.003,
+    "loss_alpha": 0.05,
+    "min_loss_rise": 0.2,
+}
+"""``diverging``: ``sigma_surge`` *and* the loss no longer improving — its EMA (weight
+``loss_alpha``) at least ``min_loss_rise`` nats above the lowest EMA so far. Weights grow fast
+in healthy runs too while the learning rate rises; growth while the loss climbs is what
+precedes the explosions of the benchmark."""
+
+
+def diverging(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Fraction of layers surging, gated on the smoothed loss rising above its minimum.
+
+    >>> from storage.entities import LayerStat
+    >>> p, m = dict(DIVERGING_PARAMS, window_checks=1, warmup_steps=0, loss_alpha=1.0), {}
+    >>> def obs(step, s1, loss):
+    ...     return Observation(step, {"loss": loss}, {"a": LayerStat(step, "a", sigma1=s1)})
+    >>> [diverging(obs(s, a, x), m, p)[0].holds for s, a, x in [(0, 1, 2.0), (10, 1.5, 1.9),
+    ...                                                           (20, 2.5, 2.3)]]
+    [False, False, True]
+    """
+    loss = obs.scalars.get("loss")
+    rise = memory.setdefault("loss", {})
+    if finite(loss):
+        ema = (
+            loss if "ema" not in rise else rise["ema"] + params["loss_alpha"] * (loss - rise["ema"])
+        )
+        rise["ema"], rise["min"] = ema, min(rise.get("min", ema), ema)
+    verdicts = sigma_surge(obs, memory.setdefault("sigma", {}), params)
+    if not verdicts:
+        return verdicts
+    climbed = rise.get("ema", 0.0) - rise.get("min", 0.0)
+    v = verdicts[0]
+    holds = v.holds and climbed >= params["min_loss_rise"]
+    message = f"{v.message}; smoothed loss {climbed:.2f} nats above its minimum" if holds else ""
+    return [Verdict(holds, v.score if holds else 0.0, message, details=v.details)]

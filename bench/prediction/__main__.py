@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alerts.config import Config
 from alerts.predictors import PREDICTORS
+from bench.prediction.calibrated import score_calibrated
 from bench.prediction.candidates import CANDIDATES
 from bench.prediction.evaluate import score_suite
 from bench.prediction.record import ensure_recorded
@@ -23,13 +24,17 @@ from bench.prediction.runs import BY_NAME, SUITE
 from storage.db import Database
 
 DEFAULT_SET = "default rule set"
+ALL_ENABLED = "all enabled, info included"
 
 
 def default_sources(config: Config, label: str = "default") -> dict[str, tuple[str, set[str]]]:
-    """One source per enabled, replayable predictor, and one for all of them together."""
-    names = [n for n in config.enabled_rules() if not PREDICTORS[n].wall_time]
-    sources = {n: (label, {n}) for n in names}
-    sources[DEFAULT_SET] = (label, set(names))
+    """One source per enabled, replayable predictor; the default rule set (what is sent:
+    severity warning or critical); and everything enabled, ``info`` included."""
+    rules = {n: r for n, r in config.enabled_rules().items() if not PREDICTORS[n].wall_time}
+    sources = {n: (label, {n}) for n in rules}
+    sent = {n for n, r in rules.items() if r.severity in ("warning", "critical")}
+    sources[DEFAULT_SET] = (label, sent)
+    sources[ALL_ENABLED] = (label, set(rules))
     return sources
 
 
@@ -45,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", help="comma-separated run names (default: the whole suite)")
     parser.add_argument("--retrain", action="store_true", help="train and re-record every run")
     parser.add_argument("--explore", action="store_true", help="also score every candidate")
+    parser.add_argument(
+        "--calibrated", action="store_true", help="also score leave-twins-out calibration"
+    )
     parser.add_argument("--db", help="database URL to fill (default: a temporary SQLite file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -62,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(scores))
         print("\n## Per run\n")
         print(per_run(scores))
+        if args.calibrated:
+            calibrated, used = score_calibrated(db, suite)
+            print("\n## Calibrated on other stable runs of the same architecture\n")
+            print(summary(calibrated))
+            print("\n## Calibrated, per run\n")
+            print(per_run(calibrated))
+            print("\nhealthy runs used:", used, file=sys.stderr)
         if args.explore:
             explored = explore(db, suite)
             print("\n## Candidate formulations (each alone)\n")

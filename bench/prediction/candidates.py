@@ -36,6 +36,13 @@ CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------
     Candidate("sa_collapse (default)", "sa_collapse", note="D against the layer's own baseline"),
     Candidate(
+        "sa_collapse strict",
+        "sa_collapse",
+        {"excess": 0.8, "min_imbalance": 0.9, "min_headroom": 0.3},
+        for_checks=5,
+        note="D ≥ 0.9 using 80% of the headroom, 5 checks in a row",
+    ),
+    Candidate(
         "sa_shift mean|SA|",
         "sa_shift",
         {"stat": "sa_abs_mean"},
@@ -61,13 +68,26 @@ CANDIDATES: list[Candidate] = [
     ),
     # --- weights / spectrum -------------------------------------------------------------------
     Candidate("weight_growth (default)", "weight_growth", note="any one layer's σ1 > 1%/step"),
+    Candidate("weight_growth 2%", "weight_growth", {"max_rate": 0.02}),
     Candidate("sigma_surge 0.5%/50%", "sigma_surge", note="σ1 > 0.5%/step in ≥50% of layers"),
     Candidate("sigma_surge 1%/50%", "sigma_surge", {"max_rate": 0.01}),
     Candidate("sigma_surge 0.5%/30%", "sigma_surge", {"min_layers": 0.3}),
     Candidate("sigma_surge 0.3%/70%", "sigma_surge", {"max_rate": 0.003, "min_layers": 0.7}),
+    # --- σ1 surge gated on the loss climbing off its minimum ------------------------------------
+    *[
+        Candidate(
+            f"diverging {r:.1%}/{f:.0%}/{d:g} nat",
+            "diverging",
+            {"max_rate": r, "min_layers": f, "min_loss_rise": d},
+        )
+        for r in (0.003, 0.005)
+        for f in (0.3, 0.5)
+        for d in (0.05, 0.1, 0.2)
+    ],
     # --- cheap non-SA signals ------------------------------------------------------------------
     Candidate("grad_norm_spike (default)", "grad_norm_spike"),
     Candidate("loss_spike (default)", "loss_spike", note="EMA loss 30% above its minimum"),
     Candidate("loss_spike 10%", "loss_spike", {"rel_increase": 0.1}),
+    Candidate("loss_spike 50%", "loss_spike", {"rel_increase": 0.5}),
     Candidate("loss_spike 0.2 nat", "loss_spike", {"rel_increase": 0.0, "min_increase": 0.2}),
 ]
