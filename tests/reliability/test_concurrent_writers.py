@@ -14,7 +14,7 @@ from tests.reliability.helpers import TRIPWIRE, start_trainer
 
 pytestmark = pytest.mark.slow
 
-STEPS = 200  # every=2: 100 checks of 3 layers per trainer
+STEPS = 120  # every=2: 60 checks of 3 layers per trainer
 TROUBLE = ("Traceback", "locked", "deadlock", "collector error", "tick failed")
 
 
