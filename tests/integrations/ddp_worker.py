@@ -80,3 +80,21 @@ def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
         with collector.watch(model, run="fsdp", **kw) as monitor:
             train(model, monitor, 5, rank=rank, world=world)
     dist.destroy_process_group()
+
+
+def trainer(rank: int, world: int, port: int, url: str, out: str) -> None:
+    """transformers.Trainer under DDP (gloo), launched the way torchrun sets the environment."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    from collector.integrations.huggingface import TripwireCallback
+    from tests.integrations.test_huggingface import _train  # imports transformers
+
+    callback = TripwireCallback(db=url, every=2, spool_dir=Path(out) / f"spool{rank}")
+    _train(Path(out), [callback], ddp_backend="gloo", run_name="hf-ddp")
+    Path(out, f"trainer{rank}.json").write_text(json.dumps({"errors": callback.monitor.errors}))

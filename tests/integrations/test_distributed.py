@@ -91,3 +91,21 @@ def test_fsdp2_sharded_weights_give_the_statistics_of_the_full_matrix(ddp_run):
     db = Database(url)
     layers = {layer.name: layer.shape for layer in runs.layers(db, runs.find_run(db, "fsdp").id)}
     assert layers == {"fc1": [32, 12], "fc2": [32, 32], "head": [3, 32]}  # full shapes, not shards
+
+
+def test_trainer_under_ddp_writes_one_run_with_both_ranks_inputs(tmp_path):
+    pytest.importorskip("transformers")
+    url = f"sqlite:///{tmp_path / 'tripwire.db'}"
+    mp.spawn(ddp_worker.trainer, args=(2, free_port(), url, str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"trainer{r}.json").read_text()) for r in (0, 1)] == [
+        {"errors": 0},
+        {"errors": 0},
+    ]
+    (run,) = runs.list_runs(Database(url))
+    assert run.name == "hf-ddp" and run.status == "finished"
+    assert run.config["tripwire"]["world_size"] == 2
+    rows = layer_table(url, "hf-ddp")
+    assert {s for s, _ in rows} == {2, 4}
+    assert (
+        sum(rows[(2, "model.layers.0.self_attn.q_proj")].sa_hist) == 2 * 4 * 8
+    )  # 2 ranks × 4 × SEQ

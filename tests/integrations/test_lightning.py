@@ -126,3 +126,15 @@ def test_halt_on_alert_sets_should_stop(sqlite_url, tmp_path):
     assert trainer.should_stop and trainer.global_step == 2  # fired after step 0, seen after step 1
     run = runs.find_run(Database(sqlite_url), "halted")
     assert run.status == "failed" and "halt_on_alert" in run.error
+
+
+@pytest.mark.slow
+def test_ddp_spawn_on_two_cpu_processes_writes_one_run(sqlite_url, tmp_path):
+    callback = TripwireCallback(run="ddp", db=sqlite_url, every=2, spool_dir=tmp_path)
+    _fit([callback], strategy="ddp_spawn", devices=2)
+    (run,) = runs.list_runs(Database(sqlite_url))
+    assert run.status == "finished" and run.config["tripwire"]["world_size"] == 2
+    assert run.config["trainer"]["strategy"] == "DDPStrategy"
+    rows = layer_table(sqlite_url, "ddp")
+    assert {s for s, _ in rows} == {0, 2}
+    assert sum(rows[(0, "fc1")].sa_hist) == 2 * 4 * TOKENS  # both ranks' batches
