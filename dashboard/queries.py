@@ -22,6 +22,9 @@ from storage.db import utcnow
 LIVE_TTL_S = 3
 """Data of live runs changes every few seconds; pages refresh at about this pace."""
 STATIC_TTL_S = 60
+SERIES_TTL_S = 600
+"""Series queries take a ``version`` (the run's last step and status) in their cache key, so a
+finished run's page is computed once and a live run's whenever it has new steps."""
 
 
 def db_url() -> str:
@@ -87,13 +90,14 @@ def step_bounds(url: str, run_id: int) -> tuple[int | None, int | None]:
     return (0 if last is not None else None), last
 
 
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+@st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
 def scalars(
     url: str,
     run_id: int,
     keys: tuple[str, ...],
     start: int | None,
     end: int | None,
+    version: tuple = (),
     max_points: int = 2000,
 ):
     return series.scalar_frame(
@@ -101,13 +105,14 @@ def scalars(
     )
 
 
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+@st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
 def layer_grids(
     url: str,
     run_id: int,
     stats_: tuple[str, ...],
     start: int | None,
     end: int | None,
+    version: tuple = (),
     max_steps: int = 400,
 ) -> dict:
     return series.layer_matrices(
@@ -121,16 +126,41 @@ def layer_grids(
     )
 
 
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def sa_hist(url: str, run_id: int, layer: str, start: int | None, end: int | None):
+@st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
+def sa_hist(
+    url: str, run_id: int, layer: str, start: int | None, end: int | None, version: tuple = ()
+):
     return series.sa_hist_series(database(url), run_id, layer, start=start, end=end)
 
 
-@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+@st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
 def layer_lines(
-    url: str, run_id: int, layers: tuple[str, ...], stat: str, start: int | None, end: int | None
+    url: str,
+    run_id: int,
+    layers: tuple[str, ...],
+    stat: str,
+    start: int | None,
+    end: int | None,
+    version: tuple = (),
 ):
     return series.layer_lines(database(url), run_id, list(layers), stat, start=start, end=end)
+
+
+def refresh_seconds(last_step: int | None, every: int | None, n_layers: int) -> int:
+    """How often a live run's page refreshes: every few seconds, slower for huge runs.
+
+    Each refresh of a live run re-reads its layer statistics (their grid cannot be cached
+    while it grows), so the pace follows the number of stored rows.
+
+    >>> refresh_seconds(1000, 10, 48), refresh_seconds(100_000, 10, 200)
+    (3, 60)
+    """
+    rows = ((last_step or 0) // max(every or 10, 1)) * max(n_layers, 1)
+    if rows > 1_000_000:
+        return 60
+    if rows > 200_000:
+        return 15
+    return LIVE_TTL_S
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)

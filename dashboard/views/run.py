@@ -64,18 +64,20 @@ per_layer_stat = st.sidebar.radio(
     ["grad_norm", "weight_norm", "sigma1", "stable_rank"],
     format_func=lambda s: figures.STAT_TITLES[s],
 )
+refresh = queries.refresh_seconds(summary.get("last_step"), run.get("every"), len(layers))
 if live:
-    st.sidebar.caption(f"Live: refreshing every {queries.LIVE_TTL_S} s.")
+    st.sidebar.caption(f"Live: refreshing every {refresh} s.")
 
 
 def _step_of(alert) -> int:
     return alert.fired_step if alert.fired_step is not None else alert.first_step
 
 
-@st.fragment(run_every=queries.LIVE_TTL_S if live else None)
+@st.fragment(run_every=refresh if live else None)
 def body() -> None:
     rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
     info = rows[0] if rows else summary
+    version = (info.get("last_step"), info["status"])  # new steps → new cache entries
     st.title(run["name"])
     st.caption(
         f"project {run['project']} · started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC"
@@ -94,13 +96,20 @@ def body() -> None:
         for a in run_alerts
         if (start is None or _step_of(a) >= start) and (end is None or _step_of(a) <= end)
     ]
-    frames = [queries.scalars(url, run_id, ("loss", "lr", "grad_norm"), start, end)]
+    frames = [queries.scalars(url, run_id, ("loss", "lr", "grad_norm"), start, end, version)]
     if overlay:
         frames[0] = frames[0].assign(run=run["name"])
         for uid in overlay:
             other = queries.find_run(url, uid)
             if other:
-                df = queries.scalars(url, other["id"], ("loss", "lr", "grad_norm"), start, end)
+                df = queries.scalars(
+                    url,
+                    other["id"],
+                    ("loss", "lr", "grad_norm"),
+                    start,
+                    end,
+                    (other["last_step"], other["status"]),
+                )
                 frames.append(df.assign(run=f"{other['name']} ({uid[:6]})"))
     scalars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     st.plotly_chart(
@@ -110,7 +119,7 @@ def body() -> None:
     )
 
     stats = ("sa_imbalance", per_layer_stat)
-    grids = queries.layer_grids(url, run_id, stats, start, end)
+    grids = queries.layer_grids(url, run_id, stats, start, end, version)
     sa_grid = grids["sa_imbalance"]
     st.subheader("Spectral alignment")
     st.plotly_chart(
@@ -132,7 +141,7 @@ def body() -> None:
         layer = st.selectbox("Layer", layers, index=index, key=f"layer-{run_id}")
         st.plotly_chart(
             figures.sa_hist_figure(
-                queries.sa_hist(url, run_id, layer, start, end), mark_step=mark_step
+                queries.sa_hist(url, run_id, layer, start, end, version), mark_step=mark_step
             ),
             theme=None,
             key="sa_hist",
@@ -150,7 +159,7 @@ def body() -> None:
         chosen = st.multiselect(
             "Layers to plot", layers, default=[layer] if layer else [], key=f"lines-{run_id}"
         )
-        lines = queries.layer_lines(url, run_id, tuple(chosen), per_layer_stat, start, end)
+        lines = queries.layer_lines(url, run_id, tuple(chosen), per_layer_stat, start, end, version)
         st.plotly_chart(
             figures.layer_lines_figure(
                 lines, per_layer_stat, log_y=per_layer_stat in figures.LOG_COLOR_STATS
