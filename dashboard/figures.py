@@ -94,7 +94,7 @@ def scalars_figure(
     keys: Sequence[str] = ("loss", "lr", "grad_norm"),
     alerts: Iterable = (),
     mark_step: int | None = None,
-    log_y: Sequence[str] = (),
+    log_y: Sequence[str] | None = None,
     height_per_row: int = 210,
 ) -> go.Figure:
     """Stacked line charts of a run's scalars sharing one step axis, with alert markers.
@@ -103,6 +103,8 @@ def scalars_figure(
     overlaid, one colour per run). ``alerts`` are objects with ``predictor``, ``layer``,
     ``severity``, ``state``, ``first_step``, ``fired_step`` and ``message``: each is a marker
     on the first chart at the step it fired (hover shows it) and a dotted line across all.
+    ``log_y`` names the keys drawn on a log axis; by default those whose positive values span
+    more than three decades (an exploded loss would flatten everything before it).
 
     >>> scalars_figure(series.scalar_frame(db, run.id), alerts=list_alerts(db, run_id=run.id))  # doctest: +SKIP
     """
@@ -154,13 +156,19 @@ def scalars_figure(
                     row=row,
                     col=1,
                 )
-        if key in log_y:
+        if (key in log_y) if log_y is not None else _spans_decades(finite_values):
             fig.update_yaxes(type="log", row=row, col=1)
     _add_alert_markers(fig, df, keys[0] if keys else None, alerts)
     if mark_step is not None:
         fig.add_vline(x=mark_step, line_color="#444", line_width=1, row="all", col=1)
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
     return _base_layout(fig, None, height_per_row * len(keys) + 60)
+
+
+def _spans_decades(values: list[float], decades: float = 3.0) -> bool:
+    if not values or min(values) <= 0:
+        return False
+    return math.log10(max(values) / min(values)) > decades
 
 
 def _alert_step(alert) -> int | None:

@@ -15,12 +15,21 @@ COLLAPSE_D = 0.5
 
 
 def first_crossings(matrix, threshold: float = COLLAPSE_D) -> list[tuple[str, int]]:
-    """(layer, first step) for each layer whose value reaches ``threshold`` or is non-finite,
-    earliest first, ties in model order."""
+    """(layer, first step) for each layer whose value reaches ``threshold``, earliest first,
+    ties in model order. Non-finite values do not count (see :func:`first_nonfinite`)."""
+    return _first(matrix, lambda v: math.isfinite(v) and v >= threshold)
+
+
+def first_nonfinite(matrix) -> list[tuple[str, int]]:
+    """(layer, first step) for each layer with a NaN or ±Inf, earliest first."""
+    return _first(matrix, lambda v: not math.isfinite(v))
+
+
+def _first(matrix, hit) -> list[tuple[str, int]]:
     found = []
     for order, (name, row) in enumerate(zip(matrix.layers, matrix.z, strict=True)):
         for step, value in zip(matrix.steps, row, strict=True):
-            if value is not None and (not math.isfinite(value) or value >= threshold):
+            if value is not None and hit(value):
                 found.append((step, order, name))
                 break
     return [(name, step) for step, _, name in sorted(found)]

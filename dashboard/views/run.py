@@ -127,12 +127,15 @@ def body() -> None:
         theme=None,
         key="sa_heatmap",
     )
-    crossings = insights.first_crossings(sa_grid)
-    if crossings:
-        listed = ", ".join(f"`{name}` at step {step}" for name, step in crossings[:5])
-        more = f" and {len(crossings) - 5} more" if len(crossings) > 5 else ""
-        st.caption(f"First to collapse (D ≥ {insights.COLLAPSE_D}): {listed}{more}.")
-    elif sa_grid.steps:
+    for label, found in (
+        (f"First to collapse (D ≥ {insights.COLLAPSE_D})", insights.first_crossings(sa_grid)),
+        ("First non-finite", insights.first_nonfinite(sa_grid)),
+    ):
+        if found:
+            listed = ", ".join(f"`{name}` at step {step}" for name, step in found[:5])
+            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+            st.caption(f"{label}: {listed}{more}.")
+    if sa_grid.steps and not insights.first_crossings(sa_grid):
         st.caption(f"No layer has reached D ≥ {insights.COLLAPSE_D}.")
 
     if layers:

@@ -135,3 +135,25 @@ def test_colour_scales_avoid_streamlits_placeholder_colours():
     stops = figures.colorscale("Inferno")
     assert stops[0][1] == "#010105" and stops[-1][1] == "#fcffa4"
     assert figures.colorscale("Viridis")[0][1] == "#440154"
+
+
+def test_real_exploded_run_loss_on_log_axis_with_non_finite_marks(real_dbs):
+    url, uid = real_dbs["alerts"]
+    db = Database(url)
+    from storage import runs
+
+    run = runs.find_run(db, uid)
+    df = series.scalar_frame(db, run.id)
+    fig = figures.scalars_figure(df, alerts=list_alerts(db, run_id=run.id))
+    assert fig.layout.yaxis.type == "log"  # the loss spans ~30 decades
+    assert fig.layout.yaxis3.type != "log"  # the gradient norm does not (before it went NaN)
+    assert any(t.name == "non-finite" for t in fig.data)
+    assert any(t.name == "critical alert" for t in fig.data)
+    grid = series.layer_matrix(db, run.id, "sa_imbalance")
+    nonfinite = insights.first_nonfinite(grid)
+    assert nonfinite and all(step > 50 for _, step in nonfinite)
+    assert all(
+        name not in dict(nonfinite) or step < dict(nonfinite)[name]
+        for name, step in insights.first_crossings(grid)
+    )
+    db.dispose()
