@@ -79,3 +79,33 @@ def test_run_link_by_name_and_alert_markers(scenario_db):
     scalars = at.get("plotly_chart")[0].proto.spec
     assert "non_finite" in scalars and "critical alert" in scalars
     assert at.title[0].value == "exploded"
+
+
+def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
+    from sample_runs import populate
+
+    from storage import Database
+    from storage.alerts import active_silences, unsilence_run
+    from storage.db import utcnow
+
+    url = f"sqlite:///{tmp_path / 'silence.db'}"
+    db = Database(url)
+    db.upgrade()
+    populate(db, "alerts")
+    run_id = 1
+    unsilence_run(db, run_id)
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+    at = _run(DASHBOARD / "views" / "alerts.py")
+    _assert_clean(at)
+    form_run = next(s for s in at.selectbox if s.label == "Run" and s.options[0] != "(all)")
+    form_run.set_value(run_id)
+    at.number_input[0].set_value(3.0)
+    at.text_input[0].input("rerunning with a lower lr")
+    next(b for b in at.button if b.label == "Silence").click()
+    at.run()
+    _assert_clean(at)
+    assert any("Silenced" in s.value for s in at.success)
+    (silence,) = active_silences(db, utcnow(), run_id)
+    assert silence.reason == "rerunning with a lower lr" and silence.created_by == "dashboard"
+    assert 2.9 * 3600 < (silence.until - utcnow()).total_seconds() <= 3 * 3600
+    db.dispose()
