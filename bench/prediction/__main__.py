@@ -1,8 +1,9 @@
 """``python -m bench.prediction``: train or reuse the suite, backtest every predictor, print tables.
 
-python -m bench.prediction                 # reuse the recorded runs (no training)
+python -m bench.prediction                 # reuse the recorded runs, write docs/benchmarks.md
+python -m bench.prediction --no-write      # print only
 python -m bench.prediction --retrain       # train every run again and re-record it
-python -m bench.prediction --runs gpt-lr-ramp,gpt-lr-ramp-safe
+python -m bench.prediction --runs gpt-lr-ramp,gpt-lr-ramp-safe   # a subset, print only
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from alerts.config import Config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
 from bench.prediction.candidates import CANDIDATES
-from bench.prediction.evaluate import score_suite
-from bench.prediction.record import ensure_recorded
+from bench.prediction.evaluate import backtest, loss_series, score_suite
+from bench.prediction.record import PROJECT, ensure_recorded
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import BY_NAME, SUITE
+from storage import runs as run_store
 from storage.db import Database
 
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
+FIGURE_RUNS = ["gpt-lr-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 
 def default_sources(config: Config, label: str = "default") -> dict[str, tuple[str, set[str]]]:
@@ -45,14 +48,38 @@ def explore(db: Database, suite: list) -> dict:
     return score_suite(db, suite, configs, sources)
 
 
+def figures(db: Database, config: Config) -> list[str]:
+    """Loss + SA heatmap PNGs of a few runs under docs/img/; [] without matplotlib."""
+    try:
+        from bench.prediction.plots import IMG, loss_and_sa
+    except ImportError:
+        return []
+    names = []
+    for name in FIGURE_RUNS:
+        spec = BY_NAME[name]
+        run = run_store.find_run(db, name, project=PROJECT)
+        explosion, alerts = backtest(db, spec, config)
+        try:
+            out = loss_and_sa(
+                db,
+                run.id,
+                name,
+                loss_series(db, run.id),
+                explosion,
+                alerts,
+                IMG / f"prediction-{name}.png",
+            )
+        except ImportError:
+            return []
+        names.append(out.name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.prediction", description=__doc__)
     parser.add_argument("--runs", help="comma-separated run names (default: the whole suite)")
     parser.add_argument("--retrain", action="store_true", help="train and re-record every run")
-    parser.add_argument("--explore", action="store_true", help="also score every candidate")
-    parser.add_argument(
-        "--calibrated", action="store_true", help="also score leave-twins-out calibration"
-    )
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--db", help="database URL to fill (default: a temporary SQLite file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -66,23 +93,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name}: {how}", file=sys.stderr, flush=True)
         config = Config()
         scores = score_suite(db, suite, {"default": config}, default_sources(config))
-        print("## Summary (default parameters)\n")
-        print(summary(scores))
-        print("\n## Per run\n")
-        print(per_run(scores))
-        if args.calibrated:
-            calibrated, used = score_calibrated(db, suite)
-            print("\n## Calibrated on other stable runs of the same architecture\n")
-            print(summary(calibrated))
-            print("\n## Calibrated, per run\n")
-            print(per_run(calibrated))
-            print("\nhealthy runs used:", used, file=sys.stderr)
-        if args.explore:
-            explored = explore(db, suite)
-            print("\n## Candidate formulations (each alone)\n")
-            print(summary(explored))
-            print("\n## Candidates per run\n")
-            print(per_run(explored))
+        print("### Shipped defaults\n\n" + summary(scores) + "\n\n" + per_run(scores))
+        if args.runs:
+            return 0
+        calibrated, _ = score_calibrated(db, suite)
+        print("\n### Calibrated (leave twins out)\n\n" + summary(calibrated))
+        print("\n" + per_run(calibrated))
+        explored = explore(db, suite)
+        print("\n### Candidates\n\n" + summary(explored))
+        if not args.no_write:
+            from bench.common import write_section
+            from bench.prediction.docs import section
+
+            images = figures(db, config)
+            explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
+            write_section("Prediction", section(scores, calibrated, explored, explosions, images))
+            print("(written to docs/benchmarks.md)", file=sys.stderr)
     return 0
 
 

@@ -43,7 +43,7 @@ CANDIDATES: list[Candidate] = [
         note="D ≥ 0.9 using 80% of the headroom, 5 checks in a row",
     ),
     Candidate(
-        "sa_shift mean|SA|",
+        "sa_shift mean abs SA",
         "sa_shift",
         {"stat": "sa_abs_mean"},
         note="mean |SA| jumps above own history, ≥30% of layers",

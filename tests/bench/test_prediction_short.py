@@ -1,0 +1,53 @@
+"""Short form of the prediction benchmark: one divergent and one stable run, replayed from
+their recordings through the same backtest as ``tripwire evaluate``: the default rule set warns
+on the first at least 5 steps before it explodes and stays silent on the second."""
+
+from __future__ import annotations
+
+from alerts.config import Config
+from bench.prediction.__main__ import DEFAULT_SET, default_sources
+from bench.prediction.evaluate import score_suite
+from bench.prediction.record import load_export, replay
+from bench.prediction.runs import BY_NAME
+from storage import Database
+
+
+def test_defaults_warn_before_a_divergent_run_and_stay_silent_on_its_stable_twin(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'bench.db'}")
+    db.upgrade()
+    suite = [BY_NAME["gpt-attn-noqk"], BY_NAME["gpt-attn-qknorm"]]
+    for spec in suite:
+        data = load_export(spec)
+        assert data is not None, f"recording of {spec.name} missing or stale"
+        replay(data, db)
+    config = Config()
+    score = score_suite(db, suite, {"default": config}, default_sources(config))[DEFAULT_SET]
+    divergent, stable = score.outcomes
+    assert divergent.explosion is not None and divergent.explosion >= 150
+    assert divergent.verdict == "warned", divergent
+    assert divergent.lead >= 5
+    assert stable.verdict == "quiet", stable
+
+
+def test_calibrate_writes_thresholds_learned_from_healthy_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from alerts.config import load_config
+    from tripwire.cli import cli
+
+    url = f"sqlite:///{tmp_path / 'cal.db'}"
+    db = Database(url)
+    db.upgrade()
+    replay(load_export(BY_NAME["gpt-lr-hold"]), db)
+    path = tmp_path / "tripwire.toml"
+    path.write_text("[engine]\ninterval_s = 5.0\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--db", url, "--runs", "gpt-lr-hold", "--config", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    config = load_config(path)
+    assert config.engine.interval_s == 5.0  # other settings kept
+    rule = config.rules()["weight_growth"]
+    assert rule.params["max_rate"] != 0.01  # learned, not the default
+    missing = CliRunner().invoke(cli, ["calibrate", "--db", url, "--runs", "nope"])
+    assert missing.exit_code == 1 and "nope" in missing.output
