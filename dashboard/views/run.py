@@ -50,11 +50,15 @@ live = summary["status"] == "running"
 
 # -- controls ------------------------------------------------------------------------------------
 if last is not None and last > 0:
-    start, end = st.sidebar.slider(
-        "Step range", min_value=0, max_value=int(last), value=(0, int(last)), key=f"range-{run_id}"
-    )
-    if start == 0 and end == last:
-        start, end = None, None  # the whole run, growing while it is live
+    range_key, seen_key = f"range-{run_id}", f"range-max-{run_id}"
+    lo, hi = st.session_state.get(range_key, (0, int(last)))
+    if hi == st.session_state.get(seen_key, hi):
+        hi = int(last)  # the range ended at the last step: keep following a live run
+    st.session_state[range_key] = (min(lo, int(last)), min(hi, int(last)))
+    st.session_state[seen_key] = int(last)
+    start, end = st.sidebar.slider("Step range", min_value=0, max_value=int(last), key=range_key)
+    start = None if start == 0 else start
+    end = None if end == last else end  # open-ended: grows while the run is live
 else:
     start, end = None, None
 others = {uid: label for uid, label in labels.items() if uid != run["uid"]}

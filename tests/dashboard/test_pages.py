@@ -109,3 +109,19 @@ def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
     assert silence.reason == "rerunning with a lower lr" and silence.created_by == "dashboard"
     assert 2.9 * 3600 < (silence.until - utcnow()).total_seconds() <= 3 * 3600
     db.dispose()
+
+
+def test_step_range_selector_narrows_every_chart(scenario_db):
+    import json
+
+    _url, uid, scenario = scenario_db
+    if scenario != "live":
+        pytest.skip("live scenario only")
+    at = _run(DASHBOARD / "views" / "run.py", {"run": uid})
+    at.sidebar.slider[0].set_range(10, 30).run()
+    _assert_clean(at)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    loss = next(t for t in charts[0]["data"] if t.get("name") == "loss")
+    assert min(loss["x"]) == 10 and max(loss["x"]) == 30
+    heat = charts[1]["data"][0]
+    assert heat["type"] == "heatmap" and min(heat["x"]) >= 10 and max(heat["x"]) <= 30
