@@ -7,7 +7,8 @@ scripts directly by URL, around this entry point and its password gate). The run
 
 import streamlit as st
 
-from dashboard import auth
+from dashboard import auth, queries
+from storage import StorageError
 
 st.set_page_config(page_title="Tripwire", page_icon="⚡", layout="wide")
 
@@ -22,5 +23,10 @@ allowed = auth.allowed()
 page = st.navigation(pages, position="sidebar" if allowed else "hidden")
 if not allowed:
     auth.login_form()
+    st.stop()
+try:
+    queries.database(queries.db_url())
+except StorageError as exc:  # unreachable, or a schema that needs `tripwire db upgrade`
+    st.error(f"Cannot use the database: {exc}")
     st.stop()
 page.run()

@@ -125,3 +125,11 @@ def test_step_range_selector_narrows_every_chart(scenario_db):
     assert min(loss["x"]) == 10 and max(loss["x"]) == 30
     heat = charts[1]["data"][0]
     assert heat["type"] == "heatmap" and min(heat["x"]) >= 10 and max(heat["x"]) <= 30
+
+
+def test_an_unreachable_database_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_DB_URL", "postgresql+psycopg://nobody:pw-secret@127.0.0.1:1/none")
+    at = _run(DASHBOARD / "app.py")
+    assert not at.exception
+    assert at.error and "Cannot use the database" in at.error[0].value
+    assert "pw-secret" not in at.error[0].value
