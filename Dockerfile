@@ -31,7 +31,7 @@ COPY alerts ./alerts
 COPY dashboard ./dashboard
 # --no-deps: torch (a core dependency for trainers) stays out of the server image.
 RUN pip install --no-deps . && \
-    useradd --system --uid 10001 --home-dir /app tripwire
+    useradd --system --uid 10001 --create-home tripwire  # Streamlit writes ~/.streamlit
 
 USER tripwire
 EXPOSE 8501
