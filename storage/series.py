@@ -17,10 +17,11 @@ a NaN reports it as its maximum.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, or_, select, text
 
 from storage._models import SqlAlert, SqlLayer, SqlLayerStat, SqlProject, SqlRun, SqlScalar
 from storage.db import Database, utcnow
@@ -28,6 +29,9 @@ from storage.entities import LAYER_STATISTICS
 
 DEFAULT_STALLED_AFTER_S = 600.0
 """A running run with no heartbeat for this long shows as ``stalled``."""
+
+SORT_CACHE_KIB = 65_536
+"""SQLite page cache (KiB) while a layer × step grid is aggregated; restored afterwards."""
 
 AGGREGATES = ("max", "min")
 """How a layer × step cell summarises its bucket. No mean: SQLite would read a NaN as 0."""
@@ -56,6 +60,20 @@ class HistSeries:
     counts: list[list[int]]
     sa_pos: list[float | None]
     bin_edges: list[float] = field(default_factory=list)
+
+
+@contextmanager
+def _sqlite_cache(session, kib: int):
+    """Temporarily raise SQLite's page cache on this session's connection (no-op elsewhere)."""
+    if session.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    before = session.execute(text("PRAGMA cache_size")).scalar()
+    session.execute(text(f"PRAGMA cache_size = -{int(kib)}"))
+    try:
+        yield
+    finally:
+        session.execute(text(f"PRAGMA cache_size = {int(before)}"))
 
 
 def _step_range(query_min_max) -> tuple[int | None, int | None]:
@@ -192,12 +210,15 @@ def layer_matrices(
             for st in stats
         ]
         # One scan for every statistic. On SQLite the GROUP BY sorts all the run's rows
-        # (about 4.5 s of CPU for 200 layers x 10 000 checks); PostgreSQL hash-aggregates.
-        rows = s.execute(
+        # (200 layers x 10 000 checks: 4.7 s of CPU with the default 2 MB page cache, 3.3 s
+        # with 64 MB, which keeps the sort in memory); PostgreSQL hash-aggregates.
+        query = (
             select(SqlLayerStat.layer_id, bucket, func.min(SqlLayerStat.step), *aggs)
             .where(*where)
             .group_by(SqlLayerStat.layer_id, bucket)
-        ).all()
+        )
+        with _sqlite_cache(s, SORT_CACHE_KIB):
+            rows = s.execute(query).all()
     first_step: dict[int, int] = {}
     for _, b, step, *_ in rows:
         first_step[b] = min(step, first_step.get(b, step))
