@@ -139,6 +139,7 @@ def writer_throughput(url: str, layers: int, checks: int, every: int, spool: Pat
     writer.flush()
     records = [r for c in range(checks) for r in check_records((c + 1) * every, names, every, rng)]
     rows = sum(len(payload) for _, payload in records)
+    cpu0 = _thread_cpu_s(writer._thread.native_id)
     t0 = time.perf_counter()
     put_t0 = time.thread_time()
     for kind, payload in records:
@@ -146,6 +147,7 @@ def writer_throughput(url: str, layers: int, checks: int, every: int, spool: Pat
     put_s = time.thread_time() - put_t0
     done = writer.flush(timeout=600)
     elapsed = time.perf_counter() - t0
+    cpu = _thread_cpu_s(writer._thread.native_id) - cpu0
     writer.close()
     db.dispose()
     return {
@@ -154,8 +156,19 @@ def writer_throughput(url: str, layers: int, checks: int, every: int, spool: Pat
         "rows_per_s": rows / elapsed,
         "checks_per_s": checks / elapsed,
         "put_us_per_check": put_s / checks * 1e6,
+        "writer_cpu_us_per_row": cpu / rows * 1e6,
         "complete": done and writer.rows_written == rows and not writer.spooled,
     }
+
+
+def _thread_cpu_s(native_id: int) -> float:
+    """CPU seconds a thread of this process has used (the writer's own cost, server excluded)."""
+    import psutil
+
+    for t in psutil.Process().threads():
+        if t.id == native_id:
+            return t.user_time + t.system_time
+    return 0.0
 
 
 def size_per_checks(url: str, layers: int, checks: int, every: int, spool: Path) -> float:
@@ -258,6 +271,7 @@ def report(results: dict, args) -> str:
                 f"{w['rows_per_s']:,.0f}",
                 f"{w['checks_per_s']:.1f}",
                 f"{w['put_us_per_check']:.0f}",
+                f"{w['writer_cpu_us_per_row']:.1f}",
                 "yes" if w["complete"] else "NO",
                 f"{r['size'] / 2**20:.1f}",
                 "" if t is None else f"{t['first_s']:.2f}",
@@ -270,7 +284,8 @@ def report(results: dict, args) -> str:
         f"({args.layers} layer rows with all statistics and a {BINS}-bin histogram, plus 40 "
         "scalar rows, per check) as fast as `put()` takes them; rows per second from the first "
         "record queued to the last one committed; *put* is the training thread's cost of "
-        "queueing one check. *Size*: growth per 1 000 checks of a "
+        "queueing one check; *writer thread CPU* is the client's own work per row (the "
+        "database server's work excluded). *Size*: growth per 1 000 checks of a "
         f"{args.layers}-layer model at every=10 (layer rows and the 10 000 steps' scalars, "
         "indexes included). *Scheduler*: `AlertService(db).tick()` with "
         f"{args.runs} live runs of 17 layers, first tick catching up on {args.tick_checks} "
@@ -282,6 +297,7 @@ def report(results: dict, args) -> str:
                 "writer rows/s",
                 "checks/s",
                 "put µs/check",
+                "writer thread CPU µs/row",
                 "all rows written",
                 "MiB per 1 000 checks",
                 "scheduler first tick s",

@@ -3,17 +3,54 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from storage._models import SqlLayer, SqlLayerStat, SqlScalar
 from storage.db import Database
 from storage.entities import LAYER_STATISTICS, LayerStat, ScalarPoint
-from storage.upsert import insert_ignore
+from storage.types import Counts
+
+
+def _bulk_insert_ignore(session: Session, table, rows: list[dict]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING of many rows, the fast way for each backend.
+
+    Core, not the ORM's bulk path (which costs more Python per row than the database does).
+    SQLite: one ``executemany`` (sqlite3 loops in C). PostgreSQL: one statement per call that
+    ``unnest``s one array per column, instead of psycopg's one statement per row.
+    """
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        _pg_unnest_insert(session, table, rows, keys)
+    else:
+        session.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
+
+
+def _pg_unnest_insert(session: Session, table, rows: list[dict], keys: list[str]) -> None:
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer
+    columns, casts, arrays = [], [], []
+    for key in keys:
+        column = table.c[key]
+        values = [row.get(key) for row in rows]
+        if isinstance(column.type, Counts):
+            values = [column.type.process_bind_param(v, dialect) for v in values]
+        columns.append(quote.quote(key))
+        casts.append(f"%s::{column.type.compile(dialect=dialect)}[]")
+        arrays.append(values)
+    sql = (
+        f"INSERT INTO {quote.format_table(table)} ({', '.join(columns)}) "
+        f"SELECT * FROM unnest({', '.join(casts)}) ON CONFLICT DO NOTHING"
+    )
+    session.connection().exec_driver_sql(sql, tuple(arrays))
 
 
 def write_scalars(session: Session, run_id: int, rows: list[dict]) -> None:
     """Insert dicts with step, key, value, wall_time; a (run, key, step) already stored is kept."""
-    insert_ignore(session, SqlScalar, [{"run_id": run_id, **row} for row in rows])
+    _bulk_insert_ignore(session, SqlScalar.__table__, [{"run_id": run_id, **row} for row in rows])
 
 
 def write_layer_stats(
@@ -26,7 +63,7 @@ def write_layer_stats(
         row["layer_id"] = layer_ids[row.pop("layer")]
         row["run_id"] = run_id
         payload.append(row)
-    insert_ignore(session, SqlLayerStat, payload)
+    _bulk_insert_ignore(session, SqlLayerStat.__table__, payload)
 
 
 def scalar_series(

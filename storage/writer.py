@@ -186,7 +186,29 @@ class BatchWriter:
         """Write records in order in one transaction; caches change only once it committed."""
         run_id, layer_ids, written = self.run_id, dict(self._layer_ids), 0
         with self.db.session() as session:
+            # Consecutive data records go to the database as one bulk insert per table: the
+            # statement overhead is paid per batch, not per check.
+            scalars: list[dict] = []
+            layer_rows: list[dict] = []
+
+            def write_data() -> None:
+                if scalars:
+                    stats.write_scalars(session, run_id, scalars)
+                if layer_rows:
+                    stats.write_layer_stats(session, run_id, layer_ids, layer_rows)
+                scalars.clear()
+                layer_rows.clear()
+
             for kind, payload in records:
+                if kind == "scalars" and run_id is not None:
+                    scalars += payload
+                    written += len(payload)
+                    continue
+                if kind == "layer_stats" and run_id is not None:
+                    layer_rows += payload
+                    written += len(payload)
+                    continue
+                write_data()
                 if kind == "start":
                     spec = dict(
                         payload["run"], started_at=_to_datetime(payload["run"]["started_at"])
@@ -197,17 +219,12 @@ class BatchWriter:
                     continue  # cannot happen: the start record always comes first
                 elif kind == "layers":
                     layer_ids = runs.ensure_layers(session, run_id, payload)
-                elif kind == "scalars":
-                    stats.write_scalars(session, run_id, payload)
-                    written += len(payload)
-                elif kind == "layer_stats":
-                    stats.write_layer_stats(session, run_id, layer_ids, payload)
-                    written += len(payload)
                 elif kind == "finish":
                     at = _to_datetime(payload["at"])
                     runs.finish(
                         session, run_id, status=payload["status"], at=at, error=payload.get("error")
                     )
+            write_data()
             if run_id is not None:
                 runs.touch(session, run_id, last_step=self._last_step, at=_to_datetime(time.time()))
         self.run_id, self._layer_ids = run_id, layer_ids
