@@ -69,9 +69,14 @@ CANDIDATES: list[Candidate] = [
     # --- weights / spectrum -------------------------------------------------------------------
     Candidate("weight_growth (default)", "weight_growth", note="any one layer's σ1 > 1%/step"),
     Candidate("weight_growth 2%", "weight_growth", {"max_rate": 0.02}),
-    Candidate("sigma_surge 0.5%/50%", "sigma_surge", note="σ1 > 0.5%/step in ≥50% of layers"),
-    Candidate("sigma_surge 1%/50%", "sigma_surge", {"max_rate": 0.01}),
-    Candidate("sigma_surge 0.5%/30%", "sigma_surge", {"min_layers": 0.3}),
+    Candidate(
+        "sigma_surge 0.5%/50%",
+        "sigma_surge",
+        {"max_rate": 0.005},
+        note="σ1 > 0.5%/step in ≥50% of layers",
+    ),
+    Candidate("sigma_surge 1%/50% (default)", "sigma_surge", {"max_rate": 0.01}),
+    Candidate("sigma_surge 0.5%/30%", "sigma_surge", {"max_rate": 0.005, "min_layers": 0.3}),
     Candidate("sigma_surge 0.3%/70%", "sigma_surge", {"max_rate": 0.003, "min_layers": 0.7}),
     # --- σ1 surge gated on the loss climbing off its minimum ------------------------------------
     *[

@@ -103,12 +103,13 @@ centred per batch were not explored (the collector does not record them).
 
 {summary(explored)}
 
-**What SA does here.** The SA level (`sa_collapse`) is the earliest signal on every divergent
-run (median lead in the table above) but it rings on 5 of 6 stable runs and before the
-control's change: after LayerNorm and GELU, `D` is near 1 in many layers of healthy training.
-Against each layer's own history (`sa_shift`) SA is quiet but mostly misses; `D` never moves
-enough. On these runs SA does not beat the spectral signals, and no formulation reaches 50 steps
-of median lead without false alarms.
+**What SA does here.** The SA level (`sa_collapse`) warns on every divergent run with the
+longest median lead, but it rings on 5 of 6 stable runs and before the control's change: after
+LayerNorm and GELU, `D` is near 1 in many layers of healthy training. Stricter settings still
+cry wolf. Against each layer's own history (`sa_shift`) SA rarely false-alarms but mostly
+misses; `D` never moves enough. On these runs SA does not lead usefully on any mechanism once
+false alarms are counted; no formulation warns on every divergent run without false alarms
+(the best silent ones warn 3–4 of 7).
 
 ### Figures
 
