@@ -183,7 +183,8 @@ def page_queries(db: Database, run_id: int) -> dict:
 
 
 def browser_load(url: str, uid: str, repeats: int) -> list[float]:
-    """Seconds from navigation to the run page until all five charts are drawn, per load."""
+    """(seconds to load the chart-less Health page, [seconds until the run page's five charts
+    are drawn, per load])."""
     from playwright.sync_api import sync_playwright
 
     from dashboard import server
@@ -206,6 +207,13 @@ def browser_load(url: str, uid: str, repeats: int) -> list[float]:
                     "--disable-background-networking",
                 ],
             )
+            # The fixed cost of Streamlit in this browser: a page with no charts.
+            page = browser.new_context().new_page()
+            t = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/health")
+            page.get_by_role("heading", name="Health").wait_for(timeout=300_000)
+            baseline = time.perf_counter() - t
+            page.context.close()
             for i in range(repeats):
                 # A fresh browser context each time; the server's TTL cache is cleared between
                 # loads by waiting it out only for the first (cold) one, so report both.
@@ -228,7 +236,7 @@ def browser_load(url: str, uid: str, repeats: int) -> list[float]:
             browser.close()
     finally:
         server.stop(process)
-    return out
+    return baseline, out
 
 
 def main() -> None:
@@ -291,13 +299,14 @@ def main() -> None:
         f"figure JSON {loads[0]['payload_bytes'] / 1e6:.1f} MB.",
     ]
     if not args.no_browser:
-        times = browser_load(url, uid, args.repeats)
+        baseline, times = browser_load(url, uid, args.repeats)
         lines += [
             "",
             f"In headless Chromium (Playwright), from navigation until all five charts are drawn: "
             f"first load {times[0]:.1f} s (cold server caches); later loads "
             f"{', '.join(f'{t:.1f}' for t in times[1:])} s (the finished run's series are cached "
-            "per run version). Same shared machine, wall time.",
+            f"per run version). For scale: the Health page, which has no charts, takes {baseline:.1f} s "
+            "in the same browser, the fixed cost of loading Streamlit on this machine. Wall time.",
         ]
     lines += [
         "",
