@@ -26,6 +26,8 @@ def _bulk_insert_ignore(session: Session, table, rows: list[dict]) -> None:
     if bind.dialect.name == "postgresql":
         _pg_unnest_insert(session, table, rows, keys)
     else:
+        # executemany compiles one statement from the first row: give every row every key.
+        rows = [{k: row.get(k) for k in keys} for row in rows]
         session.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
 
 
