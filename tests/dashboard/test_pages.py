@@ -61,19 +61,15 @@ def test_password_gate_hides_the_dashboard(scenario_db, monkeypatch):
     assert at.title[0].value == "Runs"
 
 
-def test_unknown_run_in_the_link_falls_back_with_a_warning(scenario_db):
-    _url, uid, _ = scenario_db
-    if uid is None:
-        pytest.skip("needs a run")
+def test_unknown_run_in_the_link_falls_back_with_a_warning(real_dbs, monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["live"][0])
     at = _run(DASHBOARD / "views" / "run.py", {"run": "no-such-run", "step": "x"})
     _assert_clean(at)
     assert any("no-such-run" in w.value for w in at.warning)
 
 
-def test_run_link_by_name_and_alert_markers(scenario_db):
-    _url, uid, scenario = scenario_db
-    if scenario != "alerts":
-        pytest.skip("alerts scenario only")
+def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["alerts"][0])
     at = _run(DASHBOARD / "views" / "run.py", {"run": "exploded", "step": "55"})
     _assert_clean(at)
     scalars = at.get("plotly_chart")[0].proto.spec
@@ -111,12 +107,11 @@ def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
     db.dispose()
 
 
-def test_step_range_selector_narrows_every_chart(scenario_db):
+def test_step_range_selector_narrows_every_chart(real_dbs, monkeypatch):
     import json
 
-    _url, uid, scenario = scenario_db
-    if scenario != "live":
-        pytest.skip("live scenario only")
+    url, uid = real_dbs["live"]
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
     at = _run(DASHBOARD / "views" / "run.py", {"run": uid})
     at.sidebar.slider[0].set_range(10, 30).run()
     _assert_clean(at)
