@@ -420,7 +420,11 @@ def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None
 
     now = now or max(r["updated_at"] for r in rows)
     fig = go.Figure()
-    runs = list(dict.fromkeys(r["run"] for r in rows))
+
+    def lane(r: dict) -> str:  # one lane per (run, predictor, layer): overlapping alerts stay apart
+        return " · ".join(str(x) for x in (r["run"], r["predictor"], r.get("layer")) if x)
+
+    lanes = list(dict.fromkeys(lane(r) for r in rows))
     for severity in ("critical", "warning", "info"):
         group = [r for r in rows if r["severity"] == severity]
         if not group:
@@ -430,13 +434,9 @@ def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None
             start = r["created_at"]
             end = r["updated_at"] if r["state"] == "resolved" else now
             end = max(end, start + timedelta(seconds=30))
-            label = (
-                f"<b>{r['predictor']}</b> {r['state']}"
-                + (f"<br>layer {r['layer']}" if r.get("layer") else "")
-                + f"<br>{(r.get('message') or '')[:160]}"
-            )
+            label = f"<b>{r['predictor']}</b> {r['state']}<br>{(r.get('message') or '')[:160]}"
             xs += [start, end, None]
-            ys += [r["run"], r["run"], None]
+            ys += [lane(r), lane(r), None]
             texts += [label, label, None]
         fig.add_trace(
             go.Scatter(
@@ -451,6 +451,8 @@ def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None
                 connectgaps=False,
             )
         )
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=runs[::-1])
+    fig.update_yaxes(
+        type="category", categoryorder="array", categoryarray=lanes[::-1], automargin=True
+    )
     fig.update_xaxes(title_text="time (UTC)")
-    return _base_layout(fig, None, height or min(700, 120 + 36 * len(runs)))
+    return _base_layout(fig, None, height or min(700, 120 + 36 * len(lanes)))

@@ -99,7 +99,7 @@ if active:
             else f"until {silence.until:%Y-%m-%d %H:%M} UTC"
         )
         left.write(
-            f"🔕 **{names.get(silence.run_id, silence.run_id)}** {until}"
+            f"Silenced: **{names.get(silence.run_id, silence.run_id)}** {until}"
             + (f" — {silence.reason}" if silence.reason else "")
         )
         if right.button("Unsilence", key=f"unsilence-{silence.id}"):

@@ -157,3 +157,22 @@ def test_real_exploded_run_loss_on_log_axis_with_non_finite_marks(real_dbs):
         for name, step in insights.first_crossings(grid)
     )
     db.dispose()
+
+
+def test_alerts_of_one_run_get_their_own_lanes(db, exploded):
+    rows = [
+        {
+            "run": "exploded",
+            "predictor": a.predictor,
+            "layer": a.layer,
+            "severity": a.severity,
+            "state": a.state,
+            "created_at": a.created_at,
+            "updated_at": a.updated_at,
+            "message": a.message,
+        }
+        for a in list_alerts(db)
+    ]
+    fig = figures.alerts_timeline(rows)
+    lanes = {y for t in fig.data for y in t.y if y}
+    assert lanes == {"exploded · sa_collapse · blocks.1.attn.proj", "exploded · loss_spike"}
