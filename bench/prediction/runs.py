@@ -71,10 +71,23 @@ class RunSpec:
     twin: str | None = None
     change_step: int | None = None
     """Control runs: the step of the operator's mistake (alerts before it are false alarms)."""
+    focus: str | None = None
+    """Parameters whose name contains this (e.g. ``"attn.qkv"``) follow ``focus_schedule``
+    instead of ``schedule``: a learning-rate mistake confined to one kind of layer."""
+    focus_schedule: Schedule | None = None
+    focus_opt: dict = field(default_factory=dict)
+    """Optimizer settings of the focused parameter group (e.g. its weight decay)."""
+    z_loss: float = 0.0
+    """Weight of the PaLM z-loss ``log(Z)^2`` on the output logits (0: off)."""
 
     def config(self) -> dict[str, Any]:
-        """JSON-able description stored with the run (and compared on reuse)."""
-        return asdict(self)
+        """JSON-able description stored with the run (and compared on reuse). Knobs at their
+        defaults that were added later are left out, so older recordings stay valid."""
+        out = asdict(self)
+        for key in ("focus", "focus_schedule", "focus_opt", "z_loss"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 GPT_SHAPE = {"n_layer": 2, "n_head": 4, "d_model": 64, "block_size": 48}
@@ -187,6 +200,82 @@ SUITE: list[RunSpec] = [
         opt={"eps": 1e-12, "betas": (0.9, 0.95)},
         twin="mlp-adam-ramp",
     ),
+    # --- attention-logit growth: a learning-rate ramp on the q/k/v projection only ------------
+    # (bench/prediction/probe.py: the largest q·k/sqrt(d) grows from ~15 to >10^4 before the
+    # loss explodes; with qk-norm it stays near 5)
+    RunSpec(
+        "gpt-qkv-ramp",
+        DIVERGENT,
+        "gpt",
+        "attn-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt=_ADAM,
+        focus="attn.qkv",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.3),
+        twin="gpt-qkv-ramp-qknorm",
+    ),
+    RunSpec(
+        "gpt-qkv-ramp-s1",
+        DIVERGENT,
+        "gpt",
+        "attn-logits",
+        Schedule(3e-3),
+        steps=450,
+        seed=1,
+        opt=_ADAM,
+        focus="attn.qkv",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.6),
+        twin="gpt-qkv-ramp-qknorm",
+    ),
+    RunSpec(
+        "gpt-qkv-ramp-qknorm",
+        STABLE,
+        "gpt",
+        "attn-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt=_ADAM,
+        model={"qk_norm": True},
+        focus="attn.qkv",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.6),
+        twin="gpt-qkv-ramp",
+    ),
+    # --- SGD with momentum at a constant learning rate on the deep unnormalised MLP: no
+    # schedule change at all; the curvature grows until the fixed step is too large ------------
+    RunSpec(
+        "mlp-sgd-const",
+        DIVERGENT,
+        "mlp",
+        "sgd-sharpening",
+        Schedule(0.25),
+        steps=450,
+        optimizer="sgd",
+        opt=_SGD,
+        twin="mlp-sgd-const-safe",
+    ),
+    RunSpec(
+        "mlp-sgd-const-hi",
+        DIVERGENT,
+        "mlp",
+        "sgd-sharpening",
+        Schedule(0.3),
+        steps=450,
+        optimizer="sgd",
+        opt=_SGD,
+        twin="mlp-sgd-const-safe",
+    ),
+    RunSpec(
+        "mlp-sgd-const-safe",
+        STABLE,
+        "mlp",
+        "sgd-sharpening",
+        Schedule(0.2),
+        steps=450,
+        optimizer="sgd",
+        opt=_SGD,
+        twin="mlp-sgd-const",
+    ),
     RunSpec(
         "mlp-sgd-layernorm",
         DIVERGENT,
@@ -248,16 +337,44 @@ def build(spec: RunSpec) -> tuple[torch.nn.Module, Callable[[], tuple]]:
     raise ValueError(f"unknown arch {spec.arch!r}; valid: gpt, mlp")
 
 
+def param_groups(spec: RunSpec, model: torch.nn.Module) -> list[dict]:
+    """One group for the whole model, or two when ``spec.focus`` singles some parameters out;
+    each group carries its ``schedule``."""
+    params = list(model.named_parameters())
+    if spec.focus is None:
+        return [{"params": [p for _, p in params], "schedule": spec.schedule}]
+    focused = [p for n, p in params if spec.focus in n]
+    if not focused:
+        raise ValueError(f"focus {spec.focus!r} matches no parameter")
+    rest = [p for n, p in params if spec.focus not in n]
+    return [
+        {"params": rest, "schedule": spec.schedule},
+        {"params": focused, "schedule": spec.focus_schedule or spec.schedule, **spec.focus_opt},
+    ]
+
+
 def optimizer(spec: RunSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The run's optimizer at its first learning rate."""
-    lr = spec.schedule.at(0)
+    groups = param_groups(spec, model)
+    for group in groups:
+        group["lr"] = group["schedule"].at(0)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, **spec.opt)
+        return torch.optim.AdamW(groups, **spec.opt)
     if spec.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, **spec.opt)
+        return torch.optim.Adam(groups, **spec.opt)
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, **spec.opt)
+        return torch.optim.SGD(groups, **spec.opt)
     raise ValueError(f"unknown optimizer {spec.optimizer!r}; valid: adamw, adam, sgd")
+
+
+def objective(spec: RunSpec, model: torch.nn.Module, x, y) -> torch.Tensor:  # noqa: ANN001
+    """Cross-entropy, plus the z-loss when ``spec.z_loss`` is on."""
+    if not spec.z_loss:
+        return model(x, y)
+    logits = model(x)
+    flat = logits.flatten(0, -2) if logits.ndim > 2 else logits
+    ce = torch.nn.functional.cross_entropy(flat, y.flatten())
+    return ce + spec.z_loss * torch.logsumexp(flat, dim=-1).pow(2).mean()
 
 
 def train(spec: RunSpec, attach: Callable[[torch.nn.Module], Any] | None = None) -> list[float]:
@@ -280,9 +397,9 @@ def train(spec: RunSpec, attach: Callable[[torch.nn.Module], Any] | None = None)
     for step in range(spec.steps):
         lr = spec.schedule.at(step)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["schedule"].at(step)
         x, y = batches()
-        loss = model(x, y)
+        loss = objective(spec, model, x, y)
         loss.backward()
         if monitor is not None:
             monitor.log(step, loss=loss.detach(), lr=lr)
