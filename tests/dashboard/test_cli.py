@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -34,6 +35,23 @@ def _tripwire(*args: str) -> subprocess.Popen:
     )
 
 
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
+    """Read the command's output until a line contains ``text``; returns the lines read."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"never printed {text!r}: {''.join(lines)}"
+    return lines
+
+
 def _interrupt(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGINT)
     try:
@@ -49,11 +67,12 @@ def test_dashboard_serves_the_database_on_localhost_until_interrupted(real_dbs):
     port = _free_port()
     proc = _tripwire("dashboard", "--db", url, "--port", str(port))
     try:
-        assert server.wait_ready(port, timeout=90, process=proc), "dashboard did not come up"
+        _wait_for_line(proc, f"Dashboard: http://localhost:{port}")
+        assert server.wait_ready(port, timeout=10)
     finally:
-        out = _interrupt(proc)
-    assert f"Dashboard: http://localhost:{port}" in out
+        _interrupt(proc)
     assert proc.returncode == 0
+    assert not server.wait_ready(port, timeout=2), "the server outlived the command"
 
 
 def test_up_runs_the_scheduler_beside_the_dashboard(real_dbs, tmp_path):
@@ -62,15 +81,16 @@ def test_up_runs_the_scheduler_beside_the_dashboard(real_dbs, tmp_path):
     port = _free_port()
     proc = _tripwire("up", "--db", url, "--port", str(port), "--interval", "1")
     try:
-        assert server.wait_ready(port, timeout=90, process=proc), "dashboard did not come up"
+        lines = _wait_for_line(proc, "Scheduler: every 1 s")
+        assert any(f"Dashboard: http://localhost:{port}" in line for line in lines)
         db = Database(url)
         deadline = time.monotonic() + 30
         while last_beat(db, "scheduler") is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert last_beat(db, "scheduler") is not None, "the scheduler never ticked"
     finally:
-        out = _interrupt(proc)
-    assert "Scheduler: every 1 s" in out
+        _interrupt(proc)
+    assert not server.wait_ready(port, timeout=2), "the server outlived the command"
 
 
 def test_dashboard_refuses_an_unreachable_database_in_one_line():
