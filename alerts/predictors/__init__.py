@@ -69,7 +69,7 @@ PREDICTORS: dict[str, Predictor] = {
         severity="warning",
         for_checks=2,
         params=together.DIVERGING_PARAMS,
-        summary="many layers' sigma1 grow fast while the smoothed loss climbs off its minimum",
+        summary="layers' sigma1 grow fast while the smoothed loss climbs off its minimum",
     ),
     "sa_shift": Predictor(
         "sa_shift",

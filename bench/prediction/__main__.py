@@ -19,6 +19,7 @@ from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
 from bench.prediction.candidates import CANDIDATES
 from bench.prediction.evaluate import backtest, loss_series, score_suite
+from bench.prediction.heldout import leave_one_mechanism_out
 from bench.prediction.record import PROJECT, ensure_recorded
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import BY_NAME, SUITE
@@ -27,6 +28,7 @@ from storage.db import Database
 
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
+WITHOUT_DIVERGING = "default rule set without diverging"
 FIGURE_RUNS = ["gpt-lr-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 
@@ -37,6 +39,7 @@ def default_sources(config: Config, label: str = "default") -> dict[str, tuple[s
     sources = {n: (label, {n}) for n in rules}
     sent = {n for n, r in rules.items() if r.severity in ("warning", "critical")}
     sources[DEFAULT_SET] = (label, sent)
+    sources[WITHOUT_DIVERGING] = (label, sent - {"diverging"})
     sources[ALL_ENABLED] = (label, set(rules))
     return sources
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name}: {how}", file=sys.stderr, flush=True)
         config = Config()
         scores = score_suite(db, suite, {"default": config}, default_sources(config))
+        without = scores.pop(WITHOUT_DIVERGING)
         print("### Shipped defaults\n\n" + summary(scores) + "\n\n" + per_run(scores))
         if args.runs:
             return 0
@@ -101,13 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + per_run(calibrated))
         explored = explore(db, suite)
         print("\n### Candidates\n\n" + summary(explored))
+        rule = {k: v for k, v in explored.items() if k.startswith("diverging")}
+        held, chosen = leave_one_mechanism_out(suite, without, rule)
+        print("\n### Default rule set, leave one mechanism out\n\n" + summary({held.source: held}))
+        print("\n" + per_run({held.source: held}) + "\n\n" + str(chosen))
         if not args.no_write:
             from bench.common import write_section
             from bench.prediction.docs import section
 
             images = figures(db, config)
             explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
-            write_section("Prediction", section(scores, calibrated, explored, explosions, images))
+            write_section(
+                "Prediction",
+                section(scores, calibrated, explored, explosions, images, held, chosen),
+            )
             print("(written to docs/benchmarks.md)", file=sys.stderr)
     return 0
 

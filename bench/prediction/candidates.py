@@ -32,6 +32,9 @@ class Candidate:
         return parse_config({"predictors": rules})
 
 
+_DIV = (0.01, 0.1, 0.2)
+"""The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
+
 CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------
     Candidate("sa_collapse (default)", "sa_collapse", note="D against the layer's own baseline"),
@@ -81,13 +84,13 @@ CANDIDATES: list[Candidate] = [
     # --- σ1 surge gated on the loss climbing off its minimum ------------------------------------
     *[
         Candidate(
-            f"diverging {r:.1%}/{f:.0%}/{d:g} nat",
+            f"diverging {r:.1%}/{f:.0%}/{d:g} nat" + (" (default)" if (r, f, d) == _DIV else ""),
             "diverging",
             {"max_rate": r, "min_layers": f, "min_loss_rise": d},
         )
-        for r in (0.003, 0.005)
-        for f in (0.3, 0.5)
-        for d in (0.05, 0.1, 0.2)
+        for r in (0.003, 0.01)
+        for f in (0.1, 0.5)
+        for d in (0.1, 0.2, 0.3)
     ],
     # --- cheap non-SA signals ------------------------------------------------------------------
     Candidate("grad_norm_spike (default)", "grad_norm_spike"),

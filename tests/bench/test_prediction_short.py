@@ -15,7 +15,7 @@ from storage import Database
 def test_defaults_warn_before_a_divergent_run_and_stay_silent_on_its_stable_twin(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'bench.db'}")
     db.upgrade()
-    suite = [BY_NAME["gpt-attn-noqk"], BY_NAME["gpt-attn-qknorm"]]
+    suite = [BY_NAME["gpt-qkv-ramp"], BY_NAME["gpt-qkv-ramp-qknorm"]]  # attention-logit growth
     for spec in suite:
         data = load_export(spec)
         assert data is not None, f"recording of {spec.name} missing or stale"

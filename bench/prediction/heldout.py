@@ -1,0 +1,58 @@
+"""The default rule set scored on mechanisms its tuning never saw (leave one mechanism out).
+
+``diverging`` is the rule whose thresholds were tuned on this suite. For every mechanism in
+turn, its setting is chosen among the ``diverging`` candidates (``candidates.py``) using only the
+runs of the *other* mechanisms — fewest false alarms, then most explosions warned, then the
+longest median lead — and the held-out mechanism's runs are scored with the default rule set
+using that setting. Every run is thus scored by a rule tuned without its mechanism (and without
+its twin, which shares the mechanism).
+"""
+
+from __future__ import annotations
+
+from bench.prediction.evaluate import RunOutcome, Score
+from bench.prediction.runs import RunSpec
+
+
+def _min(*steps: int | None) -> int | None:
+    present = [s for s in steps if s is not None]
+    return min(present) if present else None
+
+
+def with_rule(others: Score, rule: Score, label: str) -> Score:
+    """The rule set ``others`` plus ``rule``: per run, whichever fired first."""
+    out = Score(label)
+    for a, b in zip(others.outcomes, rule.outcomes, strict=True):
+        out.outcomes.append(
+            RunOutcome(
+                a.run,
+                a.kind,
+                a.explosion,
+                _min(a.first, b.first),
+                _min(a.first_after, b.first_after),
+            )
+        )
+    return out
+
+
+def _rank(score: Score, runs: set[str]) -> tuple:
+    part = Score(score.source, [o for o in score.outcomes if o.run in runs])
+    return (part.false_alarms + part.control_false, -part.warned, -(part.median_lead or 0))
+
+
+def leave_one_mechanism_out(
+    suite: list[RunSpec], others: Score, candidates: dict[str, Score]
+) -> tuple[Score, dict[str, str]]:
+    """Held-out score of the default rule set, and the setting chosen for each mechanism."""
+    combined = {label: with_rule(others, s, label) for label, s in candidates.items()}
+    chosen: dict[str, str] = {}
+    by_run: dict[str, RunOutcome] = {}
+    for mechanism in sorted({s.mechanism for s in suite}):
+        train = {s.name for s in suite if s.mechanism != mechanism}
+        label = min(combined, key=lambda c: _rank(combined[c], train))
+        chosen[mechanism] = label
+        for o in combined[label].outcomes:
+            if o.run not in train:
+                by_run[o.run] = o
+    held = Score("default rule set, held out", [by_run[s.name] for s in suite])
+    return held, chosen
