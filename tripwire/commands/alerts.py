@@ -23,7 +23,7 @@ config_option = click.option(
 HINT = "pip install 'tripwire[alerts]'"
 
 
-def _load(config_path: str | None):
+def load_config_or_exit(config_path: str | None):
     """The validated configuration; import or config errors become one-line user errors."""
     try:
         from alerts.config import ConfigError, load_config
@@ -35,7 +35,7 @@ def _load(config_path: str | None):
         raise UserError(str(exc)) from None
 
 
-def _routes(config):  # noqa: ANN001
+def routes_or_exit(config):  # noqa: ANN001
     from alerts.config import ConfigError
     from alerts.notifiers import build_routes
 
@@ -65,8 +65,8 @@ def scheduler_command(db_url: str | None, config_path: str | None, interval, onc
 
     Restarting it resumes from where it stopped: nothing is evaluated or sent twice.
     """
-    config = _load(config_path)
-    routes = _routes(config)
+    config = load_config_or_exit(config_path)
+    routes = routes_or_exit(config)
     from alerts.service import AlertService
     from storage import redact_url
 
@@ -118,7 +118,7 @@ def evaluate_command(db_url: str | None, config_path: str | None, run_name, as_j
 
     Uses the same engine as the scheduler; writes nothing.
     """
-    config = _load(config_path)
+    config = load_config_or_exit(config_path)
     from alerts.backtest import evaluate_run
     from storage import runs
 
@@ -149,8 +149,8 @@ def notify_group() -> None:
 @config_option
 def notify_test_command(db_url: str | None, config_path: str | None) -> None:
     """Send a test message through every configured notifier."""
-    config = _load(config_path)
-    routes = _routes(config)
+    config = load_config_or_exit(config_path)
+    routes = routes_or_exit(config)
     from alerts.delivery import send_with_retry
     from alerts.message import notify_test_message
     from storage import StorageError

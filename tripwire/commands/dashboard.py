@@ -118,20 +118,17 @@ def dashboard_command(db_url: str | None, host: str, port: int) -> None:
 @port_option
 def up_command(db_url: str | None, config_path: str | None, interval, host: str, port: int) -> None:  # noqa: ANN001
     """Run the alert scheduler and the dashboard together until Ctrl-C."""
+    from tripwire.commands.alerts import load_config_or_exit, routes_or_exit
+
     server = _server()
-    try:
-        from alerts.config import ConfigError, load_config
-        from alerts.service import AlertService
-    except ImportError as exc:
-        raise UserError(
-            f"alerts need optional packages ({exc.name} is missing): pip install 'tripwire[alerts]'"
-        ) from None
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
+    config = load_config_or_exit(config_path)
+    routes = routes_or_exit(
+        config
+    )  # a notifier missing its secret is one clear line, not a traceback
+    from alerts.service import AlertService
+
     db = _database(db_url)
-    service = AlertService(db, config)
+    service = AlertService(db, config, routes)
     every = interval or config.engine.interval_s
     _stop_on_sigterm()
     process = _serve(server, db.url, host, port)
