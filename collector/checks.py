@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from collector.batched import layer_table
 from collector.distributed import Ranks, full
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
@@ -73,6 +74,18 @@ def run_check(
     weight_norms, grad_norms = _as_vector(weight_norms), _as_vector(grad_norms)
     grads_present = [p.grad is not None for p in params]
 
+    if _batchable(params, ranks):
+        table, hists, measured = layer_table(
+            params, [layer.name for layer in layers], rows, state.v, bin_edges
+        )
+        columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
+        sigma1 = table[:, 0:1]
+        table = torch.cat(
+            [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:]], dim=1
+        )
+        # sync point: one host transfer for the whole check.
+        return _rows(layers, table.cpu().tolist(), hists.cpu().tolist(), measured, grads_present)
+
     n_bins = bin_edges.numel() - 1
     spectra, sa_stats, samples = [], [], []
     for layer in layers:
@@ -112,7 +125,19 @@ def run_check(
     # sync point: one host transfer per device for the whole check.
     table = torch.stack([t.cpu() if t.device.type != "cpu" else t for t in per_layer]).tolist()
     hist_table = torch.stack([h.cpu() for h in hists]).tolist()
+    return _rows(layers, table, hist_table, measured, grads_present)
 
+
+def _batchable(params: list[torch.Tensor], ranks: Ranks | None) -> bool:
+    """Whether the stacked path applies: local weights on one device, no inputs to combine."""
+    if ranks is not None and (ranks.combines_inputs or ranks.sharded(params)):
+        return False
+    device = params[0].device
+    return all(p.device == device and p.dim() == 2 for p in params)
+
+
+def _rows(layers, table, hist_table, measured, grads_present) -> tuple[list[dict], dict]:
+    """The per-layer rows and global norms from the host copy of a check's table."""
     out = []
     for layer, values, hist, has_rows, has_grad in zip(
         layers, table, hist_table, measured, grads_present, strict=True

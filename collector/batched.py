@@ -1,0 +1,234 @@
+"""One check's statistics with the layers of each weight shape stacked: a few ops per shape.
+
+Per layer, power iteration, v drift and the SA statistics take ~100 small tensor ops; on a
+small model or a GPU the cost of a check is their Python and launch overhead, not their maths.
+A transformer has a handful of weight shapes (qkv, proj, fc, ...), so this module stacks the
+layers of one shape and runs each op once for the stack: the op count of a check drops by the
+number of blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
+Imports only torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+
+import torch
+
+from collector import spectral
+
+MAX_STACK_ELEMENTS = 1 << 25
+"""Weight elements stacked at once (128 MiB in fp32; the stack is a copy, twice on CPU)."""
+
+CPU_STACK_MAX_NUMEL = 1 << 17
+"""On CPU, weights larger than this (128 Ki elements) are iterated one by one: copying them
+into a stack costs more than the ops it saves (measured in ``bench/check_cost.py``)."""
+
+
+def group_by_shape(
+    weights: list[torch.Tensor], max_elements: int = MAX_STACK_ELEMENTS
+) -> list[list[int]]:
+    """Indices of ``weights`` grouped by shape, each group holding at most ``max_elements``.
+
+    >>> group_by_shape([torch.zeros(3, 2), torch.zeros(4, 2), torch.zeros(3, 2)])
+    [[0, 2], [1]]
+    """
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, w in enumerate(weights):
+        by_shape[tuple(w.shape)].append(i)
+    groups = []
+    for idx in by_shape.values():
+        per_chunk = max(1, max_elements // max(weights[idx[0]].numel(), 1))
+        groups += [idx[i : i + per_chunk] for i in range(0, len(idx), per_chunk)]
+    return groups
+
+
+@functools.lru_cache(maxsize=256)
+def _cold_start(n: int, device: torch.device) -> torch.Tensor:
+    return spectral._cold_start(n, device)  # the same start vector as the per-layer code
+
+
+def _normalize(x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit norm; ``fallback``'s rows where a row is exactly zero."""
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return torch.where(norm == 0, fallback, x / norm)
+
+
+@torch.no_grad()
+def power_iteration_stack(
+    weights: list[torch.Tensor], vs: list[torch.Tensor | None], iters: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ1 and v1 of same-shaped ``weights``, warm-started from ``vs`` (``None``: cold).
+
+    :func:`collector.spectral.power_iteration` for each matrix: ``WARM_ITERS`` iterations when
+    every ``v`` is given, else ``COLD_ITERS`` for all (warm ones only get more accurate); a zero
+    or non-finite ``v`` restarts from the cold vector; a warm ``v1`` keeps the sign of its
+    ``v``; a NaN weight gives σ1 NaN, an infinite one Inf. Returns ``(sigma1, v1)`` of shapes
+    ``(G,)`` and ``(G, in)``, fp32.
+
+    >>> w = torch.diag(torch.tensor([3.0, 1.0]))
+    >>> sigma1, v1 = power_iteration_stack([w, 2 * w], [None, None])
+    >>> [round(float(s), 4) for s in sigma1]
+    [3.0, 6.0]
+    """
+    w = torch.stack([x.detach().float() for x in weights])
+    g, n_out, n_in = w.shape
+    cold = _cold_start(n_in, w.device).expand(g, n_in)
+    given = [v is not None for v in vs]
+    if iters is None:
+        iters = spectral.WARM_ITERS if all(given) else spectral.COLD_ITERS
+    v_prev = torch.stack(
+        [cold[0] if v is None else v.detach().to(w.device, torch.float32) for v in vs]
+    )
+    norm = torch.linalg.vector_norm(v_prev, dim=1, keepdim=True)
+    v = torch.where(torch.isfinite(norm) & (norm > 0), v_prev / norm, cold)
+    # CPU kernels are slow for a batched matrix × column vector, fast for row vector × matrix:
+    # keep Wᵀ as its own contiguous stack there. cuBLAS takes the transposed view as it is.
+    wt = w.transpose(1, 2)
+    if w.device.type == "cpu":
+        wt = wt.contiguous()
+    no_u = torch.zeros(g, n_out, device=w.device)
+    for _ in range(iters):
+        # Alternating u/v steps: the iterates of WᵀW without squaring σ (overflow in fp32).
+        u = _normalize(torch.bmm(v.unsqueeze(1), wt).squeeze(1), no_u)  # W v
+        v = _normalize(torch.bmm(u.unsqueeze(1), w).squeeze(1), v)  # Wᵀ u
+    if any(given):
+        flip = ((v * v_prev).sum(dim=1, keepdim=True) < 0) & torch.tensor(
+            given, device=w.device
+        ).unsqueeze(1)
+        v = torch.where(flip, -v, v)
+    sigma1 = torch.linalg.vector_norm(torch.bmm(v.unsqueeze(1), wt).squeeze(1), dim=1)
+    lo, hi = torch.aminmax(w.flatten(1), dim=1)
+    amax = torch.maximum(-lo, hi)  # max |w_ij| ≤ σ1: a NaN stays NaN, an Inf stays Inf
+    return torch.where(torch.isfinite(amax), sigma1, amax), v
+
+
+def _spectra(
+    weights: list[torch.Tensor], vs: list[torch.Tensor | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ1 ``(G,)`` and v1 ``(G, in)``: stacked, or one by one for big weights on CPU."""
+    if weights[0].device.type == "cpu" and weights[0].numel() > CPU_STACK_MAX_NUMEL:
+        found = [spectral.power_iteration(w, v)[:2] for w, v in zip(weights, vs, strict=True)]
+        return torch.stack([s for s, _ in found]), torch.stack([v for _, v in found])
+    return power_iteration_stack(weights, vs)
+
+
+@torch.no_grad()
+def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> torch.Tensor:
+    """:func:`collector.spectral.v_drift` row by row; NaN where there is no previous vector."""
+    given = [v is not None for v in v_prev]
+    if not any(given):
+        return torch.full((v_new.shape[0],), math.nan, device=v_new.device)
+    b = torch.stack([v_new[i] if v is None else v.to(v_new) for i, v in enumerate(v_prev)])
+    a = v_new / torch.linalg.vector_norm(v_new, dim=1, keepdim=True)
+    b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True)
+    b = torch.where((a * b).sum(dim=1, keepdim=True) < 0, -b, b)
+    drift = 2 * torch.atan2(
+        torch.linalg.vector_norm(a - b, dim=1), torch.linalg.vector_norm(a + b, dim=1)
+    )
+    return torch.where(torch.tensor(given, device=drift.device), drift, math.nan)
+
+
+SA_COLUMNS = ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean")
+
+
+@torch.no_grad()
+def sa_statistics_stack(
+    rows: list[torch.Tensor], v1: torch.Tensor, bin_edges: torch.Tensor = spectral.SA_BINS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
+
+    ``rows``: ``G`` tensors ``(k, in)`` with the same ``k, in > 0``; ``v1``: ``(G, in)``. The
+    passes over the rows (norms, projections, max) stay per layer, as matrix-vector products
+    without temporaries; everything after them runs once on ``(G, k)``. Returns a ``(G, 6)``
+    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    """
+    v = v1.float() / torch.linalg.vector_norm(v1.float(), dim=1, keepdim=True)
+    norms, dots, act_max = [], [], []
+    for j, r in enumerate(rows):
+        x = r.float()
+        norms.append(torch.linalg.vector_norm(x, dim=1))
+        dots.append(x @ v[j])
+        lo, hi = torch.aminmax(x)
+        act_max.append(torch.maximum(-lo, hi))  # max |x| without an |x| copy; NaN stays NaN
+    norms, dots = torch.stack(norms), torch.stack(dots)
+    g = norms.shape[0]
+    edges = bin_edges.to(norms.device, torch.float32)
+    n_bins = edges.numel() - 1
+    has_sa = norms != 0  # a NaN norm counts: its SA is NaN and must show
+    sa = (dots / norms).clamp(-1.0, 1.0)
+    count = has_sa.sum(dim=1)
+
+    def masked_mean(values: torch.Tensor) -> torch.Tensor:
+        return torch.where(has_sa, values, 0.0).sum(dim=1) / count
+
+    sa_pos = masked_mean(torch.where(torch.isnan(sa), math.nan, (sa > 0).float()))
+    binned = has_sa & torch.isfinite(sa)
+    idx = (torch.searchsorted(edges, sa.contiguous(), right=True) - 1).clamp(0, n_bins - 1)
+    idx = torch.where(binned, idx, 0)
+    hist = torch.zeros(g, n_bins, dtype=torch.int64, device=norms.device)
+    hist.scatter_add_(1, idx, binned.long())  # not bincount: its output size is a sync point
+    table = torch.stack(
+        [
+            sa_pos,
+            (2 * sa_pos - 1).abs(),
+            masked_mean(sa),
+            masked_mean(sa.abs()),
+            torch.stack(act_max),
+            norms.mean(dim=1),
+        ],
+        dim=1,
+    )
+    return table, hist
+
+
+@torch.no_grad()
+def layer_table(
+    weights: list[torch.Tensor],
+    names: list[str],
+    rows: dict[str, torch.Tensor],
+    state_v: dict[str, torch.Tensor],
+    bin_edges: torch.Tensor = spectral.SA_BINS,
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """σ1, v drift and the SA statistics of every layer, in the layers' order.
+
+    ``weights`` (2-D, on one device) are grouped by shape; ``state_v`` (name → v1) is read for
+    warm starts and updated. Returns an ``(L, 2 + 6)`` fp32 table (``sigma1``, ``v_drift``,
+    then ``SA_COLUMNS``; NaN where a layer had no usable input sample), the ``(L, bins)``
+    histograms (zero where none) and, per layer, whether its inputs were measured.
+    """
+    device = weights[0].device
+    n_bins = bin_edges.numel() - 1
+    n = len(weights)
+    spectra = torch.empty(n, 2, device=device)
+    sa_table = torch.full((n, len(SA_COLUMNS)), math.nan, device=device)
+    hists = torch.zeros(n, n_bins, dtype=torch.int64, device=device)
+    measured = [False] * n
+    for group in group_by_shape(weights):
+        prev = [state_v.get(names[i]) for i in group]
+        sigma1, v1 = _spectra([weights[i] for i in group], prev)
+        drift = v_drift_stack(v1, prev)
+        where = torch.tensor(group, device=device)
+        spectra.index_copy_(0, where, torch.stack([sigma1, drift], dim=1))
+        for j, i in enumerate(group):
+            state_v[names[i]] = v1[j]  # a NaN v1 is replaced by a cold start at the next check
+        # inputs: layers whose sample fits, stacked by sample size
+        by_rows: dict[int, list[int]] = defaultdict(list)
+        for j, i in enumerate(group):
+            sample = rows.get(names[i])
+            if sample is None or sample.shape[-1] != v1.shape[1]:
+                continue
+            if sample.numel() == 0:  # measured, but no rows: NaN statistics, empty histogram
+                measured[i] = True
+                continue
+            by_rows[math.prod(sample.shape[:-1])].append(j)
+        for members in by_rows.values():
+            x = [rows[names[group[j]]].reshape(-1, v1.shape[1]) for j in members]
+            table, hist = sa_statistics_stack(x, v1[members], bin_edges)
+            where = torch.tensor([group[j] for j in members], device=device)
+            sa_table.index_copy_(0, where, table)
+            hists.index_copy_(0, where, hist)
+            for j in members:
+                measured[group[j]] = True
+    return torch.cat([spectra, sa_table], dim=1), hists, measured

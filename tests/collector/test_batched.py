@@ -1,0 +1,111 @@
+"""The stacked check path gives the per-layer path's statistics (spectral.py is the oracle)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from collector import batched, checks
+from collector.batched import group_by_shape, power_iteration_stack, v_drift_stack
+from collector.checks import SpectralState, run_check
+from collector.layers import select_layers
+from collector.spectral import power_iteration, sample_rows, v_drift
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16)) for _ in range(3)]
+    return nn.Sequential(*blocks, nn.Linear(16, 7, bias=False), nn.Linear(7, 5))
+
+
+def _check(model, layers, state, rows, batched: bool, monkeypatch):
+    monkeypatch.setattr(checks, "_batchable", lambda *_: batched)
+    return run_check(layers, rows, state)
+
+
+def _rows(model, layers, x):
+    seen = {}
+    handles = [
+        layer.module.register_forward_hook(
+            lambda m, i, o, name=layer.name: seen.__setitem__(name, i[0].detach().clone())
+        )
+        for layer in layers
+    ]
+    loss = model(x).square().mean()
+    loss.backward()
+    for h in handles:
+        h.remove()
+    gen = torch.Generator().manual_seed(0)
+    return {name: sample_rows(t, 64, gen) for name, t in seen.items()}
+
+
+def _assert_same(a, b):
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_a.keys() == row_b.keys()
+        for key, va in row_a.items():
+            vb = row_b[key]
+            if isinstance(va, float):
+                assert vb is not None
+                assert (math.isnan(va) and math.isnan(vb)) or va == pytest.approx(
+                    vb, rel=1e-4, abs=1e-5
+                ), key
+            elif key == "sa_hist" and va is not None:
+                assert (
+                    sum(abs(p - q) for p, q in zip(va, vb, strict=True)) <= 2
+                )  # rounding at edges
+            else:
+                assert va == vb, key
+
+
+@pytest.mark.parametrize("stack_max", [batched.CPU_STACK_MAX_NUMEL, 0])
+def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max):
+    monkeypatch.setattr(batched, "CPU_STACK_MAX_NUMEL", stack_max)  # 0: big weights one by one
+    model = _model()
+    layers = select_layers(model)
+    assert len(group_by_shape([layer.weight for layer in layers])) < len(layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    stacked, single = SpectralState(), SpectralState()
+    gen = torch.Generator().manual_seed(1)
+    for check in range(4):
+        x = torch.randn(4, 32, 16, generator=gen)
+        rows = _rows(model, layers, x)
+        if check == 2:
+            rows.pop(layers[1].name)  # a layer whose hook never ran
+            layers[-1].module.weight.grad = None  # and one without a gradient
+        got, totals = _check(model, layers, stacked, rows, True, monkeypatch)
+        want, want_totals = _check(model, layers, single, rows, False, monkeypatch)
+        _assert_same(got, want)
+        assert totals["weight_norm"] == pytest.approx(want_totals["weight_norm"], rel=1e-6)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_stacked_power_iteration_keeps_non_finite_and_zero_weights():
+    w = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(2))
+    w[0, 1, 1] = math.nan
+    w[1, 2, 3] = math.inf
+    w[2].zero_()
+    sigma1, v1 = power_iteration_stack(list(w), [None, None, None])
+    assert math.isnan(sigma1[0]) and sigma1[1] == math.inf and sigma1[2] == 0
+    assert torch.isfinite(v1[2]).all()
+
+
+def test_stacked_power_iteration_and_drift_match_spectral_when_warm():
+    gen = torch.Generator().manual_seed(3)
+    ws = [torch.randn(20, 12, generator=gen) for _ in range(3)]
+    cold = [power_iteration(w) for w in ws]
+    moved = [w + 0.05 * torch.randn(20, 12, generator=gen) for w in ws]
+    prev = [c[1] for c in cold]
+    prev[1] = torch.full_like(prev[1], math.nan)  # a NaN state restarts cold
+    sigma1, v1 = power_iteration_stack(moved, prev)
+    drift = v_drift_stack(v1, prev)
+    for i, w in enumerate(moved):
+        s_ref, v_ref, _ = power_iteration(w, prev[i])
+        assert float(sigma1[i]) == pytest.approx(float(s_ref), rel=1e-5)
+        assert abs(float(v1[i] @ v_ref)) == pytest.approx(1.0, abs=1e-4)
+        ref_drift = v_drift(v_ref, prev[i])
+        assert math.isnan(ref_drift) == math.isnan(drift[i])
+    assert math.isnan(v_drift_stack(v1, [None] * 3)[0])
