@@ -93,6 +93,30 @@ class SqlLayerStat(Base):
     __table_args__ = (Index("ix_layer_stats_run_step", "run_id", "step"),)
 
 
+class SqlLayerStatBucket(Base):
+    """Extremes of some layer statistics over one step bucket (see :mod:`storage.rollup`)."""
+
+    __tablename__ = "layer_stat_buckets"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    layer_id: Mapped[int] = mapped_column(
+        ForeignKey("layers.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step_min: Mapped[int]
+    step_max: Mapped[int]
+    n: Mapped[int]
+    grad_norm_min: Mapped[float | None] = mapped_column(FaithfulFloat)
+    grad_norm_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+    weight_norm_min: Mapped[float | None] = mapped_column(FaithfulFloat)
+    weight_norm_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sigma1_min: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sigma1_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+    stable_rank_min: Mapped[float | None] = mapped_column(FaithfulFloat)
+    stable_rank_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sa_imbalance_min: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sa_imbalance_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+
+
 class SqlAlert(Base):
     """One alert episode of a (run, predictor, layer) fingerprint: pending → firing → resolved."""
 

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from storage import rollup
 from storage._models import SqlLayer, SqlLayerStat, SqlScalar
 from storage.db import Database
 from storage.entities import LAYER_STATISTICS, LayerStat, ScalarPoint
@@ -58,13 +59,18 @@ def write_scalars(session: Session, run_id: int, rows: list[dict]) -> None:
 def write_layer_stats(
     session: Session, run_id: int, layer_ids: dict[str, int], rows: list[dict]
 ) -> None:
-    """Insert dicts with layer (name), step, wall_time, the statistics and sa_hist; idempotent."""
+    """Insert dicts with layer (name), step, wall_time, the statistics and sa_hist; idempotent.
+
+    Also merges the new rows into the heatmap rollup (:mod:`storage.rollup`), in the same
+    transaction, before the insert so it can tell new checks from rewritten ones.
+    """
     payload = []
     for row in rows:
         row = dict(row)
         row["layer_id"] = layer_ids[row.pop("layer")]
         row["run_id"] = run_id
         payload.append(row)
+    rollup.add(session, run_id, payload)
     _bulk_insert_ignore(session, SqlLayerStat.__table__, payload)
 
 
