@@ -98,10 +98,10 @@ class SqlLayerStatBucket(Base):
 
     __tablename__ = "layer_stat_buckets"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer_id: Mapped[int] = mapped_column(
         ForeignKey("layers.id", ondelete="CASCADE"), primary_key=True
     )
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     step_min: Mapped[int]
     step_max: Mapped[int]
     n: Mapped[int]

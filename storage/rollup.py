@@ -5,9 +5,11 @@ A wide layer × step heatmap (the whole of a long run) reads these rows instead 
 checks wide, ``step // width(run.every)``; each row keeps its first and last step, the number
 of checks and the minimum and maximum of each statistic in :data:`STATS`.
 
-Only extremes (and the count of checks actually inserted) are kept, so rewriting rows that are
-already stored (a spool replay) changes nothing. NaN follows the raw reads: it wins a maximum
-and loses a minimum to any number; NULL (not measured) is ignored.
+A bucket's row is computed from its raw rows in SQL once the run has moved past it (see
+:func:`seal`), so it always equals them: a spool replay or a rewritten check changes nothing,
+and the writer pays one statement per 16 checks, not one per check. The newest, still open
+bucket has no row; readers take it from the raw rows. NaN follows the raw reads: it wins a
+maximum and loses a minimum to any number; NULL (not measured) is ignored.
 
 Written by :func:`storage.stats.write_layer_stats`; read by :func:`storage.series.layer_matrices`.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Integer, func, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -62,95 +64,66 @@ def lower(a: float | None, b: float | None) -> float | None:
 # -- writes --------------------------------------------------------------------------------------
 
 
-def _not_yet_stored(session: Session, run_id: int, rows: list[dict]) -> list[dict]:
-    """The rows an INSERT ... ON CONFLICT DO NOTHING will actually insert (first of each key).
-
-    One indexed range read per batch (normally empty): a rewritten check, even with different
-    values, must not reach the rollup, or it would disagree with the raw rows.
-    """
-    steps = [row["step"] for row in rows]
-    stored = set(
-        session.execute(
-            select(SqlLayerStat.layer_id, SqlLayerStat.step).where(
-                SqlLayerStat.run_id == run_id,
-                SqlLayerStat.step >= min(steps),
-                SqlLayerStat.step <= max(steps),
-            )
-        ).all()
+def _sealed(session: Session, run_id: int) -> int:
+    """The run's newest bucket in the rollup (-1: none). Every bucket up to it is complete."""
+    found = session.scalar(
+        select(func.max(SqlLayerStatBucket.bucket)).where(SqlLayerStatBucket.run_id == run_id)
     )
-    fresh = []
-    for row in rows:
-        key = (row["layer_id"], row["step"])
-        if key not in stored:
-            stored.add(key)
-            fresh.append(row)
-    return fresh
+    return -1 if found is None else int(found)
 
 
-def fold(rows: list[dict], steps_per_bucket: int) -> list[dict]:
-    """Aggregate raw rows (``layer_id``, ``step``, statistics) into one row per (layer, bucket)."""
-    out: dict[tuple[int, int], dict] = {}
-    for row in rows:
-        step = int(row["step"])
-        key = (row["layer_id"], step // steps_per_bucket)
-        acc = out.get(key)
-        if acc is None:
-            acc = out[key] = {
-                "layer_id": key[0],
-                "bucket": key[1],
-                "step_min": step,
-                "step_max": step,
-                "n": 0,
-                **{f"{st}_{end}": None for st in STATS for end in ("min", "max")},
-            }
-        acc["step_min"] = min(acc["step_min"], step)
-        acc["step_max"] = max(acc["step_max"], step)
-        acc["n"] += 1
-        for st in STATS:
-            value = row.get(st)
-            if value is not None:
-                value = float(value)
-                acc[f"{st}_min"] = lower(acc[f"{st}_min"], value)
-                acc[f"{st}_max"] = higher(acc[f"{st}_max"], value)
-    return list(out.values())
+def _contiguous(buckets: list[int]) -> list[tuple[int, int]]:
+    spans: list[list[int]] = []
+    for b in sorted(buckets):
+        if spans and b == spans[-1][1] + 1:
+            spans[-1][1] = b
+        else:
+            spans.append([b, b])
+    return [(a, b) for a, b in spans]
 
 
-def add(session: Session, run_id: int, rows: list[dict]) -> None:
-    """Merge raw layer-stat rows (with ``layer_id``), before they are inserted, into the rollup.
+def seal(session: Session, run_id: int, steps: list[int]) -> None:
+    """Bring the rollup up to date after layer-stat rows at ``steps`` were inserted.
 
-    One upsert row per (layer, bucket) touched by the batch; call it before the raw insert.
+    A bucket is written once the run has moved past it, recomputed from its raw rows in one
+    ``INSERT ... SELECT ... GROUP BY`` (so it always equals them, however often a check is
+    rewritten or replayed). Buckets at or below the newest rollup row that this batch touched
+    (a late or replayed check) are recomputed too. The newest bucket stays open and is read raw.
+    Cost: one index lookup per batch, plus one statement per 16 checks.
     """
-    if not rows:
+    if not steps:
         return
-    fresh = _not_yet_stored(session, run_id, rows)
-    if not fresh:
-        return
-    merged = [{"run_id": run_id, **row} for row in fold(fresh, run_width(session, run_id))]
-    table = SqlLayerStatBucket.__table__
-    dialect = session.get_bind().dialect.name
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    old, new = table.c, stmt.excluded
-    # Spelled out with CASE: SQLite's scalar max(a, b) is NULL when either is NULL. Comparisons
-    # order NaN above every number on both backends (SQLite stores it as text, which sorts last).
-    update = {
-        "step_min": case((new.step_min < old.step_min, new.step_min), else_=old.step_min),
-        "step_max": case((new.step_max > old.step_max, new.step_max), else_=old.step_max),
-        "n": old.n + new.n,
-    }
+    w = run_width(session, run_id)
+    touched = {int(step) // w for step in steps}
+    newest = max(touched)
+    sealed = _sealed(session, run_id)
+    todo = {b for b in touched if b < newest or b <= sealed}
+    todo.update(range(sealed + 1, newest))
+    for first, last in _contiguous(list(todo)):
+        _recompute(session, run_id, w, first * w, (last + 1) * w - 1)
+
+
+def _recompute(session: Session, run_id: int, w: int, first_step: int, last_step: int) -> None:
+    r, table = SqlLayerStat, SqlLayerStatBucket.__table__
+    # The width as a literal: PostgreSQL must see the same expression in SELECT and GROUP BY.
+    bucket = r.step // literal_column(str(int(w)), Integer)
+    columns = ["run_id", "bucket", "layer_id", "step_min", "step_max", "n"]
+    values = [r.run_id, bucket, r.layer_id, func.min(r.step), func.max(r.step), func.count()]
     for st in STATS:
-        lo, hi = f"{st}_min", f"{st}_max"
-        update[lo] = case(
-            (new[lo].is_(None), old[lo]),
-            (old[lo].is_(None) | (new[lo] < old[lo]), new[lo]),
-            else_=old[lo],
-        )
-        update[hi] = case(
-            (new[hi].is_(None), old[hi]),
-            (old[hi].is_(None) | (new[hi] > old[hi]), new[hi]),
-            else_=old[hi],
-        )
-    stmt = stmt.on_conflict_do_update(index_elements=["run_id", "layer_id", "bucket"], set_=update)
-    session.execute(stmt, merged)
+        columns += [f"{st}_min", f"{st}_max"]
+        values += [func.min(getattr(r, st)), func.max(getattr(r, st))]
+    source = (
+        select(*values)
+        .where(r.run_id == run_id, r.step >= first_step, r.step <= last_step)
+        .group_by(r.run_id, bucket, r.layer_id)
+    )
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(table).from_select(columns, source)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "bucket", "layer_id"],
+        set_={c: stmt.excluded[c] for c in columns[3:]},
+    )
+    session.execute(stmt)
 
 
 # -- reads ---------------------------------------------------------------------------------------
@@ -164,17 +137,16 @@ def grid_rows(
     *,
     lo: int,
     hi: int,
-    start: int | None,
-    end: int | None,
     columns: int,
     layer_ids: list[int] | None,
     steps_per_bucket: int,
 ) -> list[tuple]:
     """``(layer_id, column, first step, *values)`` of a layer × step grid, from the rollup.
 
-    ``lo``..``hi`` are the first and last stored steps in ``[start, end]``; its buckets are cut
-    into ``columns`` columns of whole buckets. ``kinds[i]`` is ``"max"`` or ``"min"`` for
-    ``stats[i]``. A bucket only partly inside ``[start, end]`` is read from its raw rows.
+    ``lo``..``hi`` are the first and last stored steps in the requested range; its buckets are
+    cut into ``columns`` columns of whole buckets. ``kinds[i]`` is ``"max"`` or ``"min"`` for
+    ``stats[i]``. Steps the rollup cannot answer (a bucket cut by the range's start or end, the
+    open newest bucket, a run not rolled up yet) are read from raw rows.
     """
     w = steps_per_bucket
     b_lo, b_hi = lo // w, hi // w
@@ -183,17 +155,16 @@ def grid_rows(
     def column_of(bucket):
         return (bucket - b_lo) * columns // n_buckets
 
-    partial = set()
-    if start is not None and start > b_lo * w:
-        partial.add(b_lo)
-    if end is not None and end < (b_hi + 1) * w - 1:
-        partial.add(b_hi)
-    full = [b for b in (b_lo, b_hi) if b not in partial]
-    first_full = b_lo if b_lo in full else b_lo + 1
-    last_full = b_hi if b_hi in full else b_hi - 1
-
-    # Columns holding a cut bucket merge rollup and raw cells; the rest pass straight through.
-    edge_columns = {column_of(b) for b in partial}
+    first_full = b_lo if lo == b_lo * w else b_lo + 1  # lo is the first stored step in range
+    last_full = min(b_hi if hi == (b_hi + 1) * w - 1 else b_hi - 1, _sealed(session, run_id))
+    if first_full > last_full:
+        raw_spans = [(lo, hi)]
+    else:
+        raw_spans = [(lo, first_full * w - 1), ((last_full + 1) * w, hi)]
+    raw_spans = [(a, b) for a, b in raw_spans if a <= b]
+    # Columns fed by raw rows may also get rollup rows: merge those; the rest pass straight on.
+    edge_columns = {column_of(step // w) for a, b in raw_spans for step in range(a, b + 1, w)}
+    edge_columns |= {column_of(b // w) for _, b in raw_spans}
     out: list[tuple] = []
     cells: dict[tuple[int, int], list] = {}
 
@@ -205,6 +176,13 @@ def grid_rows(
         cell[0] = min(cell[0], step)
         for i, (kind, value) in enumerate(zip(kinds, values, strict=True), start=1):
             cell[i] = (higher if kind == "max" else lower)(cell[i], value)
+
+    def read(query):
+        for row in session.connection().execute(query):  # Core: no ORM row processing
+            if row[1] in edge_columns:
+                merge(row[0], row[1], row[2], row[3:])
+            else:
+                out.append(row)
 
     if first_full <= last_full:
         t = SqlLayerStatBucket
@@ -218,33 +196,27 @@ def grid_rows(
         where = [t.run_id == run_id, t.bucket >= first_full, t.bucket <= last_full]
         if layer_ids is not None:
             where.append(t.layer_id.in_(layer_ids))
-        query = (
+        read(
             select(t.layer_id, column, func.min(t.step_min), *aggs)
             .where(*where)
             .group_by(t.layer_id, column)
         )
-        for row in session.connection().execute(query):  # Core: no ORM row processing
-            if row[1] in edge_columns:
-                merge(row[0], row[1], row[2], row[3:])
-            else:
-                out.append(row)
-
     r = SqlLayerStat
-    for bucket in sorted(partial):
-        first = max(bucket * w, start if start is not None else bucket * w)
-        last = min((bucket + 1) * w - 1, end if end is not None else (bucket + 1) * w - 1)
-        aggs = [
-            (func.max if kind == "max" else func.min)(getattr(r, st))
-            for st, kind in zip(stats, kinds, strict=True)
-        ]
-        where = [r.run_id == run_id, and_(r.step >= first, r.step <= last)]
+    column = column_of(r.step // literal_column(str(int(w)), Integer)).label("column")
+    aggs = [
+        (func.max if kind == "max" else func.min)(getattr(r, st))
+        for st, kind in zip(stats, kinds, strict=True)
+    ]
+    for first, last in raw_spans:
+        where = [r.run_id == run_id, r.step >= first, r.step <= last]
         if layer_ids is not None:
             where.append(r.layer_id.in_(layer_ids))
-        query = select(r.layer_id, func.min(r.step), *aggs).where(*where).group_by(r.layer_id)
-        for layer_id, step, *values in session.connection().execute(query):
-            merge(layer_id, column_of(bucket), step, values)
-
+        read(
+            select(r.layer_id, column, func.min(r.step), *aggs)
+            .where(*where)
+            .group_by(r.layer_id, column)
+        )
     return out + [(layer_id, col, *cell) for (layer_id, col), cell in cells.items()]
 
 
-__all__ = ["CHECKS_PER_BUCKET", "STATS", "add", "fold", "grid_rows", "higher", "lower", "width"]
+__all__ = ["CHECKS_PER_BUCKET", "STATS", "grid_rows", "higher", "lower", "seal", "width"]

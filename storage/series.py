@@ -177,7 +177,8 @@ def layer_matrices(
 
     A range wide enough that every column spans at least one bucket of :mod:`storage.rollup`
     (16 checks) is read from the rollup (``use_rollup=False`` forces the raw rows): its columns
-    are then whole buckets, and a bucket cut by ``start`` or ``end`` is read raw.
+    are then whole buckets, and what the rollup cannot answer (a bucket cut by ``start`` or
+    ``end``, the run's open newest bucket) is read raw.
 
     >>> grids = layer_matrices(db, run.id, ["sa_imbalance", "grad_norm"])   # doctest: +SKIP
     >>> grids["sa_imbalance"].z[0][:3]
@@ -222,8 +223,6 @@ def layer_matrices(
                 kinds,
                 lo=lo,
                 hi=hi,
-                start=start,
-                end=end,
                 columns=max_steps,
                 layer_ids=None if layers is None else [i for i, _ in layer_rows],
                 steps_per_bucket=width,

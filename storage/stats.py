@@ -61,8 +61,7 @@ def write_layer_stats(
 ) -> None:
     """Insert dicts with layer (name), step, wall_time, the statistics and sa_hist; idempotent.
 
-    Also merges the new rows into the heatmap rollup (:mod:`storage.rollup`), in the same
-    transaction, before the insert so it can tell new checks from rewritten ones.
+    Then brings the heatmap rollup (:mod:`storage.rollup`) up to date in the same transaction.
     """
     payload = []
     for row in rows:
@@ -70,8 +69,8 @@ def write_layer_stats(
         row["layer_id"] = layer_ids[row.pop("layer")]
         row["run_id"] = run_id
         payload.append(row)
-    rollup.add(session, run_id, payload)
     _bulk_insert_ignore(session, SqlLayerStat.__table__, payload)
+    rollup.seal(session, run_id, [row["step"] for row in payload])
 
 
 def scalar_series(
