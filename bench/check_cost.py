@@ -32,11 +32,17 @@ from bench.overhead import Size, build
 PARTS = (
     "hooks: arm + sample inputs",
     "norms (fused)",
-    "power iteration (warm)",
-    "v drift",
-    "SA statistics",
+    "power iteration + v drift, stacked by shape",
+    "SA statistics, stacked by shape",
     "host transfer",
     "rows + queue",
+)
+REFERENCE = (
+    "power iteration + v drift, one layer at a time",
+    "SA statistics, one layer at a time",
+    "run_check, one layer at a time (before)",
+    "run_check, stacked (now)",
+    "Monitor check, end to end",
 )
 
 
@@ -63,7 +69,7 @@ class _Inputs:
 def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     """Median seconds of each part of one check over ``rounds`` interleaved rounds."""
     import collector
-    from collector import checks, norms, spectral
+    from collector import batched, checks, norms, spectral
     from collector.checks import _COLUMNS
 
     model, opt, x = build(size, device)
@@ -107,13 +113,31 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     def norm_part():
         norms.weight_and_grad_norms(weights)
 
+    groups = batched.group_by_shape(weights)
+    sampled = [[i for i in g if layers[i].name in rows] for g in groups]
+    group_sa = [
+        (
+            [rows[layers[i].name].reshape(-1, weights[i].shape[1]) for i in members],
+            torch.stack([v1s[layers[i].name] for i in members]),
+        )
+        for members in sampled
+        if members
+    ]
+
+    def power_stacked():
+        for g in groups:
+            prev = [v1s[layers[i].name] for i in g]
+            sigma1, v1 = batched._spectra([weights[i] for i in g], prev)
+            batched.v_drift_stack(v1, prev)
+
+    def sa_stacked():
+        for group_rows, group_v in group_sa:
+            batched.sa_statistics_stack(group_rows, group_v)
+
     def power():
         for layer in layers:
-            spectral.power_iteration(layer.weight, v1s[layer.name])
-
-    def drift():
-        for layer in layers:
-            spectral.v_drift(v1s[layer.name], v1s[layer.name])
+            _, v1, _ = spectral.power_iteration(layer.weight, v1s[layer.name])
+            spectral.v_drift(v1, v1s[layer.name])
 
     def sa():
         for name, r in rows.items():
@@ -131,8 +155,18 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
             out.append(row)
         monitor._writer.put("layer_stats", out)
 
+    per_layer_state = checks.SpectralState()
+    per_layer_state.v = dict(state.v)
+
     def whole_check():
         checks.run_check(layers, rows, state)
+
+    def per_layer_check():
+        batchable, checks._batchable = checks._batchable, lambda *_: False
+        try:
+            checks.run_check(layers, rows, per_layer_state)
+        finally:
+            checks._batchable = batchable
 
     def monitor_check():
         sampler.arm()
@@ -141,10 +175,13 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
         monitor._check(0)
 
     parts = dict(
-        zip(PARTS, (hooks, norm_part, power, drift, sa, transfer, queue_rows), strict=True)
+        zip(
+            PARTS + REFERENCE,
+            (hooks, norm_part, power_stacked, sa_stacked, transfer, queue_rows)
+            + (power, sa, per_layer_check, whole_check, monitor_check),
+            strict=True,
+        )
     )
-    parts["run_check (all statistics)"] = whole_check
-    parts["Monitor check, end to end"] = monitor_check
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     for fn in parts.values():
         fn()
@@ -155,20 +192,36 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     return {name: median(t) for name, t in times.items()}
 
 
-def power_vs_svd(size: Size, device: str, steps: int, every: int) -> dict:
-    """Train ``steps`` steps; at each check compare warm power iteration with a full SVD."""
-    from collector.layers import select_layers
-    from collector.spectral import power_iteration
+def _p95(values: list[float]) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(0.95 * len(values)))] if values else math.nan
 
-    model, opt, x = build(size, device, seed=1)
+
+def power_vs_svd(size: Size, device: str, steps: int, every: int, iters=(4, 8, 16)) -> dict:
+    """Train on text for ``steps`` steps; at each check compare warm power iteration (each of
+    ``iters`` iterations, each with its own warm state) against a full SVD of the same matrix."""
+    from collector.layers import select_layers
+    from collector.spectral import WARM_ITERS, power_iteration
+    from tripwire.corpus import TextCorpus
+
+    iters = tuple(dict.fromkeys((WARM_ITERS, *iters)))
+    model, opt, _ = build(size, device, seed=1)
+    corpus, gen = TextCorpus(1_000_000), torch.Generator().manual_seed(1)
     layers = select_layers(model)
-    v_state: dict[str, torch.Tensor] = {}
-    sigma_err, v_err, gapped_sigma, gapped_v = [], [], [], []
-    t_warm, t_cold, t_svd = [], [], []
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    state: dict[int, dict[str, torch.Tensor]] = {k: {} for k in iters}
+    err = {k: {"sigma": [], "v": [], "t": []} for k in iters}
+    t_cold, t_svd = [], []
+    cuda = device.startswith("cuda")
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.thread_time()
+
     for step in range(steps):
-        loss = model(x, x)
-        loss.backward()
+        x, y = (t.to(device) for t in corpus.batch(size.batch, size.block, gen))
+        model(x, y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % every:
@@ -176,41 +229,43 @@ def power_vs_svd(size: Size, device: str, steps: int, every: int) -> dict:
         with torch.no_grad():
             for layer in layers:
                 w = layer.weight.detach()
-                cold = step == 0 or layer.name not in v_state
-                sync()
-                t0 = time.perf_counter()
-                sigma, v, _ = power_iteration(w, v_state.get(layer.name))
-                sync()
-                (t_cold if cold else t_warm).append(time.perf_counter() - t0)
-                v_state[layer.name] = v
-                t0 = time.perf_counter()
+                t0 = clock()
                 _, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
-                sync()
-                t_svd.append(time.perf_counter() - t0)
-                if cold:
-                    continue
-                rel = abs(float(sigma) - float(s[0])) / float(s[0])
-                angle = math.acos(min(1.0, abs(float(torch.dot(v, vh[0])))))
-                sigma_err.append(rel)
-                v_err.append(angle)
-                if len(s) > 1 and float(s[1]) < 0.95 * float(s[0]):
-                    gapped_sigma.append(rel)
-                    gapped_v.append(angle)
-    n_layers = len(layers)
+                t_svd.append(clock() - t0)
+                gapped = len(s) > 1 and float(s[1]) < 0.95 * float(s[0])
+                for k in iters:
+                    prev = state[k].get(layer.name)
+                    t0 = clock()
+                    sigma, v, _ = power_iteration(w, prev, iters=None if prev is None else k)
+                    (t_cold if prev is None else err[k]["t"]).append(clock() - t0)
+                    state[k][layer.name] = v
+                    if prev is None:
+                        continue
+                    err[k]["sigma"].append(abs(float(sigma) - float(s[0])) / float(s[0]))
+                    if gapped:  # v1 is only defined where σ1 stands apart
+                        err[k]["v"].append(math.acos(min(1.0, abs(float(torch.dot(v, vh[0]))))))
+    n = len(layers)
+    per_check = lambda ts: sum(ts) / max(len(ts), 1) * n  # noqa: E731
     return {
-        "layers": n_layers,
-        "checks": len(sigma_err) // max(n_layers, 1),
-        "warm_s": sum(t_warm) / max(len(t_warm), 1) * n_layers,
-        "cold_s": sum(t_cold) / max(len(t_cold), 1) * n_layers,
-        "svd_s": sum(t_svd) / max(len(t_svd), 1) * n_layers,
-        "sigma_median": median(sigma_err),
-        "sigma_max": max(sigma_err, default=math.nan),
-        "v_median": median(v_err),
-        "v_max": max(v_err, default=math.nan),
-        "gapped": len(gapped_v),
-        "gapped_sigma_max": max(gapped_sigma, default=math.nan),
-        "gapped_v_max": max(gapped_v, default=math.nan),
-        "pairs": len(v_err),
+        "layers": n,
+        "checks": len(err[iters[0]]["sigma"]) // max(n, 1),
+        "default_iters": WARM_ITERS,
+        "cold_s": per_check(t_cold),
+        "svd_s": per_check(t_svd),
+        "warm": {
+            k: {
+                "s": per_check(e["t"]),
+                "sigma_median": median(e["sigma"]),
+                "sigma_p95": _p95(e["sigma"]),
+                "sigma_max": max(e["sigma"], default=math.nan),
+                "v_median": median(e["v"]),
+                "v_p95": _p95(e["v"]),
+                "v_max": max(e["v"], default=math.nan),
+                "pairs": len(e["sigma"]),
+                "gapped": len(e["v"]),
+            }
+            for k, e in err.items()
+        },
     }
 
 
@@ -253,26 +308,39 @@ def report(results: list[dict], logs: dict, device: str, rounds: int) -> str:
             f"**One check, {s.name} GPT** ({pvs['layers']} linear layers, batch {s.batch} × "
             f"{s.block} tokens): median over {rounds} interleaved rounds of the calling thread's "
             "CPU time (wall time on a GPU); the parts are timed alone, so they need not add up "
-            "to the whole.\n\n"
+            "to the whole. The rows *one layer at a time* are the path before stacking (still "
+            "used for sharded or rank-combined checks), for comparison.\n\n"
             + table(["part", "ms", "of the whole check"], rows)
         )
+        warm_rows = [
+            [
+                f"power iteration, warm, {k} iterations"
+                + (" (the default)" if k == pvs["default_iters"] else ""),
+                fmt_ms(w["s"]),
+                f"{w['sigma_median']:.1e} / {w['sigma_p95']:.1e} / {w['sigma_max']:.1e}",
+                f"{w['v_median']:.1e} / {w['v_p95']:.1e} / {w['v_max']:.1e}",
+            ]
+            for k, w in pvs["warm"].items()
+        ]
+        w0 = next(iter(pvs["warm"].values()))
         parts.append(
             f"**Power iteration against `torch.linalg.svd`, {s.name} GPT**: all {pvs['layers']} "
-            f"weight matrices, {pvs['checks']} warm checks while training with AdamW "
-            f"(lr 1e-3, a check every 10 steps); errors over {pvs['pairs']} (layer, check) pairs; "
-            f"the v1 angle only means something where σ2 < 0.95 σ1 ({pvs['gapped']} pairs).\n\n"
+            f"weight matrices at {pvs['checks']} warm checks (every 10 steps) while it trains "
+            f"on text with AdamW (lr 1e-3); {w0['pairs']} (layer, check) pairs, of which "
+            f"{w0['gapped']} have σ2 < 0.95 σ1, where v1 is well defined and its angle is "
+            "measured. Each iteration count keeps its own warm state, as the collector does. "
+            "Time: CPU ms per check, all layers.\n\n"
             + table(
-                ["method", "ms per check (all layers)", "σ1 rel. error median / max", "v1 angle"],
                 [
-                    [
-                        "power iteration, warm (4 iterations)",
-                        fmt_ms(pvs["warm_s"]),
-                        f"{pvs['sigma_median']:.1e} / {pvs['sigma_max']:.1e}",
-                        f"median {pvs['v_median']:.1e} rad, max {pvs['v_max']:.1e}; "
-                        f"where gapped max {pvs['gapped_v_max']:.1e}",
-                    ],
+                    "method",
+                    "ms per check",
+                    "σ1 rel. error median / p95 / max",
+                    "v1 angle (rad) median / p95 / max",
+                ],
+                warm_rows
+                + [
                     ["power iteration, cold (30 iterations)", fmt_ms(pvs["cold_s"]), "", ""],
-                    ["`torch.linalg.svd` (full, reduced matrices)", fmt_ms(pvs["svd_s"]), "0", "0"],
+                    ["`torch.linalg.svd` (reduced)", fmt_ms(pvs["svd_s"]), "0 (reference)", "0"],
                 ],
             )
         )

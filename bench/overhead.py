@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="small,medium", help=f"of {', '.join(SIZES)}")
-    parser.add_argument("--rounds", type=int, default=None, help="default: 20 small, 4 others")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds for tiny and small")
+    parser.add_argument("--big-rounds", type=int, default=6, help="rounds for bigger sizes")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     variants = tuple(v for v in args.variants.split(",") if v)
     results, mem = [], {}
     for size in sizes:
-        rounds = args.rounds or (20 if size.name in ("tiny", "small") else 4)
+        rounds = args.rounds if size.name in ("tiny", "small") else args.big_rounds
         t0 = time.perf_counter()
         results.append(measure(size, args.device, rounds, args.every, variants))
         print(f"[{size.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)

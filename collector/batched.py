@@ -107,8 +107,10 @@ def power_iteration_stack(
 def _spectra(
     weights: list[torch.Tensor], vs: list[torch.Tensor | None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ1 ``(G,)`` and v1 ``(G, in)``: stacked, or one by one for big weights on CPU."""
-    if weights[0].device.type == "cpu" and weights[0].numel() > CPU_STACK_MAX_NUMEL:
+    """σ1 ``(G,)`` and v1 ``(G, in)``: stacked, or one by one for big weights on CPU and
+    for a shape that only one layer has (a stack of one is a copy for nothing)."""
+    big = weights[0].device.type == "cpu" and weights[0].numel() > CPU_STACK_MAX_NUMEL
+    if big or len(weights) == 1:
         found = [spectral.power_iteration(w, v)[:2] for w, v in zip(weights, vs, strict=True)]
         return torch.stack([s for s, _ in found]), torch.stack([v for _, v in found])
     return power_iteration_stack(weights, vs)
