@@ -72,14 +72,15 @@ def _sealed(session: Session, run_id: int) -> int:
     return -1 if found is None else int(found)
 
 
-def _contiguous(buckets: list[int]) -> list[tuple[int, int]]:
-    spans: list[list[int]] = []
-    for b in sorted(buckets):
-        if spans and b == spans[-1][1] + 1:
-            spans[-1][1] = b
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive bucket spans, overlapping or adjacent ones joined."""
+    out: list[list[int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
         else:
-            spans.append([b, b])
-    return [(a, b) for a, b in spans]
+            out.append([a, b])
+    return [(a, b) for a, b in out]
 
 
 def seal(session: Session, run_id: int, steps: list[int]) -> None:
@@ -91,15 +92,17 @@ def seal(session: Session, run_id: int, steps: list[int]) -> None:
     (a late or replayed check) are recomputed too. The newest bucket stays open and is read raw.
     Cost: one index lookup per batch, plus one statement per 16 checks.
     """
-    if not steps:
-        return
     w = run_width(session, run_id)
-    touched = {int(step) // w for step in steps}
+    # Negative steps stay out of the rollup (SQL's integer division truncates, Python's floors).
+    touched = {int(step) // w for step in steps if step >= 0}
+    if not touched:
+        return
     newest = max(touched)
     sealed = _sealed(session, run_id)
-    todo = {b for b in touched if b < newest or b <= sealed}
-    todo.update(range(sealed + 1, newest))
-    for first, last in _contiguous(list(todo)):
+    spans = [(b, b) for b in touched if b < newest or b <= sealed]
+    if sealed + 1 < newest:
+        spans.append((sealed + 1, newest - 1))  # completed since the last batch (or ever)
+    for first, last in _merged(spans):
         _recompute(session, run_id, w, first * w, (last + 1) * w - 1)
 
 

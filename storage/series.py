@@ -215,7 +215,7 @@ def layer_matrices(
         bucketed = span > max_steps
         kinds = [agg.get(st, "max") for st in stats]
         width = rollup.run_width(s, run_id) if bucketed and use_rollup else 0
-        if width and span >= max_steps * width and set(stats) <= set(rollup.STATS):
+        if width and lo >= 0 and span >= max_steps * width and set(stats) <= set(rollup.STATS):
             rows = rollup.grid_rows(
                 s,
                 run_id,
@@ -228,6 +228,11 @@ def layer_matrices(
                 steps_per_bucket=width,
             )
             return _assemble(stats, layer_rows, rows, bucketed)
+        if layers is None:
+            # Walk the run in step order (index run_id, step), which is the order rows were
+            # written in, not layer by layer through the primary key: SQLite then reads the table
+            # sequentially, 3x less CPU at 2 M rows. A few chosen layers keep the primary key.
+            where += [SqlLayerStat.step >= lo, SqlLayerStat.step <= hi]
         bucket = (SqlLayerStat.step - lo) * max_steps // span if bucketed else SqlLayerStat.step
         bucket = bucket.label("bucket")
         aggs = [

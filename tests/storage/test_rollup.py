@@ -238,3 +238,19 @@ def test_migration_backfills_runs_recorded_before_it(db_url):
         stats.write_layer_stats(s, run_id, ids, more)
     _assert_equal(_stored(db, run_id), _sealed(_expected(rows + more, ids, W)))
     db.dispose()
+
+
+def test_negative_and_huge_steps(db):
+    rows = _rows(range(-40, 1600, EVERY), seed=8)
+    with db.session() as s:
+        run_id, ids = _new_run(s)
+        stats.write_layer_stats(s, run_id, ids, rows)
+    # Negative steps stay out of the rollup; a grid reaching them reads raw rows.
+    _assert_equal(_stored(db, run_id), _sealed(_expected(rows[60:], ids, W)))
+    grid = series.layer_matrix(db, run_id, "grad_norm", max_steps=20)
+    _column_oracle(rows, grid, "grad_norm", "max", None, None)
+    # A jump to a huge step seals everything before it in one statement, not bucket by bucket.
+    far = _rows([2_000_000_000], seed=9)  # near the 32-bit step column's limit
+    with db.session() as s:
+        stats.write_layer_stats(s, run_id, ids, far)
+    _assert_equal(_stored(db, run_id), _expected(rows[60:], ids, W))

@@ -56,7 +56,7 @@ def upgrade() -> None:
     op.execute(
         f"INSERT INTO layer_stat_buckets ({', '.join(names)}) "
         f"SELECT {', '.join(values)} FROM layer_stats s JOIN runs r ON r.id = s.run_id "
-        f"GROUP BY s.run_id, s.layer_id, {bucket}"
+        f"WHERE s.step >= 0 GROUP BY s.run_id, s.layer_id, {bucket}"
     )
 
 
