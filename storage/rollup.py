@@ -181,7 +181,7 @@ def grid_rows(
             cell[i] = (higher if kind == "max" else lower)(cell[i], value)
 
     def read(query):
-        for row in session.connection().execute(query):  # Core: no ORM row processing
+        for row in session.connection().execute(query).all():  # Core: no ORM row processing
             if row[1] in edge_columns:
                 merge(row[0], row[1], row[2], row[3:])
             else:
