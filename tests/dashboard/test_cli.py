@@ -32,6 +32,7 @@ def _tripwire(*args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, like a job in a terminal
     )
 
 
@@ -53,12 +54,13 @@ def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> l
 
 
 def _interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C to the command; whatever is left of its process group is killed after a minute."""
     proc.send_signal(signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing may outlive the test holding the pipe
+        out, _ = proc.communicate(timeout=30)
     return out
 
 
