@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from bench import check_cost, common, overhead, storage_throughput
@@ -32,7 +30,8 @@ def test_overhead_runs_every_variant(monkeypatch, tmp_path):
 
 def test_memory_probe_reports_host_memory():
     probe = overhead.memory_probe("tiny", "tripwire", "cpu", steps=4, every=2)
-    assert probe["setup"] >= 0 and probe["device_peak"] is None
+    assert isinstance(probe["setup"], int) and isinstance(probe["training"], int)  # RSS can shrink
+    assert probe["device_peak"] is None
 
 
 def test_check_cost_parts_and_svd_comparison():
@@ -52,8 +51,10 @@ def test_check_cost_parts_and_svd_comparison():
     (result,) = out["results"]
     assert set(check_cost.PARTS) <= set(result["breakdown"])
     svd = result["svd"]
-    assert svd["pairs"] == svd["layers"] * svd["checks"] > 0
-    assert 0 <= svd["sigma_median"] < 1 and not math.isnan(svd["v_median"])
+    assert svd["checks"] > 0 and svd["svd_s"] > 0
+    for warm in svd["warm"].values():
+        assert warm["pairs"] == svd["layers"] * svd["checks"]
+        assert 0 <= warm["sigma_median"] < 1
     assert all(us > 0 for us in out["log"].values())
 
 
