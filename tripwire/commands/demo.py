@@ -73,7 +73,8 @@ def demo_command(db_url, steps, seed, run_name, every, no_dashboard, no_alerts, 
     import collector
     from tripwire.demo_training import DemoConfig, explosion_step, train
 
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    # One thread: on a busy machine a second one spin-waits and makes the demo several times slower.
+    torch.set_num_threads(1)
     config = DemoConfig(seed=seed) if steps is None else DemoConfig(seed=seed, steps=steps)
     db = Database(db_url)
     db.ensure_schema()
