@@ -6,27 +6,12 @@ import math
 
 import torch
 
-from collector.batched import layer_table
+from collector.batched import SA_COLUMNS, layer_table
 from collector.distributed import Ranks, full
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
 from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
-
-# Order of the per-layer statistics in the stacked tensor (the histogram travels apart).
-_COLUMNS = (
-    "grad_norm",
-    "weight_norm",
-    "sigma1",
-    "stable_rank",
-    "v_drift",
-    "sa_pos",
-    "sa_imbalance",
-    "sa_mean",
-    "sa_abs_mean",
-    "act_max",
-    "act_norm_mean",
-)
-_SA_COLUMNS = ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean")
+from storage.entities import LAYER_STATISTICS
 
 
 def _as_vector(values) -> torch.Tensor:
@@ -108,7 +93,7 @@ def run_check(
             measured.append(True)
         else:
             nan = torch.full((), math.nan, device=device)
-            sa = {name: nan for name in _SA_COLUMNS} | {
+            sa = {name: nan for name in SA_COLUMNS} | {
                 "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=device)
             }
             measured.append(False)
@@ -118,8 +103,8 @@ def run_check(
             "sigma1": sigma1,
             "stable_rank": stable_rank(weight_norms[i].to(device), sigma1),
             "v_drift": drift,
-        } | {name: sa[name].to(device) for name in _SA_COLUMNS}
-        per_layer.append(torch.stack([values[c].float().reshape(()) for c in _COLUMNS]))
+        } | {name: sa[name].to(device) for name in SA_COLUMNS}
+        per_layer.append(torch.stack([values[c].float().reshape(()) for c in LAYER_STATISTICS]))
         hists.append(sa["sa_hist"])
 
     # sync point: one host transfer per device for the whole check.
@@ -142,11 +127,11 @@ def _rows(layers, table, hist_table, measured, grads_present) -> tuple[list[dict
     for layer, values, hist, has_rows, has_grad in zip(
         layers, table, hist_table, measured, grads_present, strict=True
     ):
-        row = dict(zip(_COLUMNS, values, strict=True))
+        row = dict(zip(LAYER_STATISTICS, values, strict=True))
         if not has_grad:
             row["grad_norm"] = None
         if not has_rows:
-            for name in _SA_COLUMNS:
+            for name in SA_COLUMNS:
                 row[name] = None
             hist = None
         row["layer"] = layer.name
