@@ -70,7 +70,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     """Median seconds of each part of one check over ``rounds`` interleaved rounds."""
     import collector
     from collector import batched, checks, norms, spectral
-    from collector.checks import _COLUMNS
+    from storage.entities import LAYER_STATISTICS as _COLUMNS
 
     model, opt, x = build(size, device)
     monitor = collector.watch(
