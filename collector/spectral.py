@@ -15,7 +15,7 @@ import torch
 COLD_ITERS = 50
 """Power iterations without a previous ``v``."""
 
-WARM_ITERS = 4
+WARM_ITERS = 16
 """Power iterations warm-started from the previous check's ``v``."""
 
 SA_BINS = torch.arange(-20, 21, dtype=torch.float32) / 20
