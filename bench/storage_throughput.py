@@ -26,23 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import emit, fmt_ms, machine, median, table
+from storage.entities import LAYER_STATISTICS
 
 PG_SERVER = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 BENCH_DB = "tripwire_bench"
 BINS = 40
-STATS = (
-    "grad_norm",
-    "weight_norm",
-    "sigma1",
-    "stable_rank",
-    "v_drift",
-    "sa_pos",
-    "sa_imbalance",
-    "sa_mean",
-    "sa_abs_mean",
-    "act_max",
-    "act_norm_mean",
-)
 
 
 def layer_names(n: int) -> list[str]:
@@ -60,7 +48,7 @@ def check_records(step: int, layers: list[str], every: int, rng: random.Random) 
     ]
     rows = []
     for name in layers:
-        row = {key: rng.random() for key in STATS}
+        row = {key: rng.random() for key in LAYER_STATISTICS}
         hist = [0] * BINS
         for _ in range(16):
             hist[rng.randrange(BINS)] += 64
