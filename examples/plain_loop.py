@@ -83,6 +83,7 @@ def main() -> None:
             f"run {monitor.name!r}: {args.steps} steps, {monitor.checks} checks, {monitor.errors} errors"
         )
     if distributed:
+        dist.barrier()  # gloo aborts a rank that tears down while its peer is still mid-collective
         dist.destroy_process_group()
 
 
