@@ -79,6 +79,7 @@ def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
         fully_shard(model)
         with collector.watch(model, run="fsdp", **kw) as monitor:
             train(model, monitor, 5, rank=rank, world=world)
+    dist.barrier()  # gloo aborts a rank that tears down while its peer is still mid-collective
     dist.destroy_process_group()
 
 
