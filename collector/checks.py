@@ -14,16 +14,6 @@ from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
 from storage.entities import LAYER_STATISTICS
 
 
-def _as_vector(values) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        return values.float().reshape(-1)
-    return (
-        torch.stack([torch.as_tensor(v).float().reshape(()) for v in values])
-        if values
-        else torch.zeros(0)
-    )
-
-
 class SpectralState:
     """The top right singular vector of each layer, kept between checks for warm starts."""
 
@@ -56,7 +46,6 @@ def run_check(
         weight_norms, grad_norms = ranks.sharded_norms(params)
     else:
         weight_norms, grad_norms = weight_and_grad_norms(params)
-    weight_norms, grad_norms = _as_vector(weight_norms), _as_vector(grad_norms)
     grads_present = [p.grad is not None for p in params]
 
     if _batchable(params, ranks):
