@@ -459,22 +459,20 @@ def _to_host(tensors: list[torch.Tensor]) -> list[float]:
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     out: list[float] = [math.nan] * len(tensors)
-    for device, idx in by_device.items():
+    for idx in by_device.values():
         # sync point: one copy per device for all values since the last check.
         values = torch.stack([tensors[i].float().reshape(-1)[0] for i in idx]).cpu().tolist()
         for i, v in zip(idx, values, strict=True):
             out[i] = v
-        del device
     return out
 
 
 def _as_float(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, Number):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
-    return float(value)
+    """A logged value as a float; None for what has no number (a string, an object)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _jsonable(value):
