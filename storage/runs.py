@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from storage._models import SqlLayer, SqlProject, SqlRun
@@ -120,17 +120,12 @@ def ensure_layers(session: Session, run_id: int, layers: list[dict]) -> dict[str
 
 
 def touch(session: Session, run_id: int, *, last_step: int | None, at: datetime) -> None:
-    """Record that the run is alive (heartbeat) and how far it got."""
+    """Record that the run is alive (heartbeat) and how far it got; one UPDATE."""
     values: dict = {"heartbeat_at": at}
-    session.execute(update(SqlRun).where(SqlRun.id == run_id).values(**values))
     if last_step is not None:
-        session.execute(
-            update(SqlRun)
-            .where(
-                SqlRun.id == run_id, (SqlRun.last_step.is_(None)) | (SqlRun.last_step < last_step)
-            )
-            .values(last_step=last_step)
-        )
+        further = SqlRun.last_step.is_(None) | (SqlRun.last_step < last_step)
+        values["last_step"] = case((further, last_step), else_=SqlRun.last_step)
+    session.execute(update(SqlRun).where(SqlRun.id == run_id).values(**values))
 
 
 def finish(
