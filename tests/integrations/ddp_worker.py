@@ -25,6 +25,14 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
+def _teardown() -> None:
+    """Leave the process group together: gloo aborts a rank ("terminate called without an active
+    exception") that tears it down, or exits, while its peer is still mid-collective."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
     """The single-process reference, then runs under DDP (plain, a NaN on rank 1, per-rank
     writing, halt_on_alert) and FSDP2: all in the same processes, so with the same code."""
@@ -79,8 +87,7 @@ def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
         fully_shard(model)
         with collector.watch(model, run="fsdp", **kw) as monitor:
             train(model, monitor, 5, rank=rank, world=world)
-    dist.barrier()  # gloo aborts a rank that tears down while its peer is still mid-collective
-    dist.destroy_process_group()
+    _teardown()
 
 
 def trainer(rank: int, world: int, port: int, url: str, out: str) -> None:
@@ -99,3 +106,4 @@ def trainer(rank: int, world: int, port: int, url: str, out: str) -> None:
     callback = TripwireCallback(db=url, every=2, spool_dir=Path(out) / f"spool{rank}")
     _train(Path(out), [callback], ddp_backend="gloo", run_name="hf-ddp")
     Path(out, f"trainer{rank}.json").write_text(json.dumps({"errors": callback.monitor.errors}))
+    _teardown()  # Trainer set the group up and leaves it to the process exit
