@@ -32,6 +32,9 @@ THRESHOLD_PARAMS: dict[str, tuple[str, float | None]] = {
     "sigma_surge": ("min_layers", 1.0),
     "sa_shift": ("min_layers", 1.0),
     "diverging": ("min_layers", 1.0),
+    "attention_logits": ("max_logit", None),
+    "log_z_drift": ("max_drift", None),
+    "update_size": ("min_layers", 1.0),
 }
 """Predictor → (the parameter its score is compared with, the highest meaningful value)."""
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from collector.logits import attention_logit_max, log_z
 from collector.monitor import LossExplosionPredicted, Monitor
 
-__all__ = ["LossExplosionPredicted", "Monitor", "watch"]
+__all__ = ["LossExplosionPredicted", "Monitor", "attention_logit_max", "log_z", "watch"]
 
 
 def watch(

@@ -132,7 +132,16 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
     return torch.where(torch.tensor(given, device=drift.device), drift, math.nan)
 
 
-SA_COLUMNS = ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean")
+SA_COLUMNS = (
+    "sa_pos",
+    "sa_imbalance",
+    "sa_mean",
+    "sa_abs_mean",
+    "act_max",
+    "act_norm_mean",
+    "sa_c_abs_mean",
+    "sa_c_imbalance",
+)
 
 
 @torch.no_grad()
@@ -144,16 +153,21 @@ def sa_statistics_stack(
     ``rows``: ``G`` tensors ``(k, in)`` with the same ``k, in > 0``; ``v1``: ``(G, in)``. The
     passes over the rows (norms, projections, max) stay per layer, as matrix-vector products
     without temporaries; everything after them runs once on ``(G, k)``. Returns a ``(G, 6)``
-    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms. The centred
+    rows of the last two columns are one copy of a layer's sample at a time.
     """
     v = v1.float() / torch.linalg.vector_norm(v1.float(), dim=1, keepdim=True)
-    norms, dots, act_max = [], [], []
+    norms, dots, act_max, c_norms, c_dots = [], [], [], [], []
     for j, r in enumerate(rows):
         x = r.float()
         norms.append(torch.linalg.vector_norm(x, dim=1))
         dots.append(x @ v[j])
         act_max.append(torch.maximum(-x.amin(), x.amax()))  # max |x| without an |x| copy
+        centred = x - x.mean(dim=0, keepdim=True)
+        c_norms.append(torch.linalg.vector_norm(centred, dim=1))
+        c_dots.append(centred @ v[j])
     norms, dots = torch.stack(norms), torch.stack(dots)
+    c_abs_mean, c_imbalance = spectral.centred_sa(torch.stack(c_norms), torch.stack(c_dots))
     g = norms.shape[0]
     edges = bin_edges.to(norms.device, torch.float32)
     n_bins = edges.numel() - 1
@@ -178,6 +192,8 @@ def sa_statistics_stack(
             masked_mean(sa.abs()),
             torch.stack(act_max),
             norms.mean(dim=1),
+            c_abs_mean,
+            c_imbalance,
         ],
         dim=1,
     )
@@ -195,7 +211,7 @@ def layer_table(
     """σ1, v drift and the SA statistics of every layer, in the layers' order.
 
     ``weights`` (2-D, on one device) are grouped by shape; ``state_v`` (name → v1) is read for
-    warm starts and updated. Returns an ``(L, 2 + 6)`` fp32 table (``sigma1``, ``v_drift``,
+    warm starts and updated. Returns an ``(L, 2 + 8)`` fp32 table (``sigma1``, ``v_drift``,
     then ``SA_COLUMNS``; NaN where a layer had no usable input sample), the ``(L, bins)``
     histograms (zero where none) and, per layer, whether its inputs were measured.
     """

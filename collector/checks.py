@@ -11,14 +11,28 @@ from collector.distributed import Ranks, full
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
 from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
+from collector.updates import sketch, update_ratio
 from storage.entities import LAYER_STATISTICS
 
 
 class SpectralState:
-    """The top right singular vector of each layer, kept between checks for warm starts."""
+    """What a check keeps for the next one, per layer: the top right singular vector (warm
+    starts) and the step and sketch of the weights (the update ratio)."""
 
     def __init__(self) -> None:
         self.v: dict[str, torch.Tensor] = {}
+        self.sketches: dict[str, tuple[int, torch.Tensor]] = {}
+
+    def update_ratio(self, name: str, weight: torch.Tensor, step: int | None) -> torch.Tensor:
+        """The layer's update ratio since the previous check; remembers this check's sketch."""
+        now = sketch(weight)
+        before_step, before = self.sketches.get(name, (None, None))
+        if step is None or before_step is None:
+            ratio = update_ratio(now, None, 0)
+        else:
+            ratio = update_ratio(now, before, step - before_step)
+        self.sketches[name] = (step, now)
+        return ratio
 
 
 @torch.no_grad()
@@ -28,12 +42,15 @@ def run_check(
     state: SpectralState,
     bin_edges: torch.Tensor = SA_BINS,
     ranks: Ranks | None = None,
+    step: int | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Statistics of every layer for one check, and the global norms over those layers.
 
     Returns ``(layer_rows, global_scalars)``: one dict per layer with the contract's statistic
     names (``None`` where not measured: no input sample this step) and ``sa_hist``, and
-    ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers.
+    ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers. ``step`` (the
+    training step of this check) dates the weight sketches behind ``update_ratio``; without it
+    the update ratio is not measured.
 
     With ``ranks`` (distributed training) every rank must call this at the same check: sharded
     weights are gathered one layer at a time, norms summed over shards, and the SA statistics
@@ -54,8 +71,15 @@ def run_check(
         )
         columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
         sigma1 = table[:, 0:1]
+        updates = torch.stack(
+            [
+                state.update_ratio(layer.name, p, step)
+                for layer, p in zip(layers, params, strict=True)
+            ]
+        ).to(table.device)
         table = torch.cat(
-            [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:]], dim=1
+            [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]],
+            dim=1,
         )
         # sync point: one host transfer for the whole check.
         return _rows(layers, table.cpu().tolist(), hists.cpu().tolist(), measured, grads_present)
@@ -71,12 +95,12 @@ def run_check(
         usable = sample is not None and sample.shape[-1] == v1.shape[0]
         sa_stats.append(sa_statistics(sample, v1, bin_edges) if usable else None)
         samples.append(sample if usable else None)
-        spectra.append((sigma1, drift))
+        spectra.append((sigma1, drift, state.update_ratio(layer.name, weight, step)))
     if ranks is not None and ranks.combines_inputs:
         sa_stats = ranks.combine_sa(sa_stats, samples, n_bins, weight_norms.device)
 
     per_layer, hists, measured = [], [], []
-    for i, ((sigma1, drift), sa) in enumerate(zip(spectra, sa_stats, strict=True)):
+    for i, ((sigma1, drift, update), sa) in enumerate(zip(spectra, sa_stats, strict=True)):
         device = sigma1.device
         if sa is not None:
             measured.append(True)
@@ -92,6 +116,7 @@ def run_check(
             "sigma1": sigma1,
             "stable_rank": stable_rank(weight_norms[i].to(device), sigma1),
             "v_drift": drift,
+            "update_ratio": update,
         } | {name: sa[name].to(device) for name in SA_COLUMNS}
         per_layer.append(torch.stack([values[c].float().reshape(()) for c in LAYER_STATISTICS]))
         hists.append(sa["sa_hist"])

@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - depends on the torch build
     DTensor = Replicate = None
 
 # Columns of the per-layer SA table that is summed over ranks (the histogram follows them).
-_N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT = range(7)
-_SA_SUMS = 7
+_N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT, _C_ABS, _C_IMB = range(9)
+_SA_SUMS = 9
 
 
 def _dist():
@@ -132,6 +132,10 @@ class Ranks:
             sums[i, _N_SA] = n_sa
             for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
                 sums[i, col] = torch.where(has_sa, sa[name].double() * n_sa, 0.0)
+            # Each rank centres its own batch; the centred statistics are averaged over ranks
+            # by row count (a per-batch quantity: the union of the batches has no single centre).
+            sums[i, _C_ABS] = torch.where(has_sa, sa["sa_c_abs_mean"].double() * n_sa, 0.0)
+            sums[i, _C_IMB] = torch.where(has_sa, sa["sa_c_imbalance"].double() * n_sa, 0.0)
             sums[i, _N_ROWS] = n_rows
             sums[i, _NORM] = sa["act_norm_mean"].double() * n_rows
             act_max = sa["act_max"].double()
@@ -158,6 +162,8 @@ class Ranks:
                     "sa_abs_mean": (row[_ABS] / row[_N_SA]).float(),
                     "act_max": torch.where(row[_NAN_ACT] > 0, math.nan, maxima[i]).float(),
                     "act_norm_mean": (row[_NORM] / row[_N_ROWS]).float(),
+                    "sa_c_abs_mean": (row[_C_ABS] / row[_N_SA]).float(),
+                    "sa_c_imbalance": (row[_C_IMB] / row[_N_SA]).float(),
                     "sa_hist": row[_SA_SUMS:].round().long(),
                 }
             )

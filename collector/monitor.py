@@ -334,7 +334,7 @@ class Monitor:
     def _check(self, step: int, grad_norm: bool = True) -> None:
         rows = self._sampler.take()
         ranks = self.ranks if self.ranks.reduces else None
-        layer_rows, totals = run_check(self.layers, rows, self._spectral, ranks=ranks)
+        layer_rows, totals = run_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
         if not grad_norm:
             totals.pop("grad_norm", None)
         if ranks is not None:

@@ -172,6 +172,9 @@ def sa_statistics(
     ``sa_imbalance`` (``|2 sa_pos - 1|``), ``sa_mean``, ``sa_abs_mean``, ``act_max`` (max |x|
     over all rows) and ``act_norm_mean`` (mean ||x|| over all rows), and ``sa_hist``, the int64
     counts per bin of ``bin_edges`` (numpy's convention: half-open bins, the last one closed).
+    ``sa_c_abs_mean`` and ``sa_c_imbalance`` are mean |SA| and D of the rows centred on their
+    mean: how much of the inputs' *variation* lines up with ``v1`` once the direction they all
+    share (after a LayerNorm or a GELU) is taken out.
 
     Non-finite inputs propagate: a row with NaN makes the SA statistics NaN and is left out of
     the histogram. No rows with SA give NaN SA statistics and a zero histogram. Custom
@@ -188,7 +191,16 @@ def sa_statistics(
     n_bins = edges.numel() - 1
     nan = torch.full((), math.nan, device=dev)
     if x.shape[0] == 0 or x.shape[1] == 0:
-        names = ["sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "act_max", "act_norm_mean"]
+        names = [
+            "sa_pos",
+            "sa_imbalance",
+            "sa_mean",
+            "sa_abs_mean",
+            "act_max",
+            "act_norm_mean",
+            "sa_c_abs_mean",
+            "sa_c_imbalance",
+        ]
         stats = {name: nan.clone() for name in names}
         return {**stats, "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=dev)}
 
@@ -211,6 +223,8 @@ def sa_statistics(
     # scatter_add_, not bincount: bincount sizes its output from the data, a sync point on CUDA.
     hist = torch.zeros(n_bins, dtype=torch.int64, device=dev).scatter_add_(0, idx, binned.long())
 
+    centred = x - x.mean(dim=0, keepdim=True)
+    c_abs_mean, c_imbalance = centred_sa(torch.linalg.vector_norm(centred, dim=1), centred @ v)
     return {
         "sa_pos": sa_pos,
         "sa_imbalance": (2 * sa_pos - 1).abs(),
@@ -219,4 +233,23 @@ def sa_statistics(
         "sa_hist": hist,
         "act_max": x.abs().amax(),
         "act_norm_mean": norms.mean(),
+        "sa_c_abs_mean": c_abs_mean,
+        "sa_c_imbalance": c_imbalance,
     }
+
+
+def centred_sa(norms: torch.Tensor, dots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean |SA| and D over the last dimension, from centred rows' norms and projections on v1.
+
+    Rows with zero norm are left out, as in :func:`sa_statistics`; NaN propagates.
+
+    >>> [round(float(t), 3) for t in centred_sa(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, -1.0, 0.0]))]
+    [0.5, 0.0]
+    """
+    has = norms != 0
+    count = has.sum(dim=-1)
+    sa = (dots / norms).clamp(-1.0, 1.0)
+    abs_mean = torch.where(has, sa.abs(), 0.0).sum(dim=-1) / count
+    positive = torch.where(torch.isnan(sa), math.nan, (sa > 0).float())
+    pos = torch.where(has, positive, 0.0).sum(dim=-1) / count
+    return abs_mean, (2 * pos - 1).abs()

@@ -31,8 +31,11 @@ STAT_TITLES = {
     "sa_abs_mean": "mean |SA|",
     "act_max": "max |x|",
     "act_norm_mean": "mean ||x||",
+    "sa_c_abs_mean": "mean |SA|, centred inputs",
+    "sa_c_imbalance": "SA imbalance D, centred inputs",
+    "update_ratio": "update / weight per step",
 }
-LOG_COLOR_STATS = ("grad_norm", "weight_norm", "sigma1", "act_max", "act_norm_mean")
+LOG_COLOR_STATS = ("grad_norm", "weight_norm", "sigma1", "act_max", "act_norm_mean", "update_ratio")
 """Statistics whose heatmaps are coloured by log10: they span decades across layers."""
 
 

@@ -89,6 +89,9 @@ class SqlLayerStat(Base):
     sa_abs_mean: Mapped[float | None] = mapped_column(FaithfulFloat)
     act_max: Mapped[float | None] = mapped_column(FaithfulFloat)
     act_norm_mean: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sa_c_abs_mean: Mapped[float | None] = mapped_column(FaithfulFloat)
+    sa_c_imbalance: Mapped[float | None] = mapped_column(FaithfulFloat)
+    update_ratio: Mapped[float | None] = mapped_column(FaithfulFloat)
     sa_hist: Mapped[list | None] = mapped_column(Counts)
     __table_args__ = (Index("ix_layer_stats_run_step", "run_id", "step"),)
 

@@ -26,6 +26,9 @@ LAYER_STATISTICS = (
     "sa_abs_mean",
     "act_max",
     "act_norm_mean",
+    "sa_c_abs_mean",
+    "sa_c_imbalance",
+    "update_ratio",
 )
 """Per-layer, per-check statistic names of the data contract (plus the histogram ``sa_hist``)."""
 
@@ -91,6 +94,9 @@ class LayerStat:
     sa_abs_mean: float | None = None
     act_max: float | None = None
     act_norm_mean: float | None = None
+    sa_c_abs_mean: float | None = None
+    sa_c_imbalance: float | None = None
+    update_ratio: float | None = None
     sa_hist: list[int] | None = None
 
 

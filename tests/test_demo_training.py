@@ -57,6 +57,27 @@ def test_monitor_sees_every_step_after_backward_before_the_optimizer_step():
         train(cfg, Monitor(None), watch=Monitor)
 
 
+def test_check_steps_also_log_the_logit_signals_without_changing_training():
+    cfg = DemoConfig(steps=6, warmup_steps=5, **TINY)
+    extras = {}
+
+    class Monitor:
+        def is_check_step(self, step):
+            return step % 3 == 0
+
+        def log(self, step, loss, lr, **scalars):
+            extras[step] = {k: float(v) for k, v in scalars.items()}
+
+    losses = train(cfg, watch=lambda model: Monitor())
+    assert losses == train(cfg)
+    assert [s for s, e in extras.items() if e] == [0, 3]
+    for step in (0, 3):
+        assert set(extras[step]) == {"attn_logit_max", "log_z"}
+        assert 0 < extras[step]["attn_logit_max"] < 50
+        # near-uniform logits at the start: log Z close to log(vocabulary size)
+        assert abs(extras[step]["log_z"] - math.log(256)) < 1.0
+
+
 def test_non_finite_loss_does_not_stop_training():
     cfg = DemoConfig(steps=12, warmup_steps=1, lr=1e4, ramp_start=12, **TINY)
     losses = train(cfg)

@@ -13,7 +13,6 @@ import sys
 import click
 
 from storage import StorageError
-
 from tripwire import commands
 
 

@@ -118,10 +118,13 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = batches()
+        # Check steps also measure the attention logits and log Z (one extra attention matrix).
+        model.measure_logits = monitor is not None and _is_check_step(monitor, step)
         loss = model(x, y)
         loss.backward()
         if monitor is not None:
-            monitor.log(step, loss=loss.detach(), lr=lr)
+            signals = model.logit_signals() if model.measure_logits else {}
+            monitor.log(step, loss=loss.detach(), lr=lr, **signals)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -130,6 +133,11 @@ def train(
         if on_step is not None:
             on_step(step, losses[-1], lr)
     return losses
+
+
+def _is_check_step(monitor: Any, step: int) -> bool:
+    is_check = getattr(monitor, "is_check_step", None)
+    return bool(is_check(step)) if is_check is not None else False
 
 
 def build(config: DemoConfig) -> tuple[GPT, Callable[[], tuple[torch.Tensor, torch.Tensor]]]:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collector.logits import attention_logit_max, log_z
+
 
 @dataclass
 class GPTConfig:
@@ -46,12 +48,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.q_norm = nn.LayerNorm(head_dim, bias=cfg.bias) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(head_dim, bias=cfg.bias) if cfg.qk_norm else nn.Identity()
+        self.logit_max: torch.Tensor | None = None
+        """The largest attention logit of the last forward, when the GPT measures logits."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, measure: bool = False) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, is_causal=True)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if measure:
+            self.logit_max = attention_logit_max(q, k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -73,8 +80,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, measure: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), measure)
         return x + self.mlp(self.ln2(x))
 
 
@@ -82,7 +89,8 @@ class GPT(nn.Module):
     """A nanoGPT-like decoder: embeddings, pre-LayerNorm blocks, final LayerNorm, ``lm_head``.
 
     ``model(idx)`` returns logits; ``model(idx, targets)`` returns the mean cross-entropy loss,
-    as in Tripwire's examples (``loss = model(x, y)``).
+    as in Tripwire's examples (``loss = model(x, y)``). With ``measure_logits`` set, a forward
+    also measures the logit signals that :meth:`logit_signals` returns for ``monitor.log``.
 
     >>> model = GPT(GPTConfig(n_layer=2, d_model=32, n_head=2, block_size=16))
     >>> idx = torch.zeros(3, 16, dtype=torch.long)
@@ -107,6 +115,26 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=0.02 / (2 * cfg.n_layer) ** 0.5)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
+        self.measure_logits = False
+        """Measure the largest attention logit and ``log Z`` in each forward (check steps)."""
+        self._log_z: torch.Tensor | None = None
+
+    def logit_signals(self) -> dict[str, torch.Tensor]:
+        """The last measured forward's ``attn_logit_max`` (over all blocks) and ``log_z``.
+
+        >>> model = GPT(GPTConfig(n_layer=1, d_model=32, n_head=2, block_size=8))
+        >>> model.measure_logits = True
+        >>> _ = model(torch.zeros(1, 8, dtype=torch.long))
+        >>> sorted(model.logit_signals())
+        ['attn_logit_max', 'log_z']
+        """
+        out = {}
+        maxima = [b.attn.logit_max for b in self.blocks if b.attn.logit_max is not None]
+        if maxima:
+            out["attn_logit_max"] = torch.stack(maxima).max()
+        if self._log_z is not None:
+            out["log_z"] = self._log_z
+        return out
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -125,8 +153,10 @@ class GPT(nn.Module):
             )
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, self.measure_logits)
         logits = self.lm_head(self.ln_f(x))
+        if self.measure_logits:
+            self._log_z = log_z(logits)
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['diverging', 'grad_norm_spike', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'weight_growth']
+['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'info'
 
@@ -17,7 +17,7 @@ per model. ``tripwire.toml`` overrides every setting per predictor.
 
 from __future__ import annotations
 
-from alerts.predictors import gradients, loss, non_finite, sa, stalled, together, weights
+from alerts.predictors import gradients, logits, loss, non_finite, sa, stalled, together, weights
 from alerts.predictors.base import Observation, Predictor, Verdict, finite
 
 PREDICTORS: dict[str, Predictor] = {
@@ -80,6 +80,31 @@ PREDICTORS: dict[str, Predictor] = {
         summary="many layers' mean |SA| jump above their own history at once",
         enabled=False,
     ),
+    "update_size": Predictor(
+        "update_size",
+        together.update_size,
+        severity="info",
+        for_checks=2,
+        params=together.UPDATE_PARAMS,
+        summary="many layers' update-to-weight ratio per step above a set level",
+        enabled=False,
+    ),
+    "attention_logits": Predictor(
+        "attention_logits",
+        logits.attention_logits,
+        severity="warning",
+        for_checks=2,
+        params=logits.ATTENTION_PARAMS,
+        summary="the largest attention logit (logged as attn_logit_max) is above a set level",
+    ),
+    "log_z_drift": Predictor(
+        "log_z_drift",
+        logits.log_z_drift,
+        severity="warning",
+        for_checks=2,
+        params=logits.LOG_Z_PARAMS,
+        summary="the output log Z (logged as log_z) drifts away from its settled level",
+    ),
     "non_finite": Predictor(
         "non_finite",
         non_finite.non_finite,
@@ -114,7 +139,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: diverging, grad_norm_spike, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, update_size, weight_growth
     """
     try:
         return PREDICTORS[name]

@@ -8,6 +8,7 @@ from typing import Any
 from alerts.predictors.base import Observation, Verdict, finite
 
 PARAMS = {
+    "stat": "sa_imbalance",
     "warmup_steps": 50,
     "baseline_checks": 5,
     "alpha": 0.02,
@@ -20,13 +21,15 @@ own baseline, the mean of its first ``baseline_checks`` checks after ``warmup_st
 EMA (weight ``alpha``) updated only while the condition does not hold. It holds when D has
 used up at least ``excess`` of the headroom ``1 - baseline`` *and* ``D >= min_imbalance``.
 A layer whose baseline leaves less than ``min_headroom`` (inputs that are one-signed by
-construction, e.g. after GELU or LayerNorm) cannot collapse further and is never flagged."""
+construction, e.g. after GELU or LayerNorm) cannot collapse further and is never flagged.
+``stat = "sa_c_imbalance"`` judges D of the inputs centred per batch instead."""
 
 
-def _imbalance(stat) -> float | None:  # noqa: ANN001
-    if finite(stat.sa_imbalance):
-        return stat.sa_imbalance
-    if finite(stat.sa_pos):
+def _imbalance(stat, name: str) -> float | None:  # noqa: ANN001
+    value = getattr(stat, name, None)
+    if finite(value):
+        return value
+    if name == "sa_imbalance" and finite(stat.sa_pos):
         return abs(2 * stat.sa_pos - 1)
     return None
 
@@ -45,7 +48,7 @@ def sa_collapse(obs: Observation, memory: dict, params: Mapping[str, Any]) -> li
     if obs.step < params["warmup_steps"]:
         return verdicts
     for layer, stat in obs.layers.items():
-        d = _imbalance(stat)
+        d = _imbalance(stat, params["stat"])
         if d is None:
             continue
         mem = memory.setdefault(layer, {"n": 0, "base": 0.0})

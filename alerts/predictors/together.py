@@ -138,6 +138,37 @@ def sa_shift(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[
     )
 
 
+UPDATE_PARAMS = {"max_ratio": 0.01, "min_layers": 0.5, "warmup_steps": 100}
+"""``update_size``: a layer's ``update_ratio`` (relative weight change per step, measured by
+the collector over each check interval) above ``max_ratio``; holds when at least
+``min_layers`` of the layers are. The rule of thumb says healthy updates are ~1e-3 of the
+weights; on the prediction benchmark healthy small GPTs under AdamW run at 1–4e-2, so the level
+is a per-model matter (``tripwire calibrate``) and the rule ships off."""
+
+
+def update_size(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Fraction of layers whose update-to-weight ratio per step exceeds ``max_ratio``.
+
+    >>> from storage.entities import LayerStat
+    >>> p = dict(UPDATE_PARAMS, warmup_steps=0)
+    >>> layers = {"a": LayerStat(10, "a", update_ratio=0.02), "b": LayerStat(10, "b", update_ratio=0.001)}
+    >>> update_size(Observation(10, layers=layers), {}, p)[0].holds
+    True
+    """
+    if obs.step < params["warmup_steps"]:
+        return [Verdict(False, 0.0)] if obs.layers else []
+    values = {n: s.update_ratio for n, s in obs.layers.items() if finite(s.update_ratio)}
+    hits = [n for n, v in values.items() if v > params["max_ratio"]]
+    return _fraction_verdict(
+        "update_size",
+        obs,
+        hits,
+        len(values),
+        params["min_layers"],
+        f"move more than {params['max_ratio']:g} of their weights per step",
+    )
+
+
 DIVERGING_PARAMS = {
     **SIGMA_PARAMS,
     "window_checks": 3,

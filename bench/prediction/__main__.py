@@ -17,7 +17,7 @@ from pathlib import Path
 from alerts.config import Config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
-from bench.prediction.candidates import CANDIDATES
+from bench.prediction.candidates import CANDIDATES, TUNED
 from bench.prediction.evaluate import backtest, loss_series, score_suite
 from bench.prediction.heldout import leave_one_mechanism_out
 from bench.prediction.record import PROJECT, ensure_recorded
@@ -28,7 +28,7 @@ from storage.db import Database
 
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
-WITHOUT_DIVERGING = "default rule set without diverging"
+WITHOUT_TUNED = "default rule set without the tuned rules"
 FIGURE_RUNS = ["gpt-lr-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 
@@ -39,7 +39,7 @@ def default_sources(config: Config, label: str = "default") -> dict[str, tuple[s
     sources = {n: (label, {n}) for n in rules}
     sent = {n for n, r in rules.items() if r.severity in ("warning", "critical")}
     sources[DEFAULT_SET] = (label, sent)
-    sources[WITHOUT_DIVERGING] = (label, sent - {"diverging"})
+    sources[WITHOUT_TUNED] = (label, sent - set(TUNED))
     sources[ALL_ENABLED] = (label, set(rules))
     return sources
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name}: {how}", file=sys.stderr, flush=True)
         config = Config()
         scores = score_suite(db, suite, {"default": config}, default_sources(config))
-        without = scores.pop(WITHOUT_DIVERGING)
+        without = scores.pop(WITHOUT_TUNED)
         print("### Shipped defaults\n\n" + summary(scores) + "\n\n" + per_run(scores))
         if args.runs:
             return 0
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + per_run(calibrated))
         explored = explore(db, suite)
         print("\n### Candidates\n\n" + summary(explored))
-        rule = {k: v for k, v in explored.items() if k.startswith("diverging")}
-        held, chosen = leave_one_mechanism_out(suite, without, rule)
+        tuned = [{k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in TUNED]
+        held, chosen = leave_one_mechanism_out(suite, without, tuned)
         print("\n### Default rule set, leave one mechanism out\n\n" + summary({held.source: held}))
         print("\n" + per_run({held.source: held}) + "\n\n" + str(chosen))
         if not args.no_write:

@@ -25,6 +25,9 @@ CALIBRATED = [
     "sigma_surge",
     "sa_shift",
     "diverging",
+    "attention_logits",
+    "log_z_drift",
+    "update_size",
 ]
 
 

@@ -34,6 +34,12 @@ class Candidate:
 
 _DIV = (0.01, 0.1, 0.2)
 """The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
+_ATTENTION = 50.0
+"""The shipped ``attention_logits`` level."""
+
+TUNED = ("diverging", "attention_logits")
+"""The rules of the default set whose settings were chosen on this suite; the held-out score
+(``heldout.py``) re-chooses them among their candidates without the scored mechanism."""
 
 CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------
@@ -44,6 +50,24 @@ CANDIDATES: list[Candidate] = [
         {"excess": 0.8, "min_imbalance": 0.9, "min_headroom": 0.3},
         for_checks=5,
         note="D ≥ 0.9 using 80% of the headroom, 5 checks in a row",
+    ),
+    Candidate(
+        "sa_collapse centred",
+        "sa_collapse",
+        {"stat": "sa_c_imbalance"},
+        note="D of the inputs centred per batch, against the layer's baseline",
+    ),
+    Candidate(
+        "sa_shift centred mean abs SA",
+        "sa_shift",
+        {"stat": "sa_c_abs_mean"},
+        note="mean |SA| of centred inputs jumps above own history, ≥30% of layers",
+    ),
+    Candidate(
+        "sa_shift centred D",
+        "sa_shift",
+        {"stat": "sa_c_imbalance", "min_sd": 0.05},
+        note="D of centred inputs jumps above own history, ≥30% of layers",
     ),
     Candidate(
         "sa_shift mean abs SA",
@@ -98,4 +122,27 @@ CANDIDATES: list[Candidate] = [
     Candidate("loss_spike 10%", "loss_spike", {"rel_increase": 0.1}),
     Candidate("loss_spike 50%", "loss_spike", {"rel_increase": 0.5}),
     Candidate("loss_spike 0.2 nat", "loss_spike", {"rel_increase": 0.0, "min_increase": 0.2}),
+    # --- logit signals the loop logs (attention logits: GPT runs only) -------------------------
+    *[
+        Candidate(
+            f"attention_logits {level:g}" + (" (default)" if level == _ATTENTION else ""),
+            "attention_logits",
+            {"max_logit": level},
+            note="largest q·k/√d above a level, 2 checks in a row",
+        )
+        for level in (25.0, 50.0, 100.0, 200.0)
+    ],
+    Candidate("attention_logits 50, 1 check", "attention_logits", for_checks=1),
+    Candidate("log_z_drift 2 nat", "log_z_drift", {"max_drift": 2.0}),
+    Candidate("log_z_drift 5 nat (default)", "log_z_drift"),
+    # --- update-to-weight ratio (collector statistic) -----------------------------------------
+    Candidate("update_size 1e-2/50% (default)", "update_size"),
+    Candidate("update_size 3e-2/50%", "update_size", {"max_ratio": 0.03}),
+    Candidate("update_size 1e-2/10%", "update_size", {"min_layers": 0.1}),
+    Candidate(
+        "update_ratio shift",
+        "sa_shift",
+        {"stat": "update_ratio", "min_sd": 0.001},
+        note="update ratio jumps above own history, ≥30% of layers",
+    ),
 ]

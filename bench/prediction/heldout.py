@@ -1,14 +1,16 @@
 """The default rule set scored on mechanisms its tuning never saw (leave one mechanism out).
 
-``diverging`` is the rule whose thresholds were tuned on this suite. For every mechanism in
-turn, its setting is chosen among the ``diverging`` candidates (``candidates.py``) using only the
-runs of the *other* mechanisms — fewest false alarms, then most explosions warned, then the
-longest median lead — and the held-out mechanism's runs are scored with the default rule set
-using that setting. Every run is thus scored by a rule tuned without its mechanism (and without
-its twin, which shares the mechanism).
+``diverging`` and ``attention_logits`` are the rules whose thresholds were tuned on this suite
+(``candidates.TUNED``). For every mechanism in turn, their settings are chosen together among
+their candidates (``candidates.py``) using only the runs of the *other* mechanisms — fewest
+false alarms, then most explosions warned, then the longest median lead — and the held-out
+mechanism's runs are scored with the default rule set using those settings. Every run is thus
+scored by rules tuned without its mechanism (and without its twin, which shares the mechanism).
 """
 
 from __future__ import annotations
+
+import itertools
 
 from bench.prediction.evaluate import RunOutcome, Score
 from bench.prediction.runs import RunSpec
@@ -41,10 +43,20 @@ def _rank(score: Score, runs: set[str]) -> tuple:
 
 
 def leave_one_mechanism_out(
-    suite: list[RunSpec], others: Score, candidates: dict[str, Score]
+    suite: list[RunSpec], others: Score, tuned: list[dict[str, Score]]
 ) -> tuple[Score, dict[str, str]]:
-    """Held-out score of the default rule set, and the setting chosen for each mechanism."""
-    combined = {label: with_rule(others, s, label) for label, s in candidates.items()}
+    """Held-out score of the default rule set, and the settings chosen for each mechanism.
+
+    ``others`` is the default set without the tuned rules; ``tuned`` holds, per tuned rule, its
+    candidates' scores by label. Every combination of one candidate per rule is tried.
+    """
+    combined = {}
+    for combo in itertools.product(*(rule.items() for rule in tuned)):
+        label = " + ".join(name for name, _ in combo)
+        score = others
+        for _, candidate in combo:
+            score = with_rule(score, candidate, label)
+        combined[label] = score
     chosen: dict[str, str] = {}
     by_run: dict[str, RunOutcome] = {}
     for mechanism in sorted({s.mechanism for s in suite}):

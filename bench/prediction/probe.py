@@ -10,48 +10,11 @@ the output logits / ``log Z`` grow.
 
 from __future__ import annotations
 
-import math
 import sys
 
-import torch
-
 from bench.prediction.runs import BY_NAME, RunSpec, train
+from bench.prediction.signals import Probe
 from tripwire.demo_training import explosion_step
-
-
-class Probe:
-    """Forward hooks recording the largest attention and output logits of the last forward."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.attn = 0.0
-        self.out_max = 0.0
-        self.log_z = 0.0
-        for name, module in model.named_modules():
-            if name.endswith("attn.qkv"):
-                heads = model.cfg.n_head
-                norm_q = model.get_submodule(name.rsplit(".", 1)[0]).q_norm
-                norm_k = model.get_submodule(name.rsplit(".", 1)[0]).k_norm
-                module.register_forward_hook(self._attention(heads, norm_q, norm_k))
-            if name in ("lm_head", "head"):
-                module.register_forward_hook(self._output)
-
-    def _attention(self, heads, norm_q, norm_k):  # noqa: ANN001, ANN202
-        def hook(module, args, out):  # noqa: ANN001, ARG001
-            with torch.no_grad():
-                b, t, d3 = out.shape
-                d = d3 // 3
-                q, k, _ = out.float().split(d, dim=2)
-                q = norm_q(q.view(b, t, heads, d // heads).transpose(1, 2))
-                k = norm_k(k.view(b, t, heads, d // heads).transpose(1, 2))
-                scores = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
-                self.attn = max(self.attn, scores.abs().max().item())
-
-        return hook
-
-    def _output(self, module, args, out):  # noqa: ANN001, ARG002
-        with torch.no_grad():
-            self.out_max = out.float().abs().max().item()
-            self.log_z = torch.logsumexp(out.float(), dim=-1).mean().item()
 
 
 def probe(spec: RunSpec) -> None:

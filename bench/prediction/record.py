@@ -17,6 +17,7 @@ from pathlib import Path
 
 import collector
 from bench.prediction.runs import RunSpec, train
+from bench.prediction.signals import Probe
 from storage import runs as run_store
 from storage import stats
 from storage.db import Database
@@ -48,8 +49,22 @@ def load_export(spec: RunSpec) -> dict | None:
     return data if data["spec"] == _spec_json(spec) else None
 
 
+class _LoggingLogits:
+    """The training loop's ``log()``: the collector's, plus the logit signals on check steps."""
+
+    def __init__(self, monitor: collector.Monitor, model) -> None:  # noqa: ANN001
+        self.monitor = monitor
+        self.probe = Probe(model)
+
+    def log(self, step: int, loss, lr) -> None:  # noqa: ANN001
+        extra = self.probe.scalars() if self.monitor.is_check_step(step) else {}
+        self.monitor.log(step, loss=loss, lr=lr, **extra)
+        self.probe.attn = 0.0
+
+
 def train_into(spec: RunSpec, db_url: str) -> None:
-    """Train ``spec`` with the collector at its defaults (``every=10``) writing to ``db_url``."""
+    """Train ``spec`` with the collector at its defaults (``every=10``) writing to ``db_url``,
+    logging the largest attention logit and the output ``log Z`` on check steps."""
     monitors = []
 
     def attach(model):
@@ -57,7 +72,7 @@ def train_into(spec: RunSpec, db_url: str) -> None:
             model, run=spec.name, project=PROJECT, db=db_url, every=EVERY, config=spec.config()
         )
         monitors.append(monitor)
-        return monitor
+        return _LoggingLogits(monitor, model)
 
     try:
         train(spec, attach)

@@ -194,3 +194,45 @@ def test_sa_collapse_skips_nan_and_warmup():
     out, memory = run_layers("sa_collapse", rows)
     assert out == [{}, {}, {}, {}]  # all inside the default warm-up
     assert memory == {}
+
+
+def test_sa_collapse_can_judge_the_centred_inputs_instead():
+    rows = [
+        (s, {"fc": {"sa_imbalance": 0.1, "sa_c_imbalance": 0.1 if s < 500 else 0.95}})
+        for s in range(0, 700, 10)
+    ]
+    plain, _ = run_layers("sa_collapse", rows)
+    centred, _ = run_layers("sa_collapse", rows, {"stat": "sa_c_imbalance"})
+    assert not any(v.get("fc") for v in plain)
+    assert rows[next(i for i, v in enumerate(centred) if v.get("fc"))][0] == 500
+
+
+def test_attention_logits_holds_above_the_level_and_skips_what_was_not_logged():
+    out, _ = run_scalar("attention_logits", [12.0, 49.9, None, NAN, 50.1, 4000.0])
+    assert out == [False, False, None, None, True, True]
+    out, _ = run_scalar("attention_logits", [30.0], {"max_logit": 25.0})
+    assert out == [True]
+
+
+def test_log_z_drift_compares_with_the_level_it_settled_at():
+    values = [9.0] * 100 + [5.0] * 100 + [7.0] * 50 + [-1.0] * 10  # warm-up, baseline, drift
+    out, memory = run_scalar("log_z_drift", values)
+    assert not any(out[:250])
+    assert all(out[250:])
+    assert memory["sum"] / memory["n"] == 5.0  # warm-up values are not the baseline
+    out, _ = run_scalar("log_z_drift", [5.0] * 200 + [9.9, NAN, 10.1], {"max_drift": 5.0})
+    assert out[-3:] == [False, None, True]
+
+
+def test_update_size_counts_layers_moving_too_fast():
+    spec = PREDICTORS["update_size"]
+
+    def holds(ratios, **params):
+        layers = {f"l{i}": LayerStat(200, f"l{i}", update_ratio=r) for i, r in enumerate(ratios)}
+        verdicts = spec.fn(Observation(200, {}, layers), {}, {**spec.params, **params})
+        return verdicts[0].holds
+
+    assert holds([0.02, 0.02, 0.001, NAN])  # 2 of the 3 measured layers
+    assert not holds([0.02, 0.001, 0.001, None])
+    assert holds([0.02, 0.001, 0.001], min_layers=0.3)
+    assert not holds([0.02, 0.02, 0.02], max_ratio=0.05)

@@ -85,6 +85,7 @@ def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracl
                     "sigma1": s[0].item(),
                     "input": inputs[name].reshape(-1, w.shape[1]).numpy(),
                     "v1": torch.linalg.svd(w)[2][0].numpy(),
+                    "weight": w.clone(),
                 }
 
     monitor = collector.watch(
@@ -132,10 +133,21 @@ def test_every_statistic_of_every_layer_and_check_is_stored_and_matches_an_oracl
         assert row.sa_mean == pytest.approx(float(sa.mean()), abs=2e-3)
         assert row.sa_abs_mean == pytest.approx(float(np.abs(sa).mean()), abs=2e-3)
         assert row.act_max == pytest.approx(float(np.abs(x).max()), rel=1e-5)
+        xc = x - x.mean(axis=0)  # centred on this step's batch: sign-free statistics
+        sa_c = xc @ v / np.linalg.norm(xc, axis=1)
+        assert row.sa_c_abs_mean == pytest.approx(float(np.abs(sa_c).mean()), abs=2e-3)
+        assert row.sa_c_imbalance == pytest.approx(abs(2 * float((sa_c > 0).mean()) - 1), abs=1e-6)
         assert row.act_norm_mean == pytest.approx(float(np.linalg.norm(x, axis=1).mean()), rel=1e-5)
         assert sum(row.sa_hist) == x.shape[0] == 32
         hist, _ = np.histogram(sa, bins=np.asarray(run.sa_bin_edges))
         assert row.sa_hist == hist.tolist()
+        if row.step == 0:
+            assert math.isnan(row.update_ratio)  # nothing to compare with at the first check
+        else:  # a 16-direction sketch of the exact relative change per step over 5 steps
+            before = expected[(row.step - 5, row.layer)]["weight"]
+            now = oracle["weight"]
+            exact = ((now - before).norm() / now.norm()).item() / 5
+            assert row.update_ratio == pytest.approx(exact, rel=0.5)
     drifts = [r.v_drift for r in rows if r.step == 0]
     assert all(math.isnan(d) for d in drifts)  # no previous v1 at the first check
     assert all(0 <= r.v_drift <= math.pi / 2 for r in rows if r.step > 0)

@@ -72,8 +72,8 @@ def test_dashboard_serves_the_database_on_localhost_until_interrupted(real_dbs):
         _wait_for_line(proc, f"Dashboard: http://localhost:{port}")
         assert server.wait_ready(port, timeout=10)
     finally:
-        _interrupt(proc)
-    assert proc.returncode == 0
+        out = _interrupt(proc)
+    assert proc.returncode == 0, out
     assert not server.wait_ready(port, timeout=2), "the server outlived the command"
 
 

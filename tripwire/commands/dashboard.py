@@ -65,20 +65,20 @@ def _serve(server, db_url: str, host: str, port: int):
     from storage import redact_url
 
     process = server.start(db_url, host=host, port=port)
-    try:
+    try:  # Ctrl-C at any moment until the caller waits on it must not orphan the server
         ready = server.wait_ready(port, timeout=90, host=host, process=process)
-    except KeyboardInterrupt:
+        if not ready:
+            raise UserError(f"the dashboard did not start on {host}:{port} (is the port in use?)")
+        shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+        click.echo(f"Dashboard: http://{shown}:{port}  ({redact_url(db_url)})")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(
+                "Note: bound beyond localhost; "
+                "set TRIPWIRE_DASHBOARD_PASSWORD to require a password."
+            )
+    except BaseException:
         server.stop(process)
         raise
-    if not ready:
-        server.stop(process)
-        raise UserError(f"the dashboard did not start on {host}:{port} (is the port in use?)")
-    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
-    click.echo(f"Dashboard: http://{shown}:{port}  ({redact_url(db_url)})")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(
-            "Note: bound beyond localhost; set TRIPWIRE_DASHBOARD_PASSWORD to require a password."
-        )
     return process
 
 

@@ -1,0 +1,81 @@
+"""Predictors of the logit signals a user logs beside the loss (docs/alerts.md, "Logit signals").
+
+``attention_logits``: the largest attention logit ``q·k/√d`` grows past a level where softmax
+attention collapses onto one key (attention-entropy collapse; qk-norm is the usual fix).
+``log_z_drift``: the output layer's log-partition ``log Z = logsumexp(logits)`` drifts away
+from where it settled (output-logit divergence; z-loss is the usual fix). The collector cannot
+see inside a fused attention kernel or know which layer is the output, so the training loop
+logs them: ``monitor.log(step, loss=loss, attn_logit_max=..., log_z=...)``. Runs that do not
+log them are never judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from alerts.predictors.base import Observation, Verdict, finite
+
+ATTENTION_PARAMS = {"key": "attn_logit_max", "max_logit": 50.0, "warmup_steps": 0}
+"""Holds when the logged ``key`` exceeds ``max_logit`` (after ``warmup_steps``). Softmax
+weights differ by ``e^50`` at 50: one key takes all the attention."""
+
+LOG_Z_PARAMS = {"key": "log_z", "max_drift": 5.0, "warmup_steps": 100, "baseline_steps": 100}
+"""The baseline is the mean of the logged ``key`` over ``baseline_steps`` steps after
+``warmup_steps``; holds when a later value is more than ``max_drift`` nats away from it."""
+
+
+def attention_logits(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """The largest attention logit against a fixed level.
+
+    >>> [attention_logits(Observation(s, {"attn_logit_max": v}), {}, ATTENTION_PARAMS)[0].holds
+    ...  for s, v in [(0, 12.0), (10, 80.0)]]
+    [False, True]
+    """
+    value = obs.scalars.get(params["key"])
+    if not finite(value):
+        return []
+    if obs.step < params["warmup_steps"]:
+        return [Verdict(False, 0.0)]
+    limit = float(params["max_logit"])
+    holds = value > limit
+    message = (
+        f"largest attention logit {value:.4g} is above {limit:g} at step {obs.step}: attention "
+        "is collapsing onto single keys (no qk-norm?)"
+        if holds
+        else ""
+    )
+    return [Verdict(holds, value, message, details={params["key"]: value})]
+
+
+def log_z_drift(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Distance of the output ``log Z`` from its settled level, in nats.
+
+    >>> p = dict(LOG_Z_PARAMS, warmup_steps=0, baseline_steps=20)
+    >>> m = {}
+    >>> [log_z_drift(Observation(s, {"log_z": v}), m, p)[0].holds
+    ...  for s, v in [(0, 5.0), (10, 5.2), (20, 6.0), (30, -2.0)]]
+    [False, False, False, True]
+    """
+    value = obs.scalars.get(params["key"])
+    if not finite(value):
+        return []
+    start = params["warmup_steps"]
+    if obs.step < start:
+        return [Verdict(False, 0.0)]
+    if obs.step < start + params["baseline_steps"]:
+        memory["sum"] = memory.get("sum", 0.0) + value
+        memory["n"] = memory.get("n", 0) + 1
+        return [Verdict(False, 0.0)]
+    if not memory.get("n"):
+        return [Verdict(False, 0.0)]
+    baseline = memory["sum"] / memory["n"]
+    drift = abs(value - baseline)
+    holds = drift > params["max_drift"]
+    message = (
+        f"output log Z {value:.3g} has drifted {drift:.2f} nats from its level {baseline:.3g} "
+        "(output-logit divergence; z-loss or weight decay on the output layer counter it)"
+        if holds
+        else ""
+    )
+    return [Verdict(holds, drift, message, details={"log_z": value, "baseline": baseline})]
