@@ -33,6 +33,9 @@ def _tripwire(*args: str) -> subprocess.Popen:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,  # its own process group, like a job in a terminal
+        # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then
+        # installs no Ctrl-C handler; a terminal job has the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
