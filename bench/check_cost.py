@@ -34,6 +34,7 @@ PARTS = (
     "norms (fused)",
     "power iteration + v drift, stacked by shape",
     "SA statistics, stacked by shape",
+    "update ratio: weight sketches",
     "host transfer",
     "rows + queue",
 )
@@ -69,7 +70,7 @@ class _Inputs:
 def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     """Median seconds of each part of one check over ``rounds`` interleaved rounds."""
     import collector
-    from collector import batched, checks, norms, spectral
+    from collector import batched, checks, norms, spectral, updates
     from storage.entities import LAYER_STATISTICS as _COLUMNS
 
     model, opt, x = build(size, device)
@@ -134,6 +135,12 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
         for group_rows, group_v in group_sa:
             batched.sa_statistics_stack(group_rows, group_v)
 
+    sketches = {layer.name: updates.sketch(layer.weight) for layer in layers}
+
+    def update_part():
+        for layer in layers:
+            updates.update_ratio(updates.sketch(layer.weight), sketches[layer.name], 10)
+
     def power():
         for layer in layers:
             _, v1, _ = spectral.power_iteration(layer.weight, v1s[layer.name])
@@ -177,7 +184,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     parts = dict(
         zip(
             PARTS + REFERENCE,
-            (hooks, norm_part, power_stacked, sa_stacked, transfer, queue_rows)
+            (hooks, norm_part, power_stacked, sa_stacked, update_part, transfer, queue_rows)
             + (power, sa, per_layer_check, whole_check, monitor_check),
             strict=True,
         )

@@ -29,7 +29,7 @@ from storage.db import Database
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
 WITHOUT_TUNED = "default rule set without the tuned rules"
-FIGURE_RUNS = ["gpt-lr-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
+FIGURE_RUNS = ["gpt-lr-ramp", "gpt-qkv-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 
 def default_sources(config: Config, label: str = "default") -> dict[str, tuple[str, set[str]]]:

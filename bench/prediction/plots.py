@@ -1,4 +1,5 @@
-"""Figures of a few runs: the loss with each predictor's first alert, and the SA heatmap.
+"""Figures of a few runs: the loss with each predictor's first alert, the SA heatmap, and the
+largest attention logit where the run logged it.
 
 Needs matplotlib (``pip install matplotlib``); the benchmark skips the figures without it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alerts.backtest import BacktestAlert
+from alerts.predictors import PREDICTORS
 from storage import stats
 from storage.db import Database
 
@@ -23,7 +25,8 @@ def loss_and_sa(
     alerts: list[BacktestAlert],
     out: Path,
 ) -> Path:
-    """Two panels: loss with first alerts marked; SA imbalance D as a layer × step heatmap."""
+    """Loss with first alerts marked; SA imbalance D as a layer × step heatmap; and, when the run
+    logged ``attn_logit_max``, the largest attention logit against the default level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +41,14 @@ def loss_and_sa(
         if r.sa_imbalance is not None:
             grid[layers.index(r.layer), steps.index(r.step)] = r.sa_imbalance
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True, dpi=80)
+    attention = [
+        (p.step, p.value)
+        for p in stats.scalar_series(db, run_id, ["attn_logit_max"])
+        if p.value is not None and p.value == p.value
+    ]
+    panels = 3 if attention else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True, dpi=80)
+    ax1, ax2 = axes[0], axes[1]
     finite = [x if x == x and abs(x) < 1e6 else np.nan for x in losses]
     ax1.plot(range(len(finite)), finite, lw=0.8, color="0.3", label="loss")
     top = np.nanmax(finite[: (explosion or len(finite)) + 40]) if finite else 1
@@ -68,6 +78,18 @@ def loss_and_sa(
     ax2.set_title("SA imbalance D per layer (0 mixed signs, 1 one sign)", fontsize=9)
     if explosion is not None:
         ax2.axvline(explosion, color="red", lw=1.5)
+    if attention:
+        ax3 = axes[2]
+        ax3.semilogy([s for s, _ in attention], [v for _, v in attention], color="0.3", lw=1)
+        level = PREDICTORS["attention_logits"].params["max_logit"]
+        ax3.axhline(
+            level, color="tab:orange", ls="--", lw=1, label=f"attention_logits level {level:g}"
+        )
+        if explosion is not None:
+            ax3.axvline(explosion, color="red", lw=1.5)
+        ax3.set_ylabel("max q·k/√d")
+        ax3.legend(fontsize=7, loc="upper left")
+        ax3.set_xlabel("step")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
