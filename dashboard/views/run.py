@@ -65,7 +65,7 @@ others = {uid: label for uid, label in labels.items() if uid != run["uid"]}
 overlay = st.sidebar.multiselect("Overlay runs", list(others), format_func=others.get)
 per_layer_stat = st.sidebar.radio(
     "Per-layer statistic",
-    ["grad_norm", "weight_norm", "sigma1", "stable_rank"],
+    ["grad_norm", "weight_norm", "sigma1", "stable_rank", "update_ratio"],
     format_func=lambda s: figures.STAT_TITLES[s],
 )
 refresh = queries.refresh_seconds(summary.get("last_step"), run.get("every"), len(layers))

@@ -128,3 +128,23 @@ def test_an_unreachable_database_is_one_clear_error(monkeypatch):
     assert not at.exception
     assert at.error and "Cannot use the database" in at.error[0].value
     assert "pw-secret" not in at.error[0].value
+
+
+def test_the_update_ratio_heatmap_shows_what_the_collector_measured(real_dbs, monkeypatch):
+    import json
+
+    url, uid = real_dbs["live"]
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+    at = _run(DASHBOARD / "views" / "run.py", {"run": uid})
+    at.sidebar.radio[0].set_value("update_ratio").run()
+    _assert_clean(at)
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    (heat,) = [
+        s["data"][0]
+        for s in specs
+        if s["layout"].get("title", {}).get("text") == "update / weight per step"
+    ]
+    first, *later = zip(*heat["z"], strict=True)  # columns: checks
+    assert all(v is None for v in first)  # nothing to compare with at the first check
+    log10 = [v for column in later for v in column]
+    assert log10 and all(-6 < v < 0 for v in log10)  # coloured by log10 of a ratio below 1
