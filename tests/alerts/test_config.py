@@ -134,3 +134,16 @@ def test_missing_secret_names_the_variable():
         ConfigError, match=r"notifiers\[0\]: kind 'webhook' needs the URL in \$TRIPWIRE_WEBHOOK_URL"
     ):
         build_routes(cfg, {})
+
+
+def test_the_example_in_docs_alerts_md_is_a_valid_config():
+    import re
+    from pathlib import Path
+
+    from alerts.config import tomllib  # tomli before Python 3.11
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text("utf-8")
+    example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    config = parse_config(tomllib.loads(example))
+    assert config.rules()["attention_logits"].params["max_logit"] == 100.0
+    assert config.rules()["update_size"].enabled
