@@ -153,8 +153,7 @@ def sa_statistics_stack(
     ``rows``: ``G`` tensors ``(k, in)`` with the same ``k, in > 0``; ``v1``: ``(G, in)``. The
     passes over the rows (norms, projections, max) stay per layer, as matrix-vector products
     without temporaries; everything after them runs once on ``(G, k)``. Returns a ``(G, 6)``
-    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms. The centred
-    rows of the last two columns are one copy of a layer's sample at a time.
+    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
     """
     v = v1.float() / torch.linalg.vector_norm(v1.float(), dim=1, keepdim=True)
     norms, dots, act_max, c_norms, c_dots = [], [], [], [], []
@@ -163,9 +162,9 @@ def sa_statistics_stack(
         norms.append(torch.linalg.vector_norm(x, dim=1))
         dots.append(x @ v[j])
         act_max.append(torch.maximum(-x.amin(), x.amax()))  # max |x| without an |x| copy
-        centred = x - x.mean(dim=0, keepdim=True)
-        c_norms.append(torch.linalg.vector_norm(centred, dim=1))
-        c_dots.append(centred @ v[j])
+        c_norm, c_dot = spectral.centred_parts(x, v[j], norms[-1], dots[-1])
+        c_norms.append(c_norm)
+        c_dots.append(c_dot)
     norms, dots = torch.stack(norms), torch.stack(dots)
     c_abs_mean, c_imbalance = spectral.centred_sa(torch.stack(c_norms), torch.stack(c_dots))
     g = norms.shape[0]

@@ -223,8 +223,7 @@ def sa_statistics(
     # scatter_add_, not bincount: bincount sizes its output from the data, a sync point on CUDA.
     hist = torch.zeros(n_bins, dtype=torch.int64, device=dev).scatter_add_(0, idx, binned.long())
 
-    centred = x - x.mean(dim=0, keepdim=True)
-    c_abs_mean, c_imbalance = centred_sa(torch.linalg.vector_norm(centred, dim=1), centred @ v)
+    c_abs_mean, c_imbalance = centred_sa(*centred_parts(x, v, norms, x @ v))
     return {
         "sa_pos": sa_pos,
         "sa_imbalance": (2 * sa_pos - 1).abs(),
@@ -236,6 +235,22 @@ def sa_statistics(
         "sa_c_abs_mean": c_abs_mean,
         "sa_c_imbalance": c_imbalance,
     }
+
+
+def centred_parts(
+    x: torch.Tensor, v: torch.Tensor, norms: torch.Tensor, dots: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norms and projections on ``v`` of the rows of ``x`` centred on their mean, from the
+    uncentred ``norms`` and ``dots = x @ v`` and one more matrix-vector product (no copy of ``x``).
+
+    >>> x, v = torch.tensor([[1.0, 2.0], [3.0, 2.0]]), torch.tensor([1.0, 0.0])
+    >>> [t.tolist() for t in centred_parts(x, v, x.norm(dim=1), x @ v)]
+    [[1.0, 1.0], [-1.0, 1.0]]
+    """
+    mean = x.mean(dim=0)
+    # ||x - m||² expanded; rounding can leave a tiny negative where a row equals the mean.
+    squared = norms.square() - 2 * (x @ mean) + mean.dot(mean)
+    return squared.clamp_min(0).sqrt(), dots - mean.dot(v)
 
 
 def centred_sa(norms: torch.Tensor, dots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

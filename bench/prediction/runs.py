@@ -241,6 +241,32 @@ SUITE: list[RunSpec] = [
         focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.6),
         twin="gpt-qkv-ramp",
     ),
+    # the same ramp at a 3x and a 10x lower peak: the attention logits still climb into the
+    # hundreds or thousands, and the loss never explodes (900 steps tried)
+    RunSpec(
+        "gpt-qkv-ramp-mid",
+        STABLE,
+        "gpt",
+        "attn-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt=_ADAM,
+        focus="attn.qkv",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.1),
+        twin="gpt-qkv-ramp",
+    ),
+    RunSpec(
+        "gpt-qkv-ramp-safe",
+        STABLE,
+        "gpt",
+        "attn-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt=_ADAM,
+        focus="attn.qkv",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.03),
+        twin="gpt-qkv-ramp",
+    ),
     # --- SGD with momentum at a constant learning rate on the deep unnormalised MLP: no
     # schedule change at all; the curvature grows until the fixed step is too large ------------
     RunSpec(
