@@ -35,6 +35,7 @@ THRESHOLD_PARAMS: dict[str, tuple[str, float | None]] = {
     "attention_logits": ("max_logit", None),
     "log_z_drift": ("max_drift", None),
     "update_size": ("min_layers", 1.0),
+    "sa_growth": ("excess", 1.0),
 }
 """Predictor → (the parameter its score is compared with, the highest meaningful value)."""
 

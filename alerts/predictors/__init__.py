@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
+['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'info'
 
@@ -80,6 +80,16 @@ PREDICTORS: dict[str, Predictor] = {
         summary="many layers' mean |SA| jump above their own history at once",
         enabled=False,
     ),
+    "sa_growth": Predictor(
+        "sa_growth",
+        sa.sa_growth,
+        severity="info",
+        for_checks=3,
+        params=sa.GROWTH_PARAMS,
+        summary="a layer's SA signs collapse while its sigma1 grows fast",
+        per_layer=True,
+        enabled=False,
+    ),
     "update_size": Predictor(
         "update_size",
         together.update_size,
@@ -139,7 +149,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, sa_collapse, sa_shift, sigma_surge, stalled, update_size, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
     """
     try:
         return PREDICTORS[name]

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts.predictors.base import Observation, Verdict, finite
+from alerts.predictors.weights import weight_growth
 
 PARAMS = {
     "stat": "sa_imbalance",
@@ -74,4 +75,41 @@ def sa_collapse(obs: Observation, memory: dict, params: Mapping[str, Any]) -> li
         verdicts.append(
             Verdict(holds, score, message, layer=layer, details={"imbalance": d, "baseline": base})
         )
+    return verdicts
+
+
+GROWTH_PARAMS = {**PARAMS, "growth_stat": "sigma1", "window_checks": 5, "max_rate": 0.005}
+"""``sa_growth``: ``sa_collapse``'s parameters, plus ``weight_growth``'s on ``growth_stat``
+(its warm-up is ``warmup_steps``): both must hold for the same layer at once."""
+
+
+def sa_growth(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Per layer: the SA signs collapse *and* σ1 grows faster than ``max_rate`` per step.
+
+    >>> from storage.entities import LayerStat
+    >>> p, m = dict(GROWTH_PARAMS, warmup_steps=0, baseline_checks=2, window_checks=1), {}
+    >>> for step, d, s1 in [(0, 0.1, 1.0), (10, 0.1, 1.0), (20, 0.9, 1.0), (30, 0.9, 1.5)]:
+    ...     v = sa_growth(Observation(step, layers={"fc": LayerStat(step, "fc", sa_imbalance=d,
+    ...                                                             sigma1=s1)}), m, p)
+    ...     print(step, v[0].holds)
+    0 False
+    10 False
+    20 False
+    30 True
+    """
+    growth_params = {
+        "stat": params["growth_stat"],
+        "window_checks": params["window_checks"],
+        "max_rate": params["max_rate"],
+        "warmup_steps": params["warmup_steps"],
+    }
+    growing = {
+        v.layer: v for v in weight_growth(obs, memory.setdefault("growth", {}), growth_params)
+    }
+    verdicts = []
+    for v in sa_collapse(obs, memory.setdefault("sa", {}), params):
+        grows = growing.get(v.layer)
+        holds = v.holds and grows is not None and grows.holds
+        message = f"{v.message}; {grows.message}" if holds else ""
+        verdicts.append(Verdict(holds, v.score if holds else 0.0, message, layer=v.layer))
     return verdicts

@@ -51,6 +51,15 @@ CANDIDATES: list[Candidate] = [
         for_checks=5,
         note="D ≥ 0.9 using 80% of the headroom, 5 checks in a row",
     ),
+    *[
+        Candidate(
+            f"sa_growth {rate:.1%}",
+            "sa_growth",
+            {"max_rate": rate},
+            note="SA collapse and σ1 growth in the same layer at once",
+        )
+        for rate in (0.002, 0.005, 0.01)
+    ],
     Candidate(
         "sa_collapse centred",
         "sa_collapse",

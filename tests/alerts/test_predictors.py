@@ -236,3 +236,29 @@ def test_update_size_counts_layers_moving_too_fast():
     assert not holds([0.02, 0.001, 0.001, None])
     assert holds([0.02, 0.001, 0.001], min_layers=0.3)
     assert not holds([0.02, 0.02, 0.02], max_ratio=0.05)
+
+
+def test_sa_growth_needs_the_collapse_and_the_growth_in_the_same_layer():
+    def rows(collapse_at, grow_at):
+        out = []
+        for s in range(0, 700, 10):
+            out.append(
+                (
+                    s,
+                    {
+                        "fc": {
+                            "sa_imbalance": 0.95 if s >= collapse_at else 0.1,
+                            "sigma1": 1.0 * (1.02 ** max(0, s - grow_at)),
+                        }
+                    },
+                )
+            )
+        return out
+
+    def first(collapse_at, grow_at):
+        out, _ = run_layers("sa_growth", rows(collapse_at, grow_at))
+        return next((rows(0, 0)[i][0] for i, v in enumerate(out) if v.get("fc")), None)
+
+    assert first(collapse_at=300, grow_at=10_000) is None  # SA alone
+    assert first(collapse_at=10_000, grow_at=300) is None  # growth alone
+    assert first(collapse_at=400, grow_at=300) == 400
