@@ -47,7 +47,8 @@ def watch(
         db: database URL; default ``$TRIPWIRE_DB_URL``, else ``sqlite:///tripwire.db``.
         every: run a check (per-layer statistics) every this many steps.
         config: hyper-parameters to store with the run (shown on the dashboard).
-        layers: glob patterns of layer names to monitor (default: every ``nn.Linear``).
+        layers: glob patterns of layer names to monitor (default: every ``nn.Linear`` and
+            ``transformers``' ``Conv1D``).
         exclude: glob patterns of layer names to leave out.
         sample_size: input rows (tokens) sampled per layer per check for spectral alignment.
         tags: free-form labels.

@@ -64,17 +64,18 @@ def run_check(
     else:
         weight_norms, grad_norms = weight_and_grad_norms(params)
     grads_present = [p.grad is not None for p in params]
+    matrices = [layer.matrix(p) for layer, p in zip(layers, params, strict=True)]  # out × in
 
-    if _batchable(params, ranks):
+    if _batchable(matrices, ranks):
         table, hists, measured = layer_table(
-            params, [layer.name for layer in layers], rows, state.v, bin_edges
+            matrices, [layer.name for layer in layers], rows, state.v, bin_edges
         )
         columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
         sigma1 = table[:, 0:1]
         updates = torch.stack(
             [
-                state.update_ratio(layer.name, p, step)
-                for layer, p in zip(layers, params, strict=True)
+                state.update_ratio(layer.name, m, step)
+                for layer, m in zip(layers, matrices, strict=True)
             ]
         ).to(table.device)
         table = torch.cat(
@@ -87,7 +88,7 @@ def run_check(
     n_bins = bin_edges.numel() - 1
     spectra, sa_stats, samples = [], [], []
     for layer in layers:
-        weight = full(layer.weight)  # FSDP: gathers this layer's shards (a collective)
+        weight = layer.matrix(full(layer.weight))  # FSDP: gathers the shards (a collective)
         sigma1, v1, _ = power_iteration(weight, state.v.get(layer.name))
         drift = v_drift(v1, state.v.get(layer.name))
         state.v[layer.name] = v1  # a NaN v1 is replaced by a cold start at the next check

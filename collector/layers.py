@@ -1,4 +1,5 @@
-"""Which layers are monitored: every ``nn.Linear`` by default, filtered by name patterns."""
+"""Which layers are monitored: every ``nn.Linear`` (and ``transformers``' ``Conv1D``, the
+transposed linear layer of GPT-2) by default, filtered by name patterns."""
 
 from __future__ import annotations
 
@@ -18,16 +19,32 @@ class MonitoredLayer:
 
     @property
     def weight(self):
+        """The weight parameter as the module holds it (its ``.grad`` is the gradient)."""
         return self.module.weight
 
+    @property
+    def transposed(self) -> bool:
+        """``Conv1D`` stores its weight as in × out and computes ``x @ W``."""
+        return _is_conv1d(self.module)
+
+    def matrix(self, weight):  # noqa: ANN001, ANN201
+        """``weight`` (this layer's, or a gathered copy of it) as out × in, like ``nn.Linear``'s:
+        a view, so that v1 lives in the space of the layer's input rows."""
+        return weight.t() if self.transposed else weight
+
     def spec(self) -> dict:
-        """The layer as storage registers it."""
+        """The layer as storage registers it (shape out × in whatever the module's layout)."""
         return {
             "name": self.name,
             "position": self.position,
             "kind": type(self.module).__name__,
-            "shape": list(self.module.weight.shape),
+            "shape": list(self.matrix(self.module.weight).shape),
         }
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # transformers.pytorch_utils.Conv1D, recognised without importing transformers
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def select_layers(
@@ -36,7 +53,8 @@ def select_layers(
     exclude: list[str] | str | None = None,
     types: tuple[type[nn.Module], ...] = (nn.Linear,),
 ) -> list[MonitoredLayer]:
-    """The model's linear layers in model order, filtered by glob patterns on their names.
+    """The model's linear layers (``types``, and ``Conv1D``) in model order, filtered by glob
+    patterns on their names.
 
     A layer is kept if its name matches any ``include`` pattern (all layers when none is given)
     and no ``exclude`` pattern. Layers whose weight is empty are skipped: they have no spectrum.
@@ -50,7 +68,9 @@ def select_layers(
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
     chosen = []
     for name, module in model.named_modules():
-        if not isinstance(module, types) or getattr(module, "weight", None) is None:
+        if not (isinstance(module, types) or _is_conv1d(module)):
+            continue
+        if getattr(module, "weight", None) is None:
             continue
         if module.weight.dim() != 2 or module.weight.numel() == 0:
             continue
