@@ -79,10 +79,13 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         where = f" on {shown}"
     title = EVENT_TITLES.get(event, event.upper())
     subject = f"[tripwire] {title} {first.severity}: {first.predictor} on run {run.name}"
+    # The loss and score are those of the step that fired: say so on a resolved message.
+    when = f" (fired at step {first.fired_step})" if event == "resolved" else ""
+    loss_label = "loss when it fired" if event == "resolved" else "loss"
     lines = [
         f"{title} {first.severity} {first.predictor}{where}",
         f"run: {run.name} (project {run.project}, uid {run.uid})",
-        f"step: {step}   loss: {_fmt(loss)}   score: {_fmt(first.score)}",
+        f"step: {step}{when}   {loss_label}: {_fmt(loss)}   score: {_fmt(first.score)}",
     ]
     details = [a.message for a in alerts[:5] if a.message]
     lines += [f"- {d}" for d in details]
@@ -95,7 +98,8 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         f"<h3>{html.escape(title)} {html.escape(first.severity)}: "
         f"{html.escape(first.predictor)}{html.escape(where)}</h3>"
         f"<p>Run <b>{html.escape(run.name)}</b> (project {html.escape(run.project)}), "
-        f"step {step}, loss {html.escape(_fmt(loss))}, score {html.escape(_fmt(first.score))}</p>"
+        f"step {step}{html.escape(when)}, {loss_label} {html.escape(_fmt(loss))}, "
+        f"score {html.escape(_fmt(first.score))}</p>"
         f"<ul>{items}</ul>{anchor}"
     )
     payload = {
@@ -106,6 +110,7 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         "run_uid": run.uid,
         "project": run.project,
         "step": step,
+        "fired_step": first.fired_step,
         "layers": layers,
         "loss": _fmt(loss) if loss is not None and not math.isfinite(loss) else loss,
         "score": first.score if first.score is None or math.isfinite(first.score) else None,

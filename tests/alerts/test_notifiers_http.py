@@ -73,7 +73,7 @@ def http_server():
         s.close()
 
 
-def alert_message():
+def alert_message(event: str = "firing"):
     run = Run(7, "uid7", "team", "gpt-lr3e-3", "running", datetime(2025, 1, 1))
     alert = Alert(
         id=1,
@@ -91,8 +91,17 @@ def alert_message():
         message="SA signs of blocks.1.mlp.fc collapsed: imbalance 0.91 against its normal 0.12",
         details={"loss": 2.71},
         fired_step=260,
+        resolved_step=300 if event == "resolved" else None,
     )
-    return render("firing", [alert], run, "https://dash.example.com")
+    return render(event, [alert], run, "https://dash.example.com")
+
+
+def test_a_resolved_message_says_the_loss_is_from_when_it_fired():
+    message = alert_message("resolved")
+    assert "step: 300 (fired at step 260)   loss when it fired: 2.71" in message.text
+    assert "step 300 (fired at step 260), loss when it fired 2.71" in message.html
+    assert message.payload["step"] == 300 and message.payload["fired_step"] == 260
+    assert "step: 260   loss: 2.71" in alert_message().text
 
 
 def test_webhook_retries_429_and_500_then_succeeds(http_server):
