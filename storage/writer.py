@@ -63,7 +63,11 @@ class BatchWriter:
         heartbeat_interval: float = 15.0,
         retry_max_interval: float = 30.0,
         on_written: Callable[[int], None] | None = None,
+        run_id: int | None = None,
+        layer_ids: dict[str, int] | None = None,
     ):
+        """``run_id`` and ``layer_ids`` continue a run already in the database without a
+        ``start`` record (replaying a spool file whose start was written before it)."""
         self.db = db
         self.run_uid = run_uid
         self.spool_path = Path(spool_dir or DEFAULT_SPOOL_DIR) / f"{run_uid}.jsonl"
@@ -71,10 +75,10 @@ class BatchWriter:
         self.heartbeat_interval = heartbeat_interval
         self.retry_max_interval = retry_max_interval
         self.on_written = on_written
-        self.run_id: int | None = None
+        self.run_id: int | None = run_id
         self.rows_written = 0
         self.write_failures = 0
-        self._layer_ids: dict[str, int] = {}
+        self._layer_ids: dict[str, int] = dict(layer_ids or {})
         self._queue: queue.Queue = queue.Queue()
         self._flushed = threading.Condition()
         self._put_count = 0
@@ -153,9 +157,6 @@ class BatchWriter:
                 return batch, False
 
     def _write(self, batch: list, *, force: bool) -> None:
-        for kind, payload in batch:
-            if kind == "scalars" and payload:
-                self._last_step = max([self._last_step or 0] + [row["step"] for row in payload])
         now = time.monotonic()
         beat_due = now - self._last_beat >= self.heartbeat_interval
         if not batch and not beat_due and not self.spooled:
@@ -200,6 +201,8 @@ class BatchWriter:
                 layer_rows.clear()
 
             for kind, payload in records:
+                if kind == "scalars" and payload:  # replayed records count for last_step too
+                    self._last_step = max([self._last_step or 0] + [r["step"] for r in payload])
                 if kind == "scalars" and run_id is not None:
                     scalars += payload
                     written += len(payload)

@@ -1,0 +1,102 @@
+"""Spool files left behind: a trainer that died while the database was down.
+
+The writer appends what it could not write to ``<spool dir>/<run uid>.jsonl`` and replays it
+once the database answers. A trainer that stops before that leaves the file; these functions
+list such files and replay them into a database (``tripwire spool list`` / ``replay``).
+
+>>> for f in spooled_files(DEFAULT_SPOOL_DIR):                        # doctest: +SKIP
+...     print(f.run_uid, f.records, replay(Database(url), f))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage import runs
+from storage.db import Database
+from storage.errors import RunNotFound, StorageError
+from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter
+
+
+@dataclass(frozen=True)
+class SpoolFile:
+    """One run's spooled records, summarised."""
+
+    path: Path
+    run_uid: str
+    records: int
+    rows: int
+    has_start: bool
+    first_step: int | None
+    last_step: int | None
+
+
+class SpoolNotReplayable(StorageError):
+    """The file's run is neither in the database nor started in the file."""
+
+
+def spooled_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[SpoolFile]:
+    """Every non-empty spool file in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    files = [p for p in directory.glob("*.jsonl") if p.stat().st_size > 0]
+    return [_summary(p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+
+
+def _summary(path: Path) -> SpoolFile:
+    records = rows = 0
+    has_start = False
+    steps: list[int] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            kind, payload = json.loads(line)
+            records += 1
+            has_start = has_start or kind == "start"
+            if kind in ("scalars", "layer_stats"):
+                rows += len(payload)
+                steps += [row["step"] for row in payload]
+    return SpoolFile(
+        path,
+        path.stem,
+        records,
+        rows,
+        has_start,
+        min(steps, default=None),
+        max(steps, default=None),
+    )
+
+
+def replay(db: Database, spool: SpoolFile, timeout: float = 300.0) -> int:
+    """Write ``spool``'s records into ``db`` in order; returns the rows written.
+
+    The file is removed once everything is in the database (writes are idempotent, so a
+    replay that is interrupted can simply run again). Raises :class:`SpoolNotReplayable` if
+    the run is unknown to ``db`` and the file does not start it, and ``StoreUnavailable`` if
+    the database cannot be reached (the file is kept).
+    """
+    try:
+        run = runs.find_run(db, spool.run_uid)
+        run_id = run.id
+        layer_ids = {layer.name: layer.id for layer in runs.layers(db, run.id)}
+    except RunNotFound:
+        if not spool.has_start:
+            raise SpoolNotReplayable(
+                f"{spool.path}: run {spool.run_uid} is not in this database and the file does "
+                "not start it; replay it into the database the trainer wrote to"
+            ) from None
+        run_id, layer_ids = None, {}
+    writer = BatchWriter(
+        db, spool.run_uid, spool_dir=spool.path.parent, run_id=run_id, layer_ids=layer_ids
+    )
+    try:
+        writer.flush(timeout)
+    finally:
+        writer.close(timeout)
+    if writer.spooled:
+        raise StorageError(f"{spool.path}: not every record could be written; it is kept")
+    return writer.rows_written
