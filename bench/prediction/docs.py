@@ -36,7 +36,8 @@ Does an alert fire before the loss explodes, how early, and how often does it cr
 Reproduce: `python -m bench.prediction` (replays the recorded runs in
 `bench/prediction/recorded/`; `--retrain` trains them again, about 11 minutes on one CPU thread;
 `--no-write` prints without touching this file). `python -m bench.prediction.probe RUN` trains a
-run again and prints its largest attention logit and output logit every 10 steps.
+run again and prints its largest attention logit, output logit and two edge-of-stability
+diagnostics every 10 steps.
 `tests/bench/test_prediction_short.py` is the short form in the test suite.
 
 ### The suite
