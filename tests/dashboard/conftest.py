@@ -16,6 +16,15 @@ from real_runs import add_service_records, evaluate_alerts, train  # noqa: E402
 SCENARIOS = ("empty", "live", "alerts", "nan")
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it there; processes started
+    later with the spawn method (torch.multiprocessing, the DDP tests) would re-run that page."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def real_dbs(tmp_path_factory):
     """scenario → (url, uid of the run to open or None), built once per test session."""
