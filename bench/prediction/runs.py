@@ -267,6 +267,31 @@ SUITE: list[RunSpec] = [
         focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=0.03),
         twin="gpt-qkv-ramp",
     ),
+    # --- output-logit growth without weight decay: only lm_head's learning rate ramps ---------
+    RunSpec(
+        "gpt-head-ramp",
+        DIVERGENT,
+        "gpt",
+        "output-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt={"weight_decay": 0.0},
+        focus="lm_head",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=5.0),
+        twin="gpt-head-ramp-safe",
+    ),
+    RunSpec(
+        "gpt-head-ramp-safe",
+        STABLE,
+        "gpt",
+        "output-logits",
+        Schedule(3e-3),
+        steps=450,
+        opt={"weight_decay": 0.0},
+        focus="lm_head",
+        focus_schedule=Schedule(3e-3, ramp_start=150, ramp_steps=200, peak=1.0),
+        twin="gpt-head-ramp",
+    ),
     # --- SGD with momentum at a constant learning rate on the deep unnormalised MLP: no
     # schedule change at all; the curvature grows until the fixed step is too large ------------
     RunSpec(
