@@ -18,7 +18,16 @@ from plotly.subplots import make_subplots
 
 SEVERITY_COLORS = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#1f77b4"}
 NONFINITE_COLOR = "#d62728"
-SCALAR_TITLES = {"loss": "loss", "lr": "learning rate", "grad_norm": "gradient norm"}
+SCALAR_TITLES = {
+    "loss": "loss",
+    "lr": "learning rate",
+    "grad_norm": "gradient norm",
+    "weight_norm": "weight norm",
+    "attn_logit_max": "largest attention logit",
+    "log_z": "output log Z",
+}
+SIGNAL_SCALARS = ("attn_logit_max", "log_z")
+"""User scalars the predictors read: shown on the run page by default when a run logs them."""
 STAT_TITLES = {
     "sa_imbalance": "SA imbalance D = |2p+ − 1|",
     "sa_pos": "SA p+",

@@ -90,6 +90,12 @@ def step_bounds(url: str, run_id: int) -> tuple[int | None, int | None]:
     return (0 if last is not None else None), last
 
 
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def scalar_keys(url: str, run_id: int) -> list[str]:
+    """Every scalar name the run logged (``loss``, ``lr``, user scalars ...), sorted."""
+    return stats.scalar_keys(database(url), run_id)
+
+
 @st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
 def scalars(
     url: str,

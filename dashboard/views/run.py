@@ -61,6 +61,16 @@ if last is not None and last > 0:
     end = None if end == last else end  # open-ended: grows while the run is live
 else:
     start, end = None, None
+BASE_SCALARS = ("loss", "lr", "grad_norm")
+more_keys = [k for k in queries.scalar_keys(url, run_id) if k not in BASE_SCALARS]
+more = st.sidebar.multiselect(
+    "More scalars",
+    more_keys,
+    default=[k for k in figures.SIGNAL_SCALARS if k in more_keys],
+    format_func=lambda k: figures.SCALAR_TITLES.get(k, k),
+    key=f"more-{run_id}",
+)
+scalar_keys = (*BASE_SCALARS, *more)
 others = {uid: label for uid, label in labels.items() if uid != run["uid"]}
 overlay = st.sidebar.multiselect("Overlay runs", list(others), format_func=others.get)
 per_layer_stat = st.sidebar.radio(
@@ -100,7 +110,7 @@ def body() -> None:
         for a in run_alerts
         if (start is None or _step_of(a) >= start) and (end is None or _step_of(a) <= end)
     ]
-    frames = [queries.scalars(url, run_id, ("loss", "lr", "grad_norm"), start, end, version)]
+    frames = [queries.scalars(url, run_id, scalar_keys, start, end, version)]
     if overlay:
         frames[0] = frames[0].assign(run=run["name"])
         for uid in overlay:
@@ -109,7 +119,7 @@ def body() -> None:
                 df = queries.scalars(
                     url,
                     other["id"],
-                    ("loss", "lr", "grad_norm"),
+                    scalar_keys,
                     start,
                     end,
                     (other["last_step"], other["status"]),
@@ -117,7 +127,7 @@ def body() -> None:
                 frames.append(df.assign(run=f"{other['name']} ({uid[:6]})"))
     scalars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     st.plotly_chart(
-        figures.scalars_figure(scalars, alerts=shown_alerts, mark_step=mark_step),
+        figures.scalars_figure(scalars, keys=scalar_keys, alerts=shown_alerts, mark_step=mark_step),
         theme=None,
         key="scalars",
     )

@@ -148,3 +148,54 @@ def test_the_update_ratio_heatmap_shows_what_the_collector_measured(real_dbs, mo
     assert all(v is None for v in first)  # nothing to compare with at the first check
     log10 = [v for column in later for v in column]
     assert log10 and all(-6 < v < 0 for v in log10)  # coloured by log10 of a ratio below 1
+
+
+def test_logged_logit_signals_are_plotted_and_any_user_scalar_can_be(tmp_path, monkeypatch):
+    import json
+
+    import collector
+    from tripwire.demo_training import DemoConfig, train
+
+    url = f"sqlite:///{tmp_path / 'signals.db'}"
+    config = DemoConfig(
+        steps=21, warmup_steps=5, batch_size=4, block_size=32, n_layer=1, n_head=2, d_model=32
+    )
+    monitors = []
+
+    class Loop:  # the demo's monitor, plus a scalar of the user's own
+        def __init__(self, model):
+            self.monitor = collector.watch(
+                model, run="signals", db=url, every=10, spool_dir=tmp_path
+            )
+            monitors.append(self.monitor)
+
+        def is_check_step(self, step):
+            return self.monitor.is_check_step(step)
+
+        def log(self, step, loss, lr, **signals):
+            self.monitor.log(step, loss=loss, lr=lr, tokens=128.0 * (step + 1), **signals)
+
+    train(config, watch=Loop)
+    monitors[0].close()
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "signals"})
+    _assert_clean(at)
+    more = next(m for m in at.sidebar.multiselect if m.label == "More scalars")
+    assert sorted(more.options) == [
+        "largest attention logit",
+        "output log Z",
+        "tokens",
+        "weight norm",
+    ]
+    assert sorted(more.value) == ["attn_logit_max", "log_z"]  # the predictors' signals, shown
+
+    def titles():
+        layout = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+        return [a["text"] for a in layout["annotations"] if a.get("text")]
+
+    assert {"largest attention logit", "output log Z"} <= set(titles())
+    more.set_value(["tokens"]).run()
+    _assert_clean(at)
+    more = next(m for m in at.sidebar.multiselect if m.label == "More scalars")
+    assert more.value == ["tokens"]
+    assert "tokens" in titles() and "output log Z" not in titles()
