@@ -132,16 +132,7 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
     return torch.where(torch.tensor(given, device=drift.device), drift, math.nan)
 
 
-SA_COLUMNS = (
-    "sa_pos",
-    "sa_imbalance",
-    "sa_mean",
-    "sa_abs_mean",
-    "act_max",
-    "act_norm_mean",
-    "sa_c_abs_mean",
-    "sa_c_imbalance",
-)
+SA_COLUMNS = spectral.SA_COLUMNS
 
 
 @torch.no_grad()

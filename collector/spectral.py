@@ -24,6 +24,18 @@ SA_BINS = torch.arange(-20, 21, dtype=torch.float32) / 20
 """Default SA histogram bin edges: 40 equal bins on [-1, 1], each 0.05 wide; 0 is an exact edge
 (``linspace`` would put it at -1.5e-8), so bins 0-19 hold negative SA and 20-39 the rest."""
 
+SA_COLUMNS = (
+    "sa_pos",
+    "sa_imbalance",
+    "sa_mean",
+    "sa_abs_mean",
+    "act_max",
+    "act_norm_mean",
+    "sa_c_abs_mean",
+    "sa_c_imbalance",
+)
+"""The scalar statistics :func:`sa_statistics` returns besides the histogram, in table order."""
+
 _COLD_SEED = 0
 _SA_BINS_ON: dict[torch.device, torch.Tensor] = {}
 
@@ -193,17 +205,7 @@ def sa_statistics(
     n_bins = edges.numel() - 1
     nan = torch.full((), math.nan, device=dev)
     if x.shape[0] == 0 or x.shape[1] == 0:
-        names = [
-            "sa_pos",
-            "sa_imbalance",
-            "sa_mean",
-            "sa_abs_mean",
-            "act_max",
-            "act_norm_mean",
-            "sa_c_abs_mean",
-            "sa_c_imbalance",
-        ]
-        stats = {name: nan.clone() for name in names}
+        stats = {name: nan.clone() for name in SA_COLUMNS}
         return {**stats, "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=dev)}
 
     v = v1.detach().to(dev, torch.float32)
