@@ -114,8 +114,8 @@ warned (see "Still short" below), and it raises **two false alarms**, both on th
 that collapse their attention without exploding (`attention_logits` on `gpt-qkv-ramp-mid` and
 `-safe`; `diverging` too on `-mid`, whose loss drifts up). No attention level separates them:
 those divergent runs pass 50 between 35 and 151 steps before exploding, and the stable ones
-reach 430 and 3300. We ship the rule as a `warning` anyway, because it is the only signal here
-that warns long ahead, its message names what it saw (attention collapsing onto single keys,
+reach 430 and 3300. We ship the rule as a `warning` anyway, because it gives most of the long
+leads here, its message names what it saw (attention collapsing onto single keys,
 no qk-norm), and a model with qk-norm never trips it (below 13 on every qk-norm run). The
 **quiet rule set** row is the alternative for a team that would rather miss than be paged for
 nothing: `attention_logits` on the dashboard only and `diverging` at its quietest sweep setting
