@@ -418,6 +418,24 @@ def layer_lines_figure(df, stat: str, *, log_y: bool = False, height: int = 320)
 # -- alerts --------------------------------------------------------------------------------------
 
 
+def timeline_rows(alerts: Iterable, run_names: dict[int, str]) -> list[dict]:
+    """Stored alerts as the rows :func:`alerts_timeline` draws; a run missing from
+    ``run_names`` shows as its id."""
+    return [
+        {
+            "run": run_names.get(a.run_id, str(a.run_id)),
+            "predictor": a.predictor,
+            "layer": a.layer,
+            "severity": a.severity,
+            "state": a.state,
+            "created_at": a.created_at,
+            "updated_at": a.updated_at,
+            "message": a.message,
+        }
+        for a in alerts
+    ]
+
+
 def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None) -> go.Figure:
     """Alerts across runs over wall time: one bar per alert from creation to resolution.
 

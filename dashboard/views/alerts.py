@@ -32,19 +32,7 @@ rows = queries.alerts(
     None if severity == "(all)" else severity,
     None if predictor == "(all)" else predictor,
 )
-records = [
-    {
-        "run": names.get(a.run_id, str(a.run_id)),
-        "predictor": a.predictor,
-        "layer": a.layer,
-        "severity": a.severity,
-        "state": a.state,
-        "created_at": a.created_at,
-        "updated_at": a.updated_at,
-        "message": a.message,
-    }
-    for a in rows
-]
+records = figures.timeline_rows(rows, names)
 st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), theme=None, key="timeline")
 
 if rows:

@@ -107,19 +107,7 @@ def test_empty_inputs_give_message_figures(db):
 
 
 def test_alerts_timeline_one_trace_per_severity(db, exploded):
-    rows = [
-        {
-            "run": "exploded",
-            "predictor": a.predictor,
-            "layer": a.layer,
-            "severity": a.severity,
-            "state": a.state,
-            "created_at": a.created_at,
-            "updated_at": a.updated_at,
-            "message": a.message,
-        }
-        for a in list_alerts(db)
-    ]
+    rows = figures.timeline_rows(list_alerts(db), {exploded: "exploded"})
     fig = figures.alerts_timeline(rows)
     assert {t.name for t in fig.data} == {"critical", "warning"}
 
@@ -160,19 +148,7 @@ def test_real_exploded_run_loss_on_log_axis_with_non_finite_marks(real_dbs):
 
 
 def test_alerts_of_one_run_get_their_own_lanes(db, exploded):
-    rows = [
-        {
-            "run": "exploded",
-            "predictor": a.predictor,
-            "layer": a.layer,
-            "severity": a.severity,
-            "state": a.state,
-            "created_at": a.created_at,
-            "updated_at": a.updated_at,
-            "message": a.message,
-        }
-        for a in list_alerts(db)
-    ]
+    rows = figures.timeline_rows(list_alerts(db), {exploded: "exploded"})
     fig = figures.alerts_timeline(rows)
     lanes = {y for t in fig.data for y in t.y if y}
     assert lanes == {"exploded · sa_collapse · blocks.1.attn.proj", "exploded · loss_spike"}
