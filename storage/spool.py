@@ -10,14 +10,13 @@ list such files and replay them into a database (``tripwire spool list`` / ``rep
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage import runs
 from storage.db import Database
 from storage.errors import RunNotFound, StorageError
-from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter
+from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter, read_spool
 
 
 @dataclass(frozen=True)
@@ -47,25 +46,15 @@ def spooled_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[SpoolFile]:
 
 
 def _summary(path: Path) -> SpoolFile:
-    records = rows = 0
-    has_start = False
-    steps: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            kind, payload = json.loads(line)
-            records += 1
-            has_start = has_start or kind == "start"
-            if kind in ("scalars", "layer_stats"):
-                rows += len(payload)
-                steps += [row["step"] for row in payload]
+    records = read_spool(path)
+    data = [payload for kind, payload in records if kind in ("scalars", "layer_stats")]
+    steps = [row["step"] for payload in data for row in payload]
     return SpoolFile(
         path,
         path.stem,
-        records,
-        rows,
-        has_start,
+        len(records),
+        sum(len(payload) for payload in data),
+        any(kind == "start" for kind, _ in records),
         min(steps, default=None),
         max(steps, default=None),
     )

@@ -250,7 +250,10 @@ class BatchWriter:
             os.fsync(f.fileno())
 
     def _read_spool(self) -> list:
-        if not self.spooled:
-            return []
-        with self.spool_path.open(encoding="utf-8") as f:
-            return [tuple(json.loads(line)) for line in f if line.strip()]
+        return read_spool(self.spool_path) if self.spooled else []
+
+
+def read_spool(path: Path) -> list[tuple[str, object]]:
+    """The ``(kind, payload)`` records of a spool file, in the order they were spooled."""
+    with path.open(encoding="utf-8") as f:
+        return [tuple(json.loads(line)) for line in f if line.strip()]
