@@ -33,7 +33,7 @@ PARTS = (
     "hooks: arm + sample inputs",
     "norms (fused)",
     "power iteration + v drift, stacked by shape",
-    "SA statistics, stacked by shape",
+    "SA statistics, all layers at once",
     "update ratio: weight sketches",
     "host transfer",
     "rows + queue",
@@ -115,15 +115,9 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
         norms.weight_and_grad_norms(weights)
 
     groups = batched.group_by_shape(weights)
-    sampled = [[i for i in g if layers[i].name in rows] for g in groups]
-    group_sa = [
-        (
-            [rows[layers[i].name].reshape(-1, weights[i].shape[1]) for i in members],
-            torch.stack([v1s[layers[i].name] for i in members]),
-        )
-        for members in sampled
-        if members
-    ]
+    sampled = [layer.name for layer in layers if layer.name in rows]
+    sa_rows = [rows[name] for name in sampled]
+    sa_v1 = [v1s[name] for name in sampled]
 
     def power_stacked():
         for g in groups:
@@ -132,8 +126,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
             batched.v_drift_stack(v1, prev)
 
     def sa_stacked():
-        for group_rows, group_v in group_sa:
-            batched.sa_statistics_stack(group_rows, group_v)
+        batched.sa_statistics_stack(sa_rows, sa_v1)
 
     sketches = {layer.name: updates.sketch(layer.weight) for layer in layers}
 

@@ -1,10 +1,11 @@
-"""One check's statistics with the layers of each weight shape stacked: a few ops per shape.
+"""One check's statistics with the layers stacked: a few ops per weight shape, not per layer.
 
 Per layer, power iteration, v drift and the SA statistics take ~100 small tensor ops; on a
 small model or a GPU the cost of a check is their Python and launch overhead, not their maths.
 A transformer has a handful of weight shapes (qkv, proj, fc, ...), so this module stacks the
-layers of one shape and runs each op once for the stack: the op count of a check drops by the
-number of blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
+layers of one shape for power iteration and v drift, and every layer with the same number of
+sampled rows for the tail of the SA statistics: the op count of a check drops by the number of
+blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
 Imports only torch.
 """
 
@@ -49,10 +50,12 @@ def _cold_start(n: int, device: torch.device) -> torch.Tensor:
     return spectral._cold_start(n, device)  # the same start vector as the per-layer code
 
 
-def _normalize(x: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` scaled to unit norm; ``fallback``'s rows where a row is exactly zero."""
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return torch.where(norm == 0, fallback, x / norm)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` scaled to unit norm along its last dimension; a zero row stays zero."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_TINY)
 
 
 @torch.no_grad()
@@ -88,11 +91,15 @@ def power_iteration_stack(
     wt = w.transpose(1, 2)
     if w.device.type == "cpu":
         wt = wt.contiguous()
-    no_u = torch.zeros(g, n_out, device=w.device)
+    start = v
+    v = v.unsqueeze(1)  # (G, 1, in): row vectors through the loop, no reshapes per iteration
     for _ in range(iters):
         # Alternating u/v steps: the iterates of WᵀW without squaring σ (overflow in fp32).
-        u = _normalize(torch.bmm(v.unsqueeze(1), wt).squeeze(1), no_u)  # W v
-        v = _normalize(torch.bmm(u.unsqueeze(1), w).squeeze(1), v)  # Wᵀ u
+        u = _unit_rows(torch.bmm(v, wt))  # W v
+        v = _unit_rows(torch.bmm(u, w))  # Wᵀ u
+    v = v.squeeze(1)
+    # A zero matrix zeroes v (σ1 = 0): keep the start vector, as the per-layer code does.
+    v = torch.where(torch.linalg.vector_norm(v, dim=1, keepdim=True) == 0, start, v)
     if any(given):
         flip = ((v * v_prev).sum(dim=1, keepdim=True) < 0) & torch.tensor(
             given, device=w.device
@@ -137,49 +144,56 @@ SA_COLUMNS = spectral.SA_COLUMNS
 
 @torch.no_grad()
 def sa_statistics_stack(
-    rows: list[torch.Tensor], v1: torch.Tensor, bin_edges: torch.Tensor = spectral.SA_BINS
+    rows: list[torch.Tensor], v1: list[torch.Tensor], bin_edges: torch.Tensor = spectral.SA_BINS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
 
-    ``rows``: ``G`` tensors ``(k, in)`` with the same ``k, in > 0``; ``v1``: ``(G, in)``. The
-    passes over the rows (norms, projections, max) stay per layer, as matrix-vector products
-    without temporaries; everything after them runs once on ``(G, k)``. Returns a ``(G, 6)``
-    fp32 table in the order of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    ``rows``: ``G`` tensors ``(k, in_g)`` with the same ``k > 0``; ``v1``: ``G`` vectors
+    ``(in_g,)``; the widths may differ. The passes over each layer's rows (norms, the
+    projections on v1 and on the rows' mean, max |x|) stay per layer, without temporaries;
+    everything after them runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
+    of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
     """
-    v = v1.float() / torch.linalg.vector_norm(v1.float(), dim=1, keepdim=True)
-    norms, dots, act_max, c_norms, c_dots = [], [], [], [], []
-    for j, r in enumerate(rows):
-        x = r.float()
+    norms, projections, act_max = [], [], []
+    for x, v in zip(rows, v1, strict=True):
+        x = x.float()
+        v = v.float()
+        v = v / torch.linalg.vector_norm(v)
+        directions = torch.stack([v, x.mean(dim=0)])  # (2, in): v1 and the rows' mean
+        # (2, k) as (2, in) @ (in, k), the fastest CPU kernel of the ways to write it, and
+        # (v1·mean, mean·mean) for centring
+        projections.append(torch.cat([directions @ x.T, (directions @ directions[1])[:, None]], 1))
         norms.append(torch.linalg.vector_norm(x, dim=1))
-        dots.append(x @ v[j])
-        act_max.append(torch.maximum(-x.amin(), x.amax()))  # max |x| without an |x| copy
-        c_norm, c_dot = spectral.centred_parts(x, v[j], norms[-1], dots[-1])
-        c_norms.append(c_norm)
-        c_dots.append(c_dot)
-    norms, dots = torch.stack(norms), torch.stack(dots)
-    c_abs_mean, c_imbalance = spectral.centred_sa(torch.stack(c_norms), torch.stack(c_dots))
+        # max |x| without an |x| copy (vector_norm(ord=inf) is ~10x slower on CPU)
+        act_max.append(torch.maximum(-x.amin(), x.amax()))
+    norms, projections = torch.stack(norms), torch.stack(projections)  # (G, k), (G, 2, k + 1)
+    dots, on_mean = projections[:, 0, :-1], projections[:, 1, :-1]
+    mean_v, mean_sq = projections[:, 0, -1:], projections[:, 1, -1:]
+    # ||x - m||² expanded; rounding can leave a tiny negative where a row equals the mean.
+    c_norms = (norms.square() - 2 * on_mean + mean_sq).clamp_min(0).sqrt()
+    c_abs_mean, c_imbalance = spectral.centred_sa(c_norms, dots - mean_v)
+
     g = norms.shape[0]
     edges = bin_edges.to(norms.device, torch.float32)
     n_bins = edges.numel() - 1
     has_sa = norms != 0  # a NaN norm counts: its SA is NaN and must show
-    sa = (dots / norms).clamp(-1.0, 1.0)
     count = has_sa.sum(dim=1)
-
-    def masked_mean(values: torch.Tensor) -> torch.Tensor:
-        return torch.where(has_sa, values, 0.0).sum(dim=1) / count
-
-    sa_pos = masked_mean(torch.where(torch.isnan(sa), math.nan, (sa > 0).float()))
+    # rows without SA (zero norm: 0/0) count nowhere: 0 adds nothing and is not > 0
+    sa = (dots / norms).clamp(-1.0, 1.0).masked_fill(~has_sa, 0.0)  # |cos| > 1 by rounding
+    positive = (sa > 0).float().masked_fill(sa.isnan(), math.nan)
+    sums = torch.stack([positive, sa, sa.abs()], dim=1).sum(dim=2) / count[:, None]
+    sa_pos, sa_mean, sa_abs_mean = sums.unbind(dim=1)
     binned = has_sa & torch.isfinite(sa)
     idx = (torch.searchsorted(edges, sa.contiguous(), right=True) - 1).clamp(0, n_bins - 1)
-    idx = torch.where(binned, idx, 0)
+    idx = idx.masked_fill(~binned, 0)
     hist = torch.zeros(g, n_bins, dtype=torch.int64, device=norms.device)
     hist.scatter_add_(1, idx, binned.long())  # not bincount: its output size is a sync point
     table = torch.stack(
         [
             sa_pos,
             (2 * sa_pos - 1).abs(),
-            masked_mean(sa),
-            masked_mean(sa.abs()),
+            sa_mean,
+            sa_abs_mean,
             torch.stack(act_max),
             norms.mean(dim=1),
             c_abs_mean,
@@ -212,6 +226,7 @@ def layer_table(
     sa_table = torch.full((n, len(SA_COLUMNS)), math.nan, device=device)
     hists = torch.zeros(n, n_bins, dtype=torch.int64, device=device)
     measured = [False] * n
+    v1_of: list[torch.Tensor | None] = [None] * n
     for group in group_by_shape(weights):
         prev = [state_v.get(names[i]) for i in group]
         sigma1, v1 = _spectra([weights[i] for i in group], prev)
@@ -220,22 +235,23 @@ def layer_table(
         spectra.index_copy_(0, where, torch.stack([sigma1, drift], dim=1))
         for j, i in enumerate(group):
             state_v[names[i]] = v1[j]  # a NaN v1 is replaced by a cold start at the next check
-        # inputs: layers whose sample fits, stacked by sample size
-        by_rows: dict[int, list[int]] = defaultdict(list)
-        for j, i in enumerate(group):
-            sample = rows.get(names[i])
-            if sample is None or sample.shape[-1] != v1.shape[1]:
-                continue
-            if sample.numel() == 0:  # measured, but no rows: NaN statistics, empty histogram
-                measured[i] = True
-                continue
-            by_rows[math.prod(sample.shape[:-1])].append(j)
-        for members in by_rows.values():
-            x = [rows[names[group[j]]].reshape(-1, v1.shape[1]) for j in members]
-            table, hist = sa_statistics_stack(x, v1[members], bin_edges)
-            where = torch.tensor([group[j] for j in members], device=device)
-            sa_table.index_copy_(0, where, table)
-            hists.index_copy_(0, where, hist)
-            for j in members:
-                measured[group[j]] = True
+            v1_of[i] = v1[j]
+    # inputs: layers whose sample fits, all widths at once, stacked by sample size
+    by_rows: dict[int, list[int]] = defaultdict(list)
+    for i, name in enumerate(names):
+        sample = rows.get(name)
+        if sample is None or sample.shape[-1] != weights[i].shape[1]:
+            continue
+        if sample.numel() == 0:  # measured, but no rows: NaN statistics, empty histogram
+            measured[i] = True
+            continue
+        by_rows[math.prod(sample.shape[:-1])].append(i)
+    for members in by_rows.values():
+        x = [rows[names[i]].reshape(-1, weights[i].shape[1]) for i in members]
+        table, hist = sa_statistics_stack(x, [v1_of[i] for i in members], bin_edges)
+        where = torch.tensor(members, device=device)
+        sa_table.index_copy_(0, where, table)
+        hists.index_copy_(0, where, hist)
+        for i in members:
+            measured[i] = True
     return torch.cat([spectra, sa_table], dim=1), hists, measured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 
@@ -16,6 +17,11 @@ class InputSampler:
     Between checks no hook is registered, so ordinary steps pay nothing. After ``arm()``, each
     layer's first forward call (the first micro-batch under gradient accumulation) is sampled
     and its hook removes itself.
+
+    A sample that fits is the layer's input itself, not a copy (copying every layer's input
+    was a fifth of a check on a small model): autograd keeps that tensor for the backward pass
+    anyway. Its version counter is remembered, and a sample that was modified in place before
+    ``take()`` is dropped with a warning, so a stale input never reaches the statistics.
 
     ``torch.compile``d modules ignore hooks registered after compilation, so while armed the
     compiler's stance is ``force_eager``: the sampled forward pass runs eagerly (once per check,
@@ -32,6 +38,7 @@ class InputSampler:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rows: dict[str, torch.Tensor] = {}
+        self._versions: dict[str, int] = {}
         self._stance = None
 
     @property
@@ -55,13 +62,24 @@ class InputSampler:
         self._restore_stance()
 
     def take(self) -> dict[str, torch.Tensor]:
-        """The sampled rows since ``arm()``, and forget them; disarms layers that never ran."""
+        """The sampled rows since ``arm()``, and forget them; disarms layers that never ran.
+
+        Rows whose tensor was modified in place since its forward pass are left out."""
         rows, self._rows = self._rows, {}
+        versions, self._versions = self._versions, {}
         self.disarm()
-        return rows
+        stale = [name for name, r in rows.items() if r._version != versions[name]]
+        if stale:
+            warnings.warn(
+                f"tripwire: the input of {', '.join(stale)} was modified in place after its "
+                "forward pass; its SA statistics are left out of this check",
+                stacklevel=3,
+            )
+        return {name: r for name, r in rows.items() if name not in stale}
 
     def discard(self) -> None:
         self._rows.clear()
+        self._versions.clear()
         self.disarm()
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -77,9 +95,10 @@ class InputSampler:
                 x = inputs[0] if inputs else None
                 if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
                     with torch.no_grad():
-                        self._rows[name] = sample_rows(
-                            x, self.sample_size, self._generator(x.device)
-                        ).to(torch.float32, copy=True)
+                        rows = sample_rows(x, self.sample_size, self._generator(x.device))
+                        rows = rows.float()  # bf16/fp16: a copy; fp32: the input itself
+                    self._rows[name] = rows
+                    self._versions[name] = rows._version
             finally:
                 handle = self._handles.pop(name, None)
                 if handle is not None:

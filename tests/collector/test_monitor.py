@@ -210,6 +210,39 @@ def test_hooks_are_armed_only_for_check_steps(sqlite_url, tmp_path):
     assert [s for s, a in enumerate(armed) if a] == [0, 10, 20]
 
 
+class ScratchNet(nn.Module):
+    """Reuses fc2's input buffer in place after fc2 has read it (legal outside autograd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 32)
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        hidden = self.fc1(x)
+        out = self.fc2(hidden)
+        hidden.zero_()
+        return out
+
+
+def test_an_input_modified_in_place_after_its_forward_is_left_out_not_misread(sqlite_url, tmp_path):
+    # The sampler keeps each layer's input itself, not a copy: an input that changed before
+    # the check must not be measured as if it were what the layer saw.
+    model = ScratchNet()
+    monitor = collector.watch(model, run="scratch", db=sqlite_url, every=1, spool_dir=tmp_path)
+    x, _ = next(_batches(1))
+    with torch.no_grad(), pytest.warns(UserWarning, match="fc2 was modified in place"):
+        model(x)
+        monitor.log(0, loss=1.0)
+    monitor.close()
+    db = Database(sqlite_url)
+    rows = {r.layer: r for r in stats.layer_stats(db, runs.find_run(db, "scratch").id)}
+    assert rows["fc2"].sa_pos is None and rows["fc2"].sigma1 > 0
+    assert rows["fc1"].sa_pos is not None and rows["fc1"].act_max == pytest.approx(
+        float(x.abs().max())
+    )
+
+
 def test_a_failure_inside_the_collector_never_reaches_the_training_loop(
     sqlite_url, tmp_path, monkeypatch, caplog
 ):
