@@ -196,7 +196,9 @@ class DenseLayer(nn.Module):
 class DeepMLP(nn.Module):
     """A deep ReLU MLP classifier (He-initialised), the benchmark's non-transformer architecture.
 
-    ``model(x)`` returns logits; ``model(x, y)`` returns the mean cross-entropy loss.
+    ``model(x)`` returns logits; ``model(x, y)`` returns the mean cross-entropy loss. With
+    ``measure_logits`` set, a forward also measures the output ``log Z`` that
+    :meth:`logit_signals` returns for ``monitor.log``.
 
     >>> model = DeepMLP(MLPConfig(d_in=8, width=16, depth=3, n_classes=4, norm="layer"))
     >>> model(torch.zeros(5, 8)).shape
@@ -215,11 +217,27 @@ class DeepMLP(nn.Module):
         self.head = nn.Linear(cfg.width if cfg.depth else cfg.d_in, cfg.n_classes, bias=cfg.bias)
         for layer in self.layers:
             nn.init.kaiming_normal_(layer.fc.weight, nonlinearity="relu")
+        self.measure_logits = False
+        """Measure the output ``log Z`` in each forward (check steps)."""
+        self._log_z: torch.Tensor | None = None
+
+    def logit_signals(self) -> dict[str, torch.Tensor]:
+        """The last measured forward's ``log_z`` (an MLP has no attention logits).
+
+        >>> model = DeepMLP(MLPConfig(d_in=8, width=16, depth=2, n_classes=4))
+        >>> model.measure_logits = True
+        >>> _ = model(torch.zeros(5, 8))
+        >>> sorted(model.logit_signals())
+        ['log_z']
+        """
+        return {} if self._log_z is None else {"log_z": self._log_z}
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x)
         logits = self.head(x)
+        if self.measure_logits:
+            self._log_z = log_z(logits)
         if targets is None:
             return logits
         return F.cross_entropy(logits, targets)

@@ -21,7 +21,6 @@ import sys
 import torch
 
 from bench.prediction.runs import BY_NAME, RunSpec, train
-from bench.prediction.signals import Probe
 from tripwire.demo_training import explosion_step
 
 
@@ -30,9 +29,15 @@ def probe(spec: RunSpec) -> None:
 
     class Monitor:
         def __init__(self, model):  # noqa: ANN001
-            self.p = Probe(model)
+            model.measure_logits = True
             self.model = model
+            self.out_max = 0.0
+            output = model.lm_head if hasattr(model, "lm_head") else model.head
+            output.register_forward_hook(self._output)
             self.before: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def _output(self, module, args, out):  # noqa: ANN001, ARG002
+            self.out_max = out.detach().float().abs().max().item()
 
         def log(self, step, loss, lr):  # noqa: ANN001
             params = list(self.model.parameters())
@@ -48,11 +53,10 @@ def probe(spec: RunSpec) -> None:
             if step % 10 == 0:
                 cos = statistics.median(c for c, _ in window) if window else float("nan")
                 sharp = statistics.median(s for _, s in window) if window else float("nan")
-                rows.append(
-                    (step, loss.item(), lr, self.p.attn, self.p.out_max, self.p.log_z, cos, sharp)
-                )
+                signals = {k: float(v) for k, v in self.model.logit_signals().items()}
+                attn, z = signals.get("attn_logit_max", float("nan")), signals["log_z"]
+                rows.append((step, loss.item(), lr, attn, self.out_max, z, cos, sharp))
                 window.clear()
-            self.p.attn = 0.0
 
     losses = train(spec, Monitor)
     print(f"{spec.name}: explodes at {explosion_step(losses)} of {len(losses)}")

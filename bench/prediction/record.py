@@ -17,7 +17,6 @@ from pathlib import Path
 
 import collector
 from bench.prediction.runs import RunSpec, train
-from bench.prediction.signals import Probe
 from storage import runs as run_store
 from storage import stats
 from storage.db import Database
@@ -50,16 +49,25 @@ def load_export(spec: RunSpec) -> dict | None:
 
 
 class _LoggingLogits:
-    """The training loop's ``log()``: the collector's, plus the logit signals on check steps."""
+    """The training loop's ``log()``: the collector's, plus the logit signals on check steps.
+
+    The collector cannot see inside a fused attention kernel, so the largest attention logit
+    and the output ``log Z`` come from the model, the way a user of W&B or MLflow logs a custom
+    metric (docs/alerts.md): the suite's models measure them with the collector's helpers
+    (``GPT.logit_signals()``, ``DeepMLP.logit_signals()``), here in every forward pass, as
+    when the committed runs were recorded.
+    """
 
     def __init__(self, monitor: collector.Monitor, model) -> None:  # noqa: ANN001
         self.monitor = monitor
-        self.probe = Probe(model)
+        self.model = model
+        model.measure_logits = True
 
     def log(self, step: int, loss, lr) -> None:  # noqa: ANN001
-        extra = self.probe.scalars() if self.monitor.is_check_step(step) else {}
+        extra = {}
+        if self.monitor.is_check_step(step):
+            extra = {name: float(v) for name, v in self.model.logit_signals().items()}
         self.monitor.log(step, loss=loss, lr=lr, **extra)
-        self.probe.attn = 0.0
 
 
 def train_into(spec: RunSpec, db_url: str) -> None:
