@@ -44,7 +44,11 @@ diagnostics every 10 steps.
 
 {len(SUITE)} real training runs recorded through `collector.watch(..., every=10)` at its defaults:
 a 2-layer GPT (d=64, 4 heads, byte-level, the standard library's source) and an 8-layer ReLU MLP
-(width 128, teacher task), one thread, deterministic by seed. On check steps the loop also logs
+(width 128, teacher task), one thread, deterministic by seed on one machine (another CPU's
+kernels round differently and a run drifts: retrained on a later session's Intel Xeon, not the
+machine that recorded them, `gpt-lr-ramp` exploded at 342 instead of 345, `gpt-qkv-ramp-s1` at 347
+instead of 330, `mlp-sgd-ramp` at 325 again; the tables score the committed recordings, which
+is why they are committed). On check steps the loop also logs
 the two logit signals of [alerts.md](alerts.md#logit-signals-log-them-beside-the-loss): the
 largest attention logit (GPT) and the output `log Z` (both). *Divergent* runs train normally
 for at least 150 steps and then explode; *stable* runs are one knob away from a divergent one (a
