@@ -199,3 +199,12 @@ def test_deep_mlp_learns_the_teacher_task(norm):
 def test_deep_mlp_rejects_unknown_norm():
     with pytest.raises(ValueError, match="norm must be one of"):
         DeepMLP(MLPConfig(norm="group"))
+
+
+def test_demo_help_states_the_default_number_of_steps():
+    from click.testing import CliRunner
+
+    from tripwire.cli import cli
+
+    help_text = CliRunner().invoke(cli, ["demo", "--help"]).output
+    assert f"default {DemoConfig().steps};" in help_text

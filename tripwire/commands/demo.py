@@ -47,7 +47,7 @@ def _start_dashboard(db_url: str, host: str, port: int):
     "--steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Training steps (default 500; explodes near 300).",
+    help="Training steps (default 450; explodes near 300).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--run", "run_name", default=None, help="Run name (default demo-<time>).")
