@@ -37,6 +37,7 @@ def watch(
     spool_dir: str | None = None,
     seed: int = 0,
     per_rank: bool = False,
+    output_layer: str | None = "auto",
 ) -> Monitor:
     """Start monitoring ``model``; returns the :class:`Monitor` whose ``log()`` the loop calls.
 
@@ -61,6 +62,11 @@ def watch(
         per_rank: in distributed training, every rank writes its own run (``<run>/rank<r>``)
             with the statistics of its own inputs, instead of rank 0 writing those of all ranks.
             Either way every rank must call ``log()`` (checks use collectives).
+        output_layer: the layer whose output is the model's logits (e.g. ``"lm_head"``); on
+            check steps its ``log Z`` (mean ``logsumexp`` over up to ``sample_size`` positions)
+            is stored as the ``log_z`` scalar the ``log_z_drift`` predictor judges, unless the
+            loop logs its own. ``"auto"`` (default): a Hugging Face model's
+            ``get_output_embeddings()``, else none; ``None``: never.
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not
@@ -85,4 +91,5 @@ def watch(
         spool_dir=spool_dir,
         seed=seed,
         per_rank=per_rank,
+        output_layer=output_layer,
     )

@@ -1,4 +1,5 @@
-"""Forward hooks that sample a layer's input rows, armed only for the step that is checked."""
+"""Forward hooks armed only for the step that is checked: the monitored layers' input rows,
+and the output ``log Z`` of the model's output layer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 import torch
 
 from collector.layers import MonitoredLayer
+from collector.logits import log_z
 from collector.spectral import sample_rows
 
 
@@ -121,3 +123,55 @@ class InputSampler:
                 stance.__exit__(None, None, None)
             except RuntimeError:  # inside a compiled region: retried at the next disarm
                 self._stance = stance
+
+
+class OutputLogZ:
+    """A one-shot forward hook on the output layer: ``log Z`` of its logits, on check steps.
+
+    The first forward pass after ``arm()`` is measured on at most ``sample_size`` of its rows
+    (token positions, drawn uniformly: the mean over them estimates the mean over all), with
+    :func:`collector.log_z`; the result stays a 0-dim tensor on the device until the check.
+
+    >>> probe = OutputLogZ(model.lm_head, sample_size=1024)   # doctest: +SKIP
+    >>> probe.arm(); model(x); probe.take()                    # tensor(5.54)
+    """
+
+    def __init__(self, module: torch.nn.Module, sample_size: int = 1024, seed: int = 0):
+        self.module = module
+        self.sample_size = sample_size
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._value: torch.Tensor | None = None
+
+    def arm(self) -> None:
+        """Register the hook for the next forward pass (idempotent)."""
+        if self._handle is None:
+            self._handle = self.module.register_forward_hook(self._hook)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def take(self) -> torch.Tensor | None:
+        """The measured ``log Z`` since ``arm()`` (None if the layer did not run); forgets it."""
+        value, self._value = self._value, None
+        self.disarm()
+        return value
+
+    def discard(self) -> None:
+        self._value = None
+        self.disarm()
+
+    def _hook(self, module, inputs, output) -> None:  # noqa: ANN001, ARG002
+        try:
+            if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[-1] > 0:
+                gen = self._generators.get(output.device)
+                if gen is None:
+                    gen = torch.Generator(device=output.device).manual_seed(self._seed)
+                    self._generators[output.device] = gen
+                with torch.no_grad():
+                    self._value = log_z(sample_rows(output, self.sample_size, gen))
+        finally:
+            self.disarm()

@@ -17,7 +17,7 @@ from numbers import Number
 import torch
 from torch import nn
 
-from collector.capture import InputSampler
+from collector.capture import InputSampler, OutputLogZ
 from collector.checks import SpectralState, run_check
 from collector.distributed import detect, unwrap
 from collector.layers import select_layers
@@ -75,6 +75,7 @@ class Monitor:
         spool_dir: str | None,
         seed: int,
         per_rank: bool = False,
+        output_layer: str | None = "auto",
     ):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
@@ -110,6 +111,8 @@ class Monitor:
         if self.ranks.combines_inputs:  # the sample is split over the ranks' inputs
             sample_size = math.ceil(sample_size / self.ranks.world)
         self._sampler = InputSampler(self.layers, sample_size=sample_size, seed=seed)
+        output = _output_module(model, output_layer)
+        self._log_z = OutputLogZ(output, sample_size, seed) if output is not None else None
         self._spectral = SpectralState()
         self._pending: list[tuple[int, float, dict]] = []
         self._last_step: int | None = None
@@ -124,7 +127,7 @@ class Monitor:
         self._writer: BatchWriter | _SilentWriter = _SilentWriter()
         if self.ranks.writes:
             self._open_store(db, spool_dir, project=project, config=config, tags=tags)
-        self._sampler.arm()  # the first step may be a check step
+        self._prepare(0)  # the first step may be a check step
         _live_monitors.add(self)
 
     # -- the training-loop API ------------------------------------------------------------------
@@ -240,6 +243,8 @@ class Monitor:
         _live_monitors.discard(self)
         try:
             self._sampler.disarm()
+            if self._log_z is not None:
+                self._log_z.disarm()
             self._flush_scalars()
             self._writer.put("finish", {"status": status, "at": time.time(), "error": error})
             self._writer.flush(timeout)
@@ -328,8 +333,12 @@ class Monitor:
 
     def _prepare(self, step: int) -> None:
         self._sampler.discard()  # rows from a pass that was not a check step's first
+        if self._log_z is not None:
+            self._log_z.discard()
         if self.is_check_step(step):
             self._sampler.arm()
+            if self._log_z is not None:
+                self._log_z.arm()
 
     def _check(self, step: int, grad_norm: bool = True) -> None:
         rows = self._sampler.take()
@@ -337,6 +346,9 @@ class Monitor:
         layer_rows, totals = run_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
         if not grad_norm:
             totals.pop("grad_norm", None)
+        output_log_z = self._log_z.take() if self._log_z is not None else None
+        if output_log_z is not None:
+            totals["log_z"] = output_log_z  # a log_z the loop logs itself for this step wins
         if ranks is not None:
             self._exchange_flags(step, rows)
         if self.layers and not rows:
@@ -422,6 +434,23 @@ class Monitor:
             log.exception(
                 "tripwire: collector error (training continues; further errors counted in monitor.errors)"
             )
+
+
+def _output_module(model: nn.Module, output_layer: str | None) -> nn.Module | None:
+    """The layer whose output is the model's logits: by name, or ``"auto"``: the model's
+    ``get_output_embeddings()`` (Hugging Face models) if it has one; None for none."""
+    if output_layer is None:
+        return None
+    if output_layer == "auto":
+        get = getattr(model, "get_output_embeddings", None)
+        module = get() if callable(get) else None
+        return module if isinstance(module, nn.Module) else None
+    try:
+        return model.get_submodule(output_layer)
+    except AttributeError:
+        raise ValueError(
+            f"output_layer {output_layer!r} is not a submodule of {type(model).__name__}"
+        ) from None
 
 
 class _SilentWriter:

@@ -243,6 +243,52 @@ def test_an_input_modified_in_place_after_its_forward_is_left_out_not_misread(sq
     )
 
 
+def test_the_output_layers_log_z_is_stored_on_check_steps(sqlite_url, tmp_path):
+    model = TinyNet()
+    monitor = collector.watch(
+        model, run="logz", db=sqlite_url, every=2, spool_dir=tmp_path, output_layer="head"
+    )
+    seen = {}
+    for step, (x, _) in enumerate(_batches(5)):
+        logits = model(x)  # (4, 8, 3): 32 positions, all of them sampled
+        seen[step] = float(collector.log_z(logits))
+        logits.sum().backward()
+        monitor.log(step, loss=1.0)
+        model.zero_grad()
+    monitor.close()
+    db = Database(sqlite_url)
+    stored = {
+        p.step: p.value for p in stats.scalar_series(db, runs.find_run(db, "logz").id, ["log_z"])
+    }
+    assert stored.keys() == {0, 2, 4}
+    for step, value in stored.items():
+        assert value == pytest.approx(seen[step], rel=1e-6)
+
+
+def test_a_log_z_the_loop_logs_wins_and_auto_finds_no_output_layer_on_a_plain_module(
+    sqlite_url, tmp_path
+):
+    model = TinyNet()
+    named = collector.watch(
+        model, run="own", db=sqlite_url, every=1, spool_dir=tmp_path, output_layer="head"
+    )
+    x, _ = next(_batches(1))
+    model(x).sum().backward()
+    named.log(0, loss=1.0, log_z=123.0)
+    named.close()
+    auto = collector.watch(TinyNet(), run="auto", db=sqlite_url, every=1, spool_dir=tmp_path)
+    auto.log(0, loss=1.0)
+    auto.close()
+    db = Database(sqlite_url)
+    logged = {
+        r: [p.value for p in stats.scalar_series(db, runs.find_run(db, r).id, ["log_z"])]
+        for r in ("own", "auto")
+    }
+    assert logged == {"own": [123.0], "auto": []}
+    with pytest.raises(ValueError, match="output_layer 'lm_head' is not a submodule"):
+        collector.watch(TinyNet(), db=sqlite_url, spool_dir=tmp_path, output_layer="lm_head")
+
+
 def test_a_failure_inside_the_collector_never_reaches_the_training_loop(
     sqlite_url, tmp_path, monkeypatch, caplog
 ):

@@ -96,6 +96,9 @@ def test_trainer_run_is_named_configured_and_checked_every_n_steps(sqlite_url, t
     # ...which is before clipping, while the per-layer norms were measured after it.
     clipped = math.sqrt(sum(rows[(2, name)].grad_norm ** 2 for _, name in rows if _ == 2))
     assert clipped <= 0.01 * 1.001 < scalars["grad_norm"][2]
+    # log Z of lm_head (found by get_output_embeddings()), near log(vocabulary) this early
+    assert set(scalars["log_z"]) == {2, 4}
+    assert abs(scalars["log_z"][2] - math.log(trainer.model.config.vocab_size)) < 1.0
 
 
 class _FireAlertAt(TrainerCallback):

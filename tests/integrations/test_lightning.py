@@ -94,6 +94,14 @@ def test_fit_is_named_configured_and_measures_gradients_before_clipping(sqlite_u
     assert scalars["lr"] == {s: 0.05 for s in range(4)}
 
 
+def test_an_output_layer_named_through_the_callback_gets_its_log_z_on_checks(sqlite_url, tmp_path):
+    callback = TripwireCallback(db=sqlite_url, every=2, spool_dir=tmp_path, output_layer="fc2")
+    _fit([callback])
+    log_z = scalar_table(sqlite_url, "TinyModule")["log_z"]
+    assert set(log_z) == {0, 2}
+    assert all(abs(value - math.log(3)) < 1.0 for value in log_z.values())  # small logits: ~log 3
+
+
 def test_gradient_accumulation_checks_once_per_step_on_the_first_micro_batch(sqlite_url, tmp_path):
     callback = TripwireCallback(run="accumulated", db=sqlite_url, every=1, spool_dir=tmp_path)
     _, module = _fit([callback], batch_size=2, accumulate_grad_batches=3, max_steps=2)
