@@ -215,7 +215,9 @@ rate (σ1, the update ratio, the loss level) rise in both, and the ones that lea
 and the loss jumps within one check interval; nothing recorded here foresees it.
 `gpt-head-ramp` (output logits): the first sent alert (`diverging`) comes 8 steps after the
 explosion; `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
-(which rings on 10 of 11 stable runs) leads. The two MLPs are trained with SGD; no statistic recorded here separates them from their twins before they
+(which rings on 10 of 11 stable runs) leads. The largest output logit (`probe.py`, retrained
+on a later session's machine) does not lead either: the divergent run's passes its twin's
+highest value (18.3, at step 310) only at step 260, 2 steps before its explosion. The two MLPs are trained with SGD; no statistic recorded here separates them from their twins before they
 explode, and we did not tune a rule into doing so. Two edge-of-stability diagnostics the
 collector does not record, measured every step by `python -m bench.prediction.probe` on both
 pairs, do not separate them either: the cosine between consecutive gradients drifts from about
