@@ -21,7 +21,7 @@ class InputSampler:
     and its hook removes itself.
 
     A sample that fits is the layer's input itself, not a copy (copying every layer's input
-    was a fifth of a check on a small model): autograd keeps that tensor for the backward pass
+    cost 15 % of a check on a small model): autograd keeps that tensor for the backward pass
     anyway. Its version counter is remembered, and a sample that was modified in place before
     ``take()`` is dropped with a warning, so a stale input never reaches the statistics.
 
