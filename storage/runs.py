@@ -11,6 +11,7 @@ from storage._models import SqlLayer, SqlProject, SqlRun
 from storage.db import Database, utcnow
 from storage.entities import Layer, Run
 from storage.errors import RunNotFound
+from storage.upsert import insert_ignore
 
 
 def _to_run(row: SqlRun, project: str) -> Run:
@@ -50,14 +51,18 @@ def _runs_query():
 
 
 def project_id(session: Session, name: str) -> int:
-    """The id of project ``name``, created on first use."""
-    found = session.scalar(select(SqlProject.id).where(SqlProject.name == name))
+    """The id of project ``name``, created on first use.
+
+    Two writers may create the same project at once (the ranks of one job, runs started
+    together): the insert ignores a name another transaction holds, waiting for it to commit,
+    and the id is read back either way.
+    """
+    by_name = select(SqlProject.id).where(SqlProject.name == name)
+    found = session.scalar(by_name)
     if found is not None:
         return found
-    project = SqlProject(name=name, created_at=utcnow())
-    session.add(project)
-    session.flush()
-    return project.id
+    insert_ignore(session, SqlProject, [{"name": name, "created_at": utcnow()}])
+    return session.scalar(by_name)
 
 
 def ensure_run(

@@ -100,3 +100,41 @@ def test_find_run_prefers_uid_then_newest_name(db):
         runs.ensure_run(s, uid="u2", project="p", name="same", started_at=utcnow())
     assert runs.find_run(db, "same").uid == "u2"
     assert runs.find_run(db, "u1").uid == "u1"
+
+
+def test_two_writers_creating_the_same_new_project_at_once_both_succeed(db):
+    # Ranks of one job (per_rank=True) or runs started together create the project at the
+    # same moment; the second must find the first's row, not fail on the unique name.
+    import threading
+    import time
+
+    first_flushed, second_started = threading.Event(), threading.Event()
+    errors = []
+
+    def first():
+        with db.session() as s:
+            runs.ensure_run(s, uid="r0", project="new-project", name="rank0", started_at=utcnow())
+            s.flush()
+            first_flushed.set()
+            second_started.wait(5)
+            time.sleep(0.3)  # the second writer is now waiting on the unique name
+
+    def second():
+        first_flushed.wait(5)
+        second_started.set()
+        try:
+            with db.session() as s:
+                runs.ensure_run(
+                    s, uid="r1", project="new-project", name="rank1", started_at=utcnow()
+                )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    both = [runs.find_run(db, uid) for uid in ("r0", "r1")]
+    assert {r.project for r in both} == {"new-project"}
