@@ -65,8 +65,8 @@ def watch(
         output_layer: the layer whose output is the model's logits (e.g. ``"lm_head"``); on
             check steps its ``log Z`` (mean ``logsumexp`` over up to ``sample_size`` positions)
             is stored as the ``log_z`` scalar the ``log_z_drift`` predictor judges, unless the
-            loop logs its own. ``"auto"`` (default): a Hugging Face model's
-            ``get_output_embeddings()``, else none; ``None``: never.
+            loop logs its own. ``"auto"`` (default): the ``get_output_embeddings()`` of a
+            Hugging Face model, ``model`` or the first inside it, else none; ``None``: never.
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not

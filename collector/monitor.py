@@ -437,14 +437,18 @@ class Monitor:
 
 
 def _output_module(model: nn.Module, output_layer: str | None) -> nn.Module | None:
-    """The layer whose output is the model's logits: by name, or ``"auto"``: the model's
-    ``get_output_embeddings()`` (Hugging Face models) if it has one; None for none."""
+    """The layer whose output is the model's logits: by name, or ``"auto"``: the
+    ``get_output_embeddings()`` of the model or, failing that, of the first submodule that has
+    one (a Hugging Face model inside a LightningModule or a wrapper); None for none."""
     if output_layer is None:
         return None
     if output_layer == "auto":
-        get = getattr(model, "get_output_embeddings", None)
-        module = get() if callable(get) else None
-        return module if isinstance(module, nn.Module) else None
+        for module in model.modules():  # the model itself first
+            get = getattr(module, "get_output_embeddings", None)
+            found = get() if callable(get) else None
+            if isinstance(found, nn.Module):
+                return found
+        return None
     try:
         return model.get_submodule(output_layer)
     except AttributeError:

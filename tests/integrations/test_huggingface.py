@@ -16,6 +16,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
+import collector  # noqa: E402
 from collector.integrations.huggingface import TripwireCallback  # noqa: E402
 from storage import Database, runs  # noqa: E402
 from tests.integrations.helpers import fire_critical_alert, layer_table, scalar_table  # noqa: E402
@@ -141,3 +142,28 @@ def test_gradient_accumulation_samples_the_first_micro_batch_once_per_optimizer_
         assert (
             sum(rows[(step, "model.layers.1.mlp.down_proj")].sa_hist) == 2 * SEQ
         )  # one micro-batch
+
+
+class _Wrapper(torch.nn.Module):
+    """A Hugging Face model held by a plain module, as a LightningModule holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _model()
+
+    def forward(self, ids):
+        return self.net(input_ids=ids, labels=ids)
+
+
+def test_auto_finds_the_output_layer_of_a_hugging_face_model_inside_another_module(
+    sqlite_url, tmp_path
+):
+    wrapper = _Wrapper()
+    monitor = collector.watch(wrapper, run="wrapped", db=sqlite_url, every=1, spool_dir=tmp_path)
+    ids = _Tokens().ids[:4]
+    out = wrapper(ids)
+    out.loss.backward()
+    monitor.log(0, loss=out.loss)
+    monitor.close()
+    expected = float(collector.log_z(out.logits))
+    assert scalar_table(sqlite_url, "wrapped")["log_z"][0] == pytest.approx(expected, rel=1e-5)
