@@ -15,7 +15,7 @@ The figure of a variant is the median block time divided by the block's steps; i
 wandb's service process, TensorBoard's event writer) overlaps training as it would in real use;
 the Tripwire writer thread's CPU time is reported apart.
 
-    .venv/bin/python -m bench.overhead                          # CPU, small and medium GPT
+    .venv/bin/python -m bench.overhead                          # CPU: small (short, long), medium
     .venv/bin/python -m bench.overhead --sizes small --rounds 5 --no-write   # a quick look
     .venv/bin/python -m bench.overhead --device cuda --sizes large        # on a GPU machine
 """
@@ -41,11 +41,13 @@ SIZES = {
     # name: (n_layer, d_model, n_head, batch, block_size)
     "tiny": (1, 32, 2, 2, 16),
     "small": (4, 128, 4, 16, 64),
+    "small-long": (4, 128, 4, 16, 256),
     "medium": (8, 512, 8, 4, 64),
     "large": (12, 768, 12, 8, 256),
 }
-"""Model and batch shapes. ``medium`` is the biggest that fits a CPU run's time here (25 M
-parameters); ``large`` (85 M parameters) is for a GPU."""
+"""Model and batch shapes. ``small-long`` is ``small`` on 4× longer sequences: the same check,
+4× the tokens per step (the overhead falls with the work per step). ``medium`` is the biggest
+that fits a CPU run's time here (25 M parameters); ``large`` (85 M parameters) is for a GPU."""
 
 VARIANTS = ("none", "tripwire", "tripwire every step", "wandb", "tensorboard")
 
@@ -345,7 +347,7 @@ def report(results: list[dict], mem: dict, device: str, every: int) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", default="small,medium", help=f"of {', '.join(SIZES)}")
+    parser.add_argument("--sizes", default="small,small-long,medium", help=f"of {', '.join(SIZES)}")
     parser.add_argument("--rounds", type=int, default=20, help="rounds for tiny and small")
     parser.add_argument("--big-rounds", type=int, default=6, help="rounds for bigger sizes")
     parser.add_argument("--every", type=int, default=10)
