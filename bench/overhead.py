@@ -15,7 +15,7 @@ The figure of a variant is the median block time divided by the block's steps; i
 wandb's service process, TensorBoard's event writer) overlaps training as it would in real use;
 the Tripwire writer thread's CPU time is reported apart.
 
-    .venv/bin/python -m bench.overhead                          # CPU: small (short, long), medium
+    .venv/bin/python -m bench.overhead                          # CPU, small and medium GPT
     .venv/bin/python -m bench.overhead --sizes small --rounds 5 --no-write   # a quick look
     .venv/bin/python -m bench.overhead --device cuda --sizes large        # on a GPU machine
 """
@@ -347,7 +347,7 @@ def report(results: list[dict], mem: dict, device: str, every: int) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", default="small,small-long,medium", help=f"of {', '.join(SIZES)}")
+    parser.add_argument("--sizes", default="small,medium", help=f"of {', '.join(SIZES)}")
     parser.add_argument("--rounds", type=int, default=20, help="rounds for tiny and small")
     parser.add_argument("--big-rounds", type=int, default=6, help="rounds for bigger sizes")
     parser.add_argument("--every", type=int, default=10)
