@@ -1,12 +1,13 @@
-"""Predictors of the logit signals a user logs beside the loss (docs/alerts.md, "Logit signals").
+"""Predictors of the logit signals beside the loss (docs/alerts.md, "Logit signals").
 
 ``attention_logits``: the largest attention logit ``q·k/√d`` grows past a level where softmax
 attention collapses onto one key (attention-entropy collapse; qk-norm is the usual fix).
 ``log_z_drift``: the output layer's log-partition ``log Z = logsumexp(logits)`` drifts away
 from where it settled (output-logit divergence; z-loss is the usual fix). The collector cannot
-see inside a fused attention kernel or know which layer is the output, so the training loop
-logs them: ``monitor.log(step, loss=loss, attn_logit_max=..., log_z=...)``. Runs that do not
-log them are never judged.
+see inside a fused attention kernel, so the training loop logs the attention logit:
+``monitor.log(step, loss=loss, attn_logit_max=...)``; ``log_z`` the collector measures itself
+where it knows the output layer (``watch(..., output_layer=...)``, Hugging Face models), else
+the loop logs it too. Runs without a signal are never judged on it.
 """
 
 from __future__ import annotations
