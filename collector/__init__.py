@@ -66,7 +66,8 @@ def watch(
             check steps its ``log Z`` (mean ``logsumexp`` over up to ``sample_size`` positions)
             is stored as the ``log_z`` scalar the ``log_z_drift`` predictor judges, unless the
             loop logs its own. ``"auto"`` (default): the ``get_output_embeddings()`` of a
-            Hugging Face model, ``model`` or the first inside it, else none; ``None``: never.
+            Hugging Face model, ``model`` or the first inside it, if it is an ``nn.Linear``;
+            else none. ``None``: never.
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not

@@ -439,14 +439,15 @@ class Monitor:
 def _output_module(model: nn.Module, output_layer: str | None) -> nn.Module | None:
     """The layer whose output is the model's logits: by name, or ``"auto"``: the
     ``get_output_embeddings()`` of the model or, failing that, of the first submodule that has
-    one (a Hugging Face model inside a LightningModule or a wrapper); None for none."""
+    a linear one (a Hugging Face model inside a LightningModule or a wrapper); None for none."""
     if output_layer is None:
         return None
     if output_layer == "auto":
         for module in model.modules():  # the model itself first
             get = getattr(module, "get_output_embeddings", None)
             found = get() if callable(get) else None
-            if isinstance(found, nn.Module):
+            # A linear head only: an embedding returned here would be measured on its lookups.
+            if isinstance(found, nn.Linear):
                 return found
         return None
     try:

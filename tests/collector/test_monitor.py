@@ -289,6 +289,29 @@ def test_a_log_z_the_loop_logs_wins_and_auto_finds_no_output_layer_on_a_plain_mo
         collector.watch(TinyNet(), db=sqlite_url, spool_dir=tmp_path, output_layer="lm_head")
 
 
+class TiedHead(TinyNet):
+    """Says its output embedding is an input embedding (as a tied model might): not logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 12)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.embed
+
+
+def test_auto_takes_only_a_linear_output_layer(sqlite_url, tmp_path):
+    model = TiedHead()
+    monitor = collector.watch(model, run="tied", db=sqlite_url, every=1, spool_dir=tmp_path)
+    x, _ = next(_batches(1))
+    model.embed(torch.zeros(4, dtype=torch.long))  # the "output embedding" runs, on lookups
+    model(x).sum().backward()
+    monitor.log(0, loss=1.0)
+    monitor.close()
+    db = Database(sqlite_url)
+    assert stats.scalar_series(db, runs.find_run(db, "tied").id, ["log_z"]) == []
+
+
 def test_a_failure_inside_the_collector_never_reaches_the_training_loop(
     sqlite_url, tmp_path, monkeypatch, caplog
 ):
