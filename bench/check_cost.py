@@ -95,7 +95,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     state = monitor._spectral
     weights = [layer.weight for layer in layers]
     rows = {
-        n: spectral.sample_rows(t, sampler.sample_size, sampler._generator(t.device))
+        n: spectral.sample_rows(t, sampler.sample_size, sampler._generators.on(t.device))
         for n, t in inputs.items()
     }
     v1s = {layer.name: state.v[layer.name] for layer in layers}

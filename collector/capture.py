@@ -13,6 +13,22 @@ from collector.logits import log_z
 from collector.spectral import sample_rows
 
 
+class _Generators:
+    """One generator per device, seeded alike and made on first use: sampling indices are drawn
+    on the tensor's own device (no host-to-device copy) and never from the loop's global RNG."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._by_device: dict[torch.device, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        gen = self._by_device.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device).manual_seed(self.seed)
+            self._by_device[device] = gen
+        return gen
+
+
 class InputSampler:
     """Arms one-shot forward hooks on the monitored layers and keeps a sample of their inputs.
 
@@ -36,8 +52,7 @@ class InputSampler:
     def __init__(self, layers: list[MonitoredLayer], sample_size: int = 1024, seed: int = 0):
         self.layers = layers
         self.sample_size = sample_size
-        self._seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._generators = _Generators(seed)
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rows: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
@@ -84,20 +99,13 @@ class InputSampler:
         self._versions.clear()
         self.disarm()
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device).manual_seed(self._seed)
-            self._generators[device] = gen
-        return gen
-
     def _hook_for(self, name: str):
         def hook(module, inputs, output):  # noqa: ANN001, ARG001
             try:
                 x = inputs[0] if inputs else None
                 if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
                     with torch.no_grad():
-                        rows = sample_rows(x, self.sample_size, self._generator(x.device))
+                        rows = sample_rows(x, self.sample_size, self._generators.on(x.device))
                         rows = rows.float()  # bf16/fp16: a copy; fp32: the input itself
                     self._rows[name] = rows
                     self._versions[name] = rows._version
@@ -139,8 +147,7 @@ class OutputLogZ:
     def __init__(self, module: torch.nn.Module, sample_size: int = 1024, seed: int = 0):
         self.module = module
         self.sample_size = sample_size
-        self._seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._generators = _Generators(seed)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._value: torch.Tensor | None = None
 
@@ -167,10 +174,7 @@ class OutputLogZ:
     def _hook(self, module, inputs, output) -> None:  # noqa: ANN001, ARG002
         try:
             if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[-1] > 0:
-                gen = self._generators.get(output.device)
-                if gen is None:
-                    gen = torch.Generator(device=output.device).manual_seed(self._seed)
-                    self._generators[output.device] = gen
+                gen = self._generators.on(output.device)
                 with torch.no_grad():
                     self._value = log_z(sample_rows(output, self.sample_size, gen))
         finally:
