@@ -121,7 +121,8 @@ those divergent runs pass 50 between 35 and 151 steps before exploding, and the 
 reach 430 and 3300. Nor does requiring the loss to rise as well: at the check where the largest
 attention logit first passes 50, the smoothed loss (EMA 0.9) of the five divergent GPT runs that
 pass it is 0.04–0.15 nat above its running minimum, and in the 80 steps after their own
-crossing the two stable runs reach 0.06 and 0.13. We ship the rule as a `warning` anyway, because it gives most of the long
+crossing the two stable runs reach 0.06 and 0.13. We ship the rule as a `warning` anyway,
+because it gives most of the long
 leads here, its message names what it saw (attention collapsing onto single keys,
 no qk-norm), and a model with qk-norm never trips it (below 13 on every qk-norm run). The
 **quiet rule set** row is the alternative for a team that would rather miss than be paged for
@@ -220,7 +221,8 @@ and the loss jumps within one check interval; nothing recorded here foresees it.
 explosion; `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
 (which rings on 10 of 11 stable runs) leads. The largest output logit (`probe.py`, retrained
 on a later session's machine) does not lead either: the divergent run's passes its twin's
-highest value (18.3, at step 310) only at step 260, 2 steps before its explosion. The two MLPs are trained with SGD; no statistic recorded here separates them from their twins before they
+highest value (18.3, at step 310) only at step 260, 2 steps before its explosion. The two
+MLPs are trained with SGD; no statistic recorded here separates them from their twins before they
 explode, and we did not tune a rule into doing so. Two edge-of-stability diagnostics the
 collector does not record, measured every step by `python -m bench.prediction.probe` on both
 pairs, do not separate them either: the cosine between consecutive gradients drifts from about
