@@ -83,16 +83,17 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def seal(session: Session, run_id: int, steps: list[int]) -> None:
+def seal(session: Session, run_id: int, steps: list[int], bucket_width: int | None = None) -> None:
     """Bring the rollup up to date after layer-stat rows at ``steps`` were inserted.
 
     A bucket is written once the run has moved past it, recomputed from its raw rows in one
     ``INSERT ... SELECT ... GROUP BY`` (so it always equals them, however often a check is
     rewritten or replayed). Buckets at or below the newest rollup row that this batch touched
     (a late or replayed check) are recomputed too. The newest bucket stays open and is read raw.
-    Cost: one index lookup per batch, plus one statement per 16 checks.
+    Cost: one index lookup per batch, plus one statement per 16 checks. ``bucket_width``: the
+    run's :func:`run_width`, when the caller already knows it (one query fewer).
     """
-    w = run_width(session, run_id)
+    w = bucket_width or run_width(session, run_id)
     # Negative steps stay out of the rollup (SQL's integer division truncates, Python's floors).
     touched = {int(step) // w for step in steps if step >= 0}
     if not touched:

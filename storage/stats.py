@@ -57,11 +57,16 @@ def write_scalars(session: Session, run_id: int, rows: list[dict]) -> None:
 
 
 def write_layer_stats(
-    session: Session, run_id: int, layer_ids: dict[str, int], rows: list[dict]
+    session: Session,
+    run_id: int,
+    layer_ids: dict[str, int],
+    rows: list[dict],
+    bucket_width: int | None = None,
 ) -> None:
     """Insert dicts with layer (name), step, wall_time, the statistics and sa_hist; idempotent.
 
-    Then brings the heatmap rollup (:mod:`storage.rollup`) up to date in the same transaction.
+    Then brings the heatmap rollup (:mod:`storage.rollup`) up to date in the same transaction
+    (``bucket_width``: the run's :func:`storage.rollup.run_width`, if known).
     """
     payload = []
     for row in rows:
@@ -70,7 +75,7 @@ def write_layer_stats(
         row["run_id"] = run_id
         payload.append(row)
     _bulk_insert_ignore(session, SqlLayerStat.__table__, payload)
-    rollup.seal(session, run_id, [row["step"] for row in payload])
+    rollup.seal(session, run_id, [row["step"] for row in payload], bucket_width)
 
 
 def scalar_series(

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from storage import runs, stats
+from storage import rollup, runs, stats
 from storage.db import Database
 from storage.errors import StoreUnavailable
 
@@ -79,6 +79,7 @@ class BatchWriter:
         self.rows_written = 0
         self.write_failures = 0
         self._layer_ids: dict[str, int] = dict(layer_ids or {})
+        self._bucket_width: int | None = None  # the run's rollup bucket width, read once
         self._queue: queue.Queue = queue.Queue()
         self._flushed = threading.Condition()
         self._put_count = 0
@@ -186,6 +187,7 @@ class BatchWriter:
     def _commit(self, records: list) -> None:
         """Write records in order in one transaction; caches change only once it committed."""
         run_id, layer_ids, written = self.run_id, dict(self._layer_ids), 0
+        width = self._bucket_width
         with self.db.session() as session:
             # Consecutive data records go to the database as one bulk insert per table: the
             # statement overhead is paid per batch, not per check.
@@ -193,10 +195,12 @@ class BatchWriter:
             layer_rows: list[dict] = []
 
             def write_data() -> None:
+                nonlocal width
                 if scalars:
                     stats.write_scalars(session, run_id, scalars)
                 if layer_rows:
-                    stats.write_layer_stats(session, run_id, layer_ids, layer_rows)
+                    width = width or rollup.run_width(session, run_id)
+                    stats.write_layer_stats(session, run_id, layer_ids, layer_rows, width)
                 scalars.clear()
                 layer_rows.clear()
 
@@ -217,6 +221,7 @@ class BatchWriter:
                         payload["run"], started_at=_to_datetime(payload["run"]["started_at"])
                     )
                     run_id = runs.ensure_run(session, **spec)
+                    width = None  # a resumed run keeps the width it was created with
                     layer_ids = runs.ensure_layers(session, run_id, payload.get("layers", []))
                 elif run_id is None:
                     continue  # cannot happen: the start record always comes first
@@ -230,7 +235,7 @@ class BatchWriter:
             write_data()
             if run_id is not None:
                 runs.touch(session, run_id, last_step=self._last_step, at=_to_datetime(time.time()))
-        self.run_id, self._layer_ids = run_id, layer_ids
+        self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written
         if run_id is not None and self.on_written is not None:
             self.on_written(run_id)

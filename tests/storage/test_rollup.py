@@ -11,6 +11,7 @@ from sqlalchemy import select
 from storage import Database, migrate, rollup, runs, series, stats
 from storage._models import SqlLayerStat, SqlLayerStatBucket
 from storage.db import utcnow
+from storage.writer import BatchWriter
 
 LAYERS = ["a", "b", "c"]
 EVERY = 2
@@ -123,6 +124,25 @@ def test_rewrites_and_replays_change_nothing(db):
     with db.session() as s:
         stats.write_layer_stats(s, run_id, ids, changed[:30] + more + more)
     _assert_equal(_stored(db, run_id), _sealed(_expected(rows + more, ids, W)))
+
+
+def test_the_writer_keeps_the_rollup_in_buckets_of_the_stored_interval(db, tmp_path):
+    """The writer reads a run's bucket width once, and a resume announced with another ``every``
+    keeps the width the run was created with (its stored buckets stay valid)."""
+    rows = _rows(range(0, 400, EVERY), seed=3)
+    layers = [{"name": n, "position": i} for i, n in enumerate(LAYERS)]
+    for every, part in ((EVERY, rows[: len(rows) // 2]), (5 * EVERY, rows[len(rows) // 2 :])):
+        writer = BatchWriter(db, "resumed", spool_dir=tmp_path)
+        start = {"uid": "resumed", "project": "p", "name": "resumed", "started_at": 0.0}
+        writer.put("start", {"run": start | {"every": every}, "layers": layers})
+        for lo in range(0, len(part), 40):  # one commit per put: several reuse the width
+            writer.put("layer_stats", part[lo : lo + 40])
+            assert writer.flush(30)
+        writer.close()
+    run = runs.find_run(db, "resumed")
+    assert run.every == EVERY
+    ids = {layer.name: layer.id for layer in runs.layers(db, run.id)}
+    _assert_equal(_stored(db, run.id), _sealed(_expected(rows, ids, W)))
 
 
 def test_a_late_check_reopens_and_recomputes_its_bucket(db):
