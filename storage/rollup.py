@@ -66,9 +66,8 @@ def lower(a: float | None, b: float | None) -> float | None:
 
 def _sealed(session: Session, run_id: int) -> int:
     """The run's newest bucket in the rollup (-1: none). Every bucket up to it is complete."""
-    found = session.scalar(
-        select(func.max(SqlLayerStatBucket.bucket)).where(SqlLayerStatBucket.run_id == run_id)
-    )
+    bucket = SqlLayerStatBucket.__table__.c  # the table, not the class: no ORM work per commit
+    found = session.scalar(select(func.max(bucket.bucket)).where(bucket.run_id == run_id))
     return -1 if found is None else int(found)
 
 

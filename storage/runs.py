@@ -125,12 +125,17 @@ def ensure_layers(session: Session, run_id: int, layers: list[dict]) -> dict[str
 
 
 def touch(session: Session, run_id: int, *, last_step: int | None, at: datetime) -> None:
-    """Record that the run is alive (heartbeat) and how far it got; one UPDATE."""
+    """Record that the run is alive (heartbeat) and how far it got; one UPDATE.
+
+    On the table, not the ORM class: the writer runs this in every commit, and the ORM's bulk
+    update path (synchronising loaded objects) costs more than the UPDATE itself.
+    """
+    run = SqlRun.__table__.c
     values: dict = {"heartbeat_at": at}
     if last_step is not None:
-        further = SqlRun.last_step.is_(None) | (SqlRun.last_step < last_step)
-        values["last_step"] = case((further, last_step), else_=SqlRun.last_step)
-    session.execute(update(SqlRun).where(SqlRun.id == run_id).values(**values))
+        further = run.last_step.is_(None) | (run.last_step < last_step)
+        values["last_step"] = case((further, last_step), else_=run.last_step)
+    session.execute(update(SqlRun.__table__).where(run.id == run_id).values(**values))
 
 
 def finish(
