@@ -228,7 +228,12 @@ collector does not record, measured every step by `python -m bench.prediction.pr
 pairs, do not separate them either: the cosine between consecutive gradients drifts from about
 +0.2 to about 0 before each explosion, but the stable twins dip as low (−0.05); the learning rate
 times the curvature along the last update stays between 0.1 and 0.5 on all four runs, with no
-trend before the explosions. Held out, the default set keeps its leads
+trend before the explosions. Nor does the loss's own flicker, a generic early-warning sign of a
+tipping point (`python -m bench.prediction.loss_variance`: the spread of the one-step loss
+surprise over 30 steps against its lowest earlier value): before their explosions the divergent
+GPT runs peak at 1.71–1.91 and the stable GPT runs reach 1.74–2.02; on the MLP `mlp-sgd-const`
+reaches 3.21 against its twin's 1.63, but `mlp-sgd-safe` reaches 4.22, above four of the six
+divergent MLP runs (1.80–5.89). Held out, the default set keeps its leads
 (median 110) but its false alarms grow to 5 of 11: the two above, two stable lr-edge runs
 (the attention level chosen without them) and one from the `diverging` setting chosen without
 the `sgd-momentum` runs.
