@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -25,12 +26,21 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _teardown() -> None:
-    """Leave the process group together: gloo aborts a rank ("terminate called without an active
-    exception") that tears it down, or exits, while its peer is still mid-collective."""
+def _leave() -> None:
+    """Leave the process group together, then end the process at once.
+
+    gloo aborts a rank ("terminate called without an active exception") that tears the group
+    down while its peer is still mid-collective, hence the barrier. A rank still aborted now and
+    then after ``destroy_process_group()``, at exit (most likely modules that still reference the
+    group, FSDP2's in reference cycles, keep its threads alive into interpreter shutdown). The
+    rank has written everything it reports, so it exits without that shutdown.
+    """
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
@@ -87,7 +97,7 @@ def runs(rank: int, world: int, port: int, url: str, out: str) -> None:
         fully_shard(model)
         with collector.watch(model, run="fsdp", **kw) as monitor:
             train(model, monitor, 5, rank=rank, world=world)
-    _teardown()
+    _leave()
 
 
 def trainer(rank: int, world: int, port: int, url: str, out: str) -> None:
@@ -106,4 +116,4 @@ def trainer(rank: int, world: int, port: int, url: str, out: str) -> None:
     callback = TripwireCallback(db=url, every=2, spool_dir=Path(out) / f"spool{rank}")
     _train(Path(out), [callback], ddp_backend="gloo", run_name="hf-ddp")
     Path(out, f"trainer{rank}.json").write_text(json.dumps({"errors": callback.monitor.errors}))
-    _teardown()  # Trainer set the group up and leaves it to the process exit
+    _leave()  # Trainer set the group up and leaves it to the process exit
