@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
+import os
+import sys
 
 import pytest
 import torch
@@ -136,10 +140,27 @@ def test_halt_on_alert_sets_should_stop(sqlite_url, tmp_path):
     assert run.status == "failed" and "halt_on_alert" in run.error
 
 
+class _WorkersSkipInterpreterShutdown(L.Callback):
+    """After a successful fit, a ``ddp_spawn`` worker ends with ``os._exit(0)`` at exit, before
+    Lightning's atexit handler tears gloo down: gloo aborted a worker at interpreter shutdown
+    now and then ("terminate called without an active exception"), as in ddp_worker.py.
+    Registered last, it runs first; rank 0 has queued its results by then."""
+
+    def on_fit_end(self, trainer, pl_module):
+        if multiprocessing.parent_process() is not None:  # a spawned worker, never pytest itself
+            atexit.register(_exit_at_once)
+
+
+def _exit_at_once() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @pytest.mark.slow
 def test_ddp_spawn_on_two_cpu_processes_writes_one_run(sqlite_url, tmp_path):
     callback = TripwireCallback(run="ddp", db=sqlite_url, every=2, spool_dir=tmp_path)
-    _fit([callback], strategy="ddp_spawn", devices=2)
+    _fit([callback, _WorkersSkipInterpreterShutdown()], strategy="ddp_spawn", devices=2)
     (run,) = runs.list_runs(Database(sqlite_url))
     assert run.status == "finished" and run.config["tripwire"]["world_size"] == 2
     assert run.config["trainer"]["strategy"] == "DDPStrategy"
