@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Tripwire into ./.venv. `scripts/setup.sh` for running it, `scripts/setup.sh dev` for
-# the test suite too (test tools, framework integrations, Chromium for the browser tests).
+# the test suite too (test tools, framework integrations, Chromium and openssl for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="all"
@@ -19,11 +19,18 @@ fi
 echo "setup: installing tripwire[$extras]"
 "${pip[@]}" -e ".[$extras]"
 
-if [ "$extras" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-        echo "setup: installing Chromium (browser tests)"
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    else
-        echo "setup: /usr/bin/chromium is missing; install it (apt-get install chromium) for the browser tests" >&2
+# Outside Python, the tests use Chromium (browser tests) and openssl (a certificate for the
+# TLS email tests); with CI=true a missing one fails them (tests/needs.py).
+if [ "$extras" = "dev" ]; then
+    system=()
+    [ -x /usr/bin/chromium ] || system+=(chromium)
+    command -v openssl >/dev/null || system+=(openssl)
+    if [ ${#system[@]} -gt 0 ]; then
+        if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+            echo "setup: installing ${system[*]} (browser and TLS email tests)"
+            apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${system[@]}" >/dev/null
+        else
+            echo "setup: missing ${system[*]}; install (apt-get install ${system[*]}) for the browser and TLS email tests" >&2
+        fi
     fi
 fi

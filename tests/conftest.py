@@ -2,7 +2,7 @@
 
 PostgreSQL comes from ``TRIPWIRE_TEST_PG_URL`` (default: the local server at 127.0.0.1:5432,
 database ``test``). Each test gets its own schema there, dropped afterwards. With ``CI=true``
-a missing PostgreSQL fails the tests instead of skipping them.
+a missing PostgreSQL fails the tests instead of skipping them (``tests/needs.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from storage import Database
+from tests.needs import missing
 
 PG_URL = os.environ.get("TRIPWIRE_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
@@ -34,9 +35,7 @@ def pg_server_url() -> str:
     """The PostgreSQL server URL; skips (or fails in CI) when it cannot be reached."""
     reason = _pg_unavailable_reason()
     if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason + " (CI=true: PostgreSQL is required)")
-        pytest.skip(reason)
+        missing(reason)
     return PG_URL
 
 

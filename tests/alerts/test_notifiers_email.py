@@ -17,6 +17,7 @@ from alerts.config import RetrySettings, parse_config
 from alerts.delivery import send_with_retry
 from alerts.notifiers import EmailNotifier, build_routes
 from tests.alerts.test_notifiers_http import alert_message
+from tests.needs import missing
 
 FAST = RetrySettings(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, timeout_s=5)
 
@@ -40,7 +41,7 @@ def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 (made by the openssl tool), and a client
     context that trusts it."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
+        missing("the openssl command is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

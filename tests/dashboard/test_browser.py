@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import server
+from tests.needs import missing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 def _serve(url: str, env: dict | None = None):
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     port = _free_port()
     process = server.start(url, port=port, env=env)
     try:
