@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ except ImportError:  # pragma: no cover - older torch
     fully_shard = None
 
 import collector
-from tests.integrations.helpers import TinyNet, fire_critical_alert, train
+from tests.integrations.helpers import TinyNet, exit_without_shutdown, fire_critical_alert, train
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -30,17 +29,14 @@ def _leave() -> None:
     """Leave the process group together, then end the process at once.
 
     gloo aborts a rank ("terminate called without an active exception") that tears the group
-    down while its peer is still mid-collective, hence the barrier. A rank still aborted now and
-    then after ``destroy_process_group()``, at exit (most likely modules that still reference the
-    group, FSDP2's in reference cycles, keep its threads alive into interpreter shutdown). The
-    rank has written everything it reports, so it exits without that shutdown.
+    down while its peer is still mid-collective, hence the barrier; and now and then at
+    interpreter shutdown, hence :func:`exit_without_shutdown` (the rank has written everything
+    it reports).
     """
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_shutdown()
 
 
 def runs(rank: int, world: int, port: int, url: str, out: str) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import atexit
 import math
 import multiprocessing
-import os
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,12 @@ L = pytest.importorskip("lightning")
 
 from collector.integrations.lightning import TripwireCallback  # noqa: E402
 from storage import Database, runs  # noqa: E402
-from tests.integrations.helpers import fire_critical_alert, layer_table, scalar_table  # noqa: E402
+from tests.integrations.helpers import (  # noqa: E402
+    exit_without_shutdown,
+    fire_critical_alert,
+    layer_table,
+    scalar_table,
+)
 
 TOKENS = 4
 
@@ -141,20 +144,13 @@ def test_halt_on_alert_sets_should_stop(sqlite_url, tmp_path):
 
 
 class _WorkersSkipInterpreterShutdown(L.Callback):
-    """After a successful fit, a ``ddp_spawn`` worker ends with ``os._exit(0)`` at exit, before
-    Lightning's atexit handler tears gloo down: gloo aborted a worker at interpreter shutdown
-    now and then ("terminate called without an active exception"), as in ddp_worker.py.
-    Registered last, it runs first; rank 0 has queued its results by then."""
+    """After a successful fit, a ``ddp_spawn`` worker ends through ``exit_without_shutdown`` at
+    exit, before Lightning's atexit handler tears gloo down. Registered last, it runs first;
+    rank 0 has queued its results by then."""
 
     def on_fit_end(self, trainer, pl_module):
         if multiprocessing.parent_process() is not None:  # a spawned worker, never pytest itself
-            atexit.register(_exit_at_once)
-
-
-def _exit_at_once() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+            atexit.register(exit_without_shutdown)
 
 
 @pytest.mark.slow
