@@ -32,6 +32,7 @@ THRESHOLD_PARAMS: dict[str, tuple[str, float | None]] = {
     "sigma_surge": ("min_layers", 1.0),
     "sa_shift": ("min_layers", 1.0),
     "diverging": ("min_layers", 1.0),
+    "rank_collapse": ("min_layers", 1.0),
     "attention_logits": ("max_logit", None),
     "log_z_drift": ("max_drift", None),
     "update_size": ("min_layers", 1.0),

@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
+['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'rank_collapse', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'info'
 
@@ -70,6 +70,15 @@ PREDICTORS: dict[str, Predictor] = {
         for_checks=2,
         params=together.DIVERGING_PARAMS,
         summary="layers' sigma1 grow fast while the smoothed loss climbs off its minimum",
+    ),
+    "rank_collapse": Predictor(
+        "rank_collapse",
+        together.diverging,
+        severity="warning",
+        for_checks=2,
+        params=together.RANK_PARAMS,
+        summary="many layers' stable rank falls fast while the smoothed loss climbs off its minimum",
+        enabled=False,
     ),
     "sa_shift": Predictor(
         "sa_shift",
@@ -149,7 +158,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, rank_collapse, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
     """
     try:
         return PREDICTORS[name]

@@ -78,9 +78,16 @@ def sa_collapse(obs: Observation, memory: dict, params: Mapping[str, Any]) -> li
     return verdicts
 
 
-GROWTH_PARAMS = {**PARAMS, "growth_stat": "sigma1", "window_checks": 5, "max_rate": 0.005}
+GROWTH_PARAMS = {
+    **PARAMS,
+    "growth_stat": "sigma1",
+    "growth_falling": False,
+    "window_checks": 5,
+    "max_rate": 0.005,
+}
 """``sa_growth``: ``sa_collapse``'s parameters, plus ``weight_growth``'s on ``growth_stat``
-(its warm-up is ``warmup_steps``): both must hold for the same layer at once."""
+(its warm-up is ``warmup_steps``; ``growth_falling`` is its ``falling``, e.g. for
+``growth_stat = "stable_rank"``): both must hold for the same layer at once."""
 
 
 def sa_growth(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
@@ -99,6 +106,7 @@ def sa_growth(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list
     """
     growth_params = {
         "stat": params["growth_stat"],
+        "falling": params["growth_falling"],
         "window_checks": params["window_checks"],
         "max_rate": params["max_rate"],
         "warmup_steps": params["warmup_steps"],

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts.predictors.base import Observation, Verdict, finite
+from alerts.predictors.weights import per_step_rate
 
 SIGMA_PARAMS = {
     "stat": "sigma1",
@@ -20,6 +21,7 @@ SIGMA_PARAMS = {
     "max_rate": 0.01,
     "min_layers": 0.5,
     "warmup_steps": 100,
+    "falling": False,
 }
 """Defaults chosen on the prediction benchmark (docs/benchmarks.md, "Prediction"): the loosest
 setting with no false alarm on its stable near-edge runs.
@@ -27,7 +29,8 @@ setting with no false alarm on its stable near-edge runs.
 ``sigma_surge``: a layer *surges* when ``stat`` grew by more than ``max_rate`` per step
 (compounded) over its last ``window_checks`` checks; the condition holds when at least
 ``min_layers`` (a fraction of the layers seen at this check) surge at once. Steps before
-``warmup_steps`` (growth from the initialisation) are only remembered."""
+``warmup_steps`` (growth from the initialisation) are only remembered. ``falling = true``
+counts layers whose ``stat`` *falls* faster than ``max_rate`` (``stable_rank`` collapsing)."""
 
 SHIFT_PARAMS = {
     "stat": "sa_abs_mean",
@@ -89,7 +92,7 @@ def sigma_surge(obs: Observation, memory: dict, params: Mapping[str, Any]) -> li
             continue
         seen += 1
         (s0, x0), (s1, x1) = history[0], history[-1]
-        if math.expm1((x1 - x0) / max(1, s1 - s0)) > params["max_rate"]:
+        if per_step_rate(x0, x1, s1 - s0, params["falling"]) > params["max_rate"]:
             hits.append(layer)
     return _fraction_verdict(
         "sigma_surge",
@@ -97,7 +100,8 @@ def sigma_surge(obs: Observation, memory: dict, params: Mapping[str, Any]) -> li
         hits,
         seen,
         params["min_layers"],
-        f"grow {params['stat']} faster than {params['max_rate']:.2%}/step",
+        f"{'lose' if params['falling'] else 'grow'} {params['stat']} faster than "
+        f"{params['max_rate']:.2%}/step",
     )
 
 
@@ -211,3 +215,20 @@ def diverging(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list
     holds = v.holds and climbed >= params["min_loss_rise"]
     message = f"{v.message}; smoothed loss {climbed:.2f} nats above its minimum" if holds else ""
     return [Verdict(holds, v.score if holds else 0.0, message, details=v.details)]
+
+
+RANK_PARAMS = {
+    **DIVERGING_PARAMS,
+    "stat": "stable_rank",
+    "falling": True,
+    "max_rate": 0.005,
+    "min_layers": 0.5,
+}
+"""``rank_collapse``: ``diverging`` on the *fall* of each layer's stable rank
+(‖W‖_F² / σ1²: how many directions carry the weight) instead of σ1's growth: the stable rank
+falls by more than 0.5 %/step over 3 checks in at least half of the layers while the loss EMA is
+≥ 0.2 nat above its minimum. Stable ranks fall in healthy training too (the spectrum sharpens
+as a model learns); falling in many layers at once while the loss climbs preceded half of the
+benchmark's explosions, and it was silent on all its stable runs. It ships off: in the default
+rule set every explosion it warns on is warned as early or earlier by another rule. The
+benchmark's quiet rule set turns it on (docs/benchmarks.md)."""

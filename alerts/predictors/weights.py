@@ -13,11 +13,23 @@ PARAMS = {
     "window_checks": 5,
     "max_rate": 0.01,
     "warmup_steps": 100,
+    "falling": False,
 }
 """Holds when ``stat`` (``sigma1`` or ``weight_norm``) grew by more than ``max_rate`` per step
 (compounded) over the last ``window_checks`` checks. A rate is scale-free, so one threshold
 serves layers of any size. Steps before ``warmup_steps`` (fast growth from the initialisation)
-are only remembered."""
+are only remembered. ``falling = true`` judges how fast ``stat`` *falls* instead (for
+``stable_rank``, whose collapse is the worry)."""
+
+
+def per_step_rate(log_from: float, log_to: float, steps: int, falling: bool = False) -> float:
+    """Compounded change per step between two logged values; the fall's rate when ``falling``.
+
+    >>> round(per_step_rate(0.0, math.log(1.21), 2), 4), round(per_step_rate(0.0, math.log(0.81), 2, True), 4)
+    (0.1, 0.1)
+    """
+    change = (log_to - log_from) / max(1, steps)
+    return -math.expm1(change) if falling else math.expm1(change)
 
 
 def weight_growth(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
@@ -44,10 +56,11 @@ def weight_growth(obs: Observation, memory: dict, params: Mapping[str, Any]) -> 
             verdicts.append(Verdict(False, 0.0, layer=layer))
             continue
         (s0, x0), (s1, x1) = history[0], history[-1]
-        rate = math.expm1((x1 - x0) / max(1, s1 - s0))
+        rate = per_step_rate(x0, x1, s1 - s0, params["falling"])
         holds = rate > params["max_rate"]
         message = (
-            f"{params['stat']} of {layer} grows {rate:.2%} per step "
+            f"{params['stat']} of {layer} {'falls' if params['falling'] else 'grows'} "
+            f"{rate:.2%} per step "
             f"(×{math.exp(x1 - x0):.2f} over steps {s0}–{s1})"
             if holds
             else ""

@@ -33,9 +33,11 @@ QUIET_SET = "quiet rule set"
 QUIET = {
     "attention_logits": {"severity": "info"},
     "diverging": {"min_layers": 0.5, "min_loss_rise": 0.1},
+    "rank_collapse": {"enabled": True},
 }
 """The alternative for teams that would rather miss than be paged for nothing: the quietest
-``diverging`` setting of the sweep and the attention logits on the dashboard only (docs)."""
+``diverging`` setting of the sweep, ``rank_collapse`` on and the attention logits on the
+dashboard only (docs)."""
 FIGURE_RUNS = ["gpt-lr-ramp", "gpt-qkv-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 

@@ -25,6 +25,7 @@ CALIBRATED = [
     "sigma_surge",
     "sa_shift",
     "diverging",
+    "rank_collapse",
     "attention_logits",
     "log_z_drift",
     "update_size",

@@ -36,6 +36,8 @@ _DIV = (0.01, 0.1, 0.2)
 """The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
 _ATTENTION = 50.0
 """The shipped ``attention_logits`` level."""
+_RANK = (0.005, 0.5, 0.2)
+"""The shipped ``rank_collapse`` setting (rate of fall, fraction of layers, nats)."""
 
 TUNED = ("diverging", "attention_logits")
 """The rules of the default set whose settings were chosen on this suite; the held-out score
@@ -114,6 +116,36 @@ CANDIDATES: list[Candidate] = [
     Candidate("sigma_surge 1%/50% (default)", "sigma_surge", {"max_rate": 0.01}),
     Candidate("sigma_surge 0.5%/30%", "sigma_surge", {"max_rate": 0.005, "min_layers": 0.3}),
     Candidate("sigma_surge 0.3%/70%", "sigma_surge", {"max_rate": 0.003, "min_layers": 0.7}),
+    # --- stable rank (‖W‖_F² / σ1²) falling: the spectrum collapsing onto one direction ----------
+    *[
+        Candidate(
+            f"stable rank falls {rate:.1%}/{frac:.0%}",
+            "sigma_surge",
+            {"stat": "stable_rank", "falling": True, "max_rate": rate, "min_layers": frac},
+            note="stable rank falls faster than the rate in ≥ the fraction of layers",
+        )
+        for rate, frac in ((0.002, 0.5), (0.005, 0.3), (0.005, 0.5), (0.01, 0.1))
+    ],
+    *[
+        Candidate(
+            f"rank_collapse {r:.1%}/{f:.0%}/{d:g} nat"
+            + (" (default)" if (r, f, d) == _RANK else ""),
+            "rank_collapse",
+            {"max_rate": r, "min_layers": f, "min_loss_rise": d},
+        )
+        for r in (0.002, 0.005)
+        for f in (0.3, 0.5)
+        for d in (0.1, 0.2)
+    ],
+    *[
+        Candidate(
+            f"sa_growth stable rank {rate:.1%}",
+            "sa_growth",
+            {"growth_stat": "stable_rank", "growth_falling": True, "max_rate": rate},
+            note="SA collapse and stable-rank fall in the same layer at once",
+        )
+        for rate in (0.002, 0.005)
+    ],
     # --- σ1 surge gated on the loss climbing off its minimum ------------------------------------
     *[
         Candidate(

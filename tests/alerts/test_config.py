@@ -89,6 +89,10 @@ def test_a_full_file_loads_and_overrides_defaults(tmp_path):
             "predictors.loss_spike.severity: Input should be 'info', 'warning' or 'critical'",
         ),
         ({"predictors": {"loss_spike": {"for_checks": 0}}}, "predictors.loss_spike.for_checks"),
+        (
+            {"predictors": {"rank_collapse": {"falling": "yes"}}},
+            "predictors.rank_collapse.falling: must be true or false",
+        ),
         ({"notifiers": [{"kind": "log"}, {"kind": "pager"}]}, "notifiers[1].kind: Input should be"),
         (
             {"notifiers": [{"kind": "slack", "url": "https://x"}]},

@@ -262,3 +262,47 @@ def test_sa_growth_needs_the_collapse_and_the_growth_in_the_same_layer():
     assert first(collapse_at=300, grow_at=10_000) is None  # SA alone
     assert first(collapse_at=10_000, grow_at=300) is None  # growth alone
     assert first(collapse_at=400, grow_at=300) == 400
+
+
+# -- stable rank falling ---------------------------------------------------------------------------
+
+
+def test_weight_growth_can_judge_a_falling_stable_rank():
+    rows = [(s, {"fc": {"stable_rank": 20.0 * 0.98 ** (s / 10)}}) for s in range(0, 400, 10)]
+    out, _ = run_layers("weight_growth", rows, {"stat": "stable_rank"})
+    assert not any(v["fc"] for v in out)  # a fall is not growth
+    out, _ = run_layers(
+        "weight_growth", rows, {"stat": "stable_rank", "falling": True, "max_rate": 0.001}
+    )
+    assert out[-1]["fc"] is True  # 0.2 %/step down
+    out, _ = run_layers("weight_growth", rows, {"stat": "stable_rank", "falling": True})
+    assert not any(v["fc"] for v in out)  # slower than the default 1 %/step
+
+
+def rank_collapse_first(fall_from: int, loss_up_from: int, falling_layers: int = 4):
+    """First step ``rank_collapse`` holds: four layers, ``falling_layers`` of them losing 2 % of
+    their stable rank per step from ``fall_from``; the loss falls, then climbs from ``loss_up_from``."""
+    spec = PREDICTORS["rank_collapse"]
+    memory: dict = {}
+    for s in range(0, 600, 10):
+        loss = (
+            3.0 - 0.002 * s
+            if s < loss_up_from
+            else 3.0 - 0.002 * loss_up_from + 0.02 * (s - loss_up_from)
+        )
+        rank = 10.0 * 0.98 ** max(0, s - fall_from)
+        layers = {
+            f"l{i}": LayerStat(s, f"l{i}", stable_rank=rank if i < falling_layers else 10.0)
+            for i in range(4)
+        }
+        if spec.fn(Observation(s, {"loss": loss}, layers), memory, spec.params)[0].holds:
+            return s
+    return None
+
+
+def test_rank_collapse_needs_the_ranks_falling_together_while_the_loss_climbs():
+    assert rank_collapse_first(fall_from=300, loss_up_from=10_000) is None  # ranks alone
+    assert rank_collapse_first(fall_from=10_000, loss_up_from=300) is None  # loss alone
+    assert rank_collapse_first(fall_from=300, loss_up_from=300, falling_layers=1) is None
+    first = rank_collapse_first(fall_from=300, loss_up_from=300, falling_layers=2)
+    assert first is not None and 300 < first < 450
