@@ -17,7 +17,7 @@ from pathlib import Path
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
-from bench.prediction.candidates import CANDIDATES, TUNED
+from bench.prediction.candidates import CANDIDATES, QUIET_TUNED, TUNED
 from bench.prediction.evaluate import backtest, loss_series, score_suite
 from bench.prediction.heldout import leave_one_mechanism_out
 from bench.prediction.record import PROJECT, ensure_recorded
@@ -29,6 +29,7 @@ from storage.db import Database
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
 WITHOUT_TUNED = "default rule set without the tuned rules"
+QUIET_WITHOUT_TUNED = "quiet rule set without the tuned rules"
 QUIET_SET = "quiet rule set"
 QUIET = {
     "attention_logits": {"severity": "info"},
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         quiet = parse_config({"predictors": QUIET})
         sources = default_sources(config)
         sources[QUIET_SET] = ("quiet", sent_rules(quiet))
+        sources[QUIET_WITHOUT_TUNED] = ("quiet", sent_rules(quiet) - set(QUIET_TUNED))
         scores = score_suite(db, suite, {"default": config, "quiet": quiet}, sources)
         without = scores.pop(WITHOUT_TUNED)
+        quiet_without = scores.pop(QUIET_WITHOUT_TUNED)
         print("### Shipped defaults\n\n" + summary(scores) + "\n\n" + per_run(scores))
         if args.runs:
             return 0
@@ -128,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n### Candidates\n\n" + summary(explored))
         tuned = [{k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in TUNED]
         held, chosen = leave_one_mechanism_out(suite, without, tuned)
-        print("\n### Default rule set, leave one mechanism out\n\n" + summary({held.source: held}))
-        print("\n" + per_run({held.source: held}) + "\n\n" + str(chosen))
+        quiet_tuned = [
+            {k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in QUIET_TUNED
+        ]
+        held_quiet, chosen_quiet = leave_one_mechanism_out(
+            suite, quiet_without, quiet_tuned, source="quiet rule set, held out"
+        )
+        helds = {held.source: held, held_quiet.source: held_quiet}
+        print("\n### Rule sets, leave one mechanism out\n\n" + summary(helds))
+        print("\n" + per_run(helds) + "\n\n" + str(chosen) + "\n" + str(chosen_quiet))
         if not args.no_write:
             from bench.common import write_section
             from bench.prediction.docs import section
@@ -138,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
             write_section(
                 "Prediction",
-                section(scores, calibrated, explored, explosions, images, held, chosen),
+                section(
+                    scores, calibrated, explored, explosions, images, helds, chosen, chosen_quiet
+                ),
             )
             print("(written to docs/benchmarks.md)", file=sys.stderr)
     return 0

@@ -42,6 +42,8 @@ _RANK = (0.005, 0.5, 0.2)
 TUNED = ("diverging", "attention_logits")
 """The rules of the default set whose settings were chosen on this suite; the held-out score
 (``heldout.py``) re-chooses them among their candidates without the scored mechanism."""
+QUIET_TUNED = ("diverging", "rank_collapse")
+"""The same for the quiet rule set (``attention_logits`` is not sent there)."""
 
 CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------

@@ -1,10 +1,11 @@
-"""The default rule set scored on mechanisms its tuning never saw (leave one mechanism out).
+"""A rule set scored on mechanisms its tuning never saw (leave one mechanism out).
 
-``diverging`` and ``attention_logits`` are the rules whose thresholds were tuned on this suite
-(``candidates.TUNED``). For every mechanism in turn, their settings are chosen together among
-their candidates (``candidates.py``) using only the runs of the *other* mechanisms — fewest
+The rules whose thresholds were tuned on this suite are ``diverging`` and ``attention_logits``
+in the default rule set (``candidates.TUNED``), ``diverging`` and ``rank_collapse`` in the quiet
+one (``candidates.QUIET_TUNED``). For every mechanism in turn, their settings are chosen together
+among their candidates (``candidates.py``) using only the runs of the *other* mechanisms — fewest
 false alarms, then most explosions warned, then the longest median lead — and the held-out
-mechanism's runs are scored with the default rule set using those settings. Every run is thus
+mechanism's runs are scored with the rule set using those settings. Every run is thus
 scored by rules tuned without its mechanism (and without its twin, which shares the mechanism).
 """
 
@@ -43,7 +44,10 @@ def _rank(score: Score, runs: set[str]) -> tuple:
 
 
 def leave_one_mechanism_out(
-    suite: list[RunSpec], others: Score, tuned: list[dict[str, Score]]
+    suite: list[RunSpec],
+    others: Score,
+    tuned: list[dict[str, Score]],
+    source: str = "default rule set, held out",
 ) -> tuple[Score, dict[str, str]]:
     """Held-out score of the default rule set, and the settings chosen for each mechanism.
 
@@ -66,5 +70,5 @@ def leave_one_mechanism_out(
         for o in combined[label].outcomes:
             if o.run not in train:
                 by_run[o.run] = o
-    held = Score("default rule set, held out", [by_run[s.name] for s in suite])
+    held = Score(source, [by_run[s.name] for s in suite])
     return held, chosen
