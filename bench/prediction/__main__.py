@@ -70,6 +70,11 @@ def explore(db: Database, suite: list) -> dict:
     return score_suite(db, suite, configs, sources)
 
 
+def candidates_of(explored: dict, rules: tuple[str, ...]) -> list[dict]:
+    """Per rule, the scores of its candidate settings (labels start with the rule's name)."""
+    return [{k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in rules]
+
+
 def figures(db: Database, config: Config) -> list[str]:
     """Loss + SA heatmap PNGs of a few runs under docs/img/; [] without matplotlib."""
     try:
@@ -129,13 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + per_run(calibrated))
         explored = explore(db, suite)
         print("\n### Candidates\n\n" + summary(explored))
-        tuned = [{k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in TUNED]
-        held, chosen = leave_one_mechanism_out(suite, without, tuned)
-        quiet_tuned = [
-            {k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in QUIET_TUNED
-        ]
+        held, chosen = leave_one_mechanism_out(suite, without, candidates_of(explored, TUNED))
         held_quiet, chosen_quiet = leave_one_mechanism_out(
-            suite, quiet_without, quiet_tuned, source="quiet rule set, held out"
+            suite,
+            quiet_without,
+            candidates_of(explored, QUIET_TUNED),
+            source="quiet rule set, held out",
         )
         helds = {held.source: held, held_quiet.source: held_quiet}
         print("\n### Rule sets, leave one mechanism out\n\n" + summary(helds))
