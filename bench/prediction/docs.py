@@ -224,7 +224,13 @@ runs' did. Alone (falling in 10–50 % of the layers at once) it warns on
 5–10 of 12 explosions but rings on 2–7 stable runs. Gated by the loss (`rank_collapse`, 0.5 %/step in ≥50 %
 of the layers, loss ≥0.2 nat up) it is silent on every stable run and before the control's
 change, and warns on the same six explosions as σ1's `diverging`, 10–51 steps ahead: a second
-view of the same dynamics, not a new lead.
+view of the same dynamics, not a new lead. Also tried, with a throwaway script on the
+recordings rather than through the engine, and not shipped: a layer's *rate* of change of σ1,
+weight norm, stable rank or update ratio jumping against its own history (z-score of the rate
+over 1 or 3 checks, in ≥30 % or ≥50 % of the layers, 2 checks in a row). At z 3 it rings on
+3–9 of 11 stable runs; at z 6 it warns on at most 3 of 12 explosions. On the update ratio it
+warns on 4 of 12 with no false alarm, but fires at steps 170–230, when the learning-rate ramps
+begin: it detects the schedule, not the instability.
 
 **What the other signals do.** The largest attention logit leads every GPT explosion — the
 attention-logit runs *and* the lr-edge ones, where the logits blow up as the learning rate
