@@ -227,10 +227,11 @@ change, and warns on the same six explosions as σ1's `diverging`, 10–51 steps
 view of the same dynamics, not a new lead. Also tried, with a throwaway script on the
 recordings rather than through the engine, and not shipped: a layer's *rate* of change of σ1,
 weight norm, stable rank or update ratio jumping against its own history (z-score of the rate
-over 1 or 3 checks, in ≥30 % or ≥50 % of the layers, 2 checks in a row). At z 3 it rings on
-3–9 of 11 stable runs; at z 6 it warns on at most 3 of 12 explosions. On the update ratio it
-warns on 4 of 12 with no false alarm, but fires at steps 170–230, when the learning-rate ramps
-begin: it detects the schedule, not the instability.
+over 1 or 3 checks, in ≥30 % or ≥50 % of the layers, 2 checks in a row). For σ1, weight norm
+and stable rank, at z 3 it rings on 3–9 of 11 stable runs; at z 6 it warns on at most 3 of 12
+explosions. On the update ratio (z 3) it warns on 4–5 of 12 with 0–3 false alarms, all of them
+at steps 160–230, when the learning-rate ramps begin (stable twins included): it detects the
+schedule, not the instability.
 
 **What the other signals do.** The largest attention logit leads every GPT explosion — the
 attention-logit runs *and* the lr-edge ones, where the logits blow up as the learning rate
