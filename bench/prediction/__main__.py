@@ -17,7 +17,7 @@ from pathlib import Path
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
-from bench.prediction.candidates import CANDIDATES, QUIET_TUNED, TUNED
+from bench.prediction.candidates import CANDIDATES, QUIET, QUIET_TUNED, TUNED
 from bench.prediction.evaluate import backtest, loss_series, score_suite
 from bench.prediction.heldout import leave_one_mechanism_out
 from bench.prediction.record import PROJECT, ensure_recorded
@@ -31,14 +31,6 @@ ALL_ENABLED = "all enabled, info included"
 WITHOUT_TUNED = "default rule set without the tuned rules"
 QUIET_WITHOUT_TUNED = "quiet rule set without the tuned rules"
 QUIET_SET = "quiet rule set"
-QUIET = {
-    "attention_logits": {"severity": "info"},
-    "diverging": {"min_layers": 0.5, "min_loss_rise": 0.1},
-    "rank_collapse": {"enabled": True},
-}
-"""The alternative for teams that would rather miss than be paged for nothing: the quietest
-``diverging`` setting of the sweep, ``rank_collapse`` on and the attention logits on the
-dashboard only (docs)."""
 FIGURE_RUNS = ["gpt-lr-ramp", "gpt-qkv-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 

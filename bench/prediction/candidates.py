@@ -42,6 +42,14 @@ _RANK = (0.005, 0.5, 0.2)
 TUNED = ("diverging", "attention_logits")
 """The rules of the default set whose settings were chosen on this suite; the held-out score
 (``heldout.py``) re-chooses them among their candidates without the scored mechanism."""
+QUIET = {
+    "attention_logits": {"severity": "info"},
+    "diverging": {"min_layers": 0.5, "min_loss_rise": 0.1},
+    "rank_collapse": {"enabled": True},
+}
+"""The quiet rule set (``[predictors]`` of a ``tripwire.toml``), the alternative for teams that
+would rather miss than be paged for nothing: the quietest ``diverging`` setting of the sweep,
+``rank_collapse`` on and the attention logits on the dashboard only."""
 QUIET_TUNED = ("diverging", "rank_collapse")
 """The same for the quiet rule set (``attention_logits`` is not sent there)."""
 

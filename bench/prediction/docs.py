@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from alerts.toml_out import dumps
+from bench.prediction.candidates import QUIET
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import SUITE, RunSpec
 
@@ -130,15 +132,7 @@ nothing: `attention_logits` on the dashboard only, `diverging` at its quietest s
 (σ1 in ≥50 % of the layers, loss ≥0.1 nat up) and `rank_collapse` (off by default) on:
 
 ```toml
-[predictors.attention_logits]
-severity = "info"
-
-[predictors.diverging]
-min_layers = 0.5
-min_loss_rise = 0.1
-
-[predictors.rank_collapse]
-enabled = true
+{dumps({"predictors": QUIET}).strip()}
 ```
 
 It raises no false alarm here, and warns on one explosion fewer, much later (median lead 37
