@@ -16,11 +16,12 @@ from alerts.notifiers import ConsoleNotifier, Route, WebhookNotifier
 from alerts.service import AlertService
 from storage import Database, runs
 from storage import alerts as store
+from tests import needs
 from tests.alerts.test_notifiers_http import Recorder
 
-torch = pytest.importorskip("torch")
-collector = pytest.importorskip("collector")
-demo = pytest.importorskip("tripwire.demo_training")
+torch = needs.module("torch")
+collector = needs.module("collector")
+demo = needs.module("tripwire.demo_training")
 
 
 def _train(db_url: str, steps: int = 90) -> list[float]:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("accelerate")
+from tests import needs
+
+needs.module("accelerate")
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import collector
+from tests import needs
 from tests.integrations.helpers import STAT_NAMES, TinyNet, layer_table, train
 
 
 def test_a_compiled_model_gives_the_statistics_of_the_eager_one(sqlite_url, tmp_path):
-    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo = needs.module("torch._dynamo")
     # A monitor of an earlier test that was dropped while armed leaves force_eager behind.
     torch.compiler.set_stance("default")
     dynamo.reset()

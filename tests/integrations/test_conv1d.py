@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from tests import needs
+
+needs.module("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import collector  # noqa: E402

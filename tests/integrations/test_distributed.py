@@ -9,6 +9,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from storage import Database, runs
+from tests import needs
 from tests.integrations import ddp_worker
 from tests.integrations.helpers import (
     STAT_NAMES,
@@ -94,7 +95,7 @@ def test_fsdp2_sharded_weights_give_the_statistics_of_the_full_matrix(ddp_run):
 
 
 def test_trainer_under_ddp_writes_one_run_with_both_ranks_inputs(tmp_path):
-    pytest.importorskip("transformers")
+    needs.module("transformers")
     url = f"sqlite:///{tmp_path / 'tripwire.db'}"
     mp.spawn(ddp_worker.trainer, args=(2, free_port(), url, str(tmp_path)), nprocs=2, join=True)
     assert [json.loads((tmp_path / f"trainer{r}.json").read_text()) for r in (0, 1)] == [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from storage import Database, runs
+from tests import needs
 from tests.integrations.helpers import free_port, layer_table
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def _run(command: list[str], url: str, tmp_path: Path) -> str:
     ],
 )
 def test_example(script, package, run_name, checked, sqlite_url, tmp_path):
-    pytest.importorskip(package)
+    needs.module(package)
     out = _run([sys.executable, str(REPO / "examples" / script)], sqlite_url, tmp_path)
     assert f"run {run_name!r}" in out and "0 errors" in out
     run = runs.find_run(Database(sqlite_url), run_name)

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from tests import needs
+
+needs.module("transformers")
 from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForCausalLM,

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-L = pytest.importorskip("lightning")
+from tests import needs
+
+L = needs.module("lightning")
 
 from collector.integrations.lightning import TripwireCallback  # noqa: E402
 from storage import Database, runs  # noqa: E402
