@@ -30,7 +30,9 @@ def suite_table(explosions: dict[str, int | None]) -> str:
     return "\n".join(rows)
 
 
-def section(defaults, calibrated, explored, explosions, images, held, chosen, chosen_quiet) -> str:  # noqa: ANN001
+def section(
+    defaults, calibrated, explored, explosions, images, held_out, chosen, chosen_quiet
+) -> str:  # noqa: ANN001
     chosen_rows = "\n".join(f"| {m} | `{c}` | `{chosen_quiet[m]}` |" for m, c in chosen.items())
     figs = "\n\n".join(f"![{p}](img/{p})" for p in images)
     return f"""
@@ -157,9 +159,9 @@ each of its false alarms comes from a setting chosen without the scored run's me
 the SGD-momentum runs (on `mlp-sgd-safe`), and `diverging` in 10 % of the layers at 0.3 nat
 without the attention-logit runs (on `gpt-qkv-ramp-mid`, at step 410).
 
-{summary(held)}
+{summary(held_out)}
 
-{per_run(held)}
+{per_run(held_out)}
 
 | held-out mechanism | default set: settings chosen on the others | quiet set: settings chosen on the others |
 |---|---|---|

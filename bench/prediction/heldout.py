@@ -49,9 +49,9 @@ def leave_one_mechanism_out(
     tuned: list[dict[str, Score]],
     source: str = "default rule set, held out",
 ) -> tuple[Score, dict[str, str]]:
-    """Held-out score of the default rule set, and the settings chosen for each mechanism.
+    """Held-out score of a rule set (named ``source``), and the settings chosen for each mechanism.
 
-    ``others`` is the default set without the tuned rules; ``tuned`` holds, per tuned rule, its
+    ``others`` is the rule set without its tuned rules; ``tuned`` holds, per tuned rule, its
     candidates' scores by label. Every combination of one candidate per rule is tried.
     """
     combined = {}
