@@ -1,7 +1,8 @@
 """Predictors of the logit signals beside the loss (docs/alerts.md, "Logit signals").
 
 ``attention_logits``: the largest attention logit ``q·k/√d`` grows past a level where softmax
-attention collapses onto one key (attention-entropy collapse; qk-norm is the usual fix).
+attention collapses onto one key (attention-entropy collapse; qk-norm is the usual fix), or,
+with ``min_growth``, is above that level *and* still multiplying fast.
 ``log_z_drift``: the output layer's log-partition ``log Z = logsumexp(logits)`` drifts away
 from where it settled (output-logit divergence; z-loss is the usual fix). The collector cannot
 see inside a fused attention kernel, so the training loop logs the attention logit:
@@ -17,9 +18,17 @@ from typing import Any
 
 from alerts.predictors.base import Observation, Verdict, finite
 
-ATTENTION_PARAMS = {"key": "attn_logit_max", "max_logit": 50.0, "warmup_steps": 0}
+ATTENTION_PARAMS = {
+    "key": "attn_logit_max",
+    "max_logit": 50.0,
+    "warmup_steps": 0,
+    "min_growth": 0.0,
+    "growth_steps": 50,
+}
 """Holds when the logged ``key`` exceeds ``max_logit`` (after ``warmup_steps``). Softmax
-weights differ by ``e^50`` at 50: one key takes all the attention."""
+weights differ by ``e^50`` at 50: one key takes all the attention. With ``min_growth`` > 0 it
+must also be at least ``min_growth`` times its value ``growth_steps`` steps earlier (the last
+value logged at or before then): a runaway, not a level some runs reach and train on."""
 
 LOG_Z_PARAMS = {"key": "log_z", "max_drift": 5.0, "warmup_steps": 100, "baseline_steps": 100}
 """The baseline is the mean of the logged ``key`` over ``baseline_steps`` steps after
@@ -27,26 +36,51 @@ LOG_Z_PARAMS = {"key": "log_z", "max_drift": 5.0, "warmup_steps": 100, "baseline
 
 
 def attention_logits(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
-    """The largest attention logit against a fixed level.
+    """The largest attention logit against a fixed level, and optionally its growth.
 
     >>> [attention_logits(Observation(s, {"attn_logit_max": v}), {}, ATTENTION_PARAMS)[0].holds
     ...  for s, v in [(0, 12.0), (10, 80.0)]]
     [False, True]
+    >>> p, m = dict(ATTENTION_PARAMS, min_growth=10.0, growth_steps=20), {}
+    >>> [attention_logits(Observation(s, {"attn_logit_max": v}), m, p)[0].holds
+    ...  for s, v in [(0, 20.0), (10, 60.0), (20, 120.0), (30, 700.0)]]
+    [False, False, False, True]
     """
     value = obs.scalars.get(params["key"])
     if not finite(value):
         return []
+    growth = _growth(memory, obs.step, value, int(params["growth_steps"]))
     if obs.step < params["warmup_steps"]:
         return [Verdict(False, 0.0)]
     limit = float(params["max_logit"])
-    holds = value > limit
+    min_growth = float(params["min_growth"])
+    details = {params["key"]: value}
+    if min_growth > 0:
+        details["growth"] = growth
+        holds = value > limit and growth is not None and growth >= min_growth
+        why = f"and {growth or 0:.3g}× its value {params['growth_steps']} steps earlier"
+    else:
+        holds = value > limit
+        why = ""
     message = (
-        f"largest attention logit {value:.4g} is above {limit:g} at step {obs.step}: attention "
-        "is collapsing onto single keys (no qk-norm?)"
+        f"largest attention logit {value:.4g} is above {limit:g} {why} at step {obs.step}: "
+        "attention is collapsing onto single keys (no qk-norm?)"
         if holds
         else ""
     )
-    return [Verdict(holds, value, message, details={params["key"]: value})]
+    return [Verdict(holds, value, " ".join(message.split()), details=details)]
+
+
+def _growth(memory: dict, step: int, value: float, steps: int) -> float | None:
+    """``value`` over the last one remembered at or before ``step - steps``; None before then."""
+    history = memory.setdefault("history", [])
+    history.append((step, value))
+    while len(history) > 1 and history[1][0] <= step - steps:
+        del history[0]
+    then_step, then = history[0]
+    if then_step > step - steps or then <= 0:
+        return None
+    return value / then
 
 
 def log_z_drift(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:

@@ -214,6 +214,22 @@ def test_attention_logits_holds_above_the_level_and_skips_what_was_not_logged():
     assert out == [True]
 
 
+def test_attention_logits_growth_needs_the_level_and_a_runaway():
+    growth = {"min_growth": 10.0, "growth_steps": 5}
+    slow = [20.0 * 1.3**i for i in range(20)]  # ×3.7 per 5 steps, to 3800: a level, no runaway
+    out, _ = run_scalar("attention_logits", slow, growth)
+    assert not any(out)
+    assert any(run_scalar("attention_logits", slow)[0])  # the level alone rings on it
+    fast = [2.0 * 1.6**i for i in range(15)]  # ×10.5 per 5 steps
+    out, _ = run_scalar("attention_logits", fast, growth)
+    assert out.index(True) == 7  # the first value above 50 (54), ×10.5 its value at step 2
+    assert all(out[7:])
+    out, _ = run_scalar("attention_logits", [5.0, 6.0, NAN, None, 8.0, 600.0], growth)
+    assert out == [False, False, None, None, False, True]  # 5 steps after the first value
+    out, _ = run_scalar("attention_logits", [5.0, 6.0, 7.0, 600.0], growth)
+    assert out == [False, False, False, False]  # no value 5 steps back yet
+
+
 def test_log_z_drift_compares_with_the_level_it_settled_at():
     values = [9.0] * 100 + [5.0] * 100 + [7.0] * 50 + [-1.0] * 10  # warm-up, baseline, drift
     out, memory = run_scalar("log_z_drift", values)
