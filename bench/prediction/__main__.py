@@ -62,9 +62,9 @@ def explore(db: Database, suite: list) -> dict:
     return score_suite(db, suite, configs, sources)
 
 
-def candidates_of(explored: dict, rules: tuple[str, ...]) -> list[dict]:
-    """Per rule, the scores of its candidate settings (labels start with the rule's name)."""
-    return [{k: v for k, v in explored.items() if k.startswith(f"{r} ")} for r in rules]
+def candidates_of(explored: dict, tuned: dict[str, str]) -> list[dict]:
+    """Per tuned rule, the scores of its candidate settings (by their labels' prefix)."""
+    return [{k: v for k, v in explored.items() if k.startswith(f"{p} ")} for p in tuned.values()]
 
 
 def figures(db: Database, config: Config) -> list[str]:

@@ -36,22 +36,34 @@ _DIV = (0.01, 0.1, 0.2)
 """The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
 _ATTENTION = 50.0
 """The shipped ``attention_logits`` level."""
+_ATTENTION_GROWTH = (10.0, 50)
+"""The quiet rule set's ``attention_logits`` growth (factor, steps)."""
 _RANK = (0.005, 0.5, 0.2)
 """The shipped ``rank_collapse`` setting (rate of fall, fraction of layers, nats)."""
 
-TUNED = ("diverging", "attention_logits")
-"""The rules of the default set whose settings were chosen on this suite; the held-out score
-(``heldout.py``) re-chooses them among their candidates without the scored mechanism."""
+TUNED = {"diverging": "diverging", "attention_logits": "attention_logits"}
+"""The rules of the default set whose settings were chosen on this suite, each with the label
+prefix of its candidates; the held-out score (``heldout.py``) re-chooses them among those
+candidates without the scored mechanism."""
 QUIET = {
-    "attention_logits": {"severity": "info"},
+    "attention_logits": {
+        "min_growth": _ATTENTION_GROWTH[0],
+        "growth_steps": _ATTENTION_GROWTH[1],
+        "for_checks": 1,
+    },
     "diverging": {"min_layers": 0.5, "min_loss_rise": 0.1},
     "rank_collapse": {"enabled": True},
 }
 """The quiet rule set (``[predictors]`` of a ``tripwire.toml``), the alternative for teams that
 would rather miss than be paged for nothing: the quietest ``diverging`` setting of the sweep,
-``rank_collapse`` on and the attention logits on the dashboard only."""
-QUIET_TUNED = ("diverging", "rank_collapse")
-"""The same for the quiet rule set (``attention_logits`` is not sent there)."""
+``rank_collapse`` on, and the attention logits sent only when they are above 50 *and* have
+grown tenfold in 50 steps."""
+QUIET_TUNED = {
+    "diverging": "diverging",
+    "rank_collapse": "rank_collapse",
+    "attention_logits": "attention growth",
+}
+"""The same for the quiet rule set (its attention rule chosen among the growth candidates)."""
 
 CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------
@@ -184,6 +196,18 @@ CANDIDATES: list[Candidate] = [
         for level in (25.0, 50.0, 100.0, 200.0)
     ],
     Candidate("attention_logits 50, 1 check", "attention_logits", for_checks=1),
+    *[
+        Candidate(
+            f"attention growth ×{growth:g} in {steps} steps"
+            + (" (quiet)" if (growth, steps) == _ATTENTION_GROWTH else ""),
+            "attention_logits",
+            {"min_growth": growth, "growth_steps": steps},
+            for_checks=1,
+            note="largest q·k/√d above 50 and growing that much, 1 check",
+        )
+        for growth in (5.0, 10.0)
+        for steps in (30, 50)
+    ],
     Candidate("log_z_drift 2 nat", "log_z_drift", {"max_drift": 2.0}),
     Candidate("log_z_drift 5 nat (default)", "log_z_drift"),
     # --- update-to-weight ratio (collector statistic) -----------------------------------------

@@ -128,33 +128,52 @@ pass it is 0.04–0.15 nat above its running minimum, and in the 80 steps after 
 crossing the two stable runs reach 0.06 and 0.13. We ship the rule as a `warning` anyway,
 because it gives most of the long
 leads here, its message names what it saw (attention collapsing onto single keys,
-no qk-norm), and a model with qk-norm never trips it (below 13 on every qk-norm run). The
-**quiet rule set** row is the alternative for a team that would rather miss than be paged for
-nothing: `attention_logits` on the dashboard only, `diverging` at its quietest sweep setting
-(σ1 in ≥50 % of the layers, loss ≥0.1 nat up) and `rank_collapse` (off by default) on:
+no qk-norm), and a model with qk-norm never trips it (below 13 on every qk-norm run).
+
+The logit's *speed* separates the qkv twins where its level does not (measured on the
+recordings, a check every 10 steps): once above 50, the largest attention logit of the two
+stable qkv runs grows at most 6.2× (`-mid`) and 4.6× (`-safe`) in 50 steps before their end,
+that of the divergent ones 15.9× and 20.8× before their explosions (`gpt-attn-noqk`'s 169×).
+But the lr-edge GPT runs' logits grow at most 4.3× and 3.6× in 50 steps before they explode, so
+a growth rule warns on neither (`attention growth` rows below), and among the sent rules only
+the level warns `gpt-lr-ramp-s1` ahead. The default set keeps the level; `attention_logits` with
+`min_growth = 10` in the default set instead warns on 8 of 12 (median lead 47.5) with one false
+alarm (`diverging` on `-mid`).
+
+The **quiet rule set** row is the alternative for a team that would rather miss than be paged
+for nothing: `attention_logits` sent only when the logit is above 50 *and* has grown tenfold in
+50 steps (one check), `diverging` at its quietest sweep setting (σ1 in ≥50 % of the layers,
+loss ≥0.1 nat up) and `rank_collapse` (off by default) on:
 
 ```toml
 {dumps({"predictors": QUIET}).strip()}
 ```
 
-It raises no false alarm here, and warns on one explosion fewer, much later (median lead 37
-against 100 steps). Its settings were chosen on this suite too. Without `rank_collapse` it
-warned on 6 of 12 (median 39): the stable-rank rule adds `gpt-qkv-ramp` (51 steps ahead) and
-`mlp-sgd-layernorm` (10). In the default rule set it changes nothing (every explosion it warns
-on is warned as early or earlier by another rule), so it ships off.
+It raises no false alarm here, and warns on one explosion fewer (`gpt-lr-ramp-s1`), later
+(median lead 47.5 against 100 steps). Its settings were chosen on this suite too. With the
+attention logits on the dashboard only, as before the growth rule, it warned on the same 8 of
+12 with a median lead of 37: the growth rule warns on `gpt-qkv-ramp` 101 steps ahead (51
+before, from `rank_collapse`) and on `gpt-qkv-ramp-s1` 40 ahead (10, from `diverging`). Without
+`rank_collapse` it warns on 7 of 12 with a median lead of 55: the stable-rank rule adds
+`mlp-sgd-layernorm`, 10 steps ahead, which pulls the median under 50; a warned explosion counts
+for more than the median, so it stays. In the default rule set `rank_collapse` changes nothing
+(every explosion it warns on is warned as early or earlier by another rule), so it ships off.
 
 ### Rule sets held out (leave one mechanism out)
 
 The same rule sets, with the settings of their tuned rules (`diverging` and `attention_logits`
-in the default set; `diverging` and `rank_collapse` in the quiet one) chosen together among
+in the default set; `diverging`, `rank_collapse` and the attention growth in the quiet one)
+chosen together among
 their candidates (below) on the runs of the *other* mechanisms only — fewest false alarms, then
 most warned, then longest median lead — and scored on the held-out mechanism's runs (including
 its stable twins). This is the number to expect on a failure mode the rules were not tuned on.
 Without the lr-edge runs the attention level is chosen at 25, which rings on two stable lr-edge
 runs whose largest attention logit reaches 36 and 43: the margin under the shipped 50 is thin
 there too. The quiet set held out keeps fewer false alarms than the default set held out (3
-against 5 of 11) and warns on one explosion fewer, with a median lead of 52 steps against 110;
-each of its false alarms comes from a setting chosen without the scored run's mechanism:
+against 5 of 11) and warns on one explosion fewer, with a median lead of 54 steps against 110.
+Chosen without the attention-logit runs, its attention growth is ×5 in 30 steps, which rings on
+neither stable qkv run. Each of its false alarms comes from a setting chosen without the scored
+run's mechanism:
 `rank_collapse` at 0.1 nat without the Adam runs (on `mlp-adam-safe`), at 0.2 %/step without
 the SGD-momentum runs (on `mlp-sgd-safe`), and `diverging` in 10 % of the layers at 0.3 nat
 without the attention-logit runs (on `gpt-qkv-ramp-mid`, at step 410).
@@ -191,7 +210,8 @@ and the stable rank `‖W‖_F² / σ1²` *falling* (`stable rank falls`: in man
 `rank_collapse`: the same while the smoothed loss climbs; `sa_growth stable rank`: SA collapse
 and stable-rank fall in the same layer).
 Non-SA: `grad_norm_spike`, `loss_spike` (smoothed loss against its running minimum),
-`attention_logits` (largest `q·k/√d`), `log_z_drift` (output log-partition against its settled
+`attention_logits` (largest `q·k/√d`; `attention growth`: above 50 and multiplied that much in
+that many steps), `log_z_drift` (output log-partition against its settled
 level), and the update-to-weight ratio (`update_size`: its level in many layers; `update_ratio
 shift`: a jump above each layer's own history).
 
@@ -233,7 +253,8 @@ schedule, not the instability.
 attention-logit runs *and* the lr-edge ones, where the logits blow up as the learning rate
 climbs — passing 50 long before the loss moves, while qk-norm runs stay below 13 and the
 stable lr-edge runs below 44. But its level does not decide the outcome: two runs with a lower
-q/k/v learning rate collapse their attention just as far and train on (above). It says nothing
+q/k/v learning rate collapse their attention just as far and train on; its speed separates
+those twins, but not the lr-edge runs (above). It says nothing
 about the MLP. The output `log Z` stays within 2 nats of its level at steps 100–200 until the
 explosion on every run, the output-logit run included (+1.1 nat by step 250, and its stable twin
 reaches the same 7.4), so `log_z_drift` fires only after that explosion (78 steps late at
@@ -267,7 +288,7 @@ reaches 3.21 against its twin's 1.63, but `mlp-sgd-safe` reaches 4.22, above fou
 divergent MLP runs (1.80–5.89). Held out, the default set keeps its leads
 (median 110) but its false alarms grow to 5 of 11: the two above, two stable lr-edge runs
 (the attention level chosen without them) and one from the `diverging` setting chosen without
-the `sgd-momentum` runs; the quiet set held out raises 3 and warns on 8 of 12, median lead 52.
+the `sgd-momentum` runs; the quiet set held out raises 3 and warns on 8 of 12, median lead 54.
 
 ### Figures
 
