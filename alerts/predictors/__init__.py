@@ -78,7 +78,6 @@ PREDICTORS: dict[str, Predictor] = {
         for_checks=2,
         params=together.RANK_PARAMS,
         summary="many layers' stable rank falls fast while the smoothed loss climbs off its minimum",
-        enabled=False,
     ),
     "sa_shift": Predictor(
         "sa_shift",
@@ -112,9 +111,9 @@ PREDICTORS: dict[str, Predictor] = {
         "attention_logits",
         logits.attention_logits,
         severity="warning",
-        for_checks=2,
+        for_checks=1,
         params=logits.ATTENTION_PARAMS,
-        summary="the largest attention logit (logged as attn_logit_max) is above a set level",
+        summary="the largest attention logit (logged as attn_logit_max) is high and multiplying",
     ),
     "log_z_drift": Predictor(
         "log_z_drift",

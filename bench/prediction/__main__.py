@@ -17,7 +17,7 @@ from pathlib import Path
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
-from bench.prediction.candidates import CANDIDATES, QUIET, QUIET_TUNED, TUNED
+from bench.prediction.candidates import CANDIDATES, EAGER, EAGER_TUNED, TUNED
 from bench.prediction.evaluate import backtest, loss_series, score_suite
 from bench.prediction.heldout import leave_one_mechanism_out
 from bench.prediction.record import PROJECT, ensure_recorded
@@ -29,8 +29,8 @@ from storage.db import Database
 DEFAULT_SET = "default rule set"
 ALL_ENABLED = "all enabled, info included"
 WITHOUT_TUNED = "default rule set without the tuned rules"
-QUIET_WITHOUT_TUNED = "quiet rule set without the tuned rules"
-QUIET_SET = "quiet rule set"
+EAGER_WITHOUT_TUNED = "eager rule set without the tuned rules"
+EAGER_SET = "eager rule set"
 FIGURE_RUNS = ["gpt-lr-ramp", "gpt-qkv-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe"]
 
 
@@ -111,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             how = ensure_recorded(spec, db, retrain=args.retrain)
             print(f"{spec.name}: {how}", file=sys.stderr, flush=True)
         config = Config()
-        quiet = parse_config({"predictors": QUIET})
+        eager = parse_config({"predictors": EAGER})
         sources = default_sources(config)
-        sources[QUIET_SET] = ("quiet", sent_rules(quiet))
-        sources[QUIET_WITHOUT_TUNED] = ("quiet", sent_rules(quiet) - set(QUIET_TUNED))
-        scores = score_suite(db, suite, {"default": config, "quiet": quiet}, sources)
+        sources[EAGER_SET] = ("eager", sent_rules(eager))
+        sources[EAGER_WITHOUT_TUNED] = ("eager", sent_rules(eager) - set(EAGER_TUNED))
+        scores = score_suite(db, suite, {"default": config, "eager": eager}, sources)
         without = scores.pop(WITHOUT_TUNED)
-        quiet_without = scores.pop(QUIET_WITHOUT_TUNED)
+        eager_without = scores.pop(EAGER_WITHOUT_TUNED)
         print("### Shipped defaults\n\n" + summary(scores) + "\n\n" + per_run(scores))
         if args.runs:
             return 0
@@ -127,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         explored = explore(db, suite)
         print("\n### Candidates\n\n" + summary(explored))
         held, chosen = leave_one_mechanism_out(suite, without, candidates_of(explored, TUNED))
-        held_quiet, chosen_quiet = leave_one_mechanism_out(
+        held_eager, chosen_eager = leave_one_mechanism_out(
             suite,
-            quiet_without,
-            candidates_of(explored, QUIET_TUNED),
-            source="quiet rule set, held out",
+            eager_without,
+            candidates_of(explored, EAGER_TUNED),
+            source="eager rule set, held out",
         )
-        helds = {held.source: held, held_quiet.source: held_quiet}
+        helds = {held.source: held, held_eager.source: held_eager}
         print("\n### Rule sets, leave one mechanism out\n\n" + summary(helds))
-        print("\n" + per_run(helds) + "\n\n" + str(chosen) + "\n" + str(chosen_quiet))
+        print("\n" + per_run(helds) + "\n\n" + str(chosen) + "\n" + str(chosen_eager))
         if not args.no_write:
             from bench.common import write_section
             from bench.prediction.docs import section
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             write_section(
                 "Prediction",
                 section(
-                    scores, calibrated, explored, explosions, images, helds, chosen, chosen_quiet
+                    scores, calibrated, explored, explosions, images, helds, chosen, chosen_eager
                 ),
             )
             print("(written to docs/benchmarks.md)", file=sys.stderr)

@@ -32,38 +32,41 @@ class Candidate:
         return parse_config({"predictors": rules})
 
 
-_DIV = (0.01, 0.1, 0.2)
+_DIV = (0.01, 0.5, 0.1)
 """The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
-_ATTENTION = 50.0
-"""The shipped ``attention_logits`` level."""
+_DIV_EAGER = (0.01, 0.1, 0.2)
+"""The eager rule set's ``diverging`` setting."""
+_ATTENTION_LEVEL = 50.0
+"""The eager rule set's ``attention_logits`` level (the level alone, 2 checks in a row)."""
 _ATTENTION_GROWTH = (10.0, 50)
-"""The quiet rule set's ``attention_logits`` growth (factor, steps)."""
+"""The shipped ``attention_logits`` growth (factor, steps)."""
 _RANK = (0.005, 0.5, 0.2)
 """The shipped ``rank_collapse`` setting (rate of fall, fraction of layers, nats)."""
 
-TUNED = {"diverging": "diverging", "attention_logits": "attention_logits"}
-"""The rules of the default set whose settings were chosen on this suite, each with the label
-prefix of its candidates; the held-out score (``heldout.py``) re-chooses them among those
-candidates without the scored mechanism."""
-QUIET = {
-    "attention_logits": {
-        "min_growth": _ATTENTION_GROWTH[0],
-        "growth_steps": _ATTENTION_GROWTH[1],
-        "for_checks": 1,
-    },
-    "diverging": {"min_layers": 0.5, "min_loss_rise": 0.1},
-    "rank_collapse": {"enabled": True},
-}
-"""The quiet rule set (``[predictors]`` of a ``tripwire.toml``), the alternative for teams that
-would rather miss than be paged for nothing: the quietest ``diverging`` setting of the sweep,
-``rank_collapse`` on, and the attention logits sent only when they are above 50 *and* have
-grown tenfold in 50 steps."""
-QUIET_TUNED = {
+TUNED = {
     "diverging": "diverging",
     "rank_collapse": "rank_collapse",
     "attention_logits": "attention growth",
 }
-"""The same for the quiet rule set (its attention rule chosen among the growth candidates)."""
+"""The rules of the default set whose settings were chosen on this suite, each with the label
+prefix of its candidates; the held-out score (``heldout.py``) re-chooses them among those
+candidates without the scored mechanism."""
+EAGER = {
+    "attention_logits": {"min_growth": 0.0, "for_checks": 2},
+    "diverging": {"min_layers": _DIV_EAGER[1], "min_loss_rise": _DIV_EAGER[2]},
+    "rank_collapse": {"enabled": False},
+}
+"""The eager rule set (``[predictors]`` of a ``tripwire.toml``; the defaults until 2026-11-29),
+for teams that would rather be paged early and sometimes for nothing: the attention logit's
+level alone, and ``diverging`` in 10 % of the layers at 0.2 nat."""
+EAGER_TUNED = {"diverging": "diverging", "attention_logits": "attention_logits"}
+"""The same for the eager rule set (its attention rule chosen among the level candidates)."""
+
+
+def _mark(setting, default, eager) -> str:  # noqa: ANN001
+    """The label suffix naming the rule set that ships ``setting``, if one does."""
+    return " (default)" if setting == default else " (eager)" if setting == eager else ""
+
 
 CANDIDATES: list[Candidate] = [
     # --- SA level (the textbook statistic) and its variants -----------------------------------
@@ -171,7 +174,7 @@ CANDIDATES: list[Candidate] = [
     # --- σ1 surge gated on the loss climbing off its minimum ------------------------------------
     *[
         Candidate(
-            f"diverging {r:.1%}/{f:.0%}/{d:g} nat" + (" (default)" if (r, f, d) == _DIV else ""),
+            f"diverging {r:.1%}/{f:.0%}/{d:g} nat" + _mark((r, f, d), _DIV, _DIV_EAGER),
             "diverging",
             {"max_rate": r, "min_layers": f, "min_loss_rise": d},
         )
@@ -188,18 +191,21 @@ CANDIDATES: list[Candidate] = [
     # --- logit signals the loop logs (attention logits: GPT runs only) -------------------------
     *[
         Candidate(
-            f"attention_logits {level:g}" + (" (default)" if level == _ATTENTION else ""),
+            f"attention_logits {level:g}" + _mark(level, None, _ATTENTION_LEVEL),
             "attention_logits",
-            {"max_logit": level},
+            {"max_logit": level, "min_growth": 0.0},
+            for_checks=2,
             note="largest q·k/√d above a level, 2 checks in a row",
         )
         for level in (25.0, 50.0, 100.0, 200.0)
     ],
-    Candidate("attention_logits 50, 1 check", "attention_logits", for_checks=1),
+    Candidate(
+        "attention_logits 50, 1 check", "attention_logits", {"min_growth": 0.0}, for_checks=1
+    ),
     *[
         Candidate(
             f"attention growth ×{growth:g} in {steps} steps"
-            + (" (quiet)" if (growth, steps) == _ATTENTION_GROWTH else ""),
+            + _mark((growth, steps), _ATTENTION_GROWTH, None),
             "attention_logits",
             {"min_growth": growth, "growth_steps": steps},
             for_checks=1,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alerts.toml_out import dumps
-from bench.prediction.candidates import QUIET
+from bench.prediction.candidates import EAGER
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import SUITE, RunSpec
 
@@ -31,9 +31,9 @@ def suite_table(explosions: dict[str, int | None]) -> str:
 
 
 def section(
-    defaults, calibrated, explored, explosions, images, held_out, chosen, chosen_quiet
+    defaults, calibrated, explored, explosions, images, held_out, chosen, chosen_eager
 ) -> str:  # noqa: ANN001
-    chosen_rows = "\n".join(f"| {m} | `{c}` | `{chosen_quiet[m]}` |" for m, c in chosen.items())
+    chosen_rows = "\n".join(f"| {m} | `{c}` | `{chosen_eager[m]}` |" for m, c in chosen.items())
     figs = "\n\n".join(f"![{p}](img/{p})" for p in images)
     return f"""
 Does an alert fire before the loss explodes, how early, and how often does it cry wolf?
@@ -110,79 +110,77 @@ up to 3.0, recovered; the run above needed 5.0 and no weight decay at all.)
 
 {per_run(defaults)}
 
-The defaults were chosen on this suite (**in-sample**). `attention_logits` (the largest
-attention logit above 50 for 2 checks) gives the long leads: it warns first on the five attention-logit and lr-edge GPT
-explosions, 35–151 steps ahead. `diverging` (σ1 above 1 %/step over 3 checks in ≥10 % of the
-layers *while* the smoothed loss is ≥0.2 nat above its minimum) and `sigma_surge` carry the MLP
-runs, by tens of steps. `sa_collapse`, `weight_growth` and `loss_spike` warn early on most
-divergent runs but also on many stable near-edge runs, so they ship as `info` (dashboard only).
+The defaults were chosen on this suite (**in-sample**), and then tried on fresh runs that no
+rule was tuned on ([Prediction on fresh runs](#prediction-on-fresh-runs)). Four rules carry
+them. `attention_logits` (the largest attention logit above 50 *and* ten times its value 50
+steps earlier) warns first on the two qkv-ramp runs, 101 and 40 steps ahead. `diverging` (σ1
+above 1 %/step over 3 checks in ≥50 % of the layers *while* the smoothed loss is ≥0.1 nat above
+its minimum), `rank_collapse` (the stable rank falling faster than 0.5 %/step in ≥50 % of the
+layers while the loss is ≥0.2 nat up) and `sigma_surge` carry the other GPT runs and the MLPs,
+10–229 steps ahead. `sa_collapse`, `weight_growth` and `loss_spike` warn early on most divergent runs but
+also on many stable near-edge runs, so they ship as `info` (dashboard only).
 
-Against the issue's targets the default rule set **falls short twice**: three explosions are not
-warned (see "Still short" below), and it raises **two false alarms**, both on the qkv-ramp runs
-that collapse their attention without exploding (`attention_logits` on `gpt-qkv-ramp-mid` and
-`-safe`; `diverging` too on `-mid`, whose loss drifts up). No attention level separates them:
-those divergent runs pass 50 between 35 and 151 steps before exploding, and the stable ones
-reach 430 and 3300. Nor does requiring the loss to rise as well: at the check where the largest
-attention logit first passes 50, the smoothed loss (EMA 0.9) of the five divergent GPT runs that
-pass it is 0.04–0.15 nat above its running minimum, and in the 80 steps after their own
-crossing the two stable runs reach 0.06 and 0.13. We ship the rule as a `warning` anyway,
-because it gives most of the long
-leads here, its message names what it saw (attention collapsing onto single keys,
-no qk-norm), and a model with qk-norm never trips it (below 13 on every qk-norm run).
+Against the issue's targets the default rule set raises **no false alarm** on the 11 stable runs
+or before the control's change, but **falls short twice**: four explosions are warned only
+after they happen (see "Still short" below), and the median lead of the eight it warns is 47.5
+steps, under the 50 asked for. Without `rank_collapse` it would warn on 7 of 12 with a median
+lead of 55: the stable-rank rule adds `mlp-sgd-layernorm`, 10 steps ahead, which pulls the
+median under 50; a warned explosion counts for more than the median, so it stays.
 
-The logit's *speed* separates the qkv twins where its level does not (measured on the
-recordings, a check every 10 steps): once above 50, the largest attention logit of the two
-stable qkv runs grows at most 6.2× (`-mid`) and 4.6× (`-safe`) in 50 steps before their end,
-that of the divergent ones 15.9× and 20.8× before their explosions (`gpt-attn-noqk`'s 169×).
-But the lr-edge GPT runs' logits grow at most 4.3× and 3.6× in 50 steps before they explode, so
-a growth rule warns on neither (`attention growth` rows below), and among the sent rules only
-the level warns `gpt-lr-ramp-s1` ahead. The default set keeps the level; `attention_logits` with
-`min_growth = 10` in the default set instead warns on 8 of 12 (median lead 47.5) with one false
-alarm (`diverging` on `-mid`).
+**The attention logit's speed, not its level.** The level gives the longest leads here: above 50
+for 2 checks it warns on the five attention-logit and lr-edge GPT explosions, 35–151 steps ahead
+(`attention_logits 50 (eager)` below). But it rings on both qkv-ramp runs that collapse their
+attention without exploding (`gpt-qkv-ramp-mid` and `-safe`, at a 3× and a 10× lower q/k/v
+peak). No level separates them: the divergent runs pass 50 between 35 and 151 steps before
+exploding, and the stable ones reach 430 and 3300. Nor does requiring the loss to rise as well:
+at the check where the largest attention logit first passes 50, the smoothed loss (EMA 0.9) of
+the five divergent GPT runs that pass it is 0.04–0.15 nat above its running minimum, and in the
+80 steps after their own crossing the two stable runs reach 0.06 and 0.13. The logit's *speed*
+separates those twins (measured on the recordings, a check every 10 steps): once above 50, the
+largest attention logit of the two stable qkv runs grows at most 6.2× (`-mid`) and 4.6×
+(`-safe`) in 50 steps, that of the divergent ones 15.9× and 20.8× before their explosions
+(`gpt-attn-noqk`'s 169×). The lr-edge GPT runs' logits grow at most 4.3× and 3.6× in 50 steps
+before they explode, so the growth rule warns on neither (`attention growth` rows below), and
+`gpt-lr-ramp-s1`, which the level warns 100 steps ahead, is warned only 20 steps after it
+explodes. On the fresh runs these margins did not hold: the level rang on all 8 runs that did
+not explode, two of them healthy (their loss 0.11–0.16 nat off its minimum), and the growth on 4
+of the 8, each a run whose loss had climbed 0.49–0.68 nat.
 
-The **quiet rule set** row is the alternative for a team that would rather miss than be paged
-for nothing: `attention_logits` sent only when the logit is above 50 *and* has grown tenfold in
-50 steps (one check), `diverging` at its quietest sweep setting (σ1 in ≥50 % of the layers,
-loss ≥0.1 nat up) and `rank_collapse` (off by default) on:
+The **eager rule set** row is the alternative for a team that would rather be paged early, and
+sometimes for nothing; it was the default until 2026-11-29: the attention logit's level alone
+(2 checks in a row), `diverging` in ≥10 % of the layers at 0.2 nat, and `rank_collapse` off:
 
 ```toml
-{dumps({"predictors": QUIET}).strip()}
+{dumps({"predictors": EAGER}).strip()}
 ```
 
-It raises no false alarm here, and warns on one explosion fewer (`gpt-lr-ramp-s1`), later
-(median lead 47.5 against 100 steps). Its settings were chosen on this suite too. With the
-attention logits on the dashboard only, as before the growth rule, it warned on the same 8 of
-12 with a median lead of 37: the growth rule warns on `gpt-qkv-ramp` 101 steps ahead (51
-before, from `rank_collapse`) and on `gpt-qkv-ramp-s1` 40 ahead (10, from `diverging`). Without
-`rank_collapse` it warns on 7 of 12 with a median lead of 55: the stable-rank rule adds
-`mlp-sgd-layernorm`, 10 steps ahead, which pulls the median under 50; a warned explosion counts
-for more than the median, so it stays. In the default rule set `rank_collapse` changes nothing
-(every explosion it warns on is warned as early or earlier by another rule), so it ships off.
+It warns on one explosion more (`gpt-lr-ramp-s1`), much earlier (median lead 100 against 47.5
+steps), and raises two false alarms here (on `gpt-qkv-ramp-mid` and `-safe`) and eight, one on
+every fresh run that did not explode. Its settings were chosen on this suite too; `rank_collapse` would change nothing in
+it (every explosion it warns on is warned as early or earlier by another rule there).
 
 ### Rule sets held out (leave one mechanism out)
 
-The same rule sets, with the settings of their tuned rules (`diverging` and `attention_logits`
-in the default set; `diverging`, `rank_collapse` and the attention growth in the quiet one)
-chosen together among
-their candidates (below) on the runs of the *other* mechanisms only — fewest false alarms, then
-most warned, then longest median lead — and scored on the held-out mechanism's runs (including
-its stable twins). This is the number to expect on a failure mode the rules were not tuned on.
-Without the lr-edge runs the attention level is chosen at 25, which rings on two stable lr-edge
-runs whose largest attention logit reaches 36 and 43: the margin under the shipped 50 is thin
-there too. The quiet set held out keeps fewer false alarms than the default set held out (3
-against 5 of 11) and warns on one explosion fewer, with a median lead of 54 steps against 110.
-Chosen without the attention-logit runs, its attention growth is ×5 in 30 steps, which rings on
-neither stable qkv run. Each of its false alarms comes from a setting chosen without the scored
-run's mechanism:
+The same rule sets, with the settings of their tuned rules (`diverging`, `rank_collapse` and the
+attention growth in the default set; `diverging` and the attention level in the eager one)
+chosen together among their candidates (below) on the runs of the *other* mechanisms only —
+fewest false alarms, then most warned, then longest median lead — and scored on the held-out
+mechanism's runs (including its stable twins). This is the number to expect on a failure mode
+the rules were not tuned on. Held out, the default set warns on 8 of 12 (median lead 54 steps)
+and raises 3 false alarms, each from a setting chosen without the scored run's mechanism:
 `rank_collapse` at 0.1 nat without the Adam runs (on `mlp-adam-safe`), at 0.2 %/step without
 the SGD-momentum runs (on `mlp-sgd-safe`), and `diverging` in 10 % of the layers at 0.3 nat
-without the attention-logit runs (on `gpt-qkv-ramp-mid`, at step 410).
+without the attention-logit runs (on `gpt-qkv-ramp-mid`, at step 410). Chosen without the
+attention-logit runs, the attention growth is ×5 in 30 steps, which rings on neither stable qkv
+run. The eager set held out keeps its leads (9 of 12, median 110) and raises 5: without the
+lr-edge runs its attention level is chosen at 25, which rings on two stable lr-edge runs whose
+largest attention logit reaches 36 and 43 (the margin under 50 is thin there too).
 
 {summary(held_out)}
 
 {per_run(held_out)}
 
-| held-out mechanism | default set: settings chosen on the others | quiet set: settings chosen on the others |
+| held-out mechanism | default set: settings chosen on the others | eager set: settings chosen on the others |
 |---|---|---|
 {chosen_rows}
 
@@ -263,14 +261,17 @@ its level rings on every divergent run *and* on most stable ones, whose ramps re
 and jumps against a layer's own history do not precede the explosions. σ1 growth gated by the loss
 (`diverging`) is what warns on the MLP runs, by tens of steps.
 
-**Still short of the issue's targets.** `mlp-sgd-ramp` (SGD+momentum, lr ramp): the first sent
-alert (`diverging`) comes 5 steps after the explosion. Its twin ramps to a learning rate only
+**Still short of the issue's targets.** `gpt-lr-ramp-s1` (lr edge): its largest attention logit
+passes 50 at step 240 and peaks at 79 at step 250 (3.6× its value 50 steps earlier), then falls
+back to 23 by the explosion at step 350; the default set's first alert comes 20 steps after it
+(the eager set's level warns 100 ahead). `mlp-sgd-ramp` (SGD+momentum, lr ramp): the first sent
+alert comes 5 steps after the explosion. Its twin ramps to a learning rate only
 15 % below the one this run explodes at, and survives; the signals that rise with the learning
 rate (σ1, the update ratio, the loss level) rise in both, and the ones that lead on this run
 (`sa_collapse`, `loss_spike`) also ring on stable runs. `mlp-sgd-const` (constant-lr SGD): σ1 creeps up at the same rate as in its stable twin
 and the loss jumps within one check interval; nothing recorded here foresees it.
-`gpt-head-ramp` (output logits): the first sent alert (`diverging`) comes 8 steps after the
-explosion; `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
+`gpt-head-ramp` (output logits): the first sent alert comes 78 steps after the explosion (8 in
+the eager set); `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
 (which rings on 10 of 11 stable runs) leads. The largest output logit (`probe.py`, retrained
 on a later session's machine) does not lead either: the divergent run's passes its twin's
 highest value (18.3, at step 310) only at step 260, 2 steps before its explosion. The two
@@ -285,10 +286,7 @@ tipping point (`python -m bench.prediction.loss_variance`: the spread of the one
 surprise over 30 steps against its lowest earlier value): before their explosions the divergent
 GPT runs peak at 1.71–1.91 and the stable GPT runs reach 1.74–2.02; on the MLP `mlp-sgd-const`
 reaches 3.21 against its twin's 1.63, but `mlp-sgd-safe` reaches 4.22, above four of the six
-divergent MLP runs (1.80–5.89). Held out, the default set keeps its leads
-(median 110) but its false alarms grow to 5 of 11: the two above, two stable lr-edge runs
-(the attention level chosen without them) and one from the `diverging` setting chosen without
-the `sgd-momentum` runs; the quiet set held out raises 3 and warns on 8 of 12, median lead 54.
+divergent MLP runs (1.80–5.89).
 
 ### Figures
 

@@ -1,8 +1,8 @@
 """A rule set scored on mechanisms its tuning never saw (leave one mechanism out).
 
-The rules whose thresholds were tuned on this suite are ``diverging`` and ``attention_logits``
-in the default rule set (``candidates.TUNED``); ``diverging``, ``rank_collapse`` and the
-attention logits' growth in the quiet one (``candidates.QUIET_TUNED``). For every mechanism in turn, their settings are chosen together
+The rules whose thresholds were tuned on this suite are ``diverging``, ``rank_collapse`` and the
+attention logits' growth in the default rule set (``candidates.TUNED``), ``diverging`` and the
+attention logits' level in the eager one (``candidates.EAGER_TUNED``). For every mechanism in turn, their settings are chosen together
 among their candidates (``candidates.py``) using only the runs of the *other* mechanisms — fewest
 false alarms, then most explosions warned, then the longest median lead — and the held-out
 mechanism's runs are scored with the rule set using those settings. Every run is thus

@@ -26,7 +26,7 @@ def loss_and_sa(
     out: Path,
 ) -> Path:
     """Loss with first alerts marked; SA imbalance D as a layer × step heatmap; and, when the run
-    logged ``attn_logit_max``, the largest attention logit against the default level."""
+    logged ``attn_logit_max``, the largest attention logit against the default rule's level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,10 +81,11 @@ def loss_and_sa(
     if attention:
         ax3 = axes[2]
         ax3.semilogy([s for s, _ in attention], [v for _, v in attention], color="0.3", lw=1)
-        level = PREDICTORS["attention_logits"].params["max_logit"]
-        ax3.axhline(
-            level, color="tab:orange", ls="--", lw=1, label=f"attention_logits level {level:g}"
-        )
+        params = PREDICTORS["attention_logits"].params
+        label = f"attention_logits level {params['max_logit']:g}"
+        if params["min_growth"]:
+            label += f" (and ×{params['min_growth']:g} in {params['growth_steps']} steps)"
+        ax3.axhline(params["max_logit"], color="tab:orange", ls="--", lw=1, label=label)
         if explosion is not None:
             ax3.axvline(explosion, color="red", lw=1.5)
         ax3.set_ylabel("max q·k/√d")

@@ -207,23 +207,27 @@ def test_sa_collapse_can_judge_the_centred_inputs_instead():
     assert rows[next(i for i, v in enumerate(centred) if v.get("fc"))][0] == 500
 
 
-def test_attention_logits_holds_above_the_level_and_skips_what_was_not_logged():
-    out, _ = run_scalar("attention_logits", [12.0, 49.9, None, NAN, 50.1, 4000.0])
+def test_attention_logits_level_alone_holds_above_it_and_skips_what_was_not_logged():
+    level = {"min_growth": 0.0}
+    out, _ = run_scalar("attention_logits", [12.0, 49.9, None, NAN, 50.1, 4000.0], level)
     assert out == [False, False, None, None, True, True]
-    out, _ = run_scalar("attention_logits", [30.0], {"max_logit": 25.0})
+    out, _ = run_scalar("attention_logits", [30.0], {**level, "max_logit": 25.0})
     assert out == [True]
 
 
-def test_attention_logits_growth_needs_the_level_and_a_runaway():
-    growth = {"min_growth": 10.0, "growth_steps": 5}
+def test_attention_logits_needs_the_level_and_a_runaway():
+    growth = {"growth_steps": 5}  # the default tenfold, at one logged value per step
     slow = [20.0 * 1.3**i for i in range(20)]  # ×3.7 per 5 steps, to 3800: a level, no runaway
     out, _ = run_scalar("attention_logits", slow, growth)
     assert not any(out)
-    assert any(run_scalar("attention_logits", slow)[0])  # the level alone rings on it
+    assert any(run_scalar("attention_logits", slow, {"min_growth": 0.0})[0])  # the level rings
     fast = [2.0 * 1.6**i for i in range(15)]  # ×10.5 per 5 steps
     out, _ = run_scalar("attention_logits", fast, growth)
     assert out.index(True) == 7  # the first value above 50 (54), ×10.5 its value at step 2
     assert all(out[7:])
+    levels_off = fast[:9] + [fast[8]] * 6 + [40.0, 60.0]  # stops growing; falls under 50; back
+    out, _ = run_scalar("attention_logits", levels_off, growth)
+    assert out[7:] == [True] * 8 + [False, False]  # held while above 50, not re-armed by a level
     out, _ = run_scalar("attention_logits", [5.0, 6.0, NAN, None, 8.0, 600.0], growth)
     assert out == [False, False, None, None, False, True]  # 5 steps after the first value
     out, _ = run_scalar("attention_logits", [5.0, 6.0, 7.0, 600.0], growth)

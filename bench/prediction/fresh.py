@@ -1,0 +1,186 @@
+"""Fresh runs: the attention-logit family at seeds and peaks no rule was ever tuned on.
+
+Every rule set was tuned on the suite's recordings. These runs are the suite's q/k/v ramp
+(``gpt-qkv-ramp``: only the q/k/v projection's learning rate ramps, no qk-norm) at other seeds
+and peak learning rates; none of them was trained before the rules were chosen, and they are
+not recorded: the command trains them each time. They run 650 steps (the suite's 450, plus 200
+more at the peak learning rate). What a run is, is what it did: *divergent* if it exploded (the
+suite's definition), else *stable*.
+
+python -m bench.prediction.fresh              # about 6 minutes on one CPU thread
+python -m bench.prediction.fresh --no-write   # print only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from alerts.config import Config, parse_config
+from bench.prediction.__main__ import DEFAULT_SET, EAGER_SET, sent_rules
+from bench.prediction.candidates import EAGER
+from bench.prediction.evaluate import Score, loss_series, score_suite
+from bench.prediction.record import PROJECT, _present, train_into
+from bench.prediction.report import per_run, summary
+from bench.prediction.runs import BY_NAME, DIVERGENT, STABLE, RunSpec
+from storage import runs as run_store
+from storage import stats
+from storage.db import Database
+from tripwire.demo_training import explosion_step
+
+TITLE = "Prediction on fresh runs"
+PEAKS = (0.03, 0.1, 0.2, 0.3, 0.6, 1.0)
+"""Peak q/k/v learning rates: in the suite, seed 0 explodes at 0.3 and trains on at 0.1 and
+0.03; seed 1 explodes at 0.6."""
+SEEDS = (2, 3)
+STEPS = 650
+GROWTH_STEPS = 50
+
+
+def fresh_runs() -> list[RunSpec]:
+    """The q/k/v ramp at every peak and seed (kind decided after training)."""
+    base = BY_NAME["gpt-qkv-ramp"]
+    return [
+        dataclasses.replace(
+            base,
+            name=f"fresh-qkv-{peak:g}-s{seed}",
+            kind=STABLE,
+            steps=STEPS,
+            seed=seed,
+            focus_schedule=dataclasses.replace(base.focus_schedule, peak=peak),
+            twin=None,
+        )
+        for peak in PEAKS
+        for seed in SEEDS
+    ]
+
+
+def train_and_classify(spec: RunSpec, db: Database) -> RunSpec:
+    """Train ``spec`` into ``db`` (unless it is there); the spec again, divergent if it exploded."""
+    if not _present(db, spec.name):
+        train_into(spec, db.url)
+    run = run_store.find_run(db, spec.name, project=PROJECT)
+    exploded = explosion_step(loss_series(db, run.id)) is not None
+    return dataclasses.replace(spec, kind=DIVERGENT if exploded else STABLE)
+
+
+def run_figures(db: Database, spec: RunSpec, explosion: int | None) -> tuple[float, ...]:
+    """Before the run exploded (if it did): its largest attention logit, the most that logit
+    grew in ``GROWTH_STEPS`` steps while above 50 (the default growth rule, at a check every
+    10 steps), and the largest rise of the smoothed loss (EMA 0.9) above its running minimum."""
+    run = run_store.find_run(db, spec.name, project=PROJECT)
+    end = explosion if explosion is not None else spec.steps
+    points = {
+        p.step: p.value
+        for p in stats.scalar_series(db, run.id, keys=["attn_logit_max"])
+        if p.step < end and math.isfinite(p.value)
+    }
+    growth = [
+        value / points[step - GROWTH_STEPS]
+        for step, value in points.items()
+        if value > 50 and points.get(step - GROWTH_STEPS, 0) > 0
+    ]
+    ema, lowest, rise = math.nan, math.inf, 0.0
+    for loss in loss_series(db, run.id)[:end]:
+        ema = loss if math.isnan(ema) else ema + 0.1 * (loss - ema)
+        lowest = min(lowest, ema)
+        rise = max(rise, ema - lowest)
+    return max(points.values(), default=math.nan), max(growth, default=math.nan), rise
+
+
+def fired_anywhere(scores: dict[str, Score]) -> dict[str, Score]:
+    """The scores of sources that fired on at least one run."""
+    return {n: s for n, s in scores.items() if any(o.first is not None for o in s.outcomes)}
+
+
+def section(scores: dict, rules: dict, figures: dict) -> str:
+    """The docs section: what was trained, and both rule sets' tables."""
+    knobs = ", ".join(f"{p:g}" for p in PEAKS)
+    rows = "\n".join(
+        f"| {name} | {top:.4g} | {growth:.3g}× | {rise:.2f} |"
+        for name, (top, growth, rise) in figures.items()
+    )
+    return f"""
+Every rule set above was tuned on the suite's recordings. Here the suite's q/k/v ramp
+(`gpt-qkv-ramp`: only the q/k/v projection's learning rate ramps from 3e-3, over steps 150–350,
+no qk-norm) is trained again at seeds {" and ".join(map(str, SEEDS))} (the suite's qkv runs used 0 and 1) and
+peaks {knobs}: runs that no rule was tuned on, trained each time the command runs (not
+recorded), for {STEPS} steps (200 more at the peak than the suite's). A run is *divergent* if it
+exploded, by the suite's definition, else *stable*. Reproduce: `python -m bench.prediction.fresh`
+(about 6 minutes).
+
+{summary(scores)}
+
+{per_run(scores)}
+
+What they show (the figures in this paragraph are from the run of 2026-11-29 on this project's
+2-core AMD EPYC; another CPU rounds differently and its runs drift):
+
+- Whether a run explodes depends on the seed as much as on the peak: at 0.3, seed 3 explodes (as
+  seed 0 did in the suite) and seed 2 trains on for 650 steps; seed 2 explodes only at 1.0. The
+  attention collapses in all of them: the largest attention logit reaches 216–355 at the
+  lowest peak and thousands above it.
+- Both rule sets warn on all four explosions, the default set 64–134 steps ahead.
+- The **eager set rings on all eight runs that did not explode**, two of them healthy (peak
+  0.03: the smoothed loss 0.11–0.16 nat off its minimum): the attention level alone is not a
+  warning worth sending.
+- The **default set rings on four of the eight**, every one a run whose smoothed loss climbed
+  0.49–0.68 nat and stayed there without exploding: stable by the suite's definition, but a run
+  a person would want to look at. It is silent on the four whose loss rose 0.45 nat or less.
+- The growth rule's margin did not hold: on the suite no stable run's logit grew more than 6.2×
+  in 50 steps; here four runs that did not explode grew 12.3–21.7×, as much as the four that
+  did (16.2–50.2×). What the growth rule buys is silence on the runs that keep their loss.
+
+The sent rules that fired on any of these runs, alone:
+
+{per_run(rules)}
+
+Before any explosion: the largest attention logit, its largest growth in {GROWTH_STEPS} steps
+while above 50, and the largest rise of the smoothed loss (EMA 0.9) above its running minimum:
+
+| run | largest attention logit | its largest growth | loss rise (nat) |
+|---|---|---|---|
+{rows}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.prediction.fresh", description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--db", help="database URL to keep the runs in (reused when present)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(args.db or f"sqlite:///{Path(tmp) / 'fresh.db'}")
+        db.ensure_schema()
+        runs = []
+        for spec in fresh_runs():
+            runs.append(train_and_classify(spec, db))
+            print(f"{spec.name}: {runs[-1].kind}", file=sys.stderr, flush=True)
+        configs = {"default": Config(), "eager": parse_config({"predictors": EAGER})}
+        sets = {DEFAULT_SET: "default", EAGER_SET: "eager"}
+        sources = {name: (label, sent_rules(configs[label])) for name, label in sets.items()}
+        for label in sets.values():
+            for rule in sorted(sent_rules(configs[label])):
+                sources[f"{label}: {rule}"] = (label, {rule})
+        scores = score_suite(db, runs, configs, sources)
+        explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
+        figures = {r.name: run_figures(db, r, explosions[r.name]) for r in runs}
+    sets_scores = {name: scores.pop(name) for name in sets}
+    body = section(sets_scores, fired_anywhere(scores), figures)
+    print(body)
+    if not args.no_write:
+        from bench.common import write_section
+
+        write_section(TITLE, body)
+        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
