@@ -8,7 +8,7 @@ are not recorded: the command trains them each time. They run 200 steps longer t
 runs, at the peak learning rate. What a run is, is what it did: *divergent* if it exploded (the
 suite's definition), else *stable*.
 
-python -m bench.prediction.fresh              # about 10 minutes on one CPU thread
+python -m bench.prediction.fresh              # about 7 minutes on one CPU thread
 python -m bench.prediction.fresh --no-write   # print only
 """
 
@@ -141,7 +141,7 @@ trained again at seeds {" and ".join(map(str, SEEDS))} (the suite used 0 and 1) 
 peak learning rates: runs that no rule was tuned on, trained each time the command runs (not
 recorded), each {EXTRA_STEPS} steps longer than the suite's run, at the peak. A run is
 *divergent* if it exploded, by the suite's definition, else *stable*. Reproduce:
-`python -m bench.prediction.fresh` (about 10 minutes).
+`python -m bench.prediction.fresh` (7 minutes here).
 
 | suite run | fresh runs | peaks |
 |---|---|---|
