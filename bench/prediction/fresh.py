@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alerts.config import Config, parse_config
+from alerts.predictors import PREDICTORS
+from alerts.predictors.base import Observation
 from bench.prediction.__main__ import DEFAULT_SET, EAGER_SET, sent_rules
 from bench.prediction.candidates import EAGER
 from bench.prediction.evaluate import Score, loss_series, score_suite
-from bench.prediction.record import PROJECT, _present, train_into
+from bench.prediction.record import PROJECT, present, train_into
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import BY_NAME, DIVERGENT, STABLE, RunSpec
 from storage import runs as run_store
@@ -58,7 +60,6 @@ FAMILIES = (
 )
 SEEDS = (2, 3)
 EXTRA_STEPS = 200
-GROWTH_STEPS = 50
 
 
 def fresh_runs() -> list[RunSpec]:
@@ -85,7 +86,7 @@ def fresh_runs() -> list[RunSpec]:
 
 def train_and_classify(spec: RunSpec, db: Database) -> RunSpec:
     """Train ``spec`` into ``db`` (unless it is there); the spec again, divergent if it exploded."""
-    if not _present(db, spec.name):
+    if not present(db, spec.name):
         train_into(spec, db.url)
     run = run_store.find_run(db, spec.name, project=PROJECT)
     exploded = explosion_step(loss_series(db, run.id)) is not None
@@ -94,26 +95,24 @@ def train_and_classify(spec: RunSpec, db: Database) -> RunSpec:
 
 def run_figures(db: Database, spec: RunSpec, explosion: int | None) -> tuple[float, ...]:
     """Before the run exploded (if it did): its largest attention logit, the most that logit
-    grew in ``GROWTH_STEPS`` steps while above 50 (the default growth rule, at a check every
-    10 steps), and the largest rise of the smoothed loss (EMA 0.9) above its running minimum."""
+    grew while above the level, as the default ``attention_logits`` measures it, and the largest
+    rise of the smoothed loss (EMA 0.9) above its running minimum, as ``loss_spike`` does."""
     run = run_store.find_run(db, spec.name, project=PROJECT)
     end = explosion if explosion is not None else spec.steps
-    points = {
-        p.step: p.value
-        for p in stats.scalar_series(db, run.id, keys=["attn_logit_max"])
-        if p.step < end and math.isfinite(p.value)
-    }
-    growth = [
-        value / points[step - GROWTH_STEPS]
-        for step, value in points.items()
-        if value > 50 and points.get(step - GROWTH_STEPS, 0) > 0
-    ]
-    ema, lowest, rise = math.nan, math.inf, 0.0
-    for loss in loss_series(db, run.id)[:end]:
-        ema = loss if math.isnan(ema) else ema + 0.1 * (loss - ema)
-        lowest = min(lowest, ema)
-        rise = max(rise, ema - lowest)
-    return max(points.values(), default=math.nan), max(growth, default=math.nan), rise
+    attention = PREDICTORS["attention_logits"]
+    key, memory, tops, growths = attention.params["key"], {}, [], []
+    for p in stats.scalar_series(db, run.id, keys=[key]):
+        if p.step >= end:
+            break
+        for v in attention.fn(Observation(p.step, {key: p.value}), memory, attention.params):
+            tops.append(p.value)
+            if p.value > attention.params["max_logit"] and v.details["growth"] is not None:
+                growths.append(v.details["growth"])
+    spike, memory, rise = PREDICTORS["loss_spike"], {}, 0.0
+    for step, loss in enumerate(loss_series(db, run.id)[:end]):
+        for v in spike.fn(Observation(step, {"loss": loss}), memory, spike.params):
+            rise = max(rise, v.details.get("ema", 0.0) - v.details.get("min", 0.0))
+    return max(tops, default=math.nan), max(growths, default=math.nan), rise
 
 
 def fired_anywhere(scores: dict[str, Score]) -> dict[str, Score]:
@@ -131,6 +130,8 @@ def section(scores: dict, rules: dict, figures: dict) -> str:
         f"| `{f.base}` | `fresh-{f.short}-PEAK-sSEED` | {', '.join(f'{p:g}' for p in f.peaks)} |"
         for f in FAMILIES
     )
+    growth_steps = PREDICTORS["attention_logits"].params["growth_steps"]
+    level = PREDICTORS["attention_logits"].params["max_logit"]
     rows = "\n".join(
         f"| {name} | {_g(top, '.4g')} | {_g(growth, '.3g', '×')} | {rise:.2f} |"
         for name, (top, growth, rise) in figures.items()
@@ -181,8 +182,8 @@ The sent rules that fired on any of these runs, alone:
 
 {per_run(rules)}
 
-Before any explosion: the largest attention logit, its largest growth in {GROWTH_STEPS} steps
-while above 50, and the largest rise of the smoothed loss (EMA 0.9) above its running minimum:
+Before any explosion: the largest attention logit, its largest growth in {growth_steps} steps
+while above {level:g}, and the largest rise of the smoothed loss (EMA 0.9) above its running minimum:
 
 | run | largest attention logit | its largest growth | loss rise (nat) |
 |---|---|---|---|

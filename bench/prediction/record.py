@@ -156,12 +156,13 @@ def ensure_recorded(spec: RunSpec, db: Database, *, retrain: bool = False) -> st
         train_into(spec, db.url)
         export_run(db, spec)
         return "trained"
-    if not _present(db, spec.name):
+    if not present(db, spec.name):
         replay(data, db)
     return "reused"
 
 
-def _present(db: Database, name: str) -> bool:
+def present(db: Database, name: str) -> bool:
+    """Whether ``db`` holds a benchmark run named ``name``."""
     try:
         run_store.find_run(db, name, project=PROJECT)
     except RunNotFound:
