@@ -153,8 +153,7 @@ CANDIDATES: list[Candidate] = [
     ],
     *[
         Candidate(
-            f"rank_collapse {r:.1%}/{f:.0%}/{d:g} nat"
-            + (" (default)" if (r, f, d) == _RANK else ""),
+            f"rank_collapse {r:.1%}/{f:.0%}/{d:g} nat" + _mark((r, f, d), _RANK, None),
             "rank_collapse",
             {"max_rate": r, "min_layers": f, "min_loss_rise": d},
         )

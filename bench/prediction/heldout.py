@@ -2,11 +2,12 @@
 
 The rules whose thresholds were tuned on this suite are ``diverging``, ``rank_collapse`` and the
 attention logits' growth in the default rule set (``candidates.TUNED``), ``diverging`` and the
-attention logits' level in the eager one (``candidates.EAGER_TUNED``). For every mechanism in turn, their settings are chosen together
-among their candidates (``candidates.py``) using only the runs of the *other* mechanisms — fewest
-false alarms, then most explosions warned, then the longest median lead — and the held-out
-mechanism's runs are scored with the rule set using those settings. Every run is thus
-scored by rules tuned without its mechanism (and without its twin, which shares the mechanism).
+attention logits' level in the eager one (``candidates.EAGER_TUNED``). For every mechanism in
+turn, their settings are chosen together among their candidates (``candidates.py``) using only
+the runs of the *other* mechanisms — fewest false alarms, then most explosions warned, then the
+longest median lead — and the held-out mechanism's runs are scored with the rule set using
+those settings. Every run is thus scored by rules tuned without its mechanism (and without its
+twin, which shares the mechanism).
 """
 
 from __future__ import annotations
