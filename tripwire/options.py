@@ -13,6 +13,14 @@ db_option = click.option(
     help="Database URL (default: $TRIPWIRE_DB_URL, else sqlite:///tripwire.db).",
 )
 
+config_option = click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="FILE",
+    help="tripwire.toml to use (default: $TRIPWIRE_CONFIG, else ./tripwire.toml if present).",
+)
+
 
 class UserError(click.ClickException):
     """A problem the user can fix (bad argument, missing file): printed as one line, exit 1."""

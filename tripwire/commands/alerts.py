@@ -10,15 +10,7 @@ from datetime import timedelta
 
 import click
 
-from tripwire.options import UserError, db_option
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    default=None,
-    metavar="FILE",
-    help="tripwire.toml to use (default: $TRIPWIRE_CONFIG, else ./tripwire.toml if present).",
-)
+from tripwire.options import UserError, config_option, db_option
 
 HINT = "pip install 'tripwire[alerts]'"
 

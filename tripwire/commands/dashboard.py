@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from tripwire.options import UserError, db_option
+from tripwire.options import UserError, config_option, db_option
 
 HINT = "pip install 'tripwire[dashboard]'"
 
@@ -106,13 +106,7 @@ def dashboard_command(db_url: str | None, host: str, port: int) -> None:
 
 @click.command("up")
 @db_option
-@click.option(
-    "--config",
-    "config_path",
-    default=None,
-    metavar="FILE",
-    help="tripwire.toml to use (default: $TRIPWIRE_CONFIG, else ./tripwire.toml if present).",
-)
+@config_option
 @click.option("--interval", type=float, default=None, help="Seconds between scheduler ticks.")
 @host_option
 @port_option

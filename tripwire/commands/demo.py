@@ -9,17 +9,31 @@ import time
 import click
 
 from storage import Database, redact_url
-from tripwire.options import db_option
+from tripwire.options import config_option, db_option
 
 
-def _start_alerts(db: Database, stop: threading.Event):
-    """The alert service in a background thread, printing each alert as it fires (if installed)."""
+def _start_alerts(db: Database, config_path: str | None, stop: threading.Event):
+    """The alert service in a background thread, with the rules and notifiers of ``tripwire.toml``
+    (as ``tripwire scheduler`` finds it), printing each alert as it fires (if installed)."""
     try:
+        from alerts.config import config_path as find_config
+        from alerts.notifiers import ConsoleNotifier, Route
         from alerts.service import AlertService
     except ImportError as exc:
         click.echo(f"(alerts off: {exc}; pip install 'tripwire[alerts]')")
         return None
-    service = AlertService(db)
+    from tripwire.commands.alerts import load_config_or_exit, routes_or_exit
+
+    config = load_config_or_exit(config_path)
+    routes = routes_or_exit(config)
+    if not any(isinstance(r.notifier, ConsoleNotifier) for r in routes):
+        routes.insert(0, Route(ConsoleNotifier()))  # the demo's terminal shows the alerts anyway
+    service = AlertService(db, config, routes)
+    source = find_config(config_path)
+    click.echo(
+        f"Alerts: rules from {source if source else 'the built-in defaults'}; "
+        f"notifiers: {', '.join(service.notifiers)}"
+    )
     thread = threading.Thread(
         target=service.run_forever, args=(1.0, stop), name="tripwire-alerts", daemon=True
     )
@@ -43,6 +57,7 @@ def _start_dashboard(db_url: str, host: str, port: int):
 
 @click.command("demo")
 @db_option
+@config_option
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
@@ -62,11 +77,14 @@ def _start_dashboard(db_url: str, host: str, port: int):
 @click.option("--no-alerts", is_flag=True, help="Do not run the predictors live.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Dashboard bind address.")
 @click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
-def demo_command(db_url, steps, seed, run_name, every, no_dashboard, no_alerts, host, port) -> None:
+def demo_command(
+    db_url, config_path, steps, seed, run_name, every, no_dashboard, no_alerts, host, port
+) -> None:
     """Train a small GPT on CPU that explodes part-way, with Tripwire watching.
 
-    Statistics stream into the database (default ./tripwire.db), the predictors run live and
-    print each alert as it fires, and the dashboard shows the run while it trains.
+    Statistics stream into the database (default ./tripwire.db), the predictors run live with
+    the rules and notifiers of tripwire.toml (the built-in defaults without one) and print each
+    alert as it fires, and the dashboard shows the run while it trains.
     """
     import torch
 
@@ -83,7 +101,7 @@ def demo_command(db_url, steps, seed, run_name, every, no_dashboard, no_alerts, 
 
     dashboard = None if no_dashboard else _start_dashboard(db.url, host, port)
     stop = threading.Event()
-    alerts = None if no_alerts else _start_alerts(db, stop)
+    alerts = None if no_alerts else _start_alerts(db, config_path, stop)
 
     def on_step(step: int, loss: float, lr: float) -> None:
         if step % 50 == 0 or step == config.steps - 1 or not math.isfinite(loss):
