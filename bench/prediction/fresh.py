@@ -179,9 +179,10 @@ What they show (the figures in this paragraph are from the run of 2026-11-29 on 
   - GPT learning-rate ramp: all three, 23–279 steps ahead;
   - Adam MLP: all four, 31–46 steps ahead (`diverging`, `rank_collapse`);
   - SGD MLP ramp: three of six, 6–166 steps ahead; late on the other three;
-  - output layer without weight decay: **none of five** (two missed, three 35–49 steps late).
-    As on the suite's `gpt-head-ramp`, nothing the default set watches moves before these
-    explode; the eager set is late on all five too;
+  - output layer without weight decay: **none of five** (two missed, three 35–49 steps late;
+    the eager set is late on all five too). As on the suite's `gpt-head-ramp`, nothing recorded
+    separates them in time: the output layer's σ1 grows 0.5–1 %/step from step 200 on, but
+    about as fast in the run at 1.0 that trains on (seed 2 at 5.0 against 1.0, step by step);
   - SGD MLP at a constant learning rate: one of four, by a `sigma_surge` at step 110, in early
     training, 153 steps before: a coincidence rather than foresight (as on the suite's
     `mlp-sgd-const-hi`); late or missed on the other three.
