@@ -18,7 +18,7 @@ PARAMS = {
 }
 """Works on ``log(grad_norm)``: holds when its z-score against an exponentially weighted mean
 and variance (weight ``alpha``) exceeds ``z_threshold`` *and* the norm is ``min_ratio`` times the
-EMA level. ``min_sd`` floors the standard deviation (log units) so a flat series cannot make a
+EMA level (the score is that z-score on such a spike, 0 otherwise). ``min_sd`` floors the standard deviation (log units) so a flat series cannot make a
 tiny wiggle look huge. Spikes enter the EMA clipped at the threshold, so one spike does not
 blind it while a lasting new level is still absorbed. Persistence (``for_checks``, default 3)
 is what tells a lasting rise from the isolated 100–1000× spikes of stable runs."""
@@ -44,7 +44,8 @@ def grad_norm_spike(obs: Observation, memory: dict, params: Mapping[str, Any]) -
     sd = max(math.sqrt(var), float(params["min_sd"]))
     z = (x - mean) / sd
     judged = n >= params["warmup_checks"]
-    holds = judged and z > params["z_threshold"] and x - mean > math.log(params["min_ratio"])
+    spike = x - mean > math.log(params["min_ratio"])
+    holds = judged and z > params["z_threshold"] and spike
     clipped = min(x, mean + params["z_threshold"] * sd)
     diff = clipped - mean
     incr = alpha * diff
@@ -57,4 +58,8 @@ def grad_norm_spike(obs: Observation, memory: dict, params: Mapping[str, Any]) -
         if holds
         else ""
     )
-    return [Verdict(holds, z, message, details={"ratio": ratio, "value": value})]
+    # the score is what z_threshold is compared with: z, but only for a spike of min_ratio (0
+    # otherwise), so that `tripwire calibrate` learns the z that healthy *spikes* reached rather
+    # than the near-zero z of a norm drifting down, which would let any 3x blip through
+    score = z if spike else 0.0
+    return [Verdict(holds, score, message, details={"ratio": ratio, "value": value, "z": z})]

@@ -51,3 +51,23 @@ def test_calibrate_writes_thresholds_learned_from_healthy_runs(tmp_path):
     assert rule.params["max_rate"] != 0.01  # learned, not the default
     missing = CliRunner().invoke(cli, ["calibrate", "--db", url, "--runs", "nope"])
     assert missing.exit_code == 1 and "nope" in missing.output
+
+
+def test_calibrating_on_healthy_mlps_keeps_the_gradient_spike_rule_a_spike_rule(tmp_path):
+    """Their gradient norms drift down and never jump 3×: no z-score there to learn from, so
+    the conservative default stays (learning the drift's near-zero z let any 3× blip through)."""
+    from alerts.calibrate import learn
+    from alerts.predictors import PREDICTORS
+    from bench.prediction.calibrated import base_config
+    from storage import runs as run_store
+
+    db = Database(f"sqlite:///{tmp_path / 'cal.db'}")
+    db.upgrade()
+    healthy = ["mlp-sgd-safe", "mlp-adam-safe", "mlp-sgd-const-safe", "mlp-sgd-hold"]
+    for name in healthy:
+        replay(load_export(BY_NAME[name]), db)
+    runs = [run_store.find_run(db, name) for name in healthy]
+    learned = learn(db, runs, base_config())
+    default = PREDICTORS["grad_norm_spike"].params["z_threshold"]
+    assert learned["grad_norm_spike"].value == default
+    assert learned["weight_growth"].value != PREDICTORS["weight_growth"].params["max_rate"]
