@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from alerts.config import Rule
 from alerts.lifecycle import AlertState, advance
-from alerts.predictors import PREDICTORS, Observation, Verdict
+from alerts.predictors import INHIBITORS, PREDICTORS, Observation, Verdict
 
 DEFAULT_RESOLVE_AFTER = 3
 MEMORY_VERSION = 1
@@ -102,6 +102,7 @@ class RunEvaluator:
         return list(self._touched)
 
     def inhibited(self) -> bool:
-        """Whether a ``non_finite`` alert of this run is firing (weaker alerts stay quiet)."""
-        alert = self.open.get(("non_finite", None))
-        return alert is not None and alert.state == "firing"
+        """Whether the run's loss has blown up (a ``non_finite`` or ``loss_exploded`` alert is
+        firing): its weaker alerts, forecasts of what already happened, stay quiet."""
+        alerts = (self.open.get((name, None)) for name in INHIBITORS)
+        return any(a is not None and a.state == "firing" for a in alerts)

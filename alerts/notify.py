@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from alerts.config import SEVERITY_RANK
 from alerts.lifecycle import AlertState
 from alerts.notifiers import Route
+from alerts.predictors import INHIBITORS
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,13 @@ class Event:
 def suppression(alert: AlertState, *, silenced: bool, inhibited: bool) -> str | None:
     """Why ``alert`` must stay quiet now, or None.
 
-    A firing ``non_finite`` alert inhibits the weaker (non-critical) alerts of its run.
+    A firing ``non_finite`` or ``loss_exploded`` alert inhibits the weaker (non-critical) alerts
+    of its run.
     """
     if silenced:
         return "silenced"
     weaker = SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK["critical"]
-    if inhibited and alert.predictor != "non_finite" and weaker:
+    if inhibited and alert.predictor not in INHIBITORS and weaker:
         return "inhibited"
     return None
 
@@ -56,7 +58,8 @@ def plan(
 
     Returns (deliveries by ``id(alert)`` as (notifier, event) pairs, events). Marks each
     told alert's ``last_notified_step``: an alert kept quiet while silenced or inhibited is
-    told once that ends, if it is still firing.
+    told once that ends, if it is still firing; a resolution that comes while its run is
+    inhibited is not told (the loss blew up: the forecast did not go away, it came true).
     """
     deliveries: dict[int, list[tuple[str, str]]] = {}
     events: list[Event] = []
@@ -72,8 +75,7 @@ def plan(
                 kinds = ["repeat"]
         elif alert.state == "resolved":
             if alert.last_notified_step is not None:
-                kinds = ["resolved"]
-                why = "silenced" if silenced else None
+                kinds = ["resolved"]  # held back too while silenced or inhibited
             elif alert.fired_step is not None:
                 kinds = ["firing", "resolved"]
         for kind in kinds:

@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_spike', 'non_finite', 'rank_collapse', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
+['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_exploded', 'loss_spike', 'non_finite', 'rank_collapse', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'info'
 
@@ -123,6 +123,14 @@ PREDICTORS: dict[str, Predictor] = {
         params=logits.LOG_Z_PARAMS,
         summary="the output log Z (logged as log_z) drifts away from its settled level",
     ),
+    "loss_exploded": Predictor(
+        "loss_exploded",
+        loss.loss_exploded,
+        severity="critical",
+        for_checks=1,
+        params=loss.EXPLODED_PARAMS,
+        summary="the loss has exploded: its recent median is far above its best (not a forecast)",
+    ),
     "non_finite": Predictor(
         "non_finite",
         non_finite.non_finite,
@@ -144,6 +152,11 @@ PREDICTORS: dict[str, Predictor] = {
 }
 
 
+INHIBITORS = ("non_finite", "loss_exploded")
+"""Predictors that say the loss has already blown up: while one fires, the run's weaker
+(non-critical) alerts are stored but not sent (forecasts of what already happened)."""
+
+
 class UnknownPredictor(KeyError):
     """No predictor has this name; the message lists the valid ones."""
 
@@ -157,7 +170,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_spike, non_finite, rank_collapse, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_exploded, loss_spike, non_finite, rank_collapse, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
     """
     try:
         return PREDICTORS[name]

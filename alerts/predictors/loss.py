@@ -1,7 +1,10 @@
-"""``loss_spike``: the smoothed loss rises well above its running minimum."""
+"""``loss_spike``: the smoothed loss rises well above its running minimum; ``loss_exploded``:
+the loss has exploded and stays up."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,3 +50,42 @@ def loss_spike(obs: Observation, memory: dict, params: Mapping[str, Any]) -> lis
         else ""
     )
     return [Verdict(holds, score, message, details={"ema": ema, "min": low})]
+
+
+EXPLODED_PARAMS = {"key": "loss", "margin": 1.0, "window": 20}
+"""Holds when the median of the last ``window`` losses (non-finite ones count as +Inf) is more
+than ``margin`` above the lowest loss before them: the benchmark's explosion, seen as it
+happens (``window // 2`` steps or so after it starts), while a lone spike stays quiet."""
+
+
+def loss_exploded(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:
+    """Median of the recent losses against the best loss before them.
+
+    >>> p = dict(EXPLODED_PARAMS, window=3)
+    >>> m = {}
+    >>> [loss_exploded(Observation(s, {"loss": v}), m, p)[0].holds
+    ...  for s, v in enumerate([3, 2, 2, 9, 2, 2, 5, 6, float("nan")])]
+    [False, False, False, False, False, False, False, True, True]
+    """
+    value = obs.scalars.get(params["key"])
+    if value is None:
+        return []
+    recent = memory.setdefault("recent", [])
+    recent.append(value if finite(value) else math.inf)
+    window = int(params["window"])
+    if len(recent) > window:
+        left = recent.pop(0)
+        if math.isfinite(left):
+            memory["best"] = min(memory.get("best", left), left)
+    best = memory.get("best")
+    if best is None or len(recent) < window:
+        return [Verdict(False, 0.0)]
+    rise = statistics.median(recent) - best
+    holds = rise > params["margin"]
+    message = (
+        f"{params['key']} exploded: the median of the last {window} steps is {rise:.3g} above"
+        f" the best {params['key']} before them ({best:.4g})"
+        if holds
+        else ""
+    )
+    return [Verdict(holds, rise, message, details={"best": best})]

@@ -181,13 +181,13 @@ What they show (the figures in this paragraph are from the run of 2026-11-29 on 
   - GPT learning-rate ramp: all three, 23–279 steps ahead;
   - Adam MLP: all four, 31–46 steps ahead (`diverging`, `rank_collapse`);
   - SGD MLP ramp: three of six, 6–166 steps ahead; late on the other three;
-  - output layer without weight decay: **none of five** (two missed, three 35–49 steps late;
-    the eager set is late on all five too). As on the suite's `gpt-head-ramp`, nothing recorded
-    separates them in time: the output layer's σ1 grows 0.5–1 %/step from step 200 on, but
+  - output layer without weight decay: **none of five**; `loss_exploded` tells of each 17–19
+    steps after it explodes (the eager set is late on all five too). As on the suite's
+    `gpt-head-ramp`, nothing recorded separates them in time: the output layer's σ1 grows 0.5–1 %/step from step 200 on, but
     about as fast in the run at 1.0 that trains on (seed 2 at 5.0 against 1.0, step by step);
   - SGD MLP at a constant learning rate: one of four, by a `sigma_surge` at step 110, in early
     training, 153 steps before: a coincidence rather than foresight (as on the suite's
-    `mlp-sgd-const-hi`); late or missed on the other three.
+    `mlp-sgd-const-hi`); late on the other three.
 - The eager set warns on 15 of the 24, median lead 45: two more SGD MLP ramps, 5 and 12 steps
   ahead.
 - The **default set rings on 8 of the 18 runs that did not explode, and each of the 8 is a run
@@ -202,10 +202,10 @@ What they show (the figures in this paragraph are from the run of 2026-11-29 on 
   at steps 240–330, the loss 0.01–0.09 nat up), including the five whose loss stayed within
   0.11–0.46 nat; the three other runs the default set rings on; and the output-layer run at 1.0
   that trained on (its loss 0.45 nat up at most).
-- **Calibrated on the suite's stable runs** (every rule on, with the thresholds `tripwire
+- **Calibrated on the suite's stable runs** (every predictor on, with the thresholds `tripwire
   calibrate` learns from the suite's seven stable GPT or four stable MLP runs: what a team does
-  once it has healthy runs of its model): 14 of the 24 warned, median lead 58, and 9 of the 18
-  that did not explode rung: the default set's eight and the q/k/v run at 0.2 seed 3, whose
+  once it has healthy runs of its model): 14 of the 24 warned, median lead 58, and it rang on 9
+  of the 18 that did not explode: the default set's eight and the q/k/v run at 0.2 seed 3, whose
   loss rose 0.44 nat at most (`weight_growth` at step 340). It warns on one output-layer run, 6
   steps ahead (`loss_spike`), and on the constant-rate SGD run at 0.25 seed 3 286 steps before it
   explodes, by a `log_z_drift` at step 320 that says little about step 606. (This row found a

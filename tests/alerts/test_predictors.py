@@ -99,6 +99,36 @@ def test_loss_spike_negative_losses():
     assert holds[-1] is True and not any(holds[:50])
 
 
+# -- loss_exploded ------------------------------------------------------------------------------
+
+
+def test_loss_exploded_fires_as_the_benchmark_defines_an_explosion():
+    from tripwire.demo_training import explosion_step
+
+    noisy = random.Random(0)
+    healthy = [5.0 * math.exp(-s / 40) + 2 + noisy.uniform(-0.3, 0.3) for s in range(150)]
+    spikes = list(healthy)
+    for s in (60, 61, 90, 120):  # lone spikes that recover, as near-edge runs show
+        spikes[s] += 8.0
+    blowup = healthy + [9.0 + noisy.uniform(-1, 1) for _ in range(40)]
+    quiet_healthy, _ = run_scalar("loss_exploded", healthy)
+    quiet_spikes, _ = run_scalar("loss_exploded", spikes)
+    fired, _ = run_scalar("loss_exploded", blowup)
+    assert explosion_step(healthy) is None and explosion_step(spikes) is None
+    assert not any(quiet_healthy) and not any(quiet_spikes)
+    first = fired.index(True)
+    assert explosion_step(blowup) == 150 and 150 < first <= 150 + 20
+    assert all(fired[first:])  # and it stays firing while the loss stays up
+
+
+def test_loss_exploded_counts_non_finite_losses_as_high_and_survives_json():
+    import json
+
+    holds, memory = run_scalar("loss_exploded", [2.0] * 40 + [NAN] * 15)
+    assert holds[-1] is True and not any(holds[:40])
+    assert json.loads(json.dumps(memory)) == memory  # the service stores memory as JSON
+
+
 # -- grad_norm_spike ----------------------------------------------------------------------------
 
 

@@ -104,12 +104,45 @@ def test_non_finite_inhibits_weaker_alerts_of_the_run(sqlite_db, clock):
     events = svc.tick()
     fired = {(e.predictor, e.kind): e for e in events}
     assert ("non_finite", "firing") in fired and fired["non_finite", "firing"].notified
-    weaker = [e for e in events if e.predictor != "non_finite" and e.kind == "firing"]
+    blowups = {"non_finite", "loss_exploded"}
+    weaker = [e for e in events if e.predictor not in blowups and e.kind == "firing"]
     assert weaker, "the synthetic explosion must raise warnings too"
-    # All in one tick: the non_finite alert fired, so the warnings are inhibited.
+    # All in one tick: the loss blew up, so the warnings are inhibited; the blow-up is told.
     assert all(not e.notified and e.suppressed == "inhibited" for e in weaker)
-    assert len(rec.subjects) == 1
+    assert {e.predictor for e in events if e.notified} <= blowups
+    assert len(rec.subjects) == len([e for e in events if e.notified])
     assert not any(e.layer == "ln_out" for e in events)  # one-signed layer never alerts
+
+
+def test_a_loss_that_explodes_and_stays_finite_inhibits_weaker_alerts_too(sqlite_db, clock):
+    scalars, layers = exploding_series(steps=400, blowup=200)
+    for values in scalars.values():  # it blows up to a large loss and stays there, never NaN
+        if values["loss"] != values["loss"]:
+            values.update(loss=60.0, grad_norm=50.0)
+    for step, by_layer in layers.items():  # and its weights stop growing from step 300 on
+        if step >= 260:
+            by_layer["fc"]["grad_norm"] = 50.0
+        if step >= 300:
+            by_layer["fc"].update(sigma1=layers[290]["fc"]["sigma1"], sa_imbalance=0.1)
+    svc, rec = service(sqlite_db, clock)
+    run = make_run(sqlite_db, layers=["fc", "ln_out"])
+    events = []
+    for start in range(0, 400, 20):
+        write_steps(
+            sqlite_db,
+            run,
+            {s: v for s, v in scalars.items() if start <= s < start + 20},
+            {s: v for s, v in layers.items() if start <= s < start + 20},
+        )
+        events += svc.tick()
+    told = {(e.predictor, e.kind): e for e in events if e.notified}
+    assert told["loss_exploded", "firing"].step in range(241, 261)  # the loss leaves 240 for good
+    assert ("loss_exploded", "resolved") not in told
+    before = [e for e in events if e.kind == "firing" and e.step < 240 and e.severity == "warning"]
+    assert before and all(e.notified for e in before)  # forecasts before it are told ...
+    resolved = [e for e in events if e.kind == "resolved"]
+    assert resolved and all(e.suppressed == "inhibited" for e in resolved)  # ... not "resolved"
+    assert all(not e.notified for e in events if e.kind == "firing" and e.step >= 260)
 
 
 def test_warnings_before_the_explosion_are_told_and_ordered(sqlite_db, clock):
@@ -224,6 +257,8 @@ def test_routing_by_severity_and_project(sqlite_db, clock):
         finish_run(sqlite_db, rid)
     svc.tick()
     assert sorted(critical_only.subjects) == [
+        "[tripwire] FIRING critical: loss_exploded on run ml-run",
+        "[tripwire] FIRING critical: loss_exploded on run other-run",
         "[tripwire] FIRING critical: non_finite on run ml-run",
         "[tripwire] FIRING critical: non_finite on run other-run",
     ]
