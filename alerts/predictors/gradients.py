@@ -18,10 +18,11 @@ PARAMS = {
 }
 """Works on ``log(grad_norm)``: holds when its z-score against an exponentially weighted mean
 and variance (weight ``alpha``) exceeds ``z_threshold`` *and* the norm is ``min_ratio`` times the
-EMA level (the score is that z-score on such a spike, 0 otherwise). ``min_sd`` floors the standard deviation (log units) so a flat series cannot make a
-tiny wiggle look huge. Spikes enter the EMA clipped at the threshold, so one spike does not
-blind it while a lasting new level is still absorbed. Persistence (``for_checks``, default 3)
-is what tells a lasting rise from the isolated 100–1000× spikes of stable runs."""
+EMA level (the score is that z-score on such a spike, 0 otherwise). ``min_sd`` floors the
+standard deviation (log units) so a flat series cannot make a tiny wiggle look huge. Spikes
+enter the EMA clipped at the threshold, so one spike does not blind it while a lasting new
+level is still absorbed. Persistence (``for_checks``, default 3) is what tells a lasting rise
+from the isolated 100–1000× spikes of stable runs."""
 
 
 def grad_norm_spike(obs: Observation, memory: dict, params: Mapping[str, Any]) -> list[Verdict]:

@@ -80,11 +80,12 @@ def loss_exploded(obs: Observation, memory: dict, params: Mapping[str, Any]) -> 
     best = memory.get("best")
     if best is None or len(recent) < window:
         return [Verdict(False, 0.0)]
-    rise = statistics.median(recent) - best
+    median = statistics.median(recent)
+    rise = median - best
     holds = rise > params["margin"]
     message = (
-        f"{params['key']} exploded: the median of the last {window} steps is {rise:.3g} above"
-        f" the best {params['key']} before them ({best:.4g})"
+        f"{params['key']} exploded: the median of its last {window} values, {median:.4g}, is"
+        f" {rise:.3g} above its best before them, {best:.4g}"
         if holds
         else ""
     )
