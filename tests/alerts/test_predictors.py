@@ -121,6 +121,20 @@ def test_loss_exploded_fires_as_the_benchmark_defines_an_explosion():
     assert all(fired[first:])  # and it stays firing while the loss stays up
 
 
+@pytest.mark.parametrize(("noise", "margin"), [(0.2, 1.0), (0.4, 2.0)])
+def test_loss_exploded_on_a_noisy_plateau_and_off_it(noise, margin):
+    """Quiet on a plateau of per-step noise ``noise`` at ``margin`` (the documented rule: a
+    loss noisier than ~0.25 nat needs a larger margin), and fires once the loss leaves it."""
+    noisy = random.Random(1)
+    plateau = [2.0 + noisy.gauss(0, noise) for _ in range(1500)]
+    jump = [2.0 + 2 * margin + noisy.gauss(0, noise) for _ in range(40)]
+    quiet, _ = run_scalar("loss_exploded", plateau, {"margin": margin})
+    fired, _ = run_scalar("loss_exploded", plateau + jump, {"margin": margin})
+    too_tight, _ = run_scalar("loss_exploded", plateau, {"margin": margin / 2})
+    assert not any(quiet) and any(too_tight)
+    assert 1500 < fired.index(True) <= 1520
+
+
 def test_loss_exploded_counts_non_finite_losses_as_high_and_survives_json():
     import json
 
