@@ -101,8 +101,8 @@ class RunEvaluator:
         """Alerts changed since construction, in the order they first changed."""
         return list(self._touched)
 
-    def inhibited(self) -> bool:
-        """Whether the run's loss has blown up (a ``non_finite`` or ``loss_exploded`` alert is
-        firing): its weaker alerts, forecasts of what already happened, stay quiet."""
+    def inhibited_from(self) -> int | None:
+        """The training step from which the run's weaker alerts stay quiet: where its loss blew
+        up (the earliest firing ``non_finite`` or ``loss_exploded`` alert), or None."""
         alerts = (self.open.get((name, None)) for name in INHIBITORS)
-        return any(a is not None and a.state == "firing" for a in alerts)
+        return min((a.fired_step for a in alerts if a and a.state == "firing"), default=None)

@@ -30,16 +30,20 @@ class Event:
     suppressed: str | None = None
 
 
-def suppression(alert: AlertState, *, silenced: bool, inhibited: bool) -> str | None:
-    """Why ``alert`` must stay quiet now, or None.
+def suppression(
+    alert: AlertState, step: int, *, silenced: bool, inhibited_from: int | None
+) -> str | None:
+    """Why ``alert``'s event at training ``step`` must stay quiet now, or None.
 
-    A firing ``non_finite`` or ``loss_exploded`` alert inhibits the weaker (non-critical) alerts
-    of its run.
+    From the step where a ``non_finite`` or ``loss_exploded`` alert fired, the weaker
+    (non-critical) alerts of its run are inhibited: counted in steps, like everything else, so
+    a forecast made before the blow-up is told however the scheduler's ticks fall.
     """
     if silenced:
         return "silenced"
     weaker = SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK["critical"]
-    if inhibited and alert.predictor not in INHIBITORS and weaker:
+    blown_up = inhibited_from is not None and step >= inhibited_from
+    if blown_up and alert.predictor not in INHIBITORS and weaker:
         return "inhibited"
     return None
 
@@ -50,7 +54,7 @@ def plan(
     run_name: str,
     project: str,
     silenced: bool,
-    inhibited: bool,
+    inhibited_from: int | None,
     repeat_every_steps: int,
     routes: list[Route],
 ) -> tuple[dict[int, list[tuple[str, str]]], list[Event]]:
@@ -66,7 +70,6 @@ def plan(
     for alert in alerts:
         if alert.dropped or alert.state == "pending":
             continue
-        why = suppression(alert, silenced=silenced, inhibited=inhibited)
         kinds: list[str] = []
         if alert.state == "firing":
             if alert.last_notified_step is None:
@@ -78,7 +81,12 @@ def plan(
                 kinds = ["resolved"]  # held back too while silenced or inhibited
             elif alert.fired_step is not None:
                 kinds = ["firing", "resolved"]
+        told = False
         for kind in kinds:
+            step = alert.resolved_step if kind == "resolved" else alert.fired_step
+            step = step if step is not None else alert.last_step
+            when = alert.last_step if kind == "repeat" else step
+            why = suppression(alert, when, silenced=silenced, inhibited_from=inhibited_from)
             targets = [] if why else [r for r in routes if r.accepts(alert.severity, project)]
             if not why and not targets:
                 why = "no notifier accepts it"
@@ -86,7 +94,7 @@ def plan(
                 deliveries.setdefault(id(alert), []).extend(
                     (r.notifier.name, kind) for r in targets
                 )
-            step = alert.resolved_step if kind == "resolved" else alert.fired_step
+            told = told or why is None or why == "no notifier accepts it"
             events.append(
                 Event(
                     kind,
@@ -95,13 +103,13 @@ def plan(
                     alert.predictor,
                     alert.layer,
                     alert.severity,
-                    step if step is not None else alert.last_step,
+                    step,
                     alert.message or "",
                     notified=not why,
                     suppressed=why,
                 )
             )
-        if kinds and (why is None or why == "no notifier accepts it"):
+        if told:
             alert.last_notified_step = alert.last_step
             alert.dirty = True
     return deliveries, events

@@ -167,7 +167,7 @@ class AlertService:
             run_name=run.name,
             project=run.project,
             silenced=run_id in silenced,
-            inhibited=evaluator.inhibited(),
+            inhibited_from=evaluator.inhibited_from(),
             repeat_every_steps=self.config.engine.repeat_every_steps,
             routes=self.routes,
         )
