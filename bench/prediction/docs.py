@@ -271,15 +271,15 @@ and jumps against a layer's own history do not precede the explosions. σ1 growt
 
 **Still short of the issue's targets.** `gpt-lr-ramp-s1` (lr edge): its largest attention logit
 passes 50 at step 240 and peaks at 79 at step 250 (3.6× its value 50 steps earlier), then falls
-back to 23 by the explosion at step 350; the default set's first alert comes 20 steps after it
-(the eager set's level warns 100 ahead). `mlp-sgd-ramp` (SGD+momentum, lr ramp): the first sent
+back to 23 by the explosion at step 350; the default set's first forecast comes 20 steps after
+it, and `loss_exploded` 10 steps after it (the eager set's level warns 100 ahead). `mlp-sgd-ramp` (SGD+momentum, lr ramp): the first sent
 alert comes 5 steps after the explosion. Its twin ramps to a learning rate only
 15 % below the one this run explodes at, and survives; the signals that rise with the learning
 rate (σ1, the update ratio, the loss level) rise in both, and the ones that lead on this run
 (`sa_collapse`, `loss_spike`) also ring on stable runs. `mlp-sgd-const` (constant-lr SGD): σ1 creeps up at the same rate as in its stable twin
 and the loss jumps within one check interval; nothing recorded here foresees it.
-`gpt-head-ramp` (output logits): the first sent alert comes 78 steps after the explosion (8 in
-the eager set); `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
+`gpt-head-ramp` (output logits): the first sent forecast comes 78 steps after the explosion (8
+in the eager set), after `loss_exploded` (13); `log Z` and σ1 of `lm_head` rise in its stable twin too, and only `sa_collapse`
 (which rings on 10 of 11 stable runs) leads. The largest output logit (`probe.py`, retrained
 on a later session's machine) does not lead either: the divergent run's passes its twin's
 highest value (18.3, at step 310) only at step 260, 2 steps before its explosion. The two
