@@ -11,7 +11,7 @@ command trains them each time. They run 200 steps longer than the suite's runs, 
 What a run is, is what it did: *divergent* if it exploded (the suite's definition), else
 *stable*.
 
-python -m bench.prediction.fresh              # about 3½ minutes on one thread of our 2-core EPYC
+python -m bench.prediction.fresh              # about 4 minutes on one thread of our 2-core EPYC
 python -m bench.prediction.fresh --no-write   # print only
 """
 
@@ -156,7 +156,7 @@ mechanisms but the operator's mistake is trained again at seeds {" and ".join(ma
 (the suite used 0 and 1) and at several peak (or constant) learning rates: runs that no rule was
 tuned on, trained each time the command runs (not recorded), each {EXTRA_STEPS} steps longer
 than the suite's run, at the peak. A run is *divergent* if it exploded, by the suite's
-definition, else *stable*. Reproduce: `python -m bench.prediction.fresh` (3½ minutes here, from
+definition, else *stable*. Reproduce: `python -m bench.prediction.fresh` (4 minutes here, from
 scratch).
 
 | suite run | fresh runs | learning rates |
