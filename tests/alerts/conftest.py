@@ -103,6 +103,16 @@ def write_steps(
         runs_store.touch(s, run_id, last_step=last, at=at)
 
 
+def in_chunks(scalars: dict, layer_rows: dict, size: int):
+    """``scalars`` and ``layer_rows`` (as :func:`write_steps` takes them) in consecutive chunks of
+    ``size`` steps from step 0, as a live run writes them."""
+    for start in range(0, max([*scalars, *layer_rows]) + 1, size):
+        yield (
+            {s: v for s, v in scalars.items() if start <= s < start + size},
+            {s: v for s, v in layer_rows.items() if start <= s < start + size},
+        )
+
+
 def finish_run(db: Database, run_id: int, *, at: datetime = T0, status: str = "finished") -> None:
     with db.session() as s:
         runs_store.finish(s, run_id, status=status, at=at)

@@ -13,7 +13,13 @@ from alerts.notifiers import ConsoleNotifier
 from alerts.service import AlertService
 from storage import alerts as store
 from storage import runs
-from tests.alerts.conftest import exploding_series, finish_run, make_run, write_steps
+from tests.alerts.conftest import (
+    exploding_series,
+    finish_run,
+    in_chunks,
+    make_run,
+    write_steps,
+)
 
 
 def live_alerts(db, run_id):
@@ -85,13 +91,8 @@ def test_live_equals_backtest_on_sqlite_and_postgresql(db, clock):
     scalars, layers = exploding_series(steps=300, blowup=180)
     run_id = make_run(db, layers=["fc", "ln_out"])
     out = io.StringIO()
-    for start in range(0, 300, 40):
-        write_steps(
-            db,
-            run_id,
-            {s: v for s, v in scalars.items() if start <= s < start + 40},
-            {s: v for s, v in layers.items() if start <= s < start + 40},
-        )
+    for chunk_scalars, chunk_layers in in_chunks(scalars, layers, 40):
+        write_steps(db, run_id, chunk_scalars, chunk_layers)
         # A restarted service each time: state comes from the database only.
         AlertService(db, parse_config({}), [ConsoleNotifier(stream=out)], clock=clock).tick()
     finish_run(db, run_id)

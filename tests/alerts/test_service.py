@@ -10,7 +10,13 @@ from alerts.config import parse_config
 from alerts.notifiers import ConsoleNotifier, Route
 from alerts.service import AlertService
 from storage import alerts as store
-from tests.alerts.conftest import exploding_series, finish_run, make_run, write_steps
+from tests.alerts.conftest import (
+    exploding_series,
+    finish_run,
+    in_chunks,
+    make_run,
+    write_steps,
+)
 
 
 class Recorder(ConsoleNotifier):
@@ -130,13 +136,8 @@ def test_a_loss_that_explodes_and_stays_finite_inhibits_weaker_alerts_too(sqlite
     svc, rec = service(sqlite_db, clock)
     run = make_run(sqlite_db, layers=["fc", "ln_out"])
     events = []
-    for start in range(0, 400, 20):
-        write_steps(
-            sqlite_db,
-            run,
-            {s: v for s, v in scalars.items() if start <= s < start + 20},
-            {s: v for s, v in layers.items() if start <= s < start + 20},
-        )
+    for chunk_scalars, chunk_layers in in_chunks(scalars, layers, 20):
+        write_steps(sqlite_db, run, chunk_scalars, chunk_layers)
         events += svc.tick()
     told = {(e.predictor, e.kind): e for e in events if e.notified}
     exploded = told["loss_exploded", "firing"].step
@@ -153,13 +154,8 @@ def test_warnings_before_the_explosion_are_told_and_ordered(sqlite_db, clock):
     scalars, layers = exploding_series(steps=300, blowup=200)
     svc, rec = service(sqlite_db, clock)
     run = make_run(sqlite_db, layers=["fc", "ln_out"])
-    for start in range(0, 300, 20):
-        write_steps(
-            sqlite_db,
-            run,
-            {s: v for s, v in scalars.items() if start <= s < start + 20},
-            {s: v for s, v in layers.items() if start <= s < start + 20},
-        )
+    for chunk_scalars, chunk_layers in in_chunks(scalars, layers, 20):
+        write_steps(sqlite_db, run, chunk_scalars, chunk_layers)
         svc.tick()
     finish_run(sqlite_db, run)
     svc.tick()
@@ -191,15 +187,10 @@ def test_restart_resumes_and_sends_nothing_twice(sqlite_db, clock):
     scalars, layers = exploding_series(steps=300, blowup=200)
     run = make_run(sqlite_db, layers=["fc", "ln_out"])
     sent: list[str] = []
-    for start in range(0, 300, 30):
+    for chunk_scalars, chunk_layers in in_chunks(scalars, layers, 30):
         # A fresh service (a restarted scheduler) for every chunk of data.
         svc, rec = service(sqlite_db, clock)
-        write_steps(
-            sqlite_db,
-            run,
-            {s: v for s, v in scalars.items() if start <= s < start + 30},
-            {s: v for s, v in layers.items() if start <= s < start + 30},
-        )
+        write_steps(sqlite_db, run, chunk_scalars, chunk_layers)
         svc.tick()
         svc.tick()  # a second tick with no new data sends nothing
         sent += rec.subjects
