@@ -15,16 +15,12 @@ from typing import NoReturn
 import pytest
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
 def missing(reason: str) -> NoReturn:
     """Skip the test (or, called at import, its module) for ``reason``, or fail it in CI.
 
     >>> missing("no Chromium at /usr/bin/chromium")  # doctest: +SKIP
     """
-    if _in_ci():
+    if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: every part the tests use is required)")
     pytest.skip(reason, allow_module_level=True)
 
