@@ -32,16 +32,18 @@ class Candidate:
         return parse_config({"predictors": rules})
 
 
-_DIV = (0.01, 0.5, 0.1)
-"""The shipped ``diverging`` setting (rate, fraction of layers, nats), marked in the table."""
+def _shipped(rule: str, *keys: str) -> tuple:
+    """The shipped defaults of ``rule``'s parameters ``keys``, to mark its candidate in the table."""
+    return tuple(PREDICTORS[rule].params[k] for k in keys)
+
+
+_DIV = _shipped("diverging", "max_rate", "min_layers", "min_loss_rise")
 _DIV_EAGER = (0.01, 0.1, 0.2)
-"""The eager rule set's ``diverging`` setting."""
+"""The eager rule set's ``diverging`` setting (rate, fraction of layers, nats)."""
 _ATTENTION_LEVEL = 50.0
 """The eager rule set's ``attention_logits`` level (the level alone, 2 checks in a row)."""
-_ATTENTION_GROWTH = (10.0, 50)
-"""The shipped ``attention_logits`` growth (factor, steps)."""
-_RANK = (0.005, 0.5, 0.2)
-"""The shipped ``rank_collapse`` setting (rate of fall, fraction of layers, nats)."""
+_ATTENTION_GROWTH = _shipped("attention_logits", "min_growth", "growth_steps")
+_RANK = _shipped("rank_collapse", "max_rate", "min_layers", "min_loss_rise")
 
 TUNED = {
     "diverging": "diverging",
