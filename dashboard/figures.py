@@ -116,7 +116,7 @@ def scalars_figure(
     ``severity``, ``state``, ``first_step``, ``fired_step`` and ``message``: each is a marker
     on the first chart at the step it fired (hover shows it) and a dotted line across all.
     ``log_y`` names the keys drawn on a log axis; by default those whose positive values span
-    more than three decades (an exploded loss would flatten everything before it).
+    more than two decades (an exploded loss would flatten everything before it).
 
     >>> scalars_figure(series.scalar_frame(db, run.id), alerts=list_alerts(db, run_id=run.id))  # doctest: +SKIP
     """
@@ -177,7 +177,7 @@ def scalars_figure(
     return _base_layout(fig, None, height_per_row * len(keys) + 60)
 
 
-def _spans_decades(values: list[float], decades: float = 3.0) -> bool:
+def _spans_decades(values: list[float], decades: float = 2.0) -> bool:
     if not values or min(values) <= 0:
         return False
     return math.log10(max(values) / min(values)) > decades

@@ -1,35 +1,48 @@
 """Small readings of query results that the pages put into words (pure; no Streamlit).
 
 >>> from storage.series import LayerMatrix
->>> m = LayerMatrix("sa_imbalance", ["a", "b"], [0, 10, 20], [[0.1, 0.2, 0.9], [0.1, 0.8, 0.9]])
->>> first_crossings(m, 0.5)
-[('b', 10), ('a', 20)]
+>>> steps = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+>>> m = LayerMatrix("sa_imbalance", ["a", "b"], steps, [[0.1] * 10 + [0.9], [0.95] * 11])
+>>> first_collapses(m)
+[('a', 100)]
 """
 
 from __future__ import annotations
 
 import math
 
-COLLAPSE_D = 0.5
-"""SA imbalance at which the run page calls a layer's distribution collapsed (display only)."""
+from alerts.predictors.base import Observation
+from alerts.predictors.sa import PARAMS as SA_COLLAPSE_PARAMS
+from alerts.predictors.sa import sa_collapse
+from storage.entities import LayerStat
 
 
-def first_crossings(matrix, threshold: float = COLLAPSE_D) -> list[tuple[str, int]]:
-    """(layer, first step) for each layer whose value reaches ``threshold``, earliest first,
-    ties in model order. Non-finite values do not count (see :func:`first_nonfinite`)."""
-    return _first(matrix, lambda v: math.isfinite(v) and v >= threshold)
+def first_collapses(matrix) -> list[tuple[str, int]]:
+    """(layer, first step) for each layer whose SA imbalance collapsed against its own
+    baseline, as the ``sa_collapse`` predictor judges it at its defaults, earliest first, ties
+    in model order. An absolute level would name layers that are one-signed from the start
+    (D near 1 after a LayerNorm or GELU is normal), which says nothing about trouble."""
+    memory: dict = {}
+    found: dict[str, int] = {}
+    for j, step in enumerate(matrix.steps):
+        layers = {
+            name: LayerStat(step, name, sa_imbalance=row[j])
+            for name, row in zip(matrix.layers, matrix.z, strict=True)
+            if row[j] is not None
+        }
+        for verdict in sa_collapse(Observation(step, layers=layers), memory, SA_COLLAPSE_PARAMS):
+            if verdict.holds and verdict.layer not in found:
+                found[verdict.layer] = step
+    order = {name: i for i, name in enumerate(matrix.layers)}
+    return sorted(found.items(), key=lambda item: (item[1], order[item[0]]))
 
 
 def first_nonfinite(matrix) -> list[tuple[str, int]]:
     """(layer, first step) for each layer with a NaN or ±Inf, earliest first."""
-    return _first(matrix, lambda v: not math.isfinite(v))
-
-
-def _first(matrix, hit) -> list[tuple[str, int]]:
     found = []
     for order, (name, row) in enumerate(zip(matrix.layers, matrix.z, strict=True)):
         for step, value in zip(matrix.steps, row, strict=True):
-            if value is not None and hit(value):
+            if value is not None and not math.isfinite(value):
                 found.append((step, order, name))
                 break
     return [(name, step) for step, _, name in sorted(found)]
@@ -37,9 +50,9 @@ def _first(matrix, hit) -> list[tuple[str, int]]:
 
 def default_layer(matrix, layers: list[str]) -> str | None:
     """The layer to show first: the earliest to collapse, else the most imbalanced, else the first."""
-    crossings = first_crossings(matrix)
-    if crossings:
-        return crossings[0][0]
+    collapses = first_collapses(matrix)
+    if collapses:
+        return collapses[0][0]
     best, best_value = None, -1.0
     for name, row in zip(matrix.layers, matrix.z, strict=True):
         values = [v for v in row if v is not None and math.isfinite(v)]

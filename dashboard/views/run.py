@@ -141,16 +141,17 @@ def body() -> None:
         theme=None,
         key="sa_heatmap",
     )
+    collapses = insights.first_collapses(sa_grid)
     for label, found in (
-        (f"First to collapse (D ≥ {insights.COLLAPSE_D})", insights.first_crossings(sa_grid)),
+        ("First to collapse against their own baseline", collapses),
         ("First non-finite", insights.first_nonfinite(sa_grid)),
     ):
         if found:
             listed = ", ".join(f"`{name}` at step {step}" for name, step in found[:5])
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""
             st.caption(f"{label}: {listed}{more}.")
-    if sa_grid.steps and not insights.first_crossings(sa_grid):
-        st.caption(f"No layer has reached D ≥ {insights.COLLAPSE_D}.")
+    if sa_grid.steps and not collapses:
+        st.caption("No layer's SA signs collapsed against its own baseline.")
 
     if layers:
         suggested = params.get("layer") or insights.default_layer(sa_grid, layers)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 from sample_runs import LAYERS, add_alerts, write_run
 
 from dashboard import figures, insights
 from storage import Database, series
 from storage.alerts import list_alerts
+from storage.series import LayerMatrix
 
 
 @pytest.fixture
@@ -70,7 +72,21 @@ def test_sa_heatmap_layers_in_model_order_and_collapse_visible(db, exploded):
     assert heat.type == "heatmap" and list(heat.y) == LAYERS
     assert fig.layout.yaxis.autorange == "reversed"
     assert max(v for v in heat.z[4] if v is not None) > 0.9
-    assert insights.first_crossings(grid)[0] == ("blocks.1.attn.proj", 160)
+    assert insights.first_collapses(grid)[0] == ("blocks.1.attn.proj", 160)
+
+
+def test_collapse_is_judged_against_each_layers_own_baseline():
+    # After a LayerNorm or GELU a layer's SA signs can be one-sided from the start: that layer
+    # is not "first to collapse"; one that goes from mixed to one-sided is.
+    steps = list(range(0, 200, 10))
+    grid = LayerMatrix(
+        "sa_imbalance",
+        ["after_norm", "drifting"],
+        steps,
+        [[0.95] * 20, [0.1] * 15 + [0.9] * 5],
+    )
+    assert insights.first_collapses(grid) == [("drifting", 150)]
+    assert insights.default_layer(grid, grid.layers) == "drifting"
 
 
 def test_heatmap_of_norms_is_log_coloured_and_non_finite_cells_are_marked(db):
@@ -142,7 +158,7 @@ def test_real_exploded_run_loss_on_log_axis_with_non_finite_marks(real_dbs):
     assert nonfinite and all(step > 50 for _, step in nonfinite)
     assert all(
         name not in dict(nonfinite) or step < dict(nonfinite)[name]
-        for name, step in insights.first_crossings(grid)
+        for name, step in insights.first_collapses(grid)
     )
     db.dispose()
 
@@ -152,3 +168,14 @@ def test_alerts_of_one_run_get_their_own_lanes(db, exploded):
     fig = figures.alerts_timeline(rows)
     lanes = {y for t in fig.data for y in t.y if y}
     assert lanes == {"exploded · sa_collapse · blocks.1.attn.proj", "exploded · loss_spike"}
+
+
+def test_loss_that_explodes_a_few_hundredfold_gets_a_log_axis():
+    # The demo's loss: ~2 while it trains, then hundreds after it explodes. On a linear axis
+    # the healthy part (where the warnings are) is a flat line at 0.
+    def frame(peak):
+        values = [2.5 - i / 200 for i in range(200)] + [2.0 * peak] * 10
+        return pd.DataFrame({"step": range(len(values)), "key": "loss", "value": values})
+
+    assert figures.scalars_figure(frame(500), keys=["loss"]).layout.yaxis.type == "log"
+    assert figures.scalars_figure(frame(20), keys=["loss"]).layout.yaxis.type != "log"
