@@ -24,12 +24,12 @@ def _start_alerts(db: Database, config_path: str | None, stop: threading.Event):
         return None
     from tripwire.commands.alerts import load_config_or_exit, routes_or_exit
 
-    config = load_config_or_exit(config_path)
+    source = find_config(config_path)  # found once: what is loaded is what is printed
+    config = load_config_or_exit(source)
     routes = routes_or_exit(config)
     if not any(isinstance(r.notifier, ConsoleNotifier) for r in routes):
         routes.insert(0, Route(ConsoleNotifier()))  # the demo's terminal shows the alerts anyway
     service = AlertService(db, config, routes)
-    source = find_config(config_path)
     click.echo(
         f"Alerts: rules from {source if source else 'the built-in defaults'}; "
         f"notifiers: {', '.join(service.notifiers)}"
