@@ -296,7 +296,7 @@ def log_cost(calls: int, tmp: Path) -> dict:
     return out
 
 
-def report(results: list[dict], logs: dict, device: str, rounds: int) -> str:
+def report(results: list[dict], logs: dict, device: str, rounds: int, log_calls: int) -> str:
     parts = [
         f"Measured on {machine(device)}. Command: `python -m bench.check_cost --device {device}`."
     ]
@@ -344,8 +344,9 @@ def report(results: list[dict], logs: dict, device: str, rounds: int) -> str:
                 ],
             )
         )
+    calls = f"{log_calls:,}".replace(",", " ")
     parts.append(
-        "**`Monitor.log()` on a non-check step** (best of 3 × 100 000 calls):\n\n"
+        f"**`Monitor.log()` on a non-check step** (best of 3 × {calls} calls):\n\n"
         + table(["call", "µs per call"], [[k, fmt_us(v)] for k, v in logs.items()])
     )
     return "\n\n".join(parts)
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         logs = log_cost(args.log_calls, tmp)
     emit(
         f"Check cost ({args.device})",
-        report(results, logs, args.device, args.rounds),
+        report(results, logs, args.device, args.rounds, args.log_calls),
         write=not args.no_write,
     )
     return {"results": results, "log": logs}
