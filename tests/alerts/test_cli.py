@@ -63,6 +63,20 @@ def test_evaluate_json_lists_alerts_and_writes_nothing(runner, exploded):
     assert missing.exit_code == 1 and "no run named 'nope'" in missing.output
 
 
+def test_evaluate_min_severity_leaves_out_weaker_alerts(runner, exploded):
+    def severities(*extra):
+        result = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return {r["severity"] for r in json.loads(result.output)}
+
+    assert severities() >= {"info", "critical"}
+    warnings_up = severities("--min-severity", "warning")
+    assert "critical" in warnings_up and "info" not in warnings_up
+    assert severities("--min-severity", "critical") == {"critical"}
+    bad = runner.invoke(cli, ["evaluate", "--db", exploded.url, "--min-severity", "loud"])
+    assert bad.exit_code == 2 and "'loud' is not one of" in bad.output
+
+
 def test_evaluate_uses_the_config_file(runner, exploded, tmp_path):
     (tmp_path / "tripwire.toml").write_text(
         "[predictors.non_finite]\nenabled = false\n[predictors.sa_collapse]\nenabled = false\n"

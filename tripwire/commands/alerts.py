@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import click
 
+from storage.alerts import SEVERITIES
 from tripwire.options import UserError, config_option, db_option
 
 HINT = "pip install 'tripwire[alerts]'"
@@ -104,8 +105,17 @@ def _json_safe(value):  # noqa: ANN001
 @click.option(
     "--run", "run_name", default=None, metavar="NAME", help="Only this run (name or uid)."
 )
+@click.option(
+    "--min-severity",
+    type=click.Choice(SEVERITIES),
+    default="info",
+    show_default=True,
+    help="Leave out weaker alerts ('warning' leaves out the dashboard-only 'info' ones).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of alerts.")
-def evaluate_command(db_url: str | None, config_path: str | None, run_name, as_json: bool) -> None:  # noqa: ANN001
+def evaluate_command(
+    db_url: str | None, config_path: str | None, run_name, min_severity: str, as_json: bool
+) -> None:  # noqa: ANN001
     """Replay stored runs through the predictors (a backtest) and list the alerts.
 
     Uses the same engine as the scheduler; writes nothing.
@@ -116,9 +126,12 @@ def evaluate_command(db_url: str | None, config_path: str | None, run_name, as_j
 
     db = _database(db_url)
     targets = [runs.find_run(db, run_name)] if run_name else runs.list_runs(db)
+    weakest = SEVERITIES.index(min_severity)
     found = []
     for run in reversed(targets):  # oldest first
-        found += evaluate_run(db, run, config)
+        found += [
+            a for a in evaluate_run(db, run, config) if SEVERITIES.index(a.severity) >= weakest
+        ]
     if as_json:
         rows = [{k: _json_safe(v) for k, v in a.as_dict().items()} for a in found]
         click.echo(json.dumps(rows, indent=2))
