@@ -169,12 +169,15 @@ SUITE: list[RunSpec] = [
         opt=_SGD,
         twin="mlp-sgd-safe",
     ),
+    # Its peak was 0.3 until 2026-11-29: the ramp reached it on the last step, and held there
+    # it explodes at step 592 (`python -m bench.prediction.held`); held 400 steps, 0.25
+    # explodes too at seeds 0 and 2 (steps 692, 663) and 0.2 trains on at seeds 0-2.
     RunSpec(
         "mlp-sgd-safe",
         STABLE,
         "mlp",
         "sgd-momentum",
-        Schedule(0.01, ramp_start=200, ramp_steps=200, peak=0.3),
+        Schedule(0.01, ramp_start=200, ramp_steps=200, peak=0.2),
         optimizer="sgd",
         opt=_SGD,
         twin="mlp-sgd-ramp",

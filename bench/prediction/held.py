@@ -1,0 +1,94 @@
+"""Are the suite's stable runs stable? Each trained again with its last learning rate held longer.
+
+A stable run is scored over its recorded steps: an alert on it is a false alarm. That is only
+fair if the run would have trained on. A ramp that ends at its peak on its last step says
+nothing about the peak itself, so this command trains every stable run of the suite again (not
+recorded, no collector) with its schedule's last learning rate held ``HOLD`` more steps, and
+prints whether and where it explodes (the suite's definition) and how far its loss drifted
+above the best of its recorded steps (20-step means).
+
+python -m bench.prediction.held              # about 2 minutes on one thread, writes the docs
+python -m bench.prediction.held --no-write   # print only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+
+from bench.common import write_section
+from bench.prediction.runs import STABLE, SUITE, RunSpec, train
+from tripwire.demo_training import explosion_step
+
+TITLE = "Prediction: stable runs held longer"
+HOLD = 400
+MEAN_OF = 20
+
+
+def last_lr(spec: RunSpec) -> str:
+    """The learning rate (or rates) the run ends on, and so keeps while held."""
+    rates = [f"{spec.schedule.at(spec.steps - 1):.3g}"]
+    if spec.focus:
+        rates.append(f"{spec.focus} {spec.focus_schedule.at(spec.steps - 1):.3g}")
+    return ", ".join(rates)
+
+
+def hold(spec: RunSpec, extra: int = HOLD) -> tuple[int | None, float]:
+    """Train ``spec`` ``extra`` steps longer; its explosion step (or None) and the largest
+    finite 20-step mean loss after its recorded steps minus the lowest one within them."""
+    losses = train(dataclasses.replace(spec, steps=spec.steps + extra))
+    means = [
+        statistics.fmean(losses[i : i + MEAN_OF])
+        for i in range(0, len(losses) - MEAN_OF + 1, MEAN_OF)
+    ]
+    recorded = spec.steps // MEAN_OF
+    after = [m for m in means[recorded:] if math.isfinite(m)]
+    drift = max(after, default=math.nan) - min(means[:recorded])
+    return explosion_step(losses), drift
+
+
+def section(rows: list[tuple[RunSpec, int | None, float]]) -> str:
+    lines = "\n".join(
+        f"| {spec.name} | {spec.steps} | {last_lr(spec)} | "
+        f"{'trains on' if at is None else f'**explodes at {at}**'} | "
+        f"{'–' if math.isnan(drift) else f'{drift:+.2f}'} |"
+        for spec, at, drift in rows
+    )
+    return f"""
+Every stable run of the suite trained again with the learning rate it ends on held {HOLD} more
+steps (same seed, not recorded). Reproduce: `python -m bench.prediction.held`. *Loss drift*:
+the highest finite {MEAN_OF}-step mean loss after the recorded steps minus the lowest one within
+them (nats).
+
+| stable run | recorded steps | last learning rate (held) | held {HOLD} more steps | loss drift |
+|---|---|---|---|---|
+{lines}
+
+Until 2026-11-29 `mlp-sgd-safe` ramped to 0.3: held at the 0.295 it ended on, it exploded at
+step 592 (this command, on the Intel Xeon of that day), a divergent run cut short at step 400.
+It was replaced by the ramp to 0.2 above ([the suite](#the-suite)).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.prediction.held", description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    args = parser.parse_args(argv)
+    rows = []
+    for spec in (s for s in SUITE if s.kind == STABLE):
+        at, drift = hold(spec)
+        print(f"{spec.name}: {'trains on' if at is None else at}", file=sys.stderr, flush=True)
+        rows.append((spec, at, drift))
+    body = section(rows)
+    print(body)
+    if not args.no_write:
+        write_section(TITLE, body)
+        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
