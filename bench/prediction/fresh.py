@@ -240,6 +240,9 @@ corrected (which changes only the calibrated row); the tables above are the AMD 
   nat (four q/k/v runs, the lr ramp at 0.06 seed 2, both Adam MLPs at 0.03), and one on the lr
   ramp at 0.06 seed 3 (`diverging` and `sigma_surge` at step 330), whose loss rose 0.22 nat at
   most: a false alarm by any reading. It is silent on the nine others (loss within 0.45 nat).
+- Trained again with the learning rate they end on held 400 steps longer (`python -m
+  bench.prediction.held --fresh NAMES`), none of those eight explodes; their highest 20-step mean
+  loss ends 0.10–0.65 nat above their best. So they are false alarms in fact, not early ones.
 
 The sent rules that fired on any of these runs, alone:
 

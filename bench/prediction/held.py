@@ -9,6 +9,7 @@ above the best of its recorded steps (20-step means).
 
 python -m bench.prediction.held              # about 2 minutes on one thread, writes the docs
 python -m bench.prediction.held --no-write   # print only
+python -m bench.prediction.held --fresh fresh-qkv-0.2-s2,fresh-lr-0.06-s3   # fresh runs, print only
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import statistics
 import sys
 
 from bench.common import write_section
+from bench.prediction.fresh import fresh_runs
 from bench.prediction.runs import STABLE, SUITE, RunSpec, train
 from tripwire.demo_training import explosion_step
 
@@ -50,22 +52,27 @@ def hold(spec: RunSpec, extra: int = HOLD) -> tuple[int | None, float]:
     return explosion_step(losses), drift
 
 
-def section(rows: list[tuple[RunSpec, int | None, float]]) -> str:
+def table(rows: list[tuple[RunSpec, int | None, float]]) -> str:
+    """One row per held run: its length, the rate it keeps, whether it explodes, its drift."""
     lines = "\n".join(
         f"| {spec.name} | {spec.steps} | {last_lr(spec)} | "
         f"{'trains on' if at is None else f'**explodes at {at}**'} | "
         f"{'–' if math.isnan(drift) else f'{drift:+.2f}'} |"
         for spec, at, drift in rows
     )
+    return f"""| run | recorded steps | last learning rate (held) | held {HOLD} more steps | loss drift |
+|---|---|---|---|---|
+{lines}"""
+
+
+def section(rows: list[tuple[RunSpec, int | None, float]]) -> str:
     return f"""
 Every stable run of the suite trained again with the learning rate it ends on held {HOLD} more
 steps (same seed, not recorded). Reproduce: `python -m bench.prediction.held`. *Loss drift*:
 the highest finite {MEAN_OF}-step mean loss after the recorded steps minus the lowest one within
 them (nats).
 
-| stable run | recorded steps | last learning rate (held) | held {HOLD} more steps | loss drift |
-|---|---|---|---|---|
-{lines}
+{table(rows)}
 
 Until 2026-11-29 `mlp-sgd-safe` ramped to 0.3: held at the 0.295 it ended on, it exploded at
 step 592 (this command, on the Intel Xeon of that day), a divergent run cut short at step 400.
@@ -76,15 +83,27 @@ It was replaced by the ramp to 0.2 above ([the suite](#the-suite)).
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.prediction.held", description=__doc__)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument(
+        "--fresh",
+        metavar="NAMES",
+        help="hold these runs of bench.prediction.fresh instead (print only)",
+    )
     args = parser.parse_args(argv)
+    if args.fresh:
+        names = args.fresh.split(",")
+        runs = [r for r in fresh_runs() if r.name in names]
+        if len(runs) != len(names):
+            parser.error(f"not fresh runs: {sorted(set(names) - {r.name for r in runs})}")
+    else:
+        runs = [s for s in SUITE if s.kind == STABLE]
     rows = []
-    for spec in (s for s in SUITE if s.kind == STABLE):
+    for spec in runs:
         at, drift = hold(spec)
         print(f"{spec.name}: {'trains on' if at is None else at}", file=sys.stderr, flush=True)
         rows.append((spec, at, drift))
-    body = section(rows)
+    body = table(rows) if args.fresh else section(rows)
     print(body)
-    if not args.no_write:
+    if not args.no_write and not args.fresh:
         write_section(TITLE, body)
         print("(written to docs/benchmarks.md)", file=sys.stderr)
     return 0
