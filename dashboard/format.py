@@ -4,6 +4,8 @@
 '1h 02m'
 >>> health_badge({"critical": 1, "warning": 2, "info": 0, "pending": 0})
 '1 critical · 2 warning'
+>>> most_severe({"critical": 0, "warning": 2, "info": 17, "pending": 0})
+'2 warning'
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def health_badge(row: dict) -> str:
         if row.get(key, 0)
     ]
     return " · ".join(parts) if parts else "ok"
+
+
+def most_severe(row: dict) -> str:
+    """The first part of :func:`health_badge`: short enough for a metric tile."""
+    return health_badge(row).split(" · ")[0]
 
 
 def number(value: float | None, digits: int = 4) -> str:

@@ -75,6 +75,10 @@ def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
     scalars = at.get("plotly_chart")[0].proto.spec
     assert "non_finite" in scalars and "critical alert" in scalars
     assert at.title[0].value == "exploded"
+    alerts_tile = next(m for m in at.metric if m.label == "open alerts")
+    # the most severe count fits the tile; the whole breakdown is its tooltip
+    assert alerts_tile.value.endswith(" critical") and " · " not in alerts_tile.value
+    assert alerts_tile.proto.help.startswith(alerts_tile.value + " · ")
 
 
 def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
