@@ -111,7 +111,24 @@ def outcome(spec: RunSpec, explosion: int | None, alerts: list[BacktestAlert]) -
         return RunOutcome(
             spec.name, spec.kind, None, before[0] if before else None, after[0] if after else None
         )
+    if spec.kind == DIVERGENT and explosion is not None:
+        return RunOutcome(spec.name, spec.kind, explosion, _first_warning(alerts, explosion))
     return RunOutcome(spec.name, spec.kind, explosion, steps[0] if steps else None)
+
+
+def _first_warning(alerts: list[BacktestAlert], explosion: int) -> int | None:
+    """The earliest firing of an alert still open ``MIN_LEAD`` steps before the explosion;
+    else the first firing after that (late); None if nothing fired then. An alert that fired
+    and resolved long before is no warning: on-call saw it end."""
+    deadline = explosion - MIN_LEAD
+    standing = [
+        a.step
+        for a in alerts
+        if a.step <= deadline and (a.resolved_step is None or a.resolved_step > deadline)
+    ]
+    if standing:
+        return min(standing)
+    return min((a.step for a in alerts if a.step > deadline), default=None)
 
 
 def score_suite(

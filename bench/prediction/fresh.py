@@ -156,8 +156,8 @@ mechanisms but the operator's mistake is trained again at seeds {" and ".join(ma
 (the suite used 0 and 1) and at several peak (or constant) learning rates: runs that no rule was
 tuned on, trained each time the command runs (not recorded), each {EXTRA_STEPS} steps longer
 than the suite's run, at the peak. A run is *divergent* if it exploded, by the suite's
-definition, else *stable*. Reproduce: `python -m bench.prediction.fresh` (4 minutes here, from
-scratch).
+definition, else *stable*. Reproduce: `python -m bench.prediction.fresh` (about 4 minutes from
+scratch on the AMD EPYC).
 
 | suite run | fresh runs | learning rates |
 |---|---|---|
@@ -167,82 +167,65 @@ scratch).
 
 {per_run(scores)}
 
-What they show (the figures in this paragraph are from the run of 2026-11-29 on this project's
-2-core AMD EPYC, CPU family 26; another CPU rounds differently and its runs drift):
+What they show (the tables above and these figures are from the run of 2026-11-29 on this
+project's 2-core Intel Xeon; another CPU rounds differently and its runs drift). A warning
+counts if its alert is still open 5 steps before the explosion. The same command on an AMD EPYC
+earlier that day, counting the first alert however long before it had ended, and with
+`mlp-sgd-safe` still ramping to 0.3 for the calibrated row, gave:
+
+| 42 fresh runs on the AMD EPYC (24 explode, 18 do not), first alert counted | warned ≥5 ahead | median lead | alarms on runs that did not explode |
+|---|---|---|---|
+| default rule set | 13/24 | 46 steps | 8/18 |
+| eager rule set | 15/24 | 45 steps | 14/18 |
+| all rules, calibrated on the suite's stable runs | 14/24 | 58 steps | 9/18 |
 
 - **Near the edge, whether a run explodes depends on the seed and on the machine** as much as on
-  the learning rate. Five of the first three families' 24 runs ended the other way on an
-  earlier session's CPU (also an AMD EPYC): the q/k/v ramps at 0.3 seed 3 and at 1.0 seed 2
-  exploded there and train on here; the lr ramp at 0.06 seed 3 and both SGD MLPs at 0.3 trained
-  on there and explode here.
-- The **default set warns on 13 of the 24 explosions**, median lead 46 steps. Mechanism by
+  the learning rate. 5 of the 42 runs ended the other way on the two CPUs: the q/k/v ramps at
+  0.2 and 0.3 seed 3 and at 1.0 seed 2 explode here and trained on on the AMD EPYC; the q/k/v
+  ramp at 0.6 seed 3 and the lr ramp at 0.06 seed 3 train on here and exploded there. (Between
+  two sessions on AMD EPYCs, 5 of the first 24 flipped too.)
+- The **default set warns on 13 of the 25 explosions**, median lead 32 steps. Mechanism by
   mechanism:
-  - q/k/v ramp: both explosions, 85 and 98 steps ahead (`attention_logits`);
-  - GPT learning-rate ramp: all three, 23–279 steps ahead;
-  - Adam MLP: all four, 31–46 steps ahead (`diverging`, `rank_collapse`);
-  - SGD MLP ramp: three of six, 6–166 steps ahead; late on the other three;
+  - q/k/v ramp: 3 of 4, 68–98 steps ahead (`attention_logits`); 19 steps late on the run at
+    0.2, whose attention logit grew 8.5× in 50 steps, under the rule's 10×;
+  - GPT learning-rate ramp: both, 49 and 54 steps ahead;
+  - SGD MLP ramp: 4 of 6, 8–26 steps ahead (mostly `rank_collapse`). On the run at 0.3 seed 2,
+    `rank_collapse` and `diverging` rang 160–170 steps before its explosion at step 570 and
+    ended long before it: late by this page's rule (a "170-step lead" by the first alert);
+  - Adam MLP: all four, 22–38 steps ahead (`diverging`, `rank_collapse`);
   - output layer without weight decay: **none of five**; `loss_exploded` tells of each 17–19
     steps after it explodes (the eager set is late on all five too). As on the suite's
-    `gpt-head-ramp`, nothing recorded separates them in time: the output layer's σ1 grows 0.5–1 %/step from step 200 on, but
-    about as fast in the run at 1.0 that trains on (seed 2 at 5.0 against 1.0, step by step);
-  - SGD MLP at a constant learning rate: one of four, by a `sigma_surge` at step 110, in early
-    training, 153 steps before: a coincidence rather than foresight (as on the suite's
-    `mlp-sgd-const-hi`); late on the other three.
-- The eager set warns on 15 of the 24, median lead 45: two more SGD MLP ramps, 5 and 12 steps
-  ahead.
-- The **default set rings on 8 of the 18 runs that did not explode, and each of the 8 is a run
-  whose smoothed loss went on to climb 0.53–0.76 nat above its minimum and stay there**: five
-  q/k/v runs (`attention_logits` at steps 250–270, when the loss was 0.03–0.17 nat up), the lr
-  ramp at 0.06 seed 2 (`diverging` at step 350) and both Adam MLPs at 0.03 (step 390, 0.33–0.40
-  nat up). It is silent on all ten whose loss stayed within 0.46 nat of its minimum. Stable by
-  the suite's definition, so false alarms in the table, but runs a person would want to look
-  at. (On the earlier session's CPU two of its alarms were on GPT lr runs whose loss rose 0.25
-  nat at most: false alarms by any reading.)
-- The **eager set rings on 14 of the 18**: every q/k/v run (the attention logit's level alone,
-  at steps 240–330, the loss 0.01–0.09 nat up), including the five whose loss stayed within
-  0.11–0.46 nat; the three other runs the default set rings on; and the output-layer run at 1.0
-  that trained on (its loss 0.45 nat up at most).
+    `gpt-head-ramp`, nothing recorded separates them in time: the output layer's σ1 grows
+    0.5–1 %/step from step 200 on, but about as fast in the run at 1.0 that trains on (checked
+    step by step on the AMD EPYC, seed 2 at 5.0 against 1.0);
+  - SGD MLP at a constant learning rate: none of four (on the AMD EPYC one, by a `sigma_surge`
+    in early training that ended long before: a coincidence, and no longer counted).
+- The eager set warns on 13 of the 25 too, earlier where it does (median 38): every q/k/v
+  explosion (88–115 ahead), but three SGD ramps instead of four.
+- The **default set rings on 8 of the 17 runs that did not explode**. Seven are runs whose
+  smoothed loss climbed 0.50–0.70 nat above its minimum: four q/k/v runs (`attention_logits` at
+  steps 260–270), the lr ramp at 0.06 seed 2 and both Adam MLPs at 0.03 (steps 380–390). One is
+  the lr ramp at 0.06 seed 3 (`diverging` and `sigma_surge` at step 330), whose loss rose 0.22
+  nat at most: a false alarm by any reading. It is silent on the nine others (loss within 0.45
+  nat). Trained again with the learning rate they end on held 400 steps longer (`python -m
+  bench.prediction.held --fresh NAMES`), none of the eight explodes; their highest 20-step mean
+  loss ends 0.10–0.65 nat above their best. So they are false alarms in fact, not early ones.
+- The **eager set rings on 13 of the 17**: every q/k/v run that did not explode (the attention
+  logit's level alone, at steps 240–320), including the four whose loss stayed within 0.11–0.35
+  nat; the four other runs the default set rings on; and the output-layer run at 1.0 that
+  trained on.
 - **Calibrated on the suite's stable runs** (every predictor on, with the thresholds `tripwire
   calibrate` learns from the suite's seven stable GPT or four stable MLP runs: what a team does
-  once it has healthy runs of its model; here with `mlp-sgd-safe` still ramping to 0.3):
-  14 of the 24 warned, median lead 58, and it rang on 9
-  of the 18 that did not explode: the default set's eight and the q/k/v run at 0.2 seed 3, whose
-  loss rose 0.44 nat at most (`weight_growth` at step 340). It warns on one output-layer run, 6
-  steps ahead (`loss_spike`), and on the constant-rate SGD run at 0.25 seed 3 286 steps before it
-  explodes, by a `log_z_drift` at step 320 that says little about step 606. (This row found a
-  flaw in calibration, since fixed: on the healthy MLPs, whose gradient norms drift down, it
-  learned a `grad_norm_spike` z-threshold of 0.02, and the rule then rang on any 3× blip, at
-  step 220 of four seed-3 MLPs.)
+  once it has healthy runs of its model): 16 of the 25 warned, median lead 24, and it rang on 7
+  of the 17 that did not explode, all of them runs the default set rings on too. It warns on
+  all six SGD ramps and one output-layer run (6 steps ahead). (The AMD EPYC's run of this row
+  found a flaw in calibration, since fixed: on the healthy MLPs, whose gradient norms drift
+  down, it learned a `grad_norm_spike` z-threshold of 0.02, and the rule then rang on any 3×
+  blip.)
 - The attention growth rule's margin did not hold. On the suite no stable run's logit grew more
-  than 6.2× in 50 steps. Here five q/k/v runs that did not explode grew 14.1–31.9×, as much as
-  the two that did (16.7× and 20.5×). What the rule buys is silence on the runs that keep their
-  loss.
-
-**The same command on an Intel Xeon**, later the same day and after `mlp-sgd-safe` was
-corrected (which changes only the calibrated row); the tables above are the AMD EPYC's:
-
-| 42 fresh runs on the Intel Xeon (25 explode, 17 do not) | warned ≥5 ahead | median lead | late | alarms on runs that did not explode |
-|---|---|---|---|---|
-| default rule set | 14/25 | 35 steps | 11 | 8/17 |
-| eager rule set | 14/25 | 43.5 steps | 11 | 13/17 |
-| all rules, calibrated on the suite's stable runs | 16/25 | 28.5 steps | 9 | 7/17 |
-
-- 5 of the 42 runs ended the other way than on the AMD EPYC: the q/k/v ramps at 0.2 and 0.3
-  seed 3 and at 1.0 seed 2 explode here and trained on there; the q/k/v ramp at 0.6 seed 3 and
-  the lr ramp at 0.06 seed 3 train on here and exploded there.
-- The default set, mechanism by mechanism: q/k/v ramp 3 of 4, 68–98 steps ahead, and 19 steps
-  late on the run at 0.2 (its attention logit grew 8.5× in 50 steps, under the rule's 10×); lr
-  ramp 2 of 2 (49 and 54 ahead); SGD MLP ramp 5 of 6, four of them by `rank_collapse`, 8–170
-  ahead; Adam MLP 4 of 4 (22–38); output layer **0 of 5** and constant-rate SGD 0 of 4, as on
-  the AMD EPYC. The median lead is lower (35 against 46) mostly because three of the SGD ramps are
-  warned only 8–13 steps ahead.
-- Its 8 alarms on runs that did not explode: seven on runs whose smoothed loss climbed 0.50–0.70
-  nat (four q/k/v runs, the lr ramp at 0.06 seed 2, both Adam MLPs at 0.03), and one on the lr
-  ramp at 0.06 seed 3 (`diverging` and `sigma_surge` at step 330), whose loss rose 0.22 nat at
-  most: a false alarm by any reading. It is silent on the nine others (loss within 0.45 nat).
-- Trained again with the learning rate they end on held 400 steps longer (`python -m
-  bench.prediction.held --fresh NAMES`), none of those eight explodes; their highest 20-step mean
-  loss ends 0.10–0.65 nat above their best. So they are false alarms in fact, not early ones.
+  than 6.2× in 50 steps. Here four q/k/v runs that did not explode grew 11.5–23.2×, as much as
+  three of the four that did (16.5–23×). What the rule buys is silence on the runs that keep
+  their loss.
 
 The sent rules that fired on any of these runs, alone:
 

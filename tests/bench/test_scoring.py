@@ -1,0 +1,39 @@
+"""How the benchmark judges a divergent run: a warning must still be open before the explosion."""
+
+from __future__ import annotations
+
+from alerts.backtest import BacktestAlert
+from bench.prediction.evaluate import outcome
+from bench.prediction.runs import BY_NAME
+
+
+def _alert(step: int, resolved: int | None = None) -> BacktestAlert:
+    return BacktestAlert(
+        "r", "u", "sigma_surge", "warning", step, None, "", 1.0, step, resolved, 2.0
+    )
+
+
+def test_an_alert_that_ended_long_before_the_explosion_is_no_warning():
+    spec = BY_NAME["mlp-sgd-const-hi"]  # its sigma_surge: fired at 110, resolved at 140
+    ended = outcome(spec, 339, [_alert(110, resolved=140), _alert(350)])
+    assert (ended.verdict, ended.first) == ("late", 350)
+    assert outcome(spec, 339, [_alert(110, resolved=140)]).verdict == "missed"
+
+
+def test_the_lead_counts_from_the_alert_still_open_five_steps_before():
+    spec = BY_NAME["mlp-sgd-const-hi"]
+    still_open = outcome(spec, 339, [_alert(110, resolved=140), _alert(300), _alert(320, 336)])
+    assert (still_open.verdict, still_open.lead) == ("warned", 39)
+    resolved_after_the_deadline = outcome(spec, 339, [_alert(200, resolved=336)])
+    assert (resolved_after_the_deadline.verdict, resolved_after_the_deadline.lead) == (
+        "warned",
+        139,
+    )
+    too_late = outcome(spec, 339, [_alert(336)])
+    assert too_late.verdict == "late"
+
+
+def test_any_alert_on_a_stable_run_is_a_false_alarm_even_if_it_ended():
+    assert (
+        outcome(BY_NAME["mlp-sgd-safe"], None, [_alert(220, resolved=240)]).verdict == "false alarm"
+    )
