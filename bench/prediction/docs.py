@@ -148,9 +148,9 @@ warned explosion counts for more than the median, so it stays.
 **The attention logit's speed, not its level.** The level gives the longest leads here: above 50
 for 2 checks it warns on four of the five attention-logit and lr-edge GPT explosions, 55–151
 steps ahead (`attention_logits 50 (eager)` below); on the fifth, `gpt-lr-ramp-s1`, it rang from
-step 250 and ended as the logit fell back, before the explosion. But it rings on both qkv-ramp runs that collapse their
-attention without exploding (`gpt-qkv-ramp-mid` and `-safe`, at a 3× and a 10× lower q/k/v
-peak). No level separates them: the divergent runs pass 50 between 35 and 151 steps before
+step 250 and ended as the logit fell back, before the explosion. But it rings on both qkv-ramp
+runs that collapse their attention without exploding (`gpt-qkv-ramp-mid` and `-safe`, at a 3×
+and a 10× lower q/k/v peak). No level separates them: the divergent runs pass 50 between 35 and 151 steps before
 exploding, and the stable ones reach 430 and 3300. Nor does requiring the loss to rise as well:
 at the check where the largest attention logit first passes 50, the smoothed loss (EMA 0.9) of
 the five divergent GPT runs that pass it is 0.04–0.15 nat above its running minimum, and in the
@@ -160,7 +160,7 @@ largest attention logit of the two stable qkv runs grows at most 6.2× (`-mid`) 
 (`-safe`) in 50 steps, that of the divergent ones 15.9× and 20.8× before their explosions
 (`gpt-attn-noqk`'s 169×). The lr-edge GPT runs' logits grow at most 4.3× and 3.6× in 50 steps
 before they explode, so the growth rule warns on neither (`attention growth` rows below), and
-`gpt-lr-ramp-s1` is told only by `loss_exploded`, 10 steps after it
+`gpt-lr-ramp-s1` is told first by `loss_exploded`, 10 steps after it
 explodes. On fresh q/k/v runs (Intel Xeon) these margins did not hold: the level rang on all 8
 runs that did not explode, four of them runs whose loss stayed within 0.11–0.35 nat of its
 minimum, and the growth on 4 of the 8, each a run whose loss had climbed 0.50–0.70 nat.
