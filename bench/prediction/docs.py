@@ -296,8 +296,8 @@ it, and `loss_exploded` 10 steps after it (the eager set's level rang from step 
 before the explosion). `mlp-sgd-ramp` (SGD+momentum, lr ramp): the first sent
 alert comes 5 steps after the explosion. Its twin ramps to 0.2, 43 % below the 0.35 this
 run explodes at, and survives; the signals that rise with the learning
-rate (σ1, the update ratio, the loss level) rise in both, and the ones that lead on this run
-(`sa_collapse`, `loss_spike`) also ring on stable runs. `mlp-sgd-const` (constant-lr SGD): σ1 creeps up at the same rate as in its stable twin
+rate (σ1, the update ratio, the loss level) rise in both, and the one that leads on this run
+(`loss_spike`, 36 steps ahead) also rings on stable runs. `mlp-sgd-const` (constant-lr SGD): σ1 creeps up at the same rate as in its stable twin
 and the loss jumps within one check interval; nothing recorded here foresees it, nor
 `mlp-sgd-const-hi` at lr 0.3 (its only early alert, a `sigma_surge` in early training, ended 200
 steps before the explosion).
