@@ -239,12 +239,12 @@ shift`: a jump above each layer's own history).
 {summary(explored)}
 
 **What SA does here.** The SA level (`sa_collapse`) warns on nearly every divergent run with
-the longest median lead, but it rings on most stable runs and before the control's change:
+one of the longest median leads, but it rings on most stable runs and before the control's change:
 after LayerNorm and GELU, `D` is near 1 in many layers of healthy training, and near-edge twins
 move it just as much. Stricter settings still cry wolf. Against each layer's own history
 (`sa_shift`) SA rarely false-alarms but mostly misses; `D` never moves enough. Calibrated per
-architecture without the twins, `sa_collapse` is silent on the stable runs but warns only on a
-few divergent ones. Requiring σ1 to grow in the same layer at the same time (`sa_growth`) cuts
+architecture without the twins, `sa_collapse` is silent on all but one stable run and warns on
+no divergent one. Requiring σ1 to grow in the same layer at the same time (`sa_growth`) cuts
 the false alarms to 5 of 11 at 0.5 %/step, at a median lead of 25.5 steps; at 1 %/step it
 misses most explosions and still rings on 3 stable runs. Centring the inputs per batch removes
 the shared direction and with it the
