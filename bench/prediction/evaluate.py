@@ -6,9 +6,10 @@ Definitions (applied by code, documented in docs/benchmarks.md):
   and a 20-step window: the first step whose loss is non-finite, or exceeds the running minimum
   of the earlier losses by more than 1 nat while the median of the 20 losses from there does too.
 - An alert's step is the training step whose data made it fire (``fired_step``).
-- On a divergent run the first alert at step ``s`` is **warned** if ``s <= E - 5`` (lead
-  ``E - s`` steps), **late** if it fired later (including after the explosion), **missed** if
-  nothing fired.
+- On a divergent run it is **warned** if an alert that fired at ``s <= E - 5`` is still open
+  (not resolved) at ``E - 5``: lead ``E - s`` for the earliest such ``s``. An alert that fired
+  and resolved before then does not count. **Late** if nothing was open then but an alert fires
+  later (including after the explosion), **missed** if none does.
 - On a stable run any alert is a **false alarm**. On the control run an alert before the
   operator's change is a false alarm; one at or after it is reported (it cannot be foreseen).
 """
@@ -39,7 +40,9 @@ class RunOutcome:
     kind: str
     explosion: int | None
     first: int | None
-    """First firing step (before the change, on the control run)."""
+    """The firing step that counts: on a divergent run the earliest alert still open 5 steps
+    before the explosion, else the first after that; elsewhere the first alert (before the
+    change, on the control run)."""
     first_after: int | None = None
     """Control run only: first firing step at or after the change."""
 
