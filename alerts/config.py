@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alerts.predictors import PREDICTORS
+from storage.alerts import SEVERITIES
 
 try:  # Python 3.11+
     import tomllib
@@ -33,7 +34,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 ENV_CONFIG = "TRIPWIRE_CONFIG"
 DEFAULT_FILE = "tripwire.toml"
 Severity = Literal["info", "warning", "critical"]
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 
 class ConfigError(ValueError):

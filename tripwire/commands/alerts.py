@@ -122,16 +122,15 @@ def evaluate_command(
     """
     config = load_config_or_exit(config_path)
     from alerts.backtest import evaluate_run
+    from alerts.config import SEVERITY_RANK
     from storage import runs
 
     db = _database(db_url)
     targets = [runs.find_run(db, run_name)] if run_name else runs.list_runs(db)
-    weakest = SEVERITIES.index(min_severity)
+    weakest = SEVERITY_RANK[min_severity]
     found = []
     for run in reversed(targets):  # oldest first
-        found += [
-            a for a in evaluate_run(db, run, config) if SEVERITIES.index(a.severity) >= weakest
-        ]
+        found += [a for a in evaluate_run(db, run, config) if SEVERITY_RANK[a.severity] >= weakest]
     if as_json:
         rows = [{k: _json_safe(v) for k, v in a.as_dict().items()} for a in found]
         click.echo(json.dumps(rows, indent=2))
