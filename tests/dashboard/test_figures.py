@@ -59,8 +59,6 @@ def test_overlay_draws_one_line_per_run(db, exploded):
     other = write_run(db, name="base", steps=300)
     df = series.scalar_frame(db, exploded).assign(run="exploded")
     df2 = series.scalar_frame(db, other).assign(run="base")
-    import pandas as pd
-
     fig = figures.scalars_figure(pd.concat([df, df2]), keys=("loss",))
     assert {t.name for t in fig.data if t.mode == "lines"} == {"exploded", "base"}
 
