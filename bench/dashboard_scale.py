@@ -152,7 +152,8 @@ def page_queries(db: Database, run_id: int) -> dict:
             db, run_id, ["sa_imbalance", "grad_norm"], agg={"stable_rank": "min"}
         ),
     )
-    layer = insights.default_layer(grids["sa_imbalance"], layers)
+    sa_grid = grids["sa_imbalance"]
+    layer = insights.default_layer(sa_grid, layers, insights.first_collapses(sa_grid))
     hist = timed("SA histograms (1 layer)", lambda: series.sa_hist_series(db, run_id, layer))
     lines = timed(
         "layer lines (1 layer)", lambda: series.layer_lines(db, run_id, [layer], "grad_norm")

@@ -48,9 +48,10 @@ def first_nonfinite(matrix) -> list[tuple[str, int]]:
     return [(name, step) for step, _, name in sorted(found)]
 
 
-def default_layer(matrix, layers: list[str]) -> str | None:
-    """The layer to show first: the earliest to collapse, else the most imbalanced, else the first."""
-    collapses = first_collapses(matrix)
+def default_layer(matrix, layers: list[str], collapses: list[tuple[str, int]]) -> str | None:
+    """The layer to show first: the earliest of ``collapses`` (:func:`first_collapses` of
+    ``matrix``, which the page has already worked out for its caption), else the most
+    imbalanced, else the first."""
     if collapses:
         return collapses[0][0]
     best, best_value = None, -1.0

@@ -154,7 +154,7 @@ def body() -> None:
         st.caption("No layer's SA signs collapsed against its own baseline.")
 
     if layers:
-        suggested = params.get("layer") or insights.default_layer(sa_grid, layers)
+        suggested = params.get("layer") or insights.default_layer(sa_grid, layers, collapses)
         index = layers.index(suggested) if suggested in layers else 0
         layer = st.selectbox("Layer", layers, index=index, key=f"layer-{run_id}")
         st.plotly_chart(

@@ -84,7 +84,7 @@ def test_collapse_is_judged_against_each_layers_own_baseline():
         [[0.95] * 20, [0.1] * 15 + [0.9] * 5],
     )
     assert insights.first_collapses(grid) == [("drifting", 150)]
-    assert insights.default_layer(grid, grid.layers) == "drifting"
+    assert insights.default_layer(grid, grid.layers, insights.first_collapses(grid)) == "drifting"
 
 
 def test_heatmap_of_norms_is_log_coloured_and_non_finite_cells_are_marked(db):
