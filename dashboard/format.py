@@ -6,6 +6,8 @@
 '1 critical · 2 warning'
 >>> most_severe({"critical": 0, "warning": 2, "info": 17, "pending": 0})
 '2 warning'
+>>> alerts_tile({"status": "finished", "critical": 1, "warning": 0, "info": 3, "pending": 0})[:2]
+('alerts at end', '1 critical')
 """
 
 from __future__ import annotations
@@ -40,6 +42,20 @@ def health_badge(row: dict) -> str:
 def most_severe(row: dict) -> str:
     """The first part of :func:`health_badge`: short enough for a metric tile."""
     return health_badge(row).split(" · ")[0]
+
+
+def alerts_tile(row: dict) -> tuple[str, str, str]:
+    """The run page's alerts tile as (label, value, tooltip).
+
+    A live run's alerts are *open*: someone may act on them. An ended run's firing alerts stay
+    firing (nothing resolves them once the data stops), so they tell how the run ended, and the
+    tile says so instead of asking for action.
+    """
+    badge = health_badge(row)
+    if row.get("status") in ("finished", "failed"):
+        note = "still firing when the run ended; no resolution is sent for them"
+        return "alerts at end", most_severe(row), f"{badge}: {note}" if badge != "ok" else badge
+    return "open alerts", most_severe(row), badge
 
 
 def number(value: float | None, digits: int = 4) -> str:

@@ -101,7 +101,8 @@ def body() -> None:
     cols[0].metric("status", info["status"])
     cols[1].metric("last step", info.get("last_step") if info.get("last_step") is not None else "—")
     cols[2].metric("last loss", fmt.number(info.get("last_loss")) or "—")
-    cols[3].metric("open alerts", fmt.most_severe(info), help=fmt.health_badge(info))
+    label, value, tooltip = fmt.alerts_tile(info)
+    cols[3].metric(label, value, help=tooltip)
     cols[4].metric("duration", fmt.duration(info.get("duration_s")) or "—")
 
     run_alerts = queries.alerts(url, run_id)

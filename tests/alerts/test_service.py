@@ -86,6 +86,21 @@ def test_pending_then_firing_then_resolved(sqlite_db, clock):
     assert kinds == ["firing", "resolved"]
 
 
+def test_an_ended_runs_firing_alerts_stay_firing_and_nothing_resolves_them(sqlite_db, clock):
+    svc, rec = service(sqlite_db, clock, config=parse_config(ONLY_NON_FINITE))
+    run = make_run(sqlite_db)
+    write_steps(sqlite_db, run, nan_at(20, {17, 18, 19}))
+    finish_run(sqlite_db, run, status="failed")
+    assert [e.kind for e in svc.tick()] == ["firing"]
+    for _ in range(3):  # later ticks: the run is evaluated up to its last step, then left alone
+        clock.advance(3600)
+        assert svc.tick() == []
+    (alert,) = store.list_alerts(sqlite_db, run_id=run)
+    assert (alert.state, alert.resolved_step) == ("firing", None)
+    assert [n.event for n in store.list_notifications(sqlite_db)] == ["firing"]
+    assert len(rec.subjects) == 1
+
+
 def test_dedup_one_alert_per_fingerprint_and_repeat_interval(sqlite_db, clock):
     cfg = parse_config({**ONLY_NON_FINITE, "engine": {"repeat_every_steps": 50}})
     svc, rec = service(sqlite_db, clock, config=cfg)

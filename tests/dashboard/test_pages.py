@@ -75,10 +75,21 @@ def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
     scalars = at.get("plotly_chart")[0].proto.spec
     assert "non_finite" in scalars and "critical alert" in scalars
     assert at.title[0].value == "exploded"
-    alerts_tile = next(m for m in at.metric if m.label == "open alerts")
+    # a finished run's alerts tell how it ended; they are not "open" for anyone to act on
+    assert not [m for m in at.metric if m.label == "open alerts"]
+    alerts_tile = next(m for m in at.metric if m.label == "alerts at end")
     # the most severe count fits the tile; the whole breakdown is its tooltip
     assert alerts_tile.value.endswith(" critical") and " · " not in alerts_tile.value
     assert alerts_tile.proto.help.startswith(alerts_tile.value + " · ")
+    assert "still firing when the run ended" in alerts_tile.proto.help
+
+
+def test_a_live_runs_alerts_are_open(real_dbs, monkeypatch):
+    url, uid = real_dbs["live"]
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+    at = _run(DASHBOARD / "views" / "run.py", {"run": uid})
+    _assert_clean(at)
+    assert [m.label for m in at.metric if "alerts" in m.label] == ["open alerts"]
 
 
 def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
