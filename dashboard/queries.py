@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
+from dashboard import insights
 from storage import Database, redact_url, resolve_url, runs, series, stats
 from storage import alerts as alert_store
 from storage.db import utcnow
@@ -130,6 +131,22 @@ def layer_grids(
         max_steps=max_steps,
         agg={"stable_rank": "min"},
     )
+
+
+@st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)
+def sa_firsts(
+    url: str,
+    run_id: int,
+    stats_: tuple[str, ...],
+    start: int | None,
+    end: int | None,
+    version: tuple = (),
+) -> tuple[list, list]:
+    """The SA caption's (first collapses, first non-finite) of the grid :func:`layer_grids`
+    returns for the same arguments. Cached beside it: replaying ``sa_collapse`` over 200 layers ×
+    400 steps costs a good fraction of a second, which a click on another widget should not pay."""
+    grid = layer_grids(url, run_id, stats_, start, end, version)["sa_imbalance"]
+    return insights.first_collapses(grid), insights.first_nonfinite(grid)
 
 
 @st.cache_data(ttl=SERIES_TTL_S, show_spinner=False)

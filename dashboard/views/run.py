@@ -142,10 +142,10 @@ def body() -> None:
         theme=None,
         key="sa_heatmap",
     )
-    collapses = insights.first_collapses(sa_grid)
+    collapses, nonfinite = queries.sa_firsts(url, run_id, stats, start, end, version)
     for label, found in (
         ("First to collapse against their own baseline", collapses),
-        ("First non-finite", insights.first_nonfinite(sa_grid)),
+        ("First non-finite", nonfinite),
     ):
         if found:
             listed = ", ".join(f"`{name}` at step {step}" for name, step in found[:5])

@@ -84,6 +84,24 @@ def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
     assert "still firing when the run ended" in alerts_tile.proto.help
 
 
+def test_the_sa_caption_is_judged_once_not_on_every_click(real_dbs, monkeypatch):
+    from dashboard import insights
+
+    calls = []
+    judge = insights.first_collapses
+    monkeypatch.setattr(insights, "first_collapses", lambda grid: calls.append(1) or judge(grid))
+    monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["alerts"][0])
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "exploded"})
+    _assert_clean(at)
+    judged = len(calls)  # 0 when an earlier test already filled the cache
+    captions = [c.value for c in at.caption if "First non-finite" in c.value]
+    layer = next(s for s in at.selectbox if s.label == "Layer")
+    layer.set_value(layer.options[-1]).run()
+    _assert_clean(at)
+    assert len(calls) == judged <= 1
+    assert [c.value for c in at.caption if "First non-finite" in c.value] == captions != []
+
+
 def test_a_live_runs_alerts_are_open(real_dbs, monkeypatch):
     url, uid = real_dbs["live"]
     monkeypatch.setenv("TRIPWIRE_DB_URL", url)
