@@ -25,10 +25,10 @@ def first_collapses(matrix) -> list[tuple[str, int]]:
     memory: dict = {}
     found: dict[str, int] = {}
     for j, step in enumerate(matrix.steps):
-        layers = {
+        layers = {  # a layer already found needs no more judging: only its first step counts
             name: LayerStat(step, name, sa_imbalance=row[j])
             for name, row in zip(matrix.layers, matrix.z, strict=True)
-            if row[j] is not None
+            if row[j] is not None and name not in found
         }
         for verdict in sa_collapse(Observation(step, layers=layers), memory, SA_COLLAPSE_PARAMS):
             if verdict.holds and verdict.layer not in found:
