@@ -104,13 +104,24 @@ def machine(device: str = "cpu") -> str:
 
 
 def _cpu_name() -> str:
+    """``CPU AMD EPYC (family 25, model 1)``: cloud CPUs often hide their model name, and
+    two CPUs of one name can round differently."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "CPU " + line.split(":", 1)[1].strip()
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (
+                line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()
+            )
+            if key.strip() in ("model name", "cpu family", "model")
+        )
     except OSError:
-        pass
-    return "CPU " + (platform.processor() or platform.machine())
+        fields = {}
+    if "model name" not in fields:
+        return "CPU " + (platform.processor() or platform.machine())
+    name = "CPU " + fields["model name"]
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def write_section(title: str, body: str, path: Path = DOCS) -> None:
