@@ -1,4 +1,5 @@
-"""Every read the pages make: thin wrappers over ``storage`` cached with a short TTL.
+"""Every read the pages make: thin wrappers over ``storage`` cached with a short TTL (and the SA
+caption judged from a read, which costs as much as one).
 
 Caches are keyed by the database URL (a string), so one process can serve several databases
 (and tests can). Results are bounded by the storage queries themselves (see
