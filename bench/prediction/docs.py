@@ -62,8 +62,8 @@ learning rate by 10 at step 250, which nothing can foresee: alerts before it are
 `*-hold` runs keep a constant learning rate. A stable run must stay stable: each is trained
 again with the learning rate it ends on held 400 steps longer, and all 11 train on
 ([below](#prediction-stable-runs-held-longer)). `mlp-sgd-safe` ramped to 0.3 until 2026-11-29,
-a peak its ramp reached on its last step; held there, it explodes at step 592, so it was a
-divergent run cut short. It now ramps to 0.2, which trains on held 400 steps at seeds 0–2
+a peak its ramp reached on its last step; held there, it explodes at step 592 on the Intel
+Xeon that found it (at 382 on an AMD EPYC), so it was a divergent run cut short. It now ramps to 0.2, which trains on held 400 steps at seeds 0–2
 (0.25 explodes at two of them).
 
 {suite_table(explosions)}

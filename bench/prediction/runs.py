@@ -170,8 +170,9 @@ SUITE: list[RunSpec] = [
         twin="mlp-sgd-safe",
     ),
     # Its peak was 0.3 until 2026-11-29: the ramp reached it on the last step, and held there
-    # it explodes at step 592 (`python -m bench.prediction.held`); held 400 steps, 0.25
-    # explodes too at seeds 0 and 2 (steps 692, 663) and 0.2 trains on at seeds 0-2.
+    # it explodes (`bench.prediction.held`: step 592 on an Intel Xeon, 382 on an AMD EPYC).
+    # Held 400 steps, 0.25 explodes too at seeds 0 and 2 (steps 692, 663; Xeon) and 0.2 trains
+    # on at seeds 0-2.
     RunSpec(
         "mlp-sgd-safe",
         STABLE,
