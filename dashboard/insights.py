@@ -31,7 +31,7 @@ def first_collapses(matrix) -> list[tuple[str, int]]:
             if row[j] is not None and name not in found
         }
         for verdict in sa_collapse(Observation(step, layers=layers), memory, SA_COLLAPSE_PARAMS):
-            if verdict.holds and verdict.layer not in found:
+            if verdict.holds:
                 found[verdict.layer] = step
     order = {name: i for i, name in enumerate(matrix.layers)}
     return sorted(found.items(), key=lambda item: (item[1], order[item[0]]))
