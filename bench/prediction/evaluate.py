@@ -10,6 +10,8 @@ Definitions (applied by code, documented in docs/benchmarks.md):
   (not resolved) at ``E - 5``: lead ``E - s`` for the earliest such ``s``. An alert that fired
   and resolved before then does not count. **Late** if nothing was open then but an alert fires
   later (including after the explosion), **missed** if none does.
+- A run meant to diverge whose loss did not explode (retrained on another CPU, a near-edge run
+  can train on) is reported as **not exploded**, and counts neither way.
 - On a stable run any alert is a **false alarm**. On the control run an alert before the
   operator's change is a false alarm; one at or after it is reported (it cannot be foreseen).
 """
@@ -48,8 +50,11 @@ class RunOutcome:
 
     @property
     def verdict(self) -> str:
-        """warned / late / missed (divergent), false alarm / quiet (stable, control)."""
+        """warned / late / missed / not exploded (divergent), false alarm / quiet (stable,
+        control)."""
         if self.kind == DIVERGENT:
+            if self.explosion is None:
+                return "not exploded"
             if self.first is None:
                 return "missed"
             return "warned" if self.first <= self.explosion - MIN_LEAD else "late"
@@ -57,7 +62,7 @@ class RunOutcome:
 
     @property
     def lead(self) -> int | None:
-        if self.kind == DIVERGENT and self.first is not None:
+        if self.kind == DIVERGENT and self.explosion is not None and self.first is not None:
             return self.explosion - self.first
         return None
 
@@ -70,7 +75,12 @@ class Score:
     outcomes: list[RunOutcome] = field(default_factory=list)
 
     def of(self, kind: str) -> list[RunOutcome]:
-        return [o for o in self.outcomes if o.kind == kind]
+        """The outcomes of runs of ``kind``; for ``DIVERGENT``, only the runs that exploded."""
+        return [
+            o
+            for o in self.outcomes
+            if o.kind == kind and not (kind == DIVERGENT and o.explosion is None)
+        ]
 
     @property
     def warned(self) -> int:

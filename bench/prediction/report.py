@@ -73,4 +73,6 @@ def _cell(o) -> str:  # noqa: ANN001
         return f"FALSE @{o.first}"
     if verdict == "quiet" and o.first_after is not None:
         return f"quiet (@{o.first_after})"
+    if verdict == "not exploded" and o.first is not None:
+        return f"not exploded (@{o.first})"
     return verdict

@@ -37,3 +37,19 @@ def test_any_alert_on_a_stable_run_is_a_false_alarm_even_if_it_ended():
     assert (
         outcome(BY_NAME["mlp-sgd-safe"], None, [_alert(220, resolved=240)]).verdict == "false alarm"
     )
+
+
+def test_a_divergent_run_that_did_not_explode_counts_neither_way():
+    from bench.prediction.evaluate import Score
+    from bench.prediction.report import per_run, summary
+
+    spec = BY_NAME["mlp-sgd-const-hi"]  # retrained on another CPU, a near-edge run can train on
+    trained_on = outcome(spec, None, [_alert(300)])
+    assert trained_on.verdict == "not exploded" and trained_on.lead is None
+    exploded = outcome(BY_NAME["mlp-sgd-const"], 326, [_alert(300)])
+    score = Score("default", [trained_on, exploded])
+    assert (score.warned, score.median_lead) == (1, 26)
+    assert "| `default` | 1/1 | 26 |" in summary({"default": score})
+    assert "| mlp-sgd-const-hi | divergent | – | not exploded (@300) |" in per_run(
+        {"default": score}
+    )
