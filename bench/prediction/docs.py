@@ -43,6 +43,9 @@ Reproduce: `python -m bench.prediction` (replays the recorded runs in
 run again and prints its largest attention logit, output logit and two edge-of-stability
 diagnostics every 10 steps. `python -m bench.prediction.held` trains every stable run again with
 its last learning rate held 400 steps longer ([below](#prediction-stable-runs-held-longer)).
+`python -m bench.prediction.retrained` trains the whole suite again on the machine at hand,
+without touching the recordings, and scores it
+([below](#prediction-the-suite-retrained-on-another-cpu)).
 `tests/bench/test_prediction_short.py` is the short form in the test suite.
 
 ### The suite
@@ -52,8 +55,9 @@ a 2-layer GPT (d=64, 4 heads, byte-level, the standard library's source) and an 
 (width 128, teacher task), one thread, deterministic by seed on one machine (another CPU's
 kernels round differently and a run drifts: retrained on a later session's Intel Xeon, not the
 machine that recorded them, `gpt-lr-ramp` exploded at 342 instead of 345, `gpt-qkv-ramp-s1` at 347
-instead of 330, `mlp-sgd-ramp` at 325 again; the tables score the committed recordings, which
-is why they are committed). On check steps the loop also logs
+instead of 330, `mlp-sgd-ramp` at 325 again; on an AMD EPYC three of the twelve did not
+explode at all, [below](#prediction-the-suite-retrained-on-another-cpu); the tables score the
+committed recordings, which is why they are committed). On check steps the loop also logs
 the two logit signals of [alerts.md](alerts.md#logit-signals-log-them-beside-the-loss): the
 largest attention logit (GPT) and the output `log Z` (both). *Divergent* runs train normally
 for at least 150 steps and then explode; *stable* runs are one knob away from a divergent one (a
@@ -108,7 +112,9 @@ up to 3.0, recovered; the run above needed 5.0 and no weight decay at all.)
   resolved) at `E − 5`; the lead is `E −` the earliest such firing step. An alert that fired and
   resolved before that is no warning: on-call saw it end (until 2026-11-29 this page counted the
   first alert, however long before it had ended). **Late** if no alert was open then but one
-  fires later (`late (+n)`: n steps after `E`), **missed** if none does. Stable run: any alert
+  fires later (`late (+n)`: n steps after `E`), **missed** if none does; **not exploded** if
+  its loss did not explode (trained again on another CPU, a near-edge run can train on:
+  [below](#prediction-the-suite-retrained-on-another-cpu)), counted neither way. Stable run: any alert
   is a **false alarm** (`FALSE @step`). Control: an alert before step 250 is a false alarm;
   `quiet (@s)` means it fired at s, after the change.
 - **Default rule set**: what is sent by default (severity warning or critical).
