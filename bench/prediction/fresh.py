@@ -30,6 +30,7 @@ from pathlib import Path
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from alerts.predictors.base import Observation
+from bench.common import emit, machine
 from bench.prediction.__main__ import DEFAULT_SET, EAGER_SET, sent_rules
 from bench.prediction.calibrated import score_calibrated_on
 from bench.prediction.candidates import EAGER
@@ -261,8 +262,6 @@ while above {level:g}, and the largest rise of the smoothed loss (EMA 0.9) above
 
 def second_cpu_section(scores: dict) -> str:
     """The tables alone, for a CPU other than the one the main section's prose reads."""
-    from bench.common import machine
-
     return f"""
 [The fresh runs](#prediction-on-fresh-runs) trained and scored again, by the same command and
 rule, on another CPU: {machine()}. Only the tables; the prose above reads the first CPU's, and
@@ -311,12 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         title, body = SECOND_CPU_TITLE, second_cpu_section(sets_scores)
     else:
         title, body = TITLE, section(sets_scores, fired_anywhere(scores), figures)
-    print(body)
-    if not args.no_write:
-        from bench.common import write_section
-
-        write_section(title, body)
-        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    emit(title, body, write=not args.no_write)
     return 0
 
 

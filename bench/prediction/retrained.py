@@ -20,6 +20,7 @@ from pathlib import Path
 
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
+from bench.common import emit, machine
 from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_rules
 from bench.prediction.candidates import EAGER
 from bench.prediction.evaluate import Score, score_suite
@@ -49,8 +50,8 @@ def retrain_and_score(db: Database) -> dict[str, Score]:
 
 
 def section(scores: dict[str, Score]) -> str:
-    from bench.common import machine
-
+    """The docs section: which runs meant to diverge did not, the tables, and what they showed
+    on the CPU this was first run on."""
     outcomes = scores[DEFAULT_SET].outcomes
     meant = [o for o in outcomes if o.kind == DIVERGENT]
     calm = [o.run for o in meant if o.explosion is None]
@@ -89,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         db = Database(f"sqlite:///{Path(tmp) / 'retrained.db'}")
         db.ensure_schema()
         body = section(retrain_and_score(db))
-    print(body)
-    if not args.no_write:
-        from bench.common import write_section
-
-        write_section(TITLE, body)
-        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    emit(TITLE, body, write=not args.no_write)
     return 0
 
 
