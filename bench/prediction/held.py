@@ -20,7 +20,7 @@ import math
 import statistics
 import sys
 
-from bench.common import write_section
+from bench.common import emit
 from bench.prediction.fresh import fresh_runs
 from bench.prediction.runs import STABLE, SUITE, RunSpec, train
 from tripwire.demo_training import explosion_step
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{spec.name}: {'trains on' if at is None else at}", file=sys.stderr, flush=True)
         rows.append((spec, at, drift))
     body = table(rows) if args.fresh else section(rows)
-    print(body)
-    if not args.no_write and not args.fresh:
-        write_section(TITLE, body)
-        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    emit(TITLE, body, write=not args.no_write and not args.fresh)
     return 0
 
 

@@ -19,9 +19,14 @@ import tempfile
 from pathlib import Path
 
 from alerts.config import Config, parse_config
-from alerts.predictors import PREDICTORS
 from bench.common import emit, machine
-from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_rules
+from bench.prediction.__main__ import (
+    ALL_ENABLED,
+    DEFAULT_SET,
+    EAGER_SET,
+    default_sources,
+    sent_rules,
+)
 from bench.prediction.candidates import EAGER
 from bench.prediction.evaluate import Score, score_suite
 from bench.prediction.record import train_into
@@ -38,13 +43,11 @@ def retrain_and_score(db: Database) -> dict[str, Score]:
         train_into(spec, db.url)
         print(f"{spec.name}: trained", file=sys.stderr, flush=True)
     default, eager = Config(), parse_config({"predictors": EAGER})
+    shipped = default_sources(default)
     sources = {
-        DEFAULT_SET: ("default", sent_rules(default)),
+        DEFAULT_SET: shipped[DEFAULT_SET],
         EAGER_SET: ("eager", sent_rules(eager)),
-        ALL_ENABLED: (
-            "default",
-            {n for n in default.enabled_rules() if not PREDICTORS[n].wall_time},
-        ),
+        ALL_ENABLED: shipped[ALL_ENABLED],
     }
     return score_suite(db, SUITE, {"default": default, "eager": eager}, sources)
 
