@@ -86,8 +86,9 @@ def build(size: Size, device: str, seed: int = 0):
 class Loop:
     """One variant's training loop; ``block()`` runs ``steps`` steps and keeps the step count."""
 
-    def __init__(self, variant: str, size: Size, device: str, tmp: Path, every: int):
+    def __init__(self, variant: str, size: Size, device: str, tmp: Path, every: int, autocast=None):
         self.variant, self.every, self.step = variant, every, 0
+        self.device_type, self.autocast = device.split(":")[0], autocast
         self.model, self.opt, self.x = build(size, device)
         self.monitor = self.tb = None
         self.lr = 1e-3
@@ -117,7 +118,8 @@ class Loop:
 
     def one_step(self) -> None:
         step = self.step
-        loss = self.model(self.x, self.x)
+        with torch.autocast(self.device_type, self.autocast, enabled=self.autocast is not None):
+            loss = self.model(self.x, self.x)
         loss.backward()
         if self.monitor is not None:
             self.monitor.log(step, loss=loss, lr=self.lr)
@@ -155,17 +157,22 @@ class Loop:
             self.tb.close()
 
 
-def measure(size: Size, device: str, rounds: int, every: int, variants) -> dict:
-    """Interleaved block timings of every variant at one model size."""
+def measure(size: Size, device: str, rounds: int, every: int, variants, autocast=None) -> dict:
+    """Interleaved block timings of every variant at one model size (forward passes under
+    ``torch.autocast`` to the dtype ``autocast``, if given)."""
     with tempfile.TemporaryDirectory(prefix="tripwire-overhead-") as tmp_name:
         tmp = Path(tmp_name)
         run = None
         if "wandb" in variants:
             os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=tmp_name)
-            import wandb
+            try:
+                import wandb
 
-            run = wandb.init(project="tripwire-overhead", dir=tmp_name, mode="offline")
-        loops = {v: Loop(v, size, device, tmp, every) for v in variants}
+                run = wandb.init(project="tripwire-overhead", dir=tmp_name, mode="offline")
+            except Exception as exc:  # not installed, or broken here: measure the others
+                print(f"[wandb left out: {type(exc).__name__}: {exc}]", file=sys.stderr)
+                variants = tuple(v for v in variants if v != "wandb")
+        loops = {v: Loop(v, size, device, tmp, every, autocast) for v in variants}
         sync = torch.cuda.synchronize if device.startswith("cuda") else None
         for loop in loops.values():  # warm-up: cold power iteration, lazy imports, allocator
             loop.block(every)
@@ -294,6 +301,7 @@ def memory(size: Size, device: str, every: int, steps: int, repeats: int = 3) ->
 
 
 def report(results: list[dict], mem: dict, device: str, every: int) -> str:
+    """The section's text; ``device`` as given on the command line, flags after it."""
     names = {
         "none": "no monitoring",
         "tripwire": f"Tripwire defaults (every={every})",
@@ -303,7 +311,7 @@ def report(results: list[dict], mem: dict, device: str, every: int) -> str:
         "tensorboard": f"TensorBoard add_histogram, every {every} steps",
     }
     parts = [
-        f"Measured on {machine(device)}. Median step time over interleaved rounds of "
+        f"Measured on {machine(device.split()[0])}. Median step time over interleaved rounds of "
         f"{every} steps per variant (each block holds one check at the default cadence); ratio = "
         "median of per-round ratios to no monitoring (1.000 = free). *CPU* is the training "
         "thread's CPU time (`time.thread_time`, all of torch's work with one intra-op thread), "
@@ -312,6 +320,13 @@ def report(results: list[dict], mem: dict, device: str, every: int) -> str:
         "real use; the Tripwire writer thread's CPU per check (its set-up, the first commits "
         "during the warm-up, left out) is shown apart. Command: "
         f"`python -m bench.overhead --device {device}`."
+        + (
+            " **On a GPU the wall figures are the ones that count**: the training thread's CPU "
+            "time there is mostly launching kernels and waiting for the device."
+            if device.startswith("cuda")
+            else ""
+        )
+        + (" Forward passes under bf16 autocast." if "--autocast bf16" in device else "")
     ]
     for res in results:
         s = res["size"]
@@ -373,7 +388,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--autocast", choices=["bf16"], help="forward under bf16 autocast")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--memory-sizes", help="sizes whose extra memory is measured (default: all)"
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--memory-probe", choices=["none", "tripwire"], help=argparse.SUPPRESS)
     parser.add_argument("--probe-steps", type=int, default=40, help=argparse.SUPPRESS)
@@ -388,16 +407,19 @@ def main(argv: list[str] | None = None) -> dict:
         return res
     variants = tuple(v for v in args.variants.split(",") if v)
     results, mem = [], {}
+    autocast = torch.bfloat16 if args.autocast == "bf16" else None
+    memory_sizes = set(args.memory_sizes.split(",")) if args.memory_sizes else set(SIZES)
     for size in sizes:
         rounds = args.rounds if size.name in ("tiny", "small") else args.big_rounds
         t0 = time.perf_counter()
-        results.append(measure(size, args.device, rounds, args.every, variants))
+        results.append(measure(size, args.device, rounds, args.every, variants, autocast))
         print(f"[{size.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
-        if not args.no_memory:
+        if not args.no_memory and size.name in memory_sizes:
             mem[size.name] = memory(size, args.device, args.every, args.probe_steps)
+    flags = f" --autocast {args.autocast}" if args.autocast else ""
     emit(
-        f"Overhead ({args.device})",
-        report(results, mem, args.device, args.every),
+        f"Overhead ({args.device}{', bf16 autocast' if args.autocast else ''})",
+        report(results, mem, args.device + flags, args.every),
         write=not args.no_write,
     )
     return {"results": results, "memory": mem}
