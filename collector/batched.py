@@ -45,12 +45,18 @@ def group_by_shape(
     return groups
 
 
-@functools.lru_cache(maxsize=256)
-def _cold_start(n: int, device: torch.device) -> torch.Tensor:
-    return spectral._cold_start(n, device)  # the same start vector as the per-layer code
-
-
 _TINY = torch.finfo(torch.float32).tiny
+
+
+@functools.lru_cache(maxsize=1024)
+def _on_device(values: tuple, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``device``, made once (shared: do not modify it).
+
+    Built from host data, it is a blocking copy on a GPU: a sync point that drains the queue of
+    training work and leaves the device idle while the rest of the check is launched. A check's
+    groups and masks are the same at every check.
+    """
+    return torch.tensor(values, device=device)
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +83,7 @@ def power_iteration_stack(
     """
     w = torch.stack([x.detach().float() for x in weights])
     g, n_out, n_in = w.shape
-    cold = _cold_start(n_in, w.device).expand(g, n_in)
+    cold = spectral._cold_start(n_in, w.device).expand(g, n_in)
     given = [v is not None for v in vs]
     if iters is None:
         iters = spectral.WARM_ITERS if all(given) else spectral.COLD_ITERS
@@ -101,9 +107,9 @@ def power_iteration_stack(
     # A zero matrix zeroes v (σ1 = 0): keep the start vector, as the per-layer code does.
     v = torch.where(torch.linalg.vector_norm(v, dim=1, keepdim=True) == 0, start, v)
     if any(given):
-        flip = ((v * v_prev).sum(dim=1, keepdim=True) < 0) & torch.tensor(
-            given, device=w.device
-        ).unsqueeze(1)
+        flip = (v * v_prev).sum(dim=1, keepdim=True) < 0
+        if not all(given):
+            flip &= _on_device(tuple(given), w.device).unsqueeze(1)
         v = torch.where(flip, -v, v)
     sigma1 = torch.linalg.vector_norm(torch.bmm(v.unsqueeze(1), wt).squeeze(1), dim=1)
     flat = w.flatten(1)  # amax/amin, not aminmax: its per-row CPU kernel is ~15x slower
@@ -136,7 +142,9 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
     drift = 2 * torch.atan2(
         torch.linalg.vector_norm(a - b, dim=1), torch.linalg.vector_norm(a + b, dim=1)
     )
-    return torch.where(torch.tensor(given, device=drift.device), drift, math.nan)
+    if all(given):
+        return drift
+    return torch.where(_on_device(tuple(given), drift.device), drift, math.nan)
 
 
 SA_COLUMNS = spectral.SA_COLUMNS
@@ -174,7 +182,7 @@ def sa_statistics_stack(
     c_abs_mean, c_imbalance = spectral.centred_sa(c_norms, dots - mean_v)
 
     g = norms.shape[0]
-    edges = bin_edges.to(norms.device, torch.float32)
+    edges = spectral._edges_on(bin_edges, norms.device)
     n_bins = edges.numel() - 1
     has_sa = norms != 0  # a NaN norm counts: its SA is NaN and must show
     count = has_sa.sum(dim=1)
@@ -231,7 +239,7 @@ def layer_table(
         prev = [state_v.get(names[i]) for i in group]
         sigma1, v1 = _spectra([weights[i] for i in group], prev)
         drift = v_drift_stack(v1, prev)
-        where = torch.tensor(group, device=device)
+        where = _on_device(tuple(group), device)
         spectra.index_copy_(0, where, torch.stack([sigma1, drift], dim=1))
         for j, i in enumerate(group):
             state_v[names[i]] = v1[j]  # a NaN v1 is replaced by a cold start at the next check
@@ -249,7 +257,7 @@ def layer_table(
     for members in by_rows.values():
         x = [rows[names[i]].reshape(-1, weights[i].shape[1]) for i in members]
         table, hist = sa_statistics_stack(x, [v1_of[i] for i in members], bin_edges)
-        where = torch.tensor(members, device=device)
+        where = _on_device(tuple(members), device)
         sa_table.index_copy_(0, where, table)
         hists.index_copy_(0, where, hist)
         for i in members:

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from collector import batched, checks
+from collector import batched, checks, spectral
 from collector.batched import group_by_shape, power_iteration_stack, v_drift_stack
 from collector.checks import SpectralState, run_check
 from collector.layers import select_layers
@@ -109,3 +110,42 @@ def test_stacked_power_iteration_and_drift_match_spectral_when_warm():
         ref_drift = v_drift(v_ref, prev[i])
         assert math.isnan(ref_drift) == math.isnan(drift[i])
     assert math.isnan(v_drift_stack(v1, [None] * 3)[0])
+
+
+class _HostTraffic(TorchDispatchMode):
+    """Records the ops that, on a GPU, move data between host and device outside the one
+    transfer a check makes: a tensor built from host data (``lift_fresh``: a blocking copy)
+    and a value read on the host (``_local_scalar_dense``: ``float``, ``bool``, ``.item()``)."""
+
+    SYNCING = ("aten.lift_fresh", "aten._local_scalar_dense")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if str(func).startswith(self.SYNCING):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_warm_stacked_check_has_no_hidden_sync_point(monkeypatch):
+    # Each of these stalled an H200 mid-check: torch.tensor(list, device=...) per shape group
+    # drains the queue of training work, and the rest of the check is then launched one
+    # kernel at a time. The table's one .cpu() is the check's only sync (not an op here).
+    monkeypatch.setattr(checks, "_global", lambda values: 0.0)  # host-side floats, by design
+    batched._on_device.cache_clear()  # filled by earlier tests' checks of the same shapes
+    spectral._cold_start.cache_clear()
+    model = _model()
+    layers = select_layers(model)
+    state = SpectralState()
+    gen = torch.Generator().manual_seed(1)
+    for step in (0, 10):
+        rows = _rows(model, layers, torch.randn(4, 32, 16, generator=gen))
+        if step == 0:
+            _check(model, layers, state, rows, True, monkeypatch)  # cold: caches are filled
+            continue
+        with _HostTraffic() as traffic:
+            layer_rows, _ = run_check(layers, rows, state, step=step)
+    assert traffic.seen == []
+    assert all(row["update_ratio"] is not None and row["sa_pos"] is not None for row in layer_rows)
