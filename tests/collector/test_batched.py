@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import collector
 from collector import batched, checks, spectral
 from collector.batched import group_by_shape, power_iteration_stack, v_drift_stack
 from collector.checks import SpectralState, run_check
@@ -149,3 +150,23 @@ def test_a_warm_stacked_check_has_no_hidden_sync_point(monkeypatch):
             layer_rows, _ = run_check(layers, rows, state, step=step)
     assert traffic.seen == []
     assert all(row["update_ratio"] is not None and row["sa_pos"] is not None for row in layer_rows)
+
+
+def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url, tmp_path):
+    # The whole hot path of a plain loop: the input hooks on the check step's forward pass,
+    # log() on a step without a check (loss kept on the device) and on a warm check step.
+    monkeypatch.setattr(checks, "_global", lambda values: 0.0)  # host-side floats, by design
+    batched._on_device.cache_clear()
+    spectral._cold_start.cache_clear()
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    with collector.watch(model, run="sync", db=sqlite_url, every=2, spool_dir=tmp_path) as m:
+        for step in range(5):
+            with _HostTraffic() as traffic:
+                loss = model(torch.randn(4, 32, 16, generator=gen)).square().mean()
+                loss.backward()
+                m.log(step, loss=loss)
+            model.zero_grad()
+            if step >= 3:  # 3: no check; 4: the third check, warm
+                assert traffic.seen == [], step
+        assert m.checks == 3 and m.errors == 0
