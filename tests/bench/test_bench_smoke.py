@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from bench import check_cost, common, overhead, storage_throughput
+from bench import check_cost, common, device_parity, overhead, storage_throughput
 
 
 def test_write_section_replaces_only_its_own(tmp_path):
@@ -26,6 +30,49 @@ def test_overhead_runs_every_variant(monkeypatch, tmp_path):
     assert [r["variant"] for r in result["rows"]] == list(overhead.VARIANTS)
     assert all(r["cpu_step_s"] > 0 and r["wall_step_s"] > 0 for r in result["rows"])
     assert all(not r["errors"] for r in result["rows"])  # the collector itself did not fail
+
+
+def test_overhead_under_bf16_autocast():
+    out = overhead.main(
+        ["--sizes", "tiny", "--rounds", "1", "--every", "2", "--no-memory", "--no-write"]
+        + ["--autocast", "bf16", "--variants", "none,tripwire"]
+    )
+    (result,) = out["results"]
+    assert [r["variant"] for r in result["rows"]] == ["none", "tripwire"]
+    assert not result["rows"][1]["errors"]
+
+
+def test_device_parity_on_the_cpu_is_exact_and_shows_the_loss_scale():
+    out = device_parity.main(
+        ["--device", "cpu", "--setups", "fp32,fp16 GradScaler without unscale_", "--no-write"]
+    )
+    reference, results = out["reference"], out["results"]
+    same = device_parity.compare(results["fp32"]["rows"], reference["rows"])
+    assert set(same.values()) == {0.0}  # one initialisation, one device: the same numbers
+    scaled = results["fp16 GradScaler without unscale_"]
+    diffs = device_parity.compare(scaled["rows"], reference["rows"])
+    assert diffs[(0, "grad_norm")] == pytest.approx(2.0**16 - 1, rel=1e-2)  # GradScaler's scale
+    assert scaled["errors"] == 0 and device_parity.all_finite(scaled["rows"])
+
+
+def test_gpu_script_runs_its_steps_quickly_on_the_cpu(tmp_path):
+    # bench/gpu.sh is written for a GPU held for minutes: a step that broke would waste one.
+    docs = common.DOCS.read_text(encoding="utf-8")
+    env = dict(os.environ, DEVICE="cpu", QUICK="1", PYTHON=sys.executable, WANDB_MODE="offline")
+    proc = subprocess.run(
+        ["bash", "bench/gpu.sh", str(tmp_path)],
+        cwd=common.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    steps = ["overhead", "overhead-bf16", "check-cost", "parity"]
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == steps
+    assert all(": exit 0 after" in line for line in proc.stdout.splitlines()), proc.stdout
+    assert "## Device parity (cpu)" in (tmp_path / "parity.log").read_text()
+    assert common.DOCS.read_text(encoding="utf-8") == docs  # QUICK writes nothing
 
 
 def test_memory_probe_reports_host_memory():
