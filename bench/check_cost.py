@@ -24,6 +24,7 @@ import timeit
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.common import emit, fmt_ms, fmt_us, interleave_cpu, machine, median, table
 from bench.overhead import Size, build
@@ -67,8 +68,9 @@ class _Inputs:
             h.remove()
 
 
-def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
-    """Median seconds of each part of one check over ``rounds`` interleaved rounds."""
+def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, dict]:
+    """Median seconds of each part of one check over ``rounds`` interleaved rounds, and the
+    number of aten ops each part dispatches."""
     import collector
     from collector import batched, checks, norms, spectral, updates
     from storage.entities import LAYER_STATISTICS as _COLUMNS
@@ -131,8 +133,8 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     sketches = {layer.name: updates.sketch(layer.weight) for layer in layers}
 
     def update_part():
-        for layer in layers:
-            updates.update_ratio(updates.sketch(layer.weight), sketches[layer.name], 10)
+        now = [updates.sketch(layer.weight) for layer in layers]
+        updates.update_ratios(now, [sketches[layer.name] for layer in layers], [10] * len(now))
 
     def power():
         for layer in layers:
@@ -186,10 +188,29 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> dict:
     for fn in parts.values():
         fn()
     wall, cpu = interleave_cpu(parts, rounds, sync=sync)
+    ops = {name: count_ops(fn) for name, fn in parts.items()}
     monitor.close()
     # CPU time of this thread on CPU (robust on a shared machine); wall time on a GPU
     times = wall if device.startswith("cuda") else cpu
-    return {name: median(t) for name, t in times.items()}
+    return {name: median(t) for name, t in times.items()}, ops
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> int:
+    """The aten ops one call of ``fn`` dispatches. On a GPU each is a kernel launch or a view,
+    and where the work per op is small, as in a check, their number sets the time."""
+    with _OpCounter() as counter:
+        fn()
+    return counter.count
 
 
 def _p95(values: list[float]) -> float:
@@ -201,7 +222,7 @@ def power_vs_svd(size: Size, device: str, steps: int, every: int, iters=(4, 8, 1
     """Train on text for ``steps`` steps; at each check compare warm power iteration (each of
     ``iters`` iterations, each with its own warm state) against a full SVD of the same matrix."""
     from collector.layers import select_layers
-    from collector.spectral import WARM_ITERS, power_iteration
+    from collector.spectral import COLD_ITERS, WARM_ITERS, power_iteration
     from tripwire.corpus import TextCorpus
 
     iters = tuple(dict.fromkeys((WARM_ITERS, *iters)))
@@ -250,6 +271,7 @@ def power_vs_svd(size: Size, device: str, steps: int, every: int, iters=(4, 8, 1
         "layers": n,
         "checks": len(err[iters[0]]["sigma"]) // max(n, 1),
         "default_iters": WARM_ITERS,
+        "cold_iters": COLD_ITERS,
         "cold_s": per_check(t_cold),
         "svd_s": per_check(t_svd),
         "warm": {
@@ -298,19 +320,25 @@ def log_cost(calls: int, tmp: Path) -> dict:
 
 def report(results: list[dict], logs: dict, device: str, rounds: int, log_calls: int) -> str:
     parts = [
-        f"Measured on {machine(device)}. Command: `python -m bench.check_cost --device {device}`."
+        f"Measured on {machine(device.split()[0])}. Command: "
+        f"`python -m bench.check_cost --device {device}`."
     ]
     for res in results:
         s, parts_s, pvs = res["size"], res["breakdown"], res["svd"]
         whole = parts_s["Monitor check, end to end"]
-        rows = [[name, fmt_ms(sec), f"{100 * sec / whole:.0f} %"] for name, sec in parts_s.items()]
+        rows = [
+            [name, fmt_ms(sec), f"{100 * sec / whole:.0f} %", res["ops"][name]]
+            for name, sec in parts_s.items()
+        ]
         parts.append(
             f"**One check, {s.name} GPT** ({pvs['layers']} linear layers, batch {s.batch} × "
             f"{s.block} tokens): median over {rounds} interleaved rounds of the calling thread's "
             "CPU time (wall time on a GPU); the parts are timed alone, so they need not add up "
             "to the whole. The rows *one layer at a time* are the path before stacking (still "
-            "used for sharded or rank-combined checks), for comparison.\n\n"
-            + table(["part", "ms", "of the whole check"], rows)
+            "used for sharded or rank-combined checks), for comparison. *aten ops*: the "
+            "operations one call dispatches; on a GPU, where each does little work here, each "
+            "is a kernel launch (or a view) and their number roughly sets the time.\n\n"
+            + table(["part", "ms", "of the whole check", "aten ops"], rows)
         )
         warm_rows = [
             [
@@ -339,7 +367,12 @@ def report(results: list[dict], logs: dict, device: str, rounds: int, log_calls:
                 ],
                 warm_rows
                 + [
-                    ["power iteration, cold (30 iterations)", fmt_ms(pvs["cold_s"]), "", ""],
+                    [
+                        f"power iteration, cold ({pvs['cold_iters']} iterations)",
+                        fmt_ms(pvs["cold_s"]),
+                        "",
+                        "",
+                    ],
                     ["`torch.linalg.svd` (reduced)", fmt_ms(pvs["svd_s"]), "0 (reference)", "0"],
                 ],
             )
@@ -360,25 +393,42 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--svd-steps", type=int, default=101)
     parser.add_argument("--log-calls", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--gpu-path",
+        action="store_true",
+        help="on a CPU, stack every weight as on a GPU (to count the GPU path's ops here)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.gpu_path:
+        from collector import batched
+
+        batched.CPU_STACK_MAX_NUMEL, batched.CPU_STACK_ROWS = math.inf, True
     results = []
     with tempfile.TemporaryDirectory(prefix="tripwire-check-cost-") as tmp_name:
         tmp = Path(tmp_name)
         for name in args.sizes.split(","):
             size = Size.named(name)
+            seconds, ops = breakdown(size, args.device, args.rounds, tmp)
             results.append(
                 {
                     "size": size,
-                    "breakdown": breakdown(size, args.device, args.rounds, tmp),
+                    "breakdown": seconds,
+                    "ops": ops,
                     "svd": power_vs_svd(size, args.device, args.svd_steps, 10),
                 }
             )
         logs = log_cost(args.log_calls, tmp)
     emit(
-        f"Check cost ({args.device})",
-        report(results, logs, args.device, args.rounds, args.log_calls),
+        f"Check cost ({args.device}{', GPU path' if args.gpu_path else ''})",
+        report(
+            results,
+            logs,
+            args.device + (" --gpu-path" if args.gpu_path else ""),
+            args.rounds,
+            args.log_calls,
+        ),
         write=not args.no_write,
     )
     return {"results": results, "log": logs}

@@ -22,6 +22,11 @@ from collector import spectral
 MAX_STACK_ELEMENTS = 1 << 25
 """Weight elements stacked at once (128 MiB in fp32; the stack is a copy, twice on CPU)."""
 
+CPU_STACK_ROWS = False
+"""Whether the SA statistics stack the sampled rows of one width on a CPU too, as on a GPU
+(:func:`_row_passes`). Off: on a CPU the copy costs what the saved ops gain (``bench/check_cost.py``
+gave 6–7 ms either way on the small GPT, 12 against 14 ms on the medium one, per check)."""
+
 CPU_STACK_MAX_NUMEL = 1 << 17
 """On CPU, weights larger than this (128 Ki elements) are iterated one by one: copying them
 into a stack costs more than the ops it saves (measured in ``bench/check_cost.py``)."""
@@ -150,18 +155,43 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
 SA_COLUMNS = spectral.SA_COLUMNS
 
 
-@torch.no_grad()
-def sa_statistics_stack(
-    rows: list[torch.Tensor], v1: list[torch.Tensor], bin_edges: torch.Tensor = spectral.SA_BINS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
+def _row_passes(
+    rows: list[torch.Tensor], v1: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The passes over each layer's rows: their norms ``(G, k)``, their projections on v1 and
+    on their mean with (v1·mean, mean·mean) appended ``(G, 2, k + 1)``, and max |x| ``(G,)``.
 
-    ``rows``: ``G`` tensors ``(k, in_g)`` with the same ``k > 0``; ``v1``: ``G`` vectors
-    ``(in_g,)``; the widths may differ. The passes over each layer's rows (norms, the
-    projections on v1 and on the rows' mean, max |x|) stay per layer, without temporaries;
-    everything after them runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
-    of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    On a CPU each layer's rows are read where they lie, without temporaries. On a GPU the
+    layers of one width are stacked (a copy of their rows) and done at once: a few ops per
+    width instead of per layer.
     """
+    if rows[0].device.type == "cpu" and not CPU_STACK_ROWS:
+        return _row_passes_per_layer(rows, v1)
+    by_width: dict[int, list[int]] = defaultdict(list)
+    for i, x in enumerate(rows):
+        by_width[x.shape[-1]].append(i)
+    norms, projections, act_max = [], [], []
+    for group in by_width.values():
+        x = torch.stack([rows[i] for i in group]).float()  # (g, k, in)
+        v = torch.stack([v1[i] for i in group]).float()
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        directions = torch.stack([v, x.mean(dim=1)], dim=1)  # (g, 2, in): v1 and the rows' mean
+        on_mean = torch.bmm(directions, directions[:, 1, :, None])  # (v1·mean, mean·mean)
+        projections.append(torch.cat([torch.bmm(directions, x.transpose(1, 2)), on_mean], 2))
+        norms.append(torch.linalg.vector_norm(x, dim=2))
+        flat = x.flatten(1)
+        act_max.append(torch.maximum(-flat.amin(dim=1), flat.amax(dim=1)))
+    out = torch.cat(norms), torch.cat(projections), torch.cat(act_max)
+    order = [i for group in by_width.values() for i in group]
+    if order == sorted(order):
+        return out
+    back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), out[0].device)
+    return tuple(t.index_select(0, back) for t in out)
+
+
+def _row_passes_per_layer(
+    rows: list[torch.Tensor], v1: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     norms, projections, act_max = [], [], []
     for x, v in zip(rows, v1, strict=True):
         x = x.float()
@@ -174,7 +204,22 @@ def sa_statistics_stack(
         norms.append(torch.linalg.vector_norm(x, dim=1))
         # max |x| without an |x| copy (vector_norm(ord=inf) is ~10x slower on CPU)
         act_max.append(torch.maximum(-x.amin(), x.amax()))
-    norms, projections = torch.stack(norms), torch.stack(projections)  # (G, k), (G, 2, k + 1)
+    return torch.stack(norms), torch.stack(projections), torch.stack(act_max)
+
+
+@torch.no_grad()
+def sa_statistics_stack(
+    rows: list[torch.Tensor], v1: list[torch.Tensor], bin_edges: torch.Tensor = spectral.SA_BINS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
+
+    ``rows``: ``G`` tensors ``(k, in_g)`` with the same ``k > 0``; ``v1``: ``G`` vectors
+    ``(in_g,)``; the widths may differ. The passes over each layer's rows (norms, the
+    projections on v1 and on the rows' mean, max |x|) stay per layer, without temporaries;
+    everything after them runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
+    of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    """
+    norms, projections, act_max = _row_passes(rows, v1)  # (G, k), (G, 2, k + 1), (G,)
     dots, on_mean = projections[:, 0, :-1], projections[:, 1, :-1]
     mean_v, mean_sq = projections[:, 0, -1:], projections[:, 1, -1:]
     # ||x - m||² expanded; rounding can leave a tiny negative where a row equals the mean.
@@ -202,7 +247,7 @@ def sa_statistics_stack(
             (2 * sa_pos - 1).abs(),
             sa_mean,
             sa_abs_mean,
-            torch.stack(act_max),
+            act_max,
             norms.mean(dim=1),
             c_abs_mean,
             c_imbalance,

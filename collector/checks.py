@@ -11,7 +11,7 @@ from collector.distributed import Ranks, full
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
 from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
-from collector.updates import sketch, update_ratio
+from collector.updates import sketch, update_ratio, update_ratios
 from storage.entities import LAYER_STATISTICS
 
 
@@ -33,6 +33,18 @@ class SpectralState:
             ratio = update_ratio(now, before, step - before_step)
         self.sketches[name] = (step, now)
         return ratio
+
+    def update_ratios(
+        self, names: list[str], weights: list[torch.Tensor], step: int | None
+    ) -> torch.Tensor:
+        """:meth:`update_ratio` of many layers, as one 1-D tensor (see :func:`update_ratios`)."""
+        now = [sketch(w) for w in weights]
+        earlier = [self.sketches.get(name, (None, None)) for name in names]
+        steps = [0 if step is None or s is None else step - s for s, _ in earlier]
+        ratios = update_ratios(now, [b for _, b in earlier], steps)
+        for name, sketched in zip(names, now, strict=True):
+            self.sketches[name] = (step, sketched)
+        return ratios
 
 
 @torch.no_grad()
@@ -72,12 +84,8 @@ def run_check(
         )
         columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
         sigma1 = table[:, 0:1]
-        updates = torch.stack(
-            [
-                state.update_ratio(layer.name, m, step)
-                for layer, m in zip(layers, matrices, strict=True)
-            ]
-        ).to(table.device)
+        updates = state.update_ratios([layer.name for layer in layers], matrices, step)
+        updates = updates.to(table.device)
         table = torch.cat(
             [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]],
             dim=1,

@@ -23,9 +23,9 @@ def _model() -> nn.Module:
     return nn.Sequential(*blocks, nn.Linear(16, 7, bias=False), nn.Linear(7, 5))
 
 
-def _check(model, layers, state, rows, batched: bool, monkeypatch):
+def _check(model, layers, state, rows, batched: bool, monkeypatch, step=None):
     monkeypatch.setattr(checks, "_batchable", lambda *_: batched)
-    return run_check(layers, rows, state)
+    return run_check(layers, rows, state, step=step)
 
 
 def _rows(model, layers, x):
@@ -62,9 +62,14 @@ def _assert_same(a, b):
                 assert va == vb, key
 
 
-@pytest.mark.parametrize("stack_max", [batched.CPU_STACK_MAX_NUMEL, 0])
-def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max):
+@pytest.mark.parametrize(
+    "stack_max, stack_rows",
+    [(batched.CPU_STACK_MAX_NUMEL, False), (0, False), (math.inf, True)],
+    ids=["cpu", "big-weights-one-by-one", "gpu-path"],
+)
+def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max, stack_rows):
     monkeypatch.setattr(batched, "CPU_STACK_MAX_NUMEL", stack_max)  # 0: big weights one by one
+    monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)  # rows stacked by width
     model = _model()
     layers = select_layers(model)
     assert len(group_by_shape([layer.weight for layer in layers])) < len(layers)
@@ -77,9 +82,14 @@ def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max
         if check == 2:
             rows.pop(layers[1].name)  # a layer whose hook never ran
             layers[-1].module.weight.grad = None  # and one without a gradient
-        got, totals = _check(model, layers, stacked, rows, True, monkeypatch)
-        want, want_totals = _check(model, layers, single, rows, False, monkeypatch)
+        got, totals = _check(model, layers, stacked, rows, True, monkeypatch, step=10 * check)
+        want, want_totals = _check(model, layers, single, rows, False, monkeypatch, 10 * check)
         _assert_same(got, want)
+        ratios = [(g["update_ratio"], w["update_ratio"]) for g, w in zip(got, want, strict=True)]
+        if check:  # tiny numbers (~1e-7): _assert_same's absolute tolerance would pass anything
+            assert all(g == pytest.approx(w, rel=1e-5) for g, w in ratios)
+        else:
+            assert all(math.isnan(g) and math.isnan(w) for g, w in ratios)
         assert totals["weight_norm"] == pytest.approx(want_totals["weight_norm"], rel=1e-6)
         opt.step()
         opt.zero_grad()
