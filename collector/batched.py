@@ -162,16 +162,14 @@ def _row_passes(
     on their mean with (v1·mean, mean·mean) appended ``(G, 2, k + 1)``, and max |x| ``(G,)``.
 
     On a CPU each layer's rows are read where they lie, without temporaries. On a GPU the
-    layers of one width are stacked (a copy of their rows) and done at once: a few ops per
-    width instead of per layer.
+    layers of one width are stacked (a copy of their rows, at most ``MAX_STACK_ELEMENTS`` at a
+    time) and done at once: a few ops per width instead of per layer.
     """
     if rows[0].device.type == "cpu" and not CPU_STACK_ROWS:
         return _row_passes_per_layer(rows, v1)
-    by_width: dict[int, list[int]] = defaultdict(list)
-    for i, x in enumerate(rows):
-        by_width[x.shape[-1]].append(i)
+    groups = group_by_shape(rows)  # one sample size: by width, each stack ≤ 128 MiB
     norms, projections, act_max = [], [], []
-    for group in by_width.values():
+    for group in groups:
         x = torch.stack([rows[i] for i in group]).float()  # (g, k, in)
         v = torch.stack([v1[i] for i in group]).float()
         v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
@@ -182,7 +180,7 @@ def _row_passes(
         flat = x.flatten(1)
         act_max.append(torch.maximum(-flat.amin(dim=1), flat.amax(dim=1)))
     out = torch.cat(norms), torch.cat(projections), torch.cat(act_max)
-    order = [i for group in by_width.values() for i in group]
+    order = [i for group in groups for i in group]
     if order == sorted(order):
         return out
     back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), out[0].device)
