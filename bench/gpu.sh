@@ -31,9 +31,12 @@ step() { # step NAME SECONDS MODULE ARGS...
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
 "$py" -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" >>"$out/gpu.txt"
-step overhead 240 bench.overhead --sizes small,medium,large --rounds 30 --big-rounds 20 \
+# Limits sized from an H200 (2026-11-30): overhead 142 s for the timings (small 44, medium 29,
+# large 69 with 8 rounds) and 97 s for the large GPT's memory probes; bf16 on the large GPT 31 s;
+# check cost 70 s; parity 43 s. All four fit one 600 s call with room to spare.
+step overhead 280 bench.overhead --sizes small,medium,large --rounds 30 --big-rounds 8 \
     --memory-sizes large "${overhead_quick[@]}"
-step overhead-bf16 100 bench.overhead --sizes small,large --rounds 30 --big-rounds 20 --no-memory \
+step overhead-bf16 60 bench.overhead --sizes large --big-rounds 20 --no-memory \
     --autocast bf16 --variants "none,tripwire,tripwire every step" "${overhead_quick[@]}"
-step check-cost 120 bench.check_cost --sizes small,medium,large "${check_quick[@]}"
-step parity 150 bench.device_parity "${parity_quick[@]}"
+step check-cost 100 bench.check_cost --sizes small,medium,large "${check_quick[@]}"
+step parity 80 bench.device_parity "${parity_quick[@]}"
