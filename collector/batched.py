@@ -20,7 +20,8 @@ import torch
 from collector import spectral
 
 MAX_STACK_ELEMENTS = 1 << 25
-"""Weight elements stacked at once (128 MiB in fp32; the stack is a copy, twice on CPU)."""
+"""Elements stacked at once, of weights or of sampled rows (128 MiB in fp32; the stack is a
+copy, twice for weights on CPU)."""
 
 CPU_STACK_ROWS = False
 """Whether the SA statistics stack the sampled rows of one width on a CPU too, as on a GPU
@@ -183,6 +184,7 @@ def _row_passes(
     order = [i for group in groups for i in group]
     if order == sorted(order):
         return out
+    # the inverse permutation: row j of the result is layer j's
     back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), out[0].device)
     return tuple(t.index_select(0, back) for t in out)
 
@@ -212,9 +214,9 @@ def sa_statistics_stack(
     """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
 
     ``rows``: ``G`` tensors ``(k, in_g)`` with the same ``k > 0``; ``v1``: ``G`` vectors
-    ``(in_g,)``; the widths may differ. The passes over each layer's rows (norms, the
-    projections on v1 and on the rows' mean, max |x|) stay per layer, without temporaries;
-    everything after them runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
+    ``(in_g,)``; the widths may differ. After the passes over the rows (norms, the projections
+    on v1 and on the rows' mean, max |x|: per layer on a CPU, per width on a GPU), everything
+    runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
     of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
     """
     norms, projections, act_max = _row_passes(rows, v1)  # (G, k), (G, 2, k + 1), (G,)
