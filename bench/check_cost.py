@@ -207,7 +207,7 @@ class _OpCounter(TorchDispatchMode):
 
 def count_ops(fn) -> int:
     """The aten ops one call of ``fn`` dispatches. On a GPU each is a kernel launch or a view,
-    and where the work per op is small, as in a check, their number sets the time."""
+    and where the work per op is small, as in a check, their number roughly sets the time."""
     with _OpCounter() as counter:
         fn()
     return counter.count
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--gpu-path",
         action="store_true",
-        help="on a CPU, stack every weight as on a GPU (to count the GPU path's ops here)",
+        help="on a CPU, stack every weight and the sampled rows as on a GPU (to count its ops)",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
