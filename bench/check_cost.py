@@ -17,6 +17,7 @@ and inputs are real):
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import tempfile
 import time
@@ -160,13 +161,17 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     per_layer_state = checks.SpectralState()
     per_layer_state.v = dict(state.v)
 
+    # A later step at each call, as in training: the update ratios compare with the last check.
+    check_steps = {name: itertools.count(3 * monitor.every, monitor.every) for name in REFERENCE}
+
     def whole_check():
-        checks.run_check(layers, rows, state)
+        checks.run_check(layers, rows, state, step=next(check_steps["run_check, stacked (now)"]))
 
     def per_layer_check():
         batchable, checks._batchable = checks._batchable, lambda *_: False
         try:
-            checks.run_check(layers, rows, per_layer_state)
+            step = next(check_steps["run_check, one layer at a time (before)"])
+            checks.run_check(layers, rows, per_layer_state, step=step)
         finally:
             checks._batchable = batchable
 
@@ -174,7 +179,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
         sampler.arm()
         for layer in layers:
             sampler._hook_for(layer.name)(layer.module, (inputs[layer.name],), None)
-        monitor._check(0)
+        monitor._check(next(check_steps["Monitor check, end to end"]))
 
     parts = dict(
         zip(
