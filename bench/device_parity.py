@@ -30,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
     runnable = torch.compile(model) if setup.compiled else model
     monitor = collector.watch(runnable, run=name, db=db_url, every=EVERY, spool_dir=spool)
     t0 = time.perf_counter()
+    sync_counts: dict[int, int] = {}
     for step in range(STEPS):
         autocast = (
             torch.autocast(device_type=device.split(":")[0], dtype=setup.dtype)
@@ -91,7 +93,10 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
             scaler.scale(loss).backward()
             if setup.unscale:
                 scaler.unscale_(opt)
-        monitor.log(step, loss=loss.detach(), lr=1e-3)
+        with _syncs_counted(device, enabled=step >= STEPS - 2) as syncs:
+            monitor.log(step, loss=loss.detach(), lr=1e-3)
+        if syncs is not None:
+            sync_counts[step] = len(syncs)
         if scaler is None:
             opt.step()
         else:
@@ -103,7 +108,24 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
     db = Database(db_url)
     run = runs.find_run(db, name)
     rows = {(r.step, r.layer): r for r in stats.layer_stats(db, run.id)}
-    return {"rows": rows, "errors": monitor.errors, "seconds": seconds}
+    return {"rows": rows, "errors": monitor.errors, "seconds": seconds, "syncs": sync_counts}
+
+
+@contextlib.contextmanager
+def _syncs_counted(device: str, enabled: bool):
+    """The synchronizing CUDA calls made inside the block (a list of warnings), or None where
+    they cannot be counted (not CUDA, or not ``enabled``)."""
+    if not (enabled and device.startswith("cuda")):
+        yield None
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    caught[:] = [w for w in caught if "called a synchronizing" in str(w.message)]
 
 
 def compare(rows: dict, reference: dict) -> dict[tuple[int, str], float]:
@@ -131,21 +153,27 @@ def all_finite(rows: dict) -> bool:
 
 def report(device: str, results: dict[str, dict], reference: dict) -> str:
     steps = sorted({step for step, _ in reference["rows"]})
-    headers = ["set-up", "errors", "all finite", "check step"]
+    headers = ["set-up", "errors", "syncs in log(): check / other step", "all finite", "check step"]
     headers += [f"{name} (abs)" if name in ABSOLUTE else name for name in STATS]
     rows = []
     for setup, res in results.items():
         diffs = compare(res["rows"], reference["rows"])
         finite = "yes" if all_finite(res["rows"]) else "**no**"
+        syncs = res["syncs"]
+        synced = f"{syncs[STEPS - 1]} / {syncs[STEPS - 2]}" if syncs else "n/a"
         for step in (steps[0], steps[-1]):
             cells = [f"{diffs[(step, name)]:.1e}" for name in STATS]
-            rows.append([setup, res["errors"], finite, step, *cells])
+            rows.append([setup, res["errors"], synced, finite, step, *cells])
     return (
         f"Measured on {machine(device)}. The small GPT (17 monitored linear layers, 1 024 input "
         f"rows per layer, all used) trained {STEPS} AdamW steps, checked every {EVERY}, from one "
         "initialisation; each cell is the largest difference over layers from the CPU fp32 run "
-        "at the same check step, relative (absolute for `sa_imbalance`, a fraction often near 0) (step 0: the same weights; later steps: after training "
-        "on each device, so differences grow). *errors*: the collector's own failures. Command: "
+        "at the same check step, relative (absolute for `sa_imbalance`, a fraction often near "
+        "0); step 0: the same weights; later steps: after training on each device, so "
+        "differences grow. *errors*: the collector's own failures. *syncs*: synchronizing CUDA "
+        f"calls inside `monitor.log()` on step {STEPS - 1} (a check) and {STEPS - 2} (none), "
+        "counted by `torch.cuda.set_sync_debug_mode`: the check's host transfers should be "
+        "all. Command: "
         f"`python -m bench.device_parity --device {device}`.\n\n" + table(headers, rows)
     )
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
+import torch
 
 from bench import check_cost, common, device_parity, overhead, storage_throughput
 
@@ -115,3 +117,23 @@ def test_storage_throughput_on_sqlite(scheduler):
     assert result["writer"]["complete"] and result["size"] > 0
     if scheduler:
         assert result["scheduler"]["first_s"] > 0
+
+
+def test_device_parity_counts_only_the_sync_warnings(monkeypatch):
+    # No GPU here: torch's switch is stood in for, with the warnings it gives on a GPU.
+    def set_mode(mode):
+        if mode == "warn":
+            warnings.warn(
+                "Synchronization debug mode is a prototype feature and does not yet "
+                "detect all synchronizing operations",
+                stacklevel=1,
+            )
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_mode)
+    with device_parity._syncs_counted("cuda", enabled=True) as syncs:
+        for _ in range(2):
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        warnings.warn("something else", stacklevel=1)
+    assert len(syncs) == 2
+    with device_parity._syncs_counted("cpu", enabled=True) as syncs:
+        assert syncs is None
