@@ -105,8 +105,9 @@ class InputSampler:
                 x = inputs[0] if inputs else None
                 if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
                     with torch.no_grad():
+                        # In the input's dtype until the check, which computes in fp32:
+                        # under bf16 autocast the held samples take half the memory.
                         rows = sample_rows(x, self.sample_size, self._generators.on(x.device))
-                        rows = rows.float()  # bf16/fp16: a copy; fp32: the input itself
                     self._rows[name] = rows
                     self._versions[name] = rows._version
             finally:

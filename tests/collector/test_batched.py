@@ -180,3 +180,32 @@ def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url
             if step >= 3:  # 3: no check; 4: the third check, warm
                 assert traffic.seen == [], step
         assert m.checks == 3 and m.errors == 0
+
+
+@pytest.mark.parametrize("stack_rows", [False, True], ids=["cpu", "gpu-path"])
+def test_bf16_samples_are_held_as_bf16_and_measured_in_fp32(
+    monkeypatch, sqlite_url, tmp_path, stack_rows
+):
+    monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)
+    model = _model()
+    with collector.watch(model, run="bf16", db=sqlite_url, every=1, spool_dir=tmp_path) as m:
+        m.prepare(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(4, 32, 16)).float().square().mean()
+        loss.backward()
+        rows = dict(m._sampler._rows)
+        # autocast casts inside each layer: the first one sees the fp32 batch, the rest bf16
+        assert {n: r.dtype for n, r in rows.items() if r.dtype != torch.bfloat16} == {
+            m.layers[0].name: torch.float32
+        }
+        state = SpectralState()
+        state.v = dict(m._spectral.v)
+        got, _ = run_check(m.layers, rows, state)
+        want, _ = run_check(m.layers, {k: r.float() for k, r in rows.items()}, m._spectral)
+        for row_got, row_want in zip(got, want, strict=True):  # fp32 from bf16 is exact
+            assert row_got.keys() == row_want.keys()
+            for key, value in row_got.items():
+                same = value == row_want[key]
+                assert same or (math.isnan(value) and math.isnan(row_want[key])), key
+        m.log(0, loss=loss)
+    assert m.errors == 0
