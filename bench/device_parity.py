@@ -15,8 +15,9 @@ steps from one initialisation on fixed random tokens, checked every 10 steps, in
 Each set-up's per-layer statistics are compared with the reference's at the same check step: the
 largest relative difference over layers (``|a - b| / max(|b|, 1e-6)``), per statistic; for
 ``sa_imbalance``, a fraction often near 0, the largest absolute difference. Also
-reported: the collector's errors (``monitor.errors``, which must be 0) and whether every stored
-statistic is finite.
+reported: the collector's errors (``monitor.errors``, which must be 0), whether every stored
+statistic is finite and, on CUDA, the synchronizing calls inside ``monitor.log()`` on the last
+check step and on the step before it (``torch.cuda.set_sync_debug_mode``).
 
     .venv/bin/python -m bench.device_parity --device cuda        # on a GPU machine
     .venv/bin/python -m bench.device_parity --device cpu --no-write   # the code path, on a CPU
@@ -192,9 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         for setup in setups:
             try:
                 results[setup] = train(setup, SETUPS[setup], args.device, url, tmp)
-            except (
-                Exception
-            ) as exc:  # one set-up failing (say, no fp16 on this device) is a finding
+            except Exception as exc:
+                # one set-up failing (say, no fp16 on this device) is a finding, not the end
                 print(f"[{setup}: failed: {type(exc).__name__}: {exc}]", file=sys.stderr)
                 continue
             print(f"[{setup}: {results[setup]['seconds']:.1f} s]", file=sys.stderr)
