@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -70,6 +71,20 @@ def run_check(
     """
     if not layers:
         return [], {}
+    with _without_autocast(layers[0].weight.device):
+        return _run_check(layers, rows, state, bin_edges, ranks, step)
+
+
+def _without_autocast(device: torch.device):
+    """A check computes in fp32 even when ``log()`` is called inside the loop's autocast block
+    (matrix products there would run in bf16: σ1 to 3 significant digits)."""
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to turn off
+        return contextlib.nullcontext()
+
+
+def _run_check(layers, rows, state, bin_edges, ranks, step) -> tuple[list[dict], dict[str, float]]:
     params = [layer.weight for layer in layers]
     if ranks is not None and ranks.sharded(params):
         weight_norms, grad_norms = ranks.sharded_norms(params)

@@ -209,3 +209,19 @@ def test_bf16_samples_are_held_as_bf16_and_measured_in_fp32(
                 assert same or (math.isnan(value) and math.isnan(row_want[key])), key
         m.log(0, loss=loss)
     assert m.errors == 0
+
+
+@pytest.mark.parametrize("batched_path", [True, False], ids=["stacked", "per-layer"])
+def test_a_check_inside_autocast_still_computes_in_fp32(monkeypatch, batched_path):
+    # A plain loop may call log() inside its autocast block; the check must not run in bf16.
+    model = _model()
+    layers = select_layers(model)
+    rows = _rows(model, layers, torch.randn(4, 32, 16, generator=torch.Generator().manual_seed(1)))
+    outside, inside = SpectralState(), SpectralState()
+    want, _ = _check(model, layers, outside, rows, batched_path, monkeypatch, step=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = _check(model, layers, inside, rows, batched_path, monkeypatch, step=0)
+    for row_got, row_want in zip(got, want, strict=True):
+        for key, value in row_got.items():
+            same = value == row_want[key]
+            assert same or (math.isnan(value) and math.isnan(row_want[key])), key
