@@ -323,10 +323,17 @@ def log_cost(calls: int, tmp: Path) -> dict:
     return out
 
 
-def report(results: list[dict], logs: dict, device: str, rounds: int, log_calls: int) -> str:
+def report(
+    results: list[dict],
+    logs: dict,
+    device: str,
+    rounds: int,
+    log_calls: int,
+    gpu_path: bool = False,
+) -> str:
     parts = [
-        f"Measured on {machine(device.split()[0])}. Command: "
-        f"`python -m bench.check_cost --device {device}`."
+        f"Measured on {machine(device)}. Command: "
+        f"`python -m bench.check_cost --device {device}{' --gpu-path' if gpu_path else ''}`."
     ]
     for res in results:
         s, parts_s, pvs = res["size"], res["breakdown"], res["svd"]
@@ -427,13 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
         logs = log_cost(args.log_calls, tmp)
     emit(
         f"Check cost ({args.device}{', GPU path' if args.gpu_path else ''})",
-        report(
-            results,
-            logs,
-            args.device + (" --gpu-path" if args.gpu_path else ""),
-            args.rounds,
-            args.log_calls,
-        ),
+        report(results, logs, args.device, args.rounds, args.log_calls, args.gpu_path),
         write=not args.no_write,
     )
     return {"results": results, "log": logs}

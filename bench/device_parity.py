@@ -73,8 +73,7 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
     from storage import Database, runs, stats
 
     model, opt, x = build(Size.named("small"), "cpu")  # one initialisation for every device
-    model, x = model.to(device), x.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, x = model.to(device), x.to(device)  # the same Parameters, moved: opt still holds them
     scaler = torch.amp.GradScaler(device.split(":")[0]) if setup.scaler else None
     runnable = torch.compile(model) if setup.compiled else model
     monitor = collector.watch(runnable, run=name, db=db_url, every=EVERY, spool_dir=spool)

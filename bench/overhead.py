@@ -300,8 +300,13 @@ def memory(size: Size, device: str, every: int, steps: int, repeats: int = 3) ->
     return {"setup": extra("setup"), "training": extra("training"), "device": extra("device_peak")}
 
 
-def report(results: list[dict], mem: dict, device: str, every: int) -> str:
-    """The section's text; ``device`` as given on the command line, flags after it."""
+def report(
+    results: list[dict], mem: dict, device: str, every: int, autocast: str | None = None
+) -> str:
+    """The section's text; ``autocast`` as given on the command line (``bf16``), if at all."""
+    command = f"python -m bench.overhead --device {device}" + (
+        f" --autocast {autocast}" if autocast else ""
+    )
     names = {
         "none": "no monitoring",
         "tripwire": f"Tripwire defaults (every={every})",
@@ -311,22 +316,21 @@ def report(results: list[dict], mem: dict, device: str, every: int) -> str:
         "tensorboard": f"TensorBoard add_histogram, every {every} steps",
     }
     parts = [
-        f"Measured on {machine(device.split()[0])}. Median step time over interleaved rounds of "
+        f"Measured on {machine(device)}. Median step time over interleaved rounds of "
         f"{every} steps per variant (each block holds one check at the default cadence); ratio = "
         "median of per-round ratios to no monitoring (1.000 = free). *CPU* is the training "
         "thread's CPU time (`time.thread_time`, all of torch's work with one intra-op thread), "
         "which other processes on a shared machine barely disturb; *wall* is what the loop "
         "waited, and moves with the machine's load. Background work runs beside training as in "
         "real use; the Tripwire writer thread's CPU per check (its set-up, the first commits "
-        "during the warm-up, left out) is shown apart. Command: "
-        f"`python -m bench.overhead --device {device}`."
+        f"during the warm-up, left out) is shown apart. Command: `{command}`."
         + (
             " **On a GPU the wall figures are the ones that count**: the training thread's CPU "
             "time there is mostly launching kernels and waiting for the device."
             if device.startswith("cuda")
             else ""
         )
-        + (" Forward passes under bf16 autocast." if "--autocast bf16" in device else "")
+        + (f" Forward passes under {autocast} autocast." if autocast else "")
     ]
     for res in results:
         s = res["size"]
@@ -416,10 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{size.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
         if not args.no_memory and size.name in memory_sizes:
             mem[size.name] = memory(size, args.device, args.every, args.probe_steps)
-    flags = f" --autocast {args.autocast}" if args.autocast else ""
     emit(
-        f"Overhead ({args.device}{', bf16 autocast' if args.autocast else ''})",
-        report(results, mem, args.device + flags, args.every),
+        f"Overhead ({args.device}{f', {args.autocast} autocast' if args.autocast else ''})",
+        report(results, mem, args.device, args.every, args.autocast),
         write=not args.no_write,
     )
     return {"results": results, "memory": mem}
