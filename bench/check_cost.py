@@ -74,6 +74,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     number of aten ops each part dispatches."""
     import collector
     from collector import batched, checks, norms, spectral, updates
+    from collector.host import ToHost
     from storage.entities import LAYER_STATISTICS as _COLUMNS
 
     model, opt, x = build(size, device)
@@ -147,8 +148,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
             spectral.sa_statistics(r, v1s[name])
 
     def transfer():
-        torch.stack([t.cpu() for t in per_layer]).tolist()
-        torch.stack([h.cpu() for h in hists]).tolist()
+        ToHost([torch.stack(per_layer), torch.stack(hists)]).lists()
 
     def queue_rows():
         out = []

@@ -1,4 +1,4 @@
-"""One check: every per-layer statistic, computed on the device, moved to the host once."""
+"""One check: every per-layer statistic, computed on the device, moved to the host in one copy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from collector.batched import SA_COLUMNS, layer_table
 from collector.distributed import Ranks, full
+from collector.host import ToHost
 from collector.layers import MonitoredLayer
 from collector.norms import global_norm, stable_rank, weight_and_grad_norms
 from collector.spectral import SA_BINS, power_iteration, sa_statistics, v_drift
@@ -68,11 +69,58 @@ def run_check(
     With ``ranks`` (distributed training) every rank must call this at the same check: sharded
     weights are gathered one layer at a time, norms summed over shards, and the SA statistics
     combine all ranks' input samples (see :mod:`collector.distributed`).
+
+    This waits for the device; :func:`start_check` is the same check without the wait.
+    """
+    return start_check(layers, rows, state, bin_edges, ranks, step).result()
+
+
+@torch.no_grad()
+def start_check(
+    layers: list[MonitoredLayer],
+    rows: dict[str, torch.Tensor],
+    state: SpectralState,
+    bin_edges: torch.Tensor = SA_BINS,
+    ranks: Ranks | None = None,
+    step: int | None = None,
+) -> PendingCheck:
+    """:func:`run_check`, queued: the device work is launched and its one host copy started,
+    and the caller goes on; :meth:`PendingCheck.result` waits for the copy and builds the rows.
+
+    What ``Monitor.log`` runs on a check step, so that the training thread never waits for
+    the device (the writer thread does). The per-layer path of sharded or rank-combined checks
+    still waits here: it makes collectives anyway.
+
+    >>> check = start_check(layers, rows, state, step=100)  # doctest: +SKIP
+    >>> layer_rows, totals = check.result()                 # on the writer thread  # doctest: +SKIP
     """
     if not layers:
-        return [], {}
+        return PendingCheck.done([], {})
     with _without_autocast(layers[0].weight.device):
-        return _run_check(layers, rows, state, bin_edges, ranks, step)
+        return _start_check(layers, rows, state, bin_edges, ranks, step)
+
+
+class PendingCheck:
+    """One check's statistics on their way to the host (see :func:`start_check`)."""
+
+    def __init__(self, layers, copy: ToHost, measured: list[bool], grads_present: list[bool]):
+        self._parts = (layers, copy, measured, grads_present)
+        self._result: tuple[list[dict], dict] | None = None
+
+    @classmethod
+    def done(cls, layer_rows: list[dict], totals: dict) -> PendingCheck:
+        check = cls([], ToHost([]), [], [])
+        check._result = (layer_rows, totals)
+        return check
+
+    def result(self) -> tuple[list[dict], dict[str, float]]:
+        """``(layer_rows, global_scalars)`` as :func:`run_check` returns them; waits for the
+        host copy the first time."""
+        if self._result is None:
+            layers, copy, measured, grads_present = self._parts
+            table, hists = copy.lists()
+            self._result = _rows(layers, table, hists, measured, grads_present)
+        return self._result
 
 
 def _without_autocast(device: torch.device):
@@ -84,7 +132,7 @@ def _without_autocast(device: torch.device):
         return contextlib.nullcontext()
 
 
-def _run_check(layers, rows, state, bin_edges, ranks, step) -> tuple[list[dict], dict[str, float]]:
+def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     params = [layer.weight for layer in layers]
     if ranks is not None and ranks.sharded(params):
         weight_norms, grad_norms = ranks.sharded_norms(params)
@@ -105,8 +153,7 @@ def _run_check(layers, rows, state, bin_edges, ranks, step) -> tuple[list[dict],
             [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]],
             dim=1,
         )
-        # sync point: one host transfer for the whole check.
-        return _rows(layers, table.cpu().tolist(), hists.cpu().tolist(), measured, grads_present)
+        return PendingCheck(layers, ToHost([table, hists]), measured, grads_present)
 
     n_bins = bin_edges.numel() - 1
     spectra, sa_stats, samples = [], [], []
@@ -148,7 +195,7 @@ def _run_check(layers, rows, state, bin_edges, ranks, step) -> tuple[list[dict],
     # sync point: one host transfer per device for the whole check.
     table = torch.stack([t.cpu() if t.device.type != "cpu" else t for t in per_layer]).tolist()
     hist_table = torch.stack([h.cpu() for h in hists]).tolist()
-    return _rows(layers, table, hist_table, measured, grads_present)
+    return PendingCheck.done(*_rows(layers, table, hist_table, measured, grads_present))
 
 
 def _batchable(params: list[torch.Tensor], ranks: Ranks | None) -> bool:

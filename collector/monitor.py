@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from collector.capture import InputSampler, OutputLogZ
-from collector.checks import SpectralState, run_check
+from collector.checks import PendingCheck, SpectralState, start_check
 from collector.distributed import detect, unwrap
+from collector.host import ToHost
 from collector.layers import select_layers
 from collector.spectral import SA_BINS
 from storage import Database, SchemaOutOfDate, StoreUnavailable
@@ -343,12 +344,8 @@ class Monitor:
     def _check(self, step: int, grad_norm: bool = True) -> None:
         rows = self._sampler.take()
         ranks = self.ranks if self.ranks.reduces else None
-        layer_rows, totals = run_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
-        if not grad_norm:
-            totals.pop("grad_norm", None)
+        check = start_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
         output_log_z = self._log_z.take() if self._log_z is not None else None
-        if output_log_z is not None:
-            totals["log_z"] = output_log_z  # a log_z the loop logs itself for this step wins
         if ranks is not None:
             self._exchange_flags(step, rows)
         if self.layers and not rows:
@@ -360,12 +357,15 @@ class Monitor:
                 step,
             )
         wall = time.time()
-        if layer_rows:
-            for row in layer_rows:
-                row["step"] = step
-                row["wall_time"] = wall
-            self._writer.put("layer_stats", layer_rows)
-            totals = {k: v for k, v in totals.items() if v is not None}
+        if self.layers:
+            # The rows are built on the writer thread, once the device has copied them back:
+            # the training thread does not wait for the check it launched.
+            self._writer.put("layer_stats", lambda: _dated(check.result()[0], step, wall))
+            totals = {key: _Total(check, key) for key in ("grad_norm", "weight_norm")}
+            if not grad_norm:
+                del totals["grad_norm"]
+            if output_log_z is not None:
+                totals["log_z"] = output_log_z  # a log_z the loop logs itself for this step wins
             if self._pending and self._pending[-1][0] == step:
                 for key, value in totals.items():
                     self._pending[-1][2].setdefault(key, value)
@@ -398,7 +398,8 @@ class Monitor:
             log.warning(message, *args)
 
     def _flush_scalars(self) -> None:
-        """Turn the pending per-step values into rows with one host transfer."""
+        """Hand the pending per-step values to the writer, as rows it reads back itself (one
+        host copy per device for all tensors among them)."""
         if not self.ranks.writes:
             self._pending.clear()
         if not self._pending:
@@ -407,15 +408,24 @@ class Monitor:
         tensors = [
             v for _, _, values in pending for v in values.values() if isinstance(v, torch.Tensor)
         ]
-        host = iter(_to_host(tensors))
-        rows = []
-        for step, wall, values in pending:
-            for key, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    value = next(host)
-                rows.append(
-                    {"step": step, "key": key, "value": _as_float(value), "wall_time": wall}
-                )
+        host = _HostScalars(tensors)
+
+        def rows() -> list[dict]:
+            values_back = iter(host.values())
+            out = []
+            for step, wall, values in pending:
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        value = next(values_back)
+                    elif isinstance(value, _Total):
+                        value = value.get()
+                        if value is None:
+                            continue
+                    out.append(
+                        {"step": step, "key": key, "value": _as_float(value), "wall_time": wall}
+                    )
+            return out
+
         self._writer.put("scalars", rows)
 
     def _poll_alerts(self, run_db_id: int) -> None:
@@ -486,19 +496,45 @@ def _any_non_finite(values) -> bool:
     )
 
 
-def _to_host(tensors: list[torch.Tensor]) -> list[float]:
-    if not tensors:
-        return []
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    out: list[float] = [math.nan] * len(tensors)
-    for idx in by_device.values():
-        # sync point: one copy per device for all values since the last check.
-        values = torch.stack([tensors[i].float().reshape(-1)[0] for i in idx]).cpu().tolist()
-        for i, v in zip(idx, values, strict=True):
-            out[i] = v
-    return out
+class _HostScalars:
+    """0-dim tensors (losses, logged values) copied to the host in one batch per device."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self._by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            self._by_device.setdefault(t.device, []).append(i)
+        self._count = len(tensors)
+        self._copy = ToHost(
+            [
+                torch.stack([tensors[i].detach().float().reshape(-1)[0] for i in idx])
+                for idx in self._by_device.values()
+            ]
+        )
+
+    def values(self) -> list[float]:
+        """The first element of each tensor, in order; waits for the copies."""
+        out: list[float] = [math.nan] * self._count
+        for idx, values in zip(self._by_device.values(), self._copy.lists(), strict=True):
+            for i, v in zip(idx, values, strict=True):
+                out[i] = v
+        return out
+
+
+class _Total:
+    """A check's global norm (``grad_norm``, ``weight_norm``), known once its rows are back."""
+
+    def __init__(self, check: PendingCheck, key: str):
+        self.check, self.key = check, key
+
+    def get(self) -> float | None:
+        return self.check.result()[1].get(self.key)
+
+
+def _dated(layer_rows: list[dict], step: int, wall: float) -> list[dict]:
+    for row in layer_rows:
+        row["step"] = step
+        row["wall_time"] = wall
+    return layer_rows
 
 
 def _as_float(value) -> float | None:

@@ -12,6 +12,10 @@ Records are ``(kind, payload)`` pairs:
 - ``("layer_stats", [{"layer", "step", "wall_time", <statistics>, "sa_hist"}, ...])``
 - ``("finish", {"status", "at", "error"})``
 
+A payload may also be a function that returns it: the writer thread calls it when it takes the
+record (the collector's rows, read back from the device there so that the training thread does
+not wait). One that raises is logged and its record dropped.
+
 Times inside records are Unix seconds (floats) so the spool stays plain JSON.
 """
 
@@ -78,6 +82,7 @@ class BatchWriter:
         self.run_id: int | None = run_id
         self.rows_written = 0
         self.write_failures = 0
+        self.dropped = 0  # records whose payload function raised
         self._layer_ids: dict[str, int] = dict(layer_ids or {})
         self._bucket_width: int | None = None  # the run's rollup bucket width, read once
         self._queue: queue.Queue = queue.Queue()
@@ -95,7 +100,8 @@ class BatchWriter:
     # -- producer side (training thread) ------------------------------------------------------
 
     def put(self, kind: str, payload) -> None:
-        """Enqueue a record; returns at once."""
+        """Enqueue a record (or a function returning its payload, called on the writer thread);
+        returns at once."""
         with self._flushed:
             self._put_count += 1
         self._queue.put((kind, payload))
@@ -153,9 +159,20 @@ class BatchWriter:
                 return batch, True
             if kind == _FLUSH:
                 return batch, False
-            batch.append((kind, payload))
+            batch.append((kind, self._resolved(kind, payload)))
             if len(batch) >= 10_000:
                 return batch, False
+
+    def _resolved(self, kind: str, payload):
+        if not callable(payload):
+            return payload
+        try:
+            return payload()
+        except Exception:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.exception("tripwire: a %s record could not be read back; dropped", kind)
+            return []
 
     def _write(self, batch: list, *, force: bool) -> None:
         now = time.monotonic()

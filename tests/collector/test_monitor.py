@@ -320,7 +320,7 @@ def test_a_failure_inside_the_collector_never_reaches_the_training_loop(
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(monitor_module, "run_check", broken)
+    monkeypatch.setattr(monitor_module, "start_check", broken)
     model = TinyNet()
     monitor = collector.watch(model, run="broken", db=sqlite_url, every=1, spool_dir=tmp_path)
     for step, (x, _) in enumerate(_batches(5)):

@@ -55,6 +55,37 @@ def test_writes_everything_in_batches_and_finishes_the_run(db, tmp_path):
     assert not writer.spooled
 
 
+def test_a_payload_function_is_called_on_the_writer_thread_and_one_that_raises_is_dropped(
+    db, tmp_path, caplog
+):
+    import threading
+
+    called_on = []
+
+    def rows(step):
+        def later():
+            called_on.append(threading.current_thread().name)
+            return _scalars(step)
+
+        return later
+
+    def broken():
+        raise RuntimeError("device lost")
+
+    writer = BatchWriter(db, "w-later", spool_dir=tmp_path)
+    writer.put(*_start("w-later"))
+    writer.put("scalars", rows(0))
+    writer.put("layer_stats", broken)
+    writer.put("scalars", rows(1))
+    writer.put("layer_stats", lambda: _layer_row(1))
+    assert writer.flush(30)  # the dropped record counts as done: flush does not hang
+    writer.close()
+    run = runs.find_run(db, "w-later")
+    assert stats.count_rows(db, run.id) == (2, 1)
+    assert called_on == ["tripwire-writer"] * 2 and writer.dropped == 1
+    assert "could not be read back" in caplog.text and "device lost" in caplog.text
+
+
 def test_database_down_at_start_and_mid_run_loses_nothing_and_writes_nothing_twice(
     throwaway_pg, tmp_path
 ):
