@@ -172,8 +172,8 @@ def report(device: str, results: dict[str, dict], reference: dict) -> str:
         "0); step 0: the same weights; later steps: after training on each device, so "
         "differences grow. *errors*: the collector's own failures. *syncs*: synchronizing CUDA "
         f"calls inside `monitor.log()` on step {STEPS - 1} (a check) and {STEPS - 2} (none), "
-        "counted by `torch.cuda.set_sync_debug_mode`: the check's host transfers should be "
-        "all. Command: "
+        "counted by `torch.cuda.set_sync_debug_mode` (0 is the aim: a check's values are "
+        "read back on the writer thread). Command: "
         f"`python -m bench.device_parity --device {device}`.\n\n" + table(headers, rows)
     )
 
