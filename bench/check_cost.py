@@ -118,7 +118,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     def norm_part():
         norms.weight_and_grad_norms(weights)
 
-    groups = batched.group_by_shape(weights)
+    groups = batched.power_groups(weights)
     sampled = [layer.name for layer in layers if layer.name in rows]
     sa_rows = [rows[name] for name in sampled]
     sa_v1 = [v1s[name] for name in sampled]
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--gpu-path",
         action="store_true",
-        help="on a CPU, stack every weight and the sampled rows as on a GPU (to count its ops)",
+        help="on a CPU, stack (and pad) weights and sampled rows as on a GPU (to count its ops)",
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
         from collector import batched
 
         batched.CPU_STACK_MAX_NUMEL, batched.CPU_STACK_ROWS = math.inf, True
+        batched.CPU_PAD_SHAPES = True
     results = []
     with tempfile.TemporaryDirectory(prefix="tripwire-check-cost-") as tmp_name:
         tmp = Path(tmp_name)

@@ -3,9 +3,9 @@
 Per layer, power iteration, v drift and the SA statistics take ~100 small tensor ops; on a
 small model or a GPU the cost of a check is their Python and launch overhead, not their maths.
 A transformer has a handful of weight shapes (qkv, proj, fc, ...), so this module stacks the
-layers of one shape for power iteration and v drift, and every layer with the same number of
-sampled rows for the tail of the SA statistics: the op count of a check drops by the number of
-blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
+layers of one shape for power iteration and v drift (on a GPU, small weights of different shapes
+zero-padded into one stack), and every layer with the same number of sampled rows for the tail
+of the SA statistics: the op count of a check drops by the number of blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
 Imports only torch.
 """
 
@@ -28,6 +28,15 @@ CPU_STACK_ROWS = False
 (:func:`_row_passes`). Off: on a CPU the copy costs what the saved ops gain (``bench/check_cost.py``
 gave 6–7 ms either way on the small GPT, 12 against 14 ms on the medium one, per check)."""
 
+PAD_MAX_ELEMENTS = 1 << 23
+"""Weights of different shapes are zero-padded into one stack for power iteration while the
+padded stack stays at most this big (32 MiB in fp32): on a GPU a small model's check is
+launch-bound, and each shape's stack costs ~125 ops (:func:`power_groups`)."""
+
+CPU_PAD_SHAPES = False
+"""Whether :func:`power_groups` pads shapes together on a CPU too, as on a GPU. Off: a CPU is
+bound by arithmetic, which padding only adds."""
+
 CPU_STACK_MAX_NUMEL = 1 << 17
 """On CPU, weights larger than this (128 Ki elements) are iterated one by one: copying them
 into a stack costs more than the ops it saves (measured in ``bench/check_cost.py``)."""
@@ -49,6 +58,66 @@ def group_by_shape(
         per_chunk = max(1, max_elements // max(weights[idx[0]].numel(), 1))
         groups += [idx[i : i + per_chunk] for i in range(0, len(idx), per_chunk)]
     return groups
+
+
+def power_groups(
+    weights: list[torch.Tensor], pad: bool | None = None, max_padded: int = PAD_MAX_ELEMENTS
+) -> list[list[int]]:
+    """Indices of ``weights`` (2-D) grouped for :func:`power_iteration_stack`.
+
+    By shape (:func:`group_by_shape`); with ``pad`` (default: on a GPU, or
+    :data:`CPU_PAD_SHAPES`), the smallest groups are then merged, whatever their shapes, while
+    the zero-padded stack of a merged group holds at most ``max_padded`` elements. A small
+    GPT's five shapes become one stack: ~125 ops per shape fewer, on a GPU where a check's
+    time follows its op count.
+
+    >>> power_groups([torch.zeros(3, 2), torch.zeros(4, 2), torch.zeros(3, 2)], pad=True)
+    [[0, 2, 1]]
+    """
+    groups = group_by_shape(weights)
+    if pad is None:
+        pad = weights[0].device.type != "cpu" or CPU_PAD_SHAPES if weights else False
+    if not pad:
+        return groups
+    merged: list[list[int]] = []
+    bucket: list[int] = []
+    rows = cols = 0
+    for group in sorted(groups, key=lambda g: weights[g[0]].numel()):
+        r, c = weights[group[0]].shape
+        if bucket and (len(bucket) + len(group)) * max(rows, r) * max(cols, c) > max_padded:
+            merged.append(bucket)
+            bucket, rows, cols = [], 0, 0
+        bucket, rows, cols = bucket + group, max(rows, r), max(cols, c)
+    return merged + [bucket] if bucket else merged
+
+
+def _pad_to(v: torch.Tensor, width: int) -> torch.Tensor:
+    """``v`` (a vector) with zeros appended up to ``width``."""
+    return v if v.shape[-1] == width else torch.nn.functional.pad(v, (0, width - v.shape[-1]))
+
+
+def _stacked(weights: list[torch.Tensor]) -> torch.Tensor:
+    """``(G, rows, cols)`` fp32: the weights, zero-padded to the largest of each dimension.
+
+    Zero rows and columns change no singular value, and the iterates stay zero in them."""
+    if len({tuple(w.shape) for w in weights}) == 1:
+        return torch.stack([w.detach().float() for w in weights])
+    rows = max(w.shape[0] for w in weights)
+    cols = max(w.shape[1] for w in weights)
+    out = weights[0].new_zeros((len(weights), rows, cols), dtype=torch.float32)
+    for i, w in enumerate(weights):
+        out[i, : w.shape[0], : w.shape[1]] = w.detach()
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _cold_rows(widths: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The cold-start vectors of layers of these widths, zero-padded to the widest: ``(G, max)``
+    (shared: do not modify it)."""
+    width = max(widths)
+    if len(set(widths)) == 1:
+        return spectral._cold_start(width, device).expand(len(widths), width)
+    return torch.stack([_pad_to(spectral._cold_start(n, device), width) for n in widths])
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -74,27 +143,32 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
 def power_iteration_stack(
     weights: list[torch.Tensor], vs: list[torch.Tensor | None], iters: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ1 and v1 of same-shaped ``weights``, warm-started from ``vs`` (``None``: cold).
+    """σ1 and v1 of ``weights``, warm-started from ``vs`` (``None``: cold).
 
     :func:`collector.spectral.power_iteration` for each matrix: ``WARM_ITERS`` iterations when
     every ``v`` is given, else ``COLD_ITERS`` for all (warm ones only get more accurate); a zero
     or non-finite ``v`` restarts from the cold vector; a warm ``v1`` keeps the sign of its
-    ``v``; a NaN weight gives σ1 NaN, an infinite one Inf. Returns ``(sigma1, v1)`` of shapes
-    ``(G,)`` and ``(G, in)``, fp32.
+    ``v``; a NaN weight gives σ1 NaN, an infinite one Inf. Weights of different shapes are
+    zero-padded into one stack. Returns ``(sigma1, v1)`` of shapes ``(G,)`` and ``(G, in)``,
+    fp32, where ``in`` is the widest weight's: row ``i`` of ``v1`` is zero beyond weight ``i``'s
+    width.
 
     >>> w = torch.diag(torch.tensor([3.0, 1.0]))
     >>> sigma1, v1 = power_iteration_stack([w, 2 * w], [None, None])
     >>> [round(float(s), 4) for s in sigma1]
     [3.0, 6.0]
     """
-    w = torch.stack([x.detach().float() for x in weights])
+    w = _stacked(weights)
     g, n_out, n_in = w.shape
-    cold = spectral._cold_start(n_in, w.device).expand(g, n_in)
+    cold = _cold_rows(tuple(x.shape[1] for x in weights), w.device)
     given = [v is not None for v in vs]
     if iters is None:
         iters = spectral.WARM_ITERS if all(given) else spectral.COLD_ITERS
     v_prev = torch.stack(
-        [cold[0] if v is None else v.detach().to(w.device, torch.float32) for v in vs]
+        [
+            cold[i] if v is None else _pad_to(v.detach().to(w.device, torch.float32), n_in)
+            for i, v in enumerate(vs)
+        ]
     )
     norm = torch.linalg.vector_norm(v_prev, dim=1, keepdim=True)
     v = torch.where(torch.isfinite(norm) & (norm > 0), v_prev / norm, cold)
@@ -126,12 +200,16 @@ def power_iteration_stack(
 def _spectra(
     weights: list[torch.Tensor], vs: list[torch.Tensor | None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ1 ``(G,)`` and v1 ``(G, in)``: stacked, or one by one for big weights on CPU and
-    for a shape that only one layer has (a stack of one is a copy for nothing)."""
+    """σ1 ``(G,)`` and v1 ``(G, in)`` (zero-padded as :func:`power_iteration_stack`'s):
+    stacked, or one by one for big weights on CPU and for a group of one layer (a stack of
+    one is a copy for nothing)."""
     big = weights[0].device.type == "cpu" and weights[0].numel() > CPU_STACK_MAX_NUMEL
     if big or len(weights) == 1:
         found = [spectral.power_iteration(w, v)[:2] for w, v in zip(weights, vs, strict=True)]
-        return torch.stack([s for s, _ in found]), torch.stack([v for _, v in found])
+        width = max(w.shape[1] for w in weights)
+        return torch.stack([s for s, _ in found]), torch.stack(
+            [_pad_to(v, width) for _, v in found]
+        )
     return power_iteration_stack(weights, vs)
 
 
@@ -141,7 +219,10 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
     given = [v is not None for v in v_prev]
     if not any(given):
         return torch.full((v_new.shape[0],), math.nan, device=v_new.device)
-    b = torch.stack([v_new[i] if v is None else v.to(v_new) for i, v in enumerate(v_prev)])
+    width = v_new.shape[1]  # the previous vectors are zero-padded to it, as v_new's rows are
+    b = torch.stack(
+        [v_new[i] if v is None else _pad_to(v.to(v_new), width) for i, v in enumerate(v_prev)]
+    )
     a = v_new / torch.linalg.vector_norm(v_new, dim=1, keepdim=True)
     b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True)
     b = torch.where((a * b).sum(dim=1, keepdim=True) < 0, -b, b)
@@ -267,7 +348,7 @@ def layer_table(
 ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """σ1, v drift and the SA statistics of every layer, in the layers' order.
 
-    ``weights`` (2-D, on one device) are grouped by shape; ``state_v`` (name → v1) is read for
+    ``weights`` (2-D, on one device) are grouped by :func:`power_groups`; ``state_v`` (name → v1) is read for
     warm starts and updated. Returns an ``(L, 2 + 8)`` fp32 table (``sigma1``, ``v_drift``,
     then ``SA_COLUMNS``; NaN where a layer had no usable input sample), the ``(L, bins)``
     histograms (zero where none) and, per layer, whether its inputs were measured.
@@ -280,15 +361,15 @@ def layer_table(
     hists = torch.zeros(n, n_bins, dtype=torch.int64, device=device)
     measured = [False] * n
     v1_of: list[torch.Tensor | None] = [None] * n
-    for group in group_by_shape(weights):
+    for group in power_groups(weights):
         prev = [state_v.get(names[i]) for i in group]
         sigma1, v1 = _spectra([weights[i] for i in group], prev)
         drift = v_drift_stack(v1, prev)
         where = _on_device(tuple(group), device)
         spectra.index_copy_(0, where, torch.stack([sigma1, drift], dim=1))
         for j, i in enumerate(group):
-            state_v[names[i]] = v1[j]  # a NaN v1 is replaced by a cold start at the next check
-            v1_of[i] = v1[j]
+            v1_of[i] = v1[j, : weights[i].shape[1]]  # without the padding
+            state_v[names[i]] = v1_of[i]  # a NaN v1 is replaced by a cold start at the next check
     # inputs: layers whose sample fits, all widths at once, stacked by sample size
     by_rows: dict[int, list[int]] = defaultdict(list)
     for i, name in enumerate(names):

@@ -63,16 +63,19 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize(
-    "stack_max, stack_rows",
+    "stack_max, gpu_like",
     [(batched.CPU_STACK_MAX_NUMEL, False), (0, False), (math.inf, True)],
     ids=["cpu", "big-weights-one-by-one", "gpu-path"],
 )
-def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max, stack_rows):
+def test_stacked_check_matches_per_layer_over_warm_checks(monkeypatch, stack_max, gpu_like):
     monkeypatch.setattr(batched, "CPU_STACK_MAX_NUMEL", stack_max)  # 0: big weights one by one
-    monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)  # rows stacked by width
+    monkeypatch.setattr(batched, "CPU_STACK_ROWS", gpu_like)  # rows stacked by width
+    monkeypatch.setattr(batched, "CPU_PAD_SHAPES", gpu_like)  # shapes padded into one stack
     model = _model()
     layers = select_layers(model)
-    assert len(group_by_shape([layer.weight for layer in layers])) < len(layers)
+    weights = [layer.weight for layer in layers]
+    assert len(group_by_shape(weights)) < len(layers)
+    assert len(batched.power_groups(weights)) == (1 if gpu_like else 4)  # four shapes
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     stacked, single = SpectralState(), SpectralState()
     gen = torch.Generator().manual_seed(1)
@@ -121,6 +124,43 @@ def test_stacked_power_iteration_and_drift_match_spectral_when_warm():
         ref_drift = v_drift(v_ref, prev[i])
         assert math.isnan(ref_drift) == math.isnan(drift[i])
     assert math.isnan(v_drift_stack(v1, [None] * 3)[0])
+
+
+def test_weights_of_different_shapes_padded_into_one_stack_match_spectral():
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(20, 12), (12, 20), (20, 12), (7, 5), (6, 6), (9, 3)]
+    ws = [torch.randn(*shape, generator=gen) for shape in shapes]
+    ws[3][1, 2] = math.nan
+    ws[4][0, 0] = math.inf
+    ws[5].zero_()
+    group = batched.power_groups(ws, pad=True)
+    assert group == [[5, 3, 4, 0, 2, 1]]  # one stack, smallest shapes first
+    stacked = [ws[i] for i in group[0]]
+    # cold, then warm with one NaN state and one new layer
+    sigma1, v1 = power_iteration_stack(stacked, [None] * len(stacked))
+    assert v1.shape == (6, 20) and (v1[0, 3:] == 0).all() and (v1[3, 12:] == 0).all()
+    prev = [v1[j, : w.shape[1]] for j, w in enumerate(stacked)]
+    prev[3] = torch.full_like(prev[3], math.nan)
+    prev[4] = None
+    moved = [w + 0.05 * torch.randn(w.shape, generator=gen) for w in stacked]
+    sigma1, v1 = power_iteration_stack(moved, prev)
+    drift = v_drift_stack(v1, prev)
+    for j, w in enumerate(moved):
+        # one cold layer gives the whole stack the cold iterations
+        s_ref, v_ref, _ = power_iteration(w, prev[j], iters=spectral.COLD_ITERS)
+        got = v1[j, : w.shape[1]]
+        if math.isfinite(s_ref):  # (a NaN or Inf weight leaves NaN in the padding: 0 × NaN)
+            assert (v1[j, w.shape[1] :] == 0).all()
+            assert float(sigma1[j]) == pytest.approx(float(s_ref), rel=1e-5)
+            assert float(got @ v_ref) == pytest.approx(1.0, abs=1e-4)  # the same sign, too
+        else:
+            assert str(float(sigma1[j])) == str(float(s_ref))  # nan or inf, as per layer
+        if prev[j] is not None and math.isfinite(s_ref):
+            want = v_drift(v_ref, prev[j])
+            assert math.isnan(want) == math.isnan(drift[j])
+            if not math.isnan(want):
+                assert float(drift[j]) == pytest.approx(float(want), abs=1e-4)
+    assert math.isnan(drift[4])  # no previous vector
 
 
 class _HostTraffic(TorchDispatchMode):
@@ -187,6 +227,7 @@ def test_bf16_samples_are_held_as_bf16_and_measured_in_fp32(
     monkeypatch, sqlite_url, tmp_path, stack_rows
 ):
     monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)
+    monkeypatch.setattr(batched, "CPU_PAD_SHAPES", stack_rows)
     model = _model()
     with collector.watch(model, run="bf16", db=sqlite_url, every=1, spool_dir=tmp_path) as m:
         m.prepare(0)
