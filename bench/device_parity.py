@@ -15,9 +15,10 @@ steps from one initialisation on fixed random tokens, checked every 10 steps, in
 Each set-up's per-layer statistics are compared with the reference's at the same check step: the
 largest relative difference over layers (``|a - b| / max(|b|, 1e-6)``), per statistic; for
 ``sa_imbalance``, a fraction often near 0, the largest absolute difference. Also
-reported: the collector's errors (``monitor.errors``, which must be 0), whether every stored
-statistic is finite and, on CUDA, the synchronizing calls inside ``monitor.log()`` on the last
-check step and on the step before it (``torch.cuda.set_sync_debug_mode``).
+reported: the collector's errors (``monitor.errors`` and the records the writer thread could
+not read back from the device, which must be 0), whether every row the reference has was stored
+with every statistic finite and, on CUDA, the synchronizing calls inside ``monitor.log()`` on
+the last check step and on the step before it (``torch.cuda.set_sync_debug_mode``).
 
     .venv/bin/python -m bench.device_parity --device cuda        # on a GPU machine
     .venv/bin/python -m bench.device_parity --device cpu --no-write   # the code path, on a CPU
@@ -108,7 +109,9 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
     db = Database(db_url)
     run = runs.find_run(db, name)
     rows = {(r.step, r.layer): r for r in stats.layer_stats(db, run.id)}
-    return {"rows": rows, "errors": monitor.errors, "seconds": seconds, "syncs": sync_counts}
+    # a record the writer thread could not read back from the device is dropped, not raised
+    errors = monitor.errors + getattr(monitor._writer, "dropped", 0)
+    return {"rows": rows, "errors": errors, "seconds": seconds, "syncs": sync_counts}
 
 
 @contextlib.contextmanager
@@ -143,8 +146,9 @@ def compare(rows: dict, reference: dict) -> dict[tuple[int, str], float]:
     return out
 
 
-def all_finite(rows: dict) -> bool:
-    return all(
+def all_finite(rows: dict, reference: dict) -> bool:
+    """Every row the reference has is there, with every statistic finite."""
+    return rows.keys() == reference.keys() and all(
         getattr(r, name) is not None and math.isfinite(getattr(r, name))
         for r in rows.values()
         for name in STATS
@@ -153,12 +157,13 @@ def all_finite(rows: dict) -> bool:
 
 def report(device: str, results: dict[str, dict], reference: dict) -> str:
     steps = sorted({step for step, _ in reference["rows"]})
-    headers = ["set-up", "errors", "syncs in log(): check / other step", "all finite", "check step"]
+    headers = ["set-up", "errors", "syncs in log(): check / other step", "all there, finite"]
+    headers += ["check step"]
     headers += [f"{name} (abs)" if name in ABSOLUTE else name for name in STATS]
     rows = []
     for setup, res in results.items():
         diffs = compare(res["rows"], reference["rows"])
-        finite = "yes" if all_finite(res["rows"]) else "**no**"
+        finite = "yes" if all_finite(res["rows"], reference["rows"]) else "**no**"
         syncs = res["syncs"]
         synced = f"{syncs[STEPS - 1]} / {syncs[STEPS - 2]}" if syncs else "n/a"
         for step in (steps[0], steps[-1]):
@@ -170,7 +175,9 @@ def report(device: str, results: dict[str, dict], reference: dict) -> str:
         "initialisation; each cell is the largest difference over layers from the CPU fp32 run "
         "at the same check step, relative (absolute for `sa_imbalance`, a fraction often near "
         "0); step 0: the same weights; later steps: after training on each device, so "
-        "differences grow. *errors*: the collector's own failures. *syncs*: synchronizing CUDA "
+        "differences grow. *errors*: the collector's own failures, in the training loop or on "
+        "the writer thread. *all there, finite*: every layer row of every check stored, "
+        "every statistic finite. *syncs*: synchronizing CUDA "
         f"calls inside `monitor.log()` on step {STEPS - 1} (a check) and {STEPS - 2} (none), "
         "counted by `torch.cuda.set_sync_debug_mode` (0 is the aim: a check's values are "
         "read back on the writer thread). Command: "

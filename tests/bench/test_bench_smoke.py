@@ -54,7 +54,10 @@ def test_device_parity_on_the_cpu_is_exact_and_shows_the_loss_scale():
     scaled = results["fp16 GradScaler without unscale_"]
     diffs = device_parity.compare(scaled["rows"], reference["rows"])
     assert diffs[(0, "grad_norm")] == pytest.approx(2.0**16 - 1, rel=1e-2)  # GradScaler's scale
-    assert scaled["errors"] == 0 and device_parity.all_finite(scaled["rows"])
+    assert scaled["errors"] == 0 and device_parity.all_finite(scaled["rows"], reference["rows"])
+    missing = dict(scaled["rows"])
+    missing.popitem()  # a check's row the writer thread dropped
+    assert not device_parity.all_finite(missing, reference["rows"])
 
 
 def test_gpu_script_runs_its_steps_quickly_on_the_cpu(tmp_path):
