@@ -45,6 +45,8 @@ REFERENCE = (
     "SA statistics, one layer at a time",
     "run_check, one layer at a time (before)",
     "run_check, stacked (now)",
+    "run_check under DDP, one layer at a time (before)",
+    "run_check under DDP, stacked (now)",
     "Monitor check, end to end",
 )
 
@@ -175,6 +177,28 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
         finally:
             checks._batchable = batchable
 
+    ddp = _rank_0_of_2()
+    ddp_states = {name: checks.SpectralState() for name in REFERENCE if "DDP" in name}
+    for ddp_state in ddp_states.values():
+        ddp_state.v = dict(state.v)
+
+    def ddp_check(name: str, stacked: bool):
+        batchable = checks._batchable
+        if not stacked:
+            checks._batchable = lambda *_: False
+        try:
+            checks.run_check(
+                layers, rows, ddp_states[name], ranks=ddp, step=next(check_steps[name])
+            )
+        finally:
+            checks._batchable = batchable
+
+    def ddp_per_layer_check():
+        ddp_check("run_check under DDP, one layer at a time (before)", stacked=False)
+
+    def ddp_stacked_check():
+        ddp_check("run_check under DDP, stacked (now)", stacked=True)
+
     def monitor_check():
         sampler.arm()
         for layer in layers:
@@ -185,7 +209,8 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
         zip(
             PARTS + REFERENCE,
             (hooks, norm_part, power_stacked, sa_stacked, update_part, transfer, queue_rows)
-            + (power, sa, per_layer_check, whole_check, monitor_check),
+            + (power, sa, per_layer_check, whole_check)
+            + (ddp_per_layer_check, ddp_stacked_check, monitor_check),
             strict=True,
         )
     )
@@ -198,6 +223,21 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     # CPU time of this thread on CPU (robust on a shared machine); wall time on a GPU
     times = wall if device.startswith("cuda") else cpu
     return {name: median(t) for name, t in times.items()}, ops
+
+
+def _rank_0_of_2():
+    """The ranks of a two-rank DDP job as rank 0 sees them, its all-reduces left out (one
+    process stands in): what a check costs under DDP besides the communication."""
+    from dataclasses import dataclass
+
+    from collector.distributed import Ranks
+
+    @dataclass(frozen=True)
+    class Rank0Of2(Ranks):
+        def _all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:  # noqa: ARG002
+            return tensor
+
+    return Rank0Of2(rank=0, world=2, reduces=True)
 
 
 class _OpCounter(TorchDispatchMode):
@@ -347,7 +387,9 @@ def report(
             f"{s.block} tokens): median over {rounds} interleaved rounds of the calling thread's "
             "CPU time (wall time on a GPU); the parts are timed alone, so they need not add up "
             "to the whole. The rows *one layer at a time* are the path before stacking (still "
-            "used for sharded or rank-combined checks), for comparison. *aten ops*: the "
+            "used for sharded checks: FSDP), for comparison; the rows *under DDP* are rank 0 "
+            "of two combining their inputs' statistics, the all-reduces left out (one process "
+            "stands in). *aten ops*: the "
             "operations one call dispatches; on a GPU, where each does little work here, each "
             "is a kernel launch (or a view) and their number roughly sets the time.\n\n"
             + table(["part", "ms", "of the whole check", "aten ops"], rows)

@@ -300,6 +300,14 @@ def sa_statistics_stack(
     runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
     of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
     """
+    table, hist, _ = _sa_stack(rows, v1, bin_edges)
+    return table, hist
+
+
+def _sa_stack(
+    rows: list[torch.Tensor], v1: list[torch.Tensor], bin_edges: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sa_statistics_stack`, and each layer's count of rows with an SA (non-zero)."""
     norms, projections, act_max = _row_passes(rows, v1)  # (G, k), (G, 2, k + 1), (G,)
     dots, on_mean = projections[:, 0, :-1], projections[:, 1, :-1]
     mean_v, mean_sq = projections[:, 0, -1:], projections[:, 1, -1:]
@@ -335,7 +343,7 @@ def sa_statistics_stack(
         ],
         dim=1,
     )
-    return table, hist
+    return table, hist, count
 
 
 @torch.no_grad()
@@ -345,13 +353,15 @@ def layer_table(
     rows: dict[str, torch.Tensor],
     state_v: dict[str, torch.Tensor],
     bin_edges: torch.Tensor = spectral.SA_BINS,
-) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[bool], torch.Tensor]:
     """σ1, v drift and the SA statistics of every layer, in the layers' order.
 
-    ``weights`` (2-D, on one device) are grouped by :func:`power_groups`; ``state_v`` (name → v1) is read for
-    warm starts and updated. Returns an ``(L, 2 + 8)`` fp32 table (``sigma1``, ``v_drift``,
-    then ``SA_COLUMNS``; NaN where a layer had no usable input sample), the ``(L, bins)``
-    histograms (zero where none) and, per layer, whether its inputs were measured.
+    ``weights`` (2-D, on one device) are grouped by :func:`power_groups`; ``state_v`` (name →
+    v1) is read for warm starts and updated. Returns an ``(L, 2 + 8)`` fp32 table (``sigma1``,
+    ``v_drift``, then ``SA_COLUMNS``; NaN where a layer had no usable input sample), the
+    ``(L, bins)`` histograms (zero where none), per layer whether its inputs were measured, and
+    the ``(L, 2)`` fp32 counts behind the SA statistics (rows with an SA, rows sampled; zero
+    where none), which combining ranks weigh them by.
     """
     device = weights[0].device
     n_bins = bin_edges.numel() - 1
@@ -359,6 +369,7 @@ def layer_table(
     spectra = torch.empty(n, 2, device=device)
     sa_table = torch.full((n, len(SA_COLUMNS)), math.nan, device=device)
     hists = torch.zeros(n, n_bins, dtype=torch.int64, device=device)
+    counts = torch.zeros(n, 2, device=device)
     measured = [False] * n
     v1_of: list[torch.Tensor | None] = [None] * n
     for group in power_groups(weights):
@@ -380,12 +391,15 @@ def layer_table(
             measured[i] = True
             continue
         by_rows[math.prod(sample.shape[:-1])].append(i)
-    for members in by_rows.values():
+    for k, members in by_rows.items():
         x = [rows[names[i]].reshape(-1, weights[i].shape[1]) for i in members]
-        table, hist = sa_statistics_stack(x, [v1_of[i] for i in members], bin_edges)
+        table, hist, count = _sa_stack(x, [v1_of[i] for i in members], bin_edges)
         where = _on_device(tuple(members), device)
         sa_table.index_copy_(0, where, table)
         hists.index_copy_(0, where, hist)
+        counts.index_copy_(
+            0, where, torch.stack([count.float(), torch.full_like(table[:, 0], k)], 1)
+        )
         for i in members:
             measured[i] = True
-    return torch.cat([spectra, sa_table], dim=1), hists, measured
+    return torch.cat([spectra, sa_table], dim=1), hists, measured, counts

@@ -88,8 +88,9 @@ def start_check(
     and the caller goes on; :meth:`PendingCheck.result` waits for the copy and builds the rows.
 
     What ``Monitor.log`` runs on a check step, so that the training thread never waits for
-    the device (the writer thread does). The per-layer path of sharded or rank-combined checks
-    still waits here: it makes collectives anyway.
+    the device (the writer thread does). Under DDP the ranks combine their SA statistics with
+    two all-reduces on the device; the per-layer path of sharded (FSDP2) checks still waits
+    here: it makes collectives anyway.
 
     >>> check = start_check(layers, rows, state, step=100)  # doctest: +SKIP
     >>> layer_rows, totals = check.result()                 # on the writer thread  # doctest: +SKIP
@@ -103,7 +104,11 @@ def start_check(
 class PendingCheck:
     """One check's statistics on their way to the host (see :func:`start_check`)."""
 
-    def __init__(self, layers, copy: ToHost, measured: list[bool], grads_present: list[bool]):
+    def __init__(
+        self, layers, copy: ToHost, measured: list[bool] | None, grads_present: list[bool]
+    ):
+        """``measured=None``: which layers were measured comes back with the table, as its
+        last column (when ranks combine their samples, only the device knows)."""
         self._parts = (layers, copy, measured, grads_present)
         self._result: tuple[list[dict], dict] | None = None
 
@@ -119,6 +124,8 @@ class PendingCheck:
         if self._result is None:
             layers, copy, measured, grads_present = self._parts
             table, hists = copy.lists()
+            if measured is None:
+                measured = [row.pop() > 0 for row in table]
             self._result = _rows(layers, table, hists, measured, grads_present)
         return self._result
 
@@ -142,15 +149,21 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     matrices = [layer.matrix(p) for layer, p in zip(layers, params, strict=True)]  # out × in
 
     if _batchable(matrices, ranks):
-        table, hists, measured = layer_table(
+        table, hists, measured, counts = layer_table(
             matrices, [layer.name for layer in layers], rows, state.v, bin_edges
         )
+        extra = []
+        if ranks is not None and ranks.combines_inputs:  # DDP: every rank's inputs
+            sa, hists, present = ranks.combine_sa_table(table[:, 2:], hists, counts)
+            table = torch.cat([table[:, :2], sa], dim=1)
+            measured, extra = None, [present[:, None].float()]
         columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
         sigma1 = table[:, 0:1]
         updates = state.update_ratios([layer.name for layer in layers], matrices, step)
         updates = updates.to(table.device)
         table = torch.cat(
-            [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]],
+            [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]]
+            + extra,
             dim=1,
         )
         return PendingCheck(layers, ToHost([table, hists]), measured, grads_present)
@@ -199,8 +212,8 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
 
 
 def _batchable(params: list[torch.Tensor], ranks: Ranks | None) -> bool:
-    """Whether the stacked path applies: local weights on one device, no inputs to combine."""
-    if ranks is not None and (ranks.combines_inputs or ranks.sharded(params)):
+    """Whether the stacked path applies: whole weights (not sharded) on one device."""
+    if ranks is not None and ranks.sharded(params):
         return False
     device = params[0].device
     return all(p.device == device and p.dim() == 2 for p in params)

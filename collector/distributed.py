@@ -11,7 +11,8 @@ check must give the statistics of the whole model and the whole global batch, so
 - a small flag table names the ranks whose loss or activations went non-finite, and carries
   rank 0's "a critical alert fired" to every rank so that all of them stop at the same step.
 
-Every rank must run every check (the collectives are matched by order). Only torch here.
+Every rank must run every check (the collectives are matched by order). Only torch here (and
+the column names of :mod:`collector.spectral`).
 
 >>> ranks = detect()                  # no process group: a single process that writes
 >>> (ranks.rank, ranks.world, ranks.writes, ranks.reduces)
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from collector.spectral import SA_COLUMNS
+
 try:  # DTensor (FSDP2's sharded parameters); absent on old or non-distributed builds
     from torch.distributed.tensor import DTensor, Replicate
 except ImportError:  # pragma: no cover - depends on the torch build
@@ -35,6 +38,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
 # Columns of the per-layer SA table that is summed over ranks (the histogram follows them).
 _N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT, _C_ABS, _C_IMB = range(9)
 _SA_SUMS = 9
+_SA_COL = {name: i for i, name in enumerate(SA_COLUMNS)}
 
 
 def _dist():
@@ -168,6 +172,59 @@ class Ranks:
                 }
             )
         return out
+
+    @torch.no_grad()
+    def combine_sa_table(
+        self, sa: torch.Tensor, hists: torch.Tensor, counts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`combine_sa` for a whole check's table at once, without a host copy.
+
+        ``sa`` is ``(L, 8)`` in the order of ``SA_COLUMNS``, ``hists`` ``(L, bins)`` and
+        ``counts`` ``(L, 2)`` (rows with an SA, rows sampled; zero where this rank has no
+        sample), as :func:`collector.batched.layer_table` returns them. Returns the combined
+        ``sa`` and ``hists`` and whether any rank sampled each layer, ``(L,)`` bool, still on
+        the device: the combined statistics of all ranks' samples, with the same two
+        all-reduces as :meth:`combine_sa`.
+        """
+        device, n_bins = sa.device, hists.shape[1]
+        sa = sa.double()
+        n_sa, n_rows = counts.double().unbind(dim=1)
+        sampled, has_sa = n_rows > 0, n_sa > 0
+        sums = torch.zeros(sa.shape[0], _SA_SUMS + n_bins, dtype=torch.float64, device=device)
+        sums[:, _N_SA] = n_sa
+        weighted = torch.where(has_sa[:, None], sa * n_sa[:, None], 0.0)
+        for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
+            sums[:, col] = weighted[:, _SA_COL[name]]
+        # each rank centres its own batch (see combine_sa)
+        sums[:, _C_ABS] = weighted[:, _SA_COL["sa_c_abs_mean"]]
+        sums[:, _C_IMB] = weighted[:, _SA_COL["sa_c_imbalance"]]
+        sums[:, _N_ROWS] = n_rows
+        sums[:, _NORM] = torch.where(sampled, sa[:, _SA_COL["act_norm_mean"]] * n_rows, 0.0)
+        act_max = sa[:, _SA_COL["act_max"]]
+        sums[:, _NAN_ACT] = (sampled & act_max.isnan()).double()
+        sums[:, _SA_SUMS:] = hists.double()
+        # gloo's MAX is not NaN-aware: send +Inf and restore NaN from the flag column.
+        maxima = torch.where(sampled, torch.where(act_max.isnan(), math.inf, act_max), 0.0)
+        sums = self._all_reduce(sums, "sum")
+        maxima = self._all_reduce(maxima, "max")
+
+        per_sa = sums[:, [_POS, _MEAN, _ABS, _C_ABS, _C_IMB]] / sums[:, _N_SA, None]
+        sa_pos, sa_mean, sa_abs_mean, c_abs, c_imbalance = per_sa.unbind(dim=1)
+        act_max = torch.where(sums[:, _NAN_ACT] > 0, math.nan, maxima)
+        combined = {
+            "sa_pos": sa_pos,
+            "sa_imbalance": (2 * sa_pos - 1).abs(),
+            "sa_mean": sa_mean,
+            "sa_abs_mean": sa_abs_mean,
+            "act_max": act_max,
+            "act_norm_mean": sums[:, _NORM] / sums[:, _N_ROWS],
+            "sa_c_abs_mean": c_abs,
+            "sa_c_imbalance": c_imbalance,
+        }
+        table = torch.stack([combined[name] for name in SA_COLUMNS], dim=1).float()
+        present = sums[:, _N_ROWS] > 0
+        table = torch.where(present[:, None], table, math.nan)
+        return table, sums[:, _SA_SUMS:].round().long(), present
 
     # -- flags --------------------------------------------------------------------------------
 

@@ -266,3 +266,80 @@ def test_a_check_inside_autocast_still_computes_in_fp32(monkeypatch, batched_pat
         for key, value in row_got.items():
             same = value == row_want[key]
             assert same or (math.isnan(value) and math.isnan(row_want[key])), key
+
+
+def _as_two_ranks(monkeypatch, combine):
+    """``combine(rank)`` run as rank 1, then as rank 0 of a two-rank job whose all-reduces add
+    rank 1's tensors (take their maximum for ``max``); rank 0's result."""
+    from collector.distributed import Ranks
+
+    sent = []
+
+    def keep(self, tensor, op):  # noqa: ARG001
+        sent.append(tensor.clone())
+        return tensor
+
+    monkeypatch.setattr(Ranks, "_all_reduce", keep)
+    combine(1)
+    theirs = iter(sent)
+
+    def reduce(self, tensor, op):  # noqa: ARG001
+        other = next(theirs)
+        return tensor + other if op == "sum" else torch.maximum(tensor, other)
+
+    monkeypatch.setattr(Ranks, "_all_reduce", reduce)
+    return combine(0)
+
+
+def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch):
+    # DDP checks take the stacked path; FSDP's per-layer path combines layer by layer. Both
+    # must give the statistics of both ranks' samples together.
+    from collector.distributed import Ranks
+
+    model = _model()
+    layers = select_layers(model)
+    names = [layer.name for layer in layers]
+    weights = [layer.weight for layer in layers]
+    gen = torch.Generator().manual_seed(5)
+    samples = [_rows(model, layers, torch.randn(4, 32, 16, generator=gen)) for _ in range(2)]
+    samples[0][names[2]] = samples[0][names[2]].clone()
+    samples[0][names[2]][3, 1] = math.nan  # a NaN activation on rank 0 only
+    samples[1].pop(names[1])  # a layer rank 1 did not sample
+    for rank_rows in samples:
+        rank_rows.pop(names[4])  # and one no rank sampled
+    state_v: dict = {}
+    batched.layer_table(weights, names, samples[0], state_v)  # a warm state to start from
+    used_v = dict(state_v)
+    batched.layer_table(weights, names, samples[0], used_v)  # the v1 a check from it finds
+    ranks = Ranks(rank=0, world=2, reduces=True)
+    n_bins = spectral.SA_BINS.numel() - 1
+
+    def stacked(rank):
+        table, hists, _, counts = batched.layer_table(weights, names, samples[rank], dict(state_v))
+        return ranks.combine_sa_table(table[:, 2:], hists, counts)
+
+    def per_layer(rank):
+        rows = [samples[rank].get(name) for name in names]
+        stats = [
+            None if x is None else spectral.sa_statistics(x, used_v[name])
+            for x, name in zip(rows, names, strict=True)
+        ]
+        return ranks.combine_sa(stats, rows, n_bins, torch.device("cpu"))
+
+    table, hists, present = _as_two_ranks(monkeypatch, stacked)
+    want = _as_two_ranks(monkeypatch, per_layer)
+    assert present.tolist() == [w is not None for w in want]
+    assert not present[4] and present[1]
+    for i, expected in enumerate(want):
+        if expected is None:
+            assert torch.isnan(table[i]).all() and hists[i].sum() == 0
+            continue
+        for j, name in enumerate(spectral.SA_COLUMNS):
+            got, ref = float(table[i, j]), float(expected[name])
+            assert (math.isnan(got) and math.isnan(ref)) or got == pytest.approx(ref, rel=1e-5), (
+                i,
+                name,
+            )
+        assert (hists[i] - expected["sa_hist"]).abs().sum() <= 2  # rounding at bin edges
+    assert math.isnan(table[2, spectral.SA_COLUMNS.index("act_max")])
+    assert int(hists[1].sum()) == samples[0][names[1]].shape[0]  # rank 0's rows alone
