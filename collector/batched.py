@@ -5,8 +5,8 @@ small model or a GPU the cost of a check is their Python and launch overhead, no
 A transformer has a handful of weight shapes (qkv, proj, fc, ...), so this module stacks the
 layers of one shape for power iteration and v drift (on a GPU, small weights of different shapes
 zero-padded into one stack), and every layer with the same number of sampled rows for the tail
-of the SA statistics: the op count of a check drops by the number of blocks. Same results as :mod:`collector.spectral` per layer (to float rounding).
-Imports only torch.
+of the SA statistics: the op count of a check drops by the number of blocks. Same results as
+:mod:`collector.spectral` per layer (to float rounding). Imports only torch.
 """
 
 from __future__ import annotations

@@ -208,8 +208,10 @@ class Ranks:
         sums = self._all_reduce(sums, "sum")
         maxima = self._all_reduce(maxima, "max")
 
-        per_sa = sums[:, [_POS, _MEAN, _ABS, _C_ABS, _C_IMB]] / sums[:, _N_SA, None]
-        sa_pos, sa_mean, sa_abs_mean, c_abs, c_imbalance = per_sa.unbind(dim=1)
+        # column by column: indexing with a list would copy it to the device, a sync point
+        sa_pos, sa_mean, sa_abs_mean, c_abs, c_imbalance = (
+            sums[:, col] / sums[:, _N_SA] for col in (_POS, _MEAN, _ABS, _C_ABS, _C_IMB)
+        )
         act_max = torch.where(sums[:, _NAN_ACT] > 0, math.nan, maxima)
         combined = {
             "sa_pos": sa_pos,

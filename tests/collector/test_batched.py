@@ -326,7 +326,10 @@ def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch)
         ]
         return ranks.combine_sa(stats, rows, n_bins, torch.device("cpu"))
 
-    table, hists, present = _as_two_ranks(monkeypatch, stacked)
+    _as_two_ranks(monkeypatch, stacked)  # each rank's layer groups, seen once (cached)
+    with _HostTraffic() as traffic:  # then no host data, no host read: a GPU would stall
+        table, hists, present = _as_two_ranks(monkeypatch, stacked)
+    assert traffic.seen == []
     want = _as_two_ranks(monkeypatch, per_layer)
     assert present.tolist() == [w is not None for w in want]
     assert not present[4] and present[1]
