@@ -28,6 +28,15 @@ from storage.writer import BatchWriter
 
 log = logging.getLogger("tripwire.collector")
 
+COSTLY_SHARE = 0.05
+"""A check that takes more than this share of the training time since the previous one, three
+checks in a row, gets a warning (once) with a larger ``every`` to use."""
+
+WARM_CHECKS = 2
+"""Checks not judged for their cost: the first runs power iteration from cold (50 iterations)."""
+
+_clock = time.perf_counter  # what the cost of a check is measured with (tests set their own)
+
 
 class LossExplosionPredicted(RuntimeError):
     """Raised by ``Monitor.log`` (with ``halt_on_alert=True``) once a critical alert fires for the run.
@@ -53,9 +62,12 @@ class Monitor:
     """Observes one training run. Create it with :func:`collector.watch`.
 
     ``log()`` is cheap on ordinary steps (a few microseconds: the values are kept, not copied
-    to the host); every ``every`` steps it runs a check of the monitored layers. Nothing in
-    here raises into the training loop: an internal failure is logged once and counted in
-    ``errors``.
+    to the host); every ``every`` steps it runs a check of the monitored layers, and records
+    what the check cost the training thread as the scalar ``tripwire_check_ms`` (on a GPU: the
+    time to launch its work, which the device then runs beside training). A check that keeps
+    taking more than 5 % of the training time gets a warning, once, with the ``every`` to use.
+    Nothing in here raises into the training loop: an internal failure is logged once and
+    counted in ``errors``.
     """
 
     def __init__(
@@ -123,6 +135,8 @@ class Monitor:
         self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._last_check_end: float | None = None  # when the previous check ended
+        self._costly_checks = 0  # consecutive checks above COSTLY_SHARE of training time
 
         self.db: Database | None = None
         self._writer: BatchWriter | _SilentWriter = _SilentWriter()
@@ -342,6 +356,7 @@ class Monitor:
                 self._log_z.arm()
 
     def _check(self, step: int, grad_norm: bool = True) -> None:
+        started = _clock()
         rows = self._sampler.take()
         ranks = self.ranks if self.ranks.reduces else None
         check = start_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
@@ -366,6 +381,9 @@ class Monitor:
                 del totals["grad_norm"]
             if output_log_z is not None:
                 totals["log_z"] = output_log_z  # a log_z the loop logs itself for this step wins
+            cost = _clock() - started
+            totals["tripwire_check_ms"] = 1000 * cost
+            self._note_cost(started, cost)
             if self._pending and self._pending[-1][0] == step:
                 for key, value in totals.items():
                     self._pending[-1][2].setdefault(key, value)
@@ -373,6 +391,28 @@ class Monitor:
                 self._pending.append((step, wall, totals))
         self.checks += 1
         self._flush_scalars()
+
+    def _note_cost(self, started: float, cost: float) -> None:
+        """Warn once when checks keep taking more than ``COSTLY_SHARE`` of the training time
+        since the previous check, with the ``every`` that would bring them near 2 %."""
+        previous, self._last_check_end = self._last_check_end, started + cost
+        if previous is None or self.checks < WARM_CHECKS:  # cold: 50 iterations, first caches
+            return
+        between = started + cost - previous  # `every` steps, this check included
+        share = cost / between if between > 0 else 0.0
+        self._costly_checks = self._costly_checks + 1 if share > COSTLY_SHARE else 0
+        if self._costly_checks == 3 and self.ranks.writes:
+            step_s = max(between - cost, 1e-9) / self.every  # a step without its check
+            every = math.ceil(cost * (1 / 0.02 - 1) / step_s)
+            self._warn_once(
+                "costly",
+                "tripwire: each check took %.0f ms, %.0f %% of the training time between "
+                "checks (every=%d); collector.watch(..., every=%d) would bring it near 2 %%",
+                1000 * cost,
+                100 * share,
+                self.every,
+                every,
+            )
 
     def _exchange_flags(self, step: int, rows: dict[str, torch.Tensor]) -> None:
         """Tell every rank which ranks went non-finite and whether a critical alert fired."""

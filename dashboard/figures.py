@@ -25,6 +25,7 @@ SCALAR_TITLES = {
     "weight_norm": "weight norm",
     "attn_logit_max": "largest attention logit",
     "log_z": "output log Z",
+    "tripwire_check_ms": "Tripwire's check (ms of the training thread)",
 }
 SIGNAL_SCALARS = ("attn_logit_max", "log_z")
 """User scalars the predictors read: shown on the run page by default when a run logs them."""

@@ -356,3 +356,49 @@ def test_resuming_a_run_by_id_appends_to_it(sqlite_url, tmp_path):
 def test_bad_arguments_fail_at_start_up(sqlite_url):
     with pytest.raises(ValueError, match="every"):
         collector.watch(TinyNet(), db=sqlite_url, every=0)
+
+
+class _FakeClock:
+    """Time that passes only when told: ``step_s`` per training step (the test advances it) and
+    ``check_s`` inside each check (between the two readings a check takes)."""
+
+    def __init__(self, check_s: float):
+        self.now, self.check_s, self._inside = 100.0, check_s, False
+
+    def __call__(self) -> float:
+        if self._inside:
+            self.now += self.check_s
+        self._inside = not self._inside
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "step_s, check_s, warned",
+    [(0.010, 0.050, True), (0.100, 0.001, False)],
+    ids=["checks-dominate", "checks-cheap"],
+)
+def test_each_check_records_its_cost_and_a_costly_one_is_warned_of_once(
+    sqlite_url, tmp_path, monkeypatch, caplog, step_s, check_s, warned
+):
+    import collector.monitor as monitor_module
+
+    clock = _FakeClock(check_s)
+    monkeypatch.setattr(monitor_module, "_clock", clock)
+    model = TinyNet()
+    monitor = collector.watch(model, run="cost", db=sqlite_url, every=2, spool_dir=tmp_path)
+    for step, (x, _) in enumerate(_batches(16)):
+        model(x).sum().backward()
+        clock.now += step_s
+        monitor.log(step, loss=1.0)
+    monitor.close()
+    db = Database(sqlite_url)
+    costs = stats.scalar_series(db, runs.find_run(db, "cost").id, ["tripwire_check_ms"])
+    assert [p.step for p in costs] == list(range(0, 16, 2))
+    assert all(p.value == pytest.approx(1000 * check_s) for p in costs)
+    warnings = [r.getMessage() for r in caplog.records if "each check took" in r.getMessage()]
+    if warned:
+        # 50 ms of check against 2 × 10 ms of training: 71 %; at every=245, 50/(2450+50) = 2 %
+        (message,) = warnings  # once, though every later check is as costly
+        assert "71 %" in message and "every=2)" in message and "every=245" in message
+    else:
+        assert warnings == []

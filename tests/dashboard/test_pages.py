@@ -215,6 +215,7 @@ def test_logged_logit_signals_are_plotted_and_any_user_scalar_can_be(tmp_path, m
     _assert_clean(at)
     more = next(m for m in at.sidebar.multiselect if m.label == "More scalars")
     assert sorted(more.options) == [
+        "Tripwire's check (ms of the training thread)",
         "largest attention logit",
         "output log Z",
         "tokens",
