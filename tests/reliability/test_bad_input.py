@@ -51,7 +51,8 @@ def test_nan_and_inf_everywhere_are_recorded_as_they_are(sqlite_url, tmp_path):
     assert values[(2, "floor")] == -math.inf and values[(2, "huge")] == 1e300
     by_layer = {s.layer: s for s in stats.layer_stats(db, run.id) if s.step == 0}
     assert math.isnan(by_layer["0"].weight_norm) and by_layer["1"].weight_norm == math.inf
-    assert stats.count_rows(db, run.id) == (3 * 6, 3 * 2)  # nothing dropped or zeroed
+    # per step: the four logged, the two global norms and tripwire_check_ms; nothing dropped
+    assert stats.count_rows(db, run.id) == (3 * 7, 3 * 2)
 
 
 def test_huge_activations_overflow_faithfully(sqlite_url, tmp_path):
