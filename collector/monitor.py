@@ -136,6 +136,7 @@ class Monitor:
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
         self._last_check_end: float | None = None  # when the previous check ended
+        self._flags: tuple[int, ToHost] | None = None  # a check's rank flags, not read yet
         self._costly_checks = 0  # consecutive checks above COSTLY_SHARE of training time
 
         self.db: Database | None = None
@@ -157,6 +158,7 @@ class Monitor:
 
         >>> monitor.log(step, loss=loss, lr=scheduler.get_last_lr()[0], tokens_per_s=tps)  # doctest: +SKIP
         """
+        self._settle_flags()
         alerts = self.take_alarm()
         if alerts is not None:
             raise LossExplosionPredicted(alerts)
@@ -190,6 +192,7 @@ class Monitor:
         """
         if self._closed:
             return
+        self._settle_flags()
         try:
             self._prepare(int(step))
         except Exception:
@@ -254,6 +257,7 @@ class Monitor:
         """Flush everything and mark the run ``finished`` (or ``failed``). Safe to call twice."""
         if self._closed:
             return
+        self._settle_flags()
         self._closed = True
         _live_monitors.discard(self)
         try:
@@ -415,13 +419,33 @@ class Monitor:
             )
 
     def _exchange_flags(self, step: int, rows: dict[str, torch.Tensor]) -> None:
-        """Tell every rank which ranks went non-finite and whether a critical alert fired."""
+        """Start telling every rank which ranks went non-finite and whether a critical alert
+        fired: the flags are built and gathered on the device, and read at the next
+        ``log()`` or ``prepare()`` (:meth:`_settle_flags`), a call every rank makes at the same
+        step, so all of them still stop together, and none waits for the device here."""
+        self._settle_flags()  # two checks without a log() or prepare() between: read the first
         losses = [v["loss"] for _, _, v in self._pending if "loss" in v]
-        flags = torch.tensor(
-            [self._fired is not None, _any_non_finite(losses), _any_non_finite(rows.values())],
-            dtype=torch.float64,
+        device = self.layers[0].weight.device if self.layers else torch.device("cpu")
+        flags = torch.stack(
+            [
+                _flag(self._fired is not None, device),
+                _non_finite(losses, device),
+                _non_finite(list(rows.values()), device),
+            ]
         )
-        table = self.ranks.gather_flags(flags).tolist()  # sync point: a collective per check
+        self._flags = (step, ToHost([self.ranks.gather_flags(flags)]))
+
+    def _settle_flags(self) -> None:
+        """Act on the last check's flag table, if it has not been read yet."""
+        if self._flags is None:
+            return
+        (step, copy), self._flags = self._flags, None
+        try:
+            self._read_flags(step, copy.lists()[0])
+        except Exception:
+            self._failed()
+
+    def _read_flags(self, step: int, table: list[list[float]]) -> None:
         if any(alarm for alarm, _, _ in table):
             with self._alarm_lock:
                 self._alarm, self._fired = self._fired or [], None
@@ -525,15 +549,22 @@ class _SilentWriter:
         pass
 
 
-def _any_non_finite(values) -> bool:
-    """Whether any of these numbers or tensors holds NaN or ±Inf (a sync point for tensors)."""
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+def _flag(value: bool, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-dim float64 tensor on ``device``, filled in place: no host data to copy
+    (``torch.tensor(...)`` on a GPU is a blocking copy)."""
+    return torch.zeros((), dtype=torch.float64, device=device).fill_(float(value))
+
+
+def _non_finite(values: list, device: torch.device) -> torch.Tensor:
+    """Whether any of these numbers or tensors holds NaN or ±Inf, as a :func:`_flag`; the
+    tensors are tested on the device, without reading them back."""
     numbers = [v for v in values if not isinstance(v, torch.Tensor) and isinstance(v, Number)]
-    if any(not math.isfinite(v) for v in numbers):
-        return True
-    return bool(tensors) and bool(
-        torch.stack([(~torch.isfinite(t.float())).any().cpu() for t in tensors]).any()
-    )
+    flag = _flag(any(not math.isfinite(v) for v in numbers), device)
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if tensors:
+        bad = torch.stack([(~torch.isfinite(t.detach().float())).any().to(device) for t in tensors])
+        flag = torch.maximum(flag, bad.any().double())
+    return flag
 
 
 class _HostScalars:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import collector
 from collector import batched, checks, spectral
 from collector.batched import group_by_shape, power_iteration_stack, v_drift_stack
 from collector.checks import SpectralState, run_check
+from collector.distributed import Ranks
 from collector.layers import select_layers
 from collector.spectral import power_iteration, sample_rows, v_drift
 
@@ -202,15 +204,27 @@ def test_a_warm_stacked_check_has_no_hidden_sync_point(monkeypatch):
     assert all(row["update_ratio"] is not None and row["sa_pos"] is not None for row in layer_rows)
 
 
-def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url, tmp_path):
+@dataclass(frozen=True)
+class _Rank0Of2(Ranks):
+    """Rank 0 of a two-rank DDP job, its all-reduces left out (one process stands in)."""
+
+    def _all_reduce(self, tensor, op):  # noqa: ARG002
+        return tensor
+
+
+@pytest.mark.parametrize("ddp", [False, True], ids=["one-process", "ddp-rank-0"])
+def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url, tmp_path, ddp):
     # The whole hot path of a plain loop: the input hooks on the check step's forward pass,
     # log() on a step without a check (loss kept on the device) and on a warm check step.
+    # Under DDP also the combined SA table and the ranks' flag table, read a step later.
     monkeypatch.setattr(checks, "_global", lambda values: 0.0)  # host-side floats, by design
     batched._on_device.cache_clear()
     spectral._cold_start.cache_clear()
     model = _model()
     gen = torch.Generator().manual_seed(1)
     with collector.watch(model, run="sync", db=sqlite_url, every=2, spool_dir=tmp_path) as m:
+        if ddp:
+            m.ranks = _Rank0Of2(rank=0, world=2, reduces=True)
         for step in range(5):
             with _HostTraffic() as traffic:
                 loss = model(torch.randn(4, 32, 16, generator=gen)).square().mean()
@@ -271,8 +285,6 @@ def test_a_check_inside_autocast_still_computes_in_fp32(monkeypatch, batched_pat
 def _as_two_ranks(monkeypatch, combine):
     """``combine(rank)`` run as rank 1, then as rank 0 of a two-rank job whose all-reduces add
     rank 1's tensors (take their maximum for ``max``); rank 0's result."""
-    from collector.distributed import Ranks
-
     sent = []
 
     def keep(self, tensor, op):  # noqa: ARG001
@@ -294,8 +306,6 @@ def _as_two_ranks(monkeypatch, combine):
 def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch):
     # DDP checks take the stacked path; FSDP's per-layer path combines layer by layer. Both
     # must give the statistics of both ranks' samples together.
-    from collector.distributed import Ranks
-
     model = _model()
     layers = select_layers(model)
     names = [layer.name for layer in layers]
