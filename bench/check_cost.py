@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.common import emit, fmt_ms, fmt_us, interleave_cpu, machine, median, table
+from bench.common import emit, fmt_ms, fmt_us, interleave_cpu, machine, median, rank_0_of_2, table
 from bench.overhead import Size, build
 
 # the parts of one check, in the order of the table
@@ -177,7 +177,7 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
         finally:
             checks._batchable = batchable
 
-    ddp = _rank_0_of_2()
+    ddp = rank_0_of_2()
     ddp_states = {name: checks.SpectralState() for name in REFERENCE if "DDP" in name}
     for ddp_state in ddp_states.values():
         ddp_state.v = dict(state.v)
@@ -223,21 +223,6 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     # CPU time of this thread on CPU (robust on a shared machine); wall time on a GPU
     times = wall if device.startswith("cuda") else cpu
     return {name: median(t) for name, t in times.items()}, ops
-
-
-def _rank_0_of_2():
-    """The ranks of a two-rank DDP job as rank 0 sees them, its all-reduces left out (one
-    process stands in): what a check costs under DDP besides the communication."""
-    from dataclasses import dataclass
-
-    from collector.distributed import Ranks
-
-    @dataclass(frozen=True)
-    class Rank0Of2(Ranks):
-        def _all_reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:  # noqa: ARG002
-            return tensor
-
-    return Rank0Of2(rank=0, world=2, reduces=True)
 
 
 class _OpCounter(TorchDispatchMode):

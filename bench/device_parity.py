@@ -10,7 +10,10 @@ steps from one initialisation on fixed random tokens, checked every 10 steps, in
 - ``fp16 GradScaler``: fp16 autocast, ``scaler.unscale_(optimizer)`` before ``monitor.log``,
   as docs/integrations.md tells a plain loop to do;
 - ``fp16 GradScaler without unscale_``: the same without it (what the docs warn against);
-- ``compiled``: ``torch.compile(model)`` with its default backend (inductor on a GPU).
+- ``compiled``: ``torch.compile(model)`` with its default backend (inductor on a GPU);
+- ``DDP rank 0 (all-reduces left out)``: fp32, with the ranks of a two-rank DDP job as rank 0
+  sees them and a single process standing in for both: the combined SA table and the ranks'
+  flag table computed and read on the device (the statistics are this rank's own).
 
 Each set-up's per-layer statistics are compared with the reference's at the same check step: the
 largest relative difference over layers (``|a - b| / max(|b|, 1e-6)``), per statistic; for
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import emit, machine, table
+from bench.common import emit, machine, rank_0_of_2, table
 from bench.overhead import Size, build
 
 STATS = ("weight_norm", "grad_norm", "sigma1", "stable_rank", "sa_imbalance", "act_norm_mean")
@@ -54,6 +57,7 @@ class Setup:
     scaler: bool = False  # fp16 loss scaling with GradScaler
     unscale: bool = True  # ``scaler.unscale_(optimizer)`` before ``monitor.log``
     compiled: bool = False  # ``torch.compile(model)``, default backend
+    ddp: bool = False  # the check as DDP's rank 0 makes it (bench.common.rank_0_of_2)
 
 
 SETUPS = {
@@ -62,6 +66,7 @@ SETUPS = {
     "fp16 GradScaler": Setup(dtype=torch.float16, scaler=True),
     "fp16 GradScaler without unscale_": Setup(dtype=torch.float16, scaler=True, unscale=False),
     "compiled": Setup(compiled=True),
+    "DDP rank 0 (all-reduces left out)": Setup(ddp=True),
 }
 
 STEPS, EVERY = 21, 10
@@ -78,6 +83,8 @@ def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict
     scaler = torch.amp.GradScaler(device.split(":")[0]) if setup.scaler else None
     runnable = torch.compile(model) if setup.compiled else model
     monitor = collector.watch(runnable, run=name, db=db_url, every=EVERY, spool_dir=spool)
+    if setup.ddp:  # the combined SA table and the deferred flag table, on this device
+        monitor.ranks = rank_0_of_2()
     t0 = time.perf_counter()
     sync_counts: dict[int, int] = {}
     for step in range(STEPS):

@@ -45,12 +45,14 @@ def test_overhead_under_bf16_autocast():
 
 
 def test_device_parity_on_the_cpu_is_exact_and_shows_the_loss_scale():
-    out = device_parity.main(
-        ["--device", "cpu", "--setups", "fp32,fp16 GradScaler without unscale_", "--no-write"]
-    )
+    ddp = "DDP rank 0 (all-reduces left out)"
+    setups = f"fp32,fp16 GradScaler without unscale_,{ddp}"
+    out = device_parity.main(["--device", "cpu", "--setups", setups, "--no-write"])
     reference, results = out["reference"], out["results"]
-    same = device_parity.compare(results["fp32"]["rows"], reference["rows"])
-    assert set(same.values()) == {0.0}  # one initialisation, one device: the same numbers
+    for setup in ("fp32", ddp):  # one initialisation, one device: the same numbers
+        same = device_parity.compare(results[setup]["rows"], reference["rows"])
+        assert set(same.values()) == {0.0}, setup
+        assert results[setup]["errors"] == 0
     scaled = results["fp16 GradScaler without unscale_"]
     diffs = device_parity.compare(scaled["rows"], reference["rows"])
     assert diffs[(0, "grad_norm")] == pytest.approx(2.0**16 - 1, rel=1e-2)  # GradScaler's scale
