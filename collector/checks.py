@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from collector.batched import SA_COLUMNS, layer_table
+from collector.batched import SA_COLUMNS, _on_device, layer_table, power_groups
 from collector.distributed import Ranks, full
 from collector.host import ToHost
 from collector.layers import MonitoredLayer
@@ -67,7 +67,7 @@ def run_check(
     the update ratio is not measured.
 
     With ``ranks`` (distributed training) every rank must call this at the same check: sharded
-    weights are gathered one layer at a time, norms summed over shards, and the SA statistics
+    weights are gathered a power group at a time, norms summed over shards, and the SA statistics
     combine all ranks' input samples (see :mod:`collector.distributed`).
 
     This waits for the device; :func:`start_check` is the same check without the wait.
@@ -88,9 +88,10 @@ def start_check(
     and the caller goes on; :meth:`PendingCheck.result` waits for the copy and builds the rows.
 
     What ``Monitor.log`` runs on a check step, so that the training thread never waits for
-    the device (the writer thread does). Under DDP the ranks combine their SA statistics with
-    two all-reduces on the device; the per-layer path of sharded (FSDP2) checks still waits
-    here: it makes collectives anyway.
+    the device (the writer thread does). Under DDP and FSDP2 the ranks combine their SA
+    statistics with two all-reduces on the device; FSDP2's weights are gathered a power group
+    at a time. Only a model whose weights sit on several devices takes the per-layer path,
+    which waits here.
 
     >>> check = start_check(layers, rows, state, step=100)  # doctest: +SKIP
     >>> layer_rows, totals = check.result()                 # on the writer thread  # doctest: +SKIP
@@ -141,17 +142,23 @@ def _without_autocast(device: torch.device):
 
 def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     params = [layer.weight for layer in layers]
-    if ranks is not None and ranks.sharded(params):
+    sharded = ranks is not None and ranks.sharded(params)
+    if sharded:
         weight_norms, grad_norms = ranks.sharded_norms(params)
     else:
         weight_norms, grad_norms = weight_and_grad_norms(params)
     grads_present = [p.grad is not None for p in params]
     matrices = [layer.matrix(p) for layer, p in zip(layers, params, strict=True)]  # out × in
+    names = [layer.name for layer in layers]
 
-    if _batchable(matrices, ranks):
-        table, hists, measured, counts = layer_table(
-            matrices, [layer.name for layer in layers], rows, state.v, bin_edges
-        )
+    if _batchable(matrices):
+        if sharded:
+            table, hists, measured, counts, updates = _gathered_tables(
+                matrices, names, rows, state, bin_edges, step
+            )
+        else:
+            table, hists, measured, counts = layer_table(matrices, names, rows, state.v, bin_edges)
+            updates = state.update_ratios(names, matrices, step)
         extra = []
         if ranks is not None and ranks.combines_inputs:  # DDP: every rank's inputs
             sa, hists, present = ranks.combine_sa_table(table[:, 2:], hists, counts)
@@ -159,7 +166,6 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
             measured, extra = None, [present[:, None].float()]
         columns = torch.stack([grad_norms, weight_norms], dim=1).to(table.device)
         sigma1 = table[:, 0:1]
-        updates = state.update_ratios([layer.name for layer in layers], matrices, step)
         updates = updates.to(table.device)
         table = torch.cat(
             [columns, sigma1, stable_rank(columns[:, 1:2], sigma1), table[:, 1:], updates[:, None]]
@@ -211,12 +217,36 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     return PendingCheck.done(*_rows(layers, table, hist_table, measured, grads_present))
 
 
-def _batchable(params: list[torch.Tensor], ranks: Ranks | None) -> bool:
-    """Whether the stacked path applies: whole weights (not sharded) on one device."""
-    if ranks is not None and ranks.sharded(params):
-        return False
-    device = params[0].device
-    return all(p.device == device and p.dim() == 2 for p in params)
+def _gathered_tables(matrices, names, rows, state, bin_edges, step):
+    """:func:`layer_table` and the update ratios of sharded matrices (FSDP2), one power group at
+    a time: the group's full matrices are gathered (a collective per layer, in the same order
+    on every rank), measured and dropped before the next group's, so at most one group's
+    (``MAX_STACK_ELEMENTS``, or one big layer) is whole at once. Outputs in the layers' order."""
+    tables, hists, counts, updates, order, measured = [], [], [], [], [], {}
+    for group in power_groups(matrices):
+        whole = [full(matrices[i]) for i in group]
+        group_names = [names[i] for i in group]
+        table, hist, group_measured, count = layer_table(
+            whole, group_names, rows, state.v, bin_edges
+        )
+        tables.append(table)
+        hists.append(hist)
+        counts.append(count)
+        updates.append(state.update_ratios(group_names, whole, step))
+        measured.update(zip(group, group_measured, strict=True))
+        order += group
+    back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), tables[0].device)
+    table, hist, count, update = (
+        torch.cat(parts).index_select(0, back) for parts in (tables, hists, counts, updates)
+    )
+    return table, hist, [measured[i] for i in range(len(names))], count, update
+
+
+def _batchable(matrices: list[torch.Tensor]) -> bool:
+    """Whether the stacked path applies: 2-D matrices on one device (sharded ones included:
+    FSDP2's are gathered a group at a time)."""
+    device = matrices[0].device
+    return all(m.device == device and m.dim() == 2 for m in matrices)
 
 
 def _rows(layers, table, hist_table, measured, grads_present) -> tuple[list[dict], dict]:

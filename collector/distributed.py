@@ -5,7 +5,8 @@ each sees its own inputs; under FSDP each rank holds a shard of the weights and 
 check must give the statistics of the whole model and the whole global batch, so:
 
 - norms of sharded parameters sum the local squares over the ranks (one all-reduce per check);
-- σ1 and v1 come from the full matrix, gathered one layer at a time at check steps only;
+- σ1 and v1 come from the full matrix, gathered at check steps only, a power group (layers of
+  one shape, at most 128 MiB whole, or one bigger layer) at a time;
 - SA statistics combine every rank's input sample from per-rank counts and sums (one all-reduce
   of a small table, plus one for the maxima), never by moving rows;
 - a small flag table names the ranks whose loss or activations went non-finite, and carries

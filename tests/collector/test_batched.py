@@ -356,3 +356,31 @@ def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch)
         assert (hists[i] - expected["sa_hist"]).abs().sum() <= 2  # rounding at bin edges
     assert math.isnan(table[2, spectral.SA_COLUMNS.index("act_max")])
     assert int(hists[1].sum()) == samples[0][names[1]].shape[0]  # rank 0's rows alone
+
+
+def test_sharded_weights_measured_a_group_at_a_time_match_the_whole_table():
+    # FSDP2's path gathers each power group's full matrices and measures them alone; put back
+    # in the layers' order, its outputs are the single-process ones (full() of a plain tensor
+    # is the tensor, so the per-group bookkeeping is what is tested here; gathering DTensors
+    # is tested by the 2-process FSDP2 run).
+    model = _model()
+    layers = select_layers(model)
+    names = [layer.name for layer in layers]
+    weights = [layer.weight for layer in layers]
+    groups = batched.power_groups(weights)
+    assert [i for g in groups for i in g] != list(range(len(layers)))  # reordered by groups
+    rows = _rows(model, layers, torch.randn(4, 32, 16, generator=torch.Generator().manual_seed(6)))
+    rows.pop(names[1])
+    whole_state, grouped_state = SpectralState(), SpectralState()
+    for step in (0, 10):
+        want = batched.layer_table(weights, names, rows, whole_state.v)
+        want_updates = whole_state.update_ratios(names, weights, step)
+        got = checks._gathered_tables(weights, names, rows, grouped_state, spectral.SA_BINS, step)
+        table, hists, measured, counts, updates = got
+        assert measured == want[2] and not measured[1]
+        torch.testing.assert_close(table, want[0], equal_nan=True)
+        assert torch.equal(hists, want[1]) and torch.equal(counts, want[3])
+        torch.testing.assert_close(updates, want_updates, equal_nan=True)
+        with torch.no_grad():
+            for w in weights:
+                w.mul_(1.01)
