@@ -160,7 +160,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
             table, hists, measured, counts = layer_table(matrices, names, rows, state.v, bin_edges)
             updates = state.update_ratios(names, matrices, step)
         extra = []
-        if ranks is not None and ranks.combines_inputs:  # DDP: every rank's inputs
+        if ranks is not None and ranks.combines_inputs:  # DDP, FSDP2: every rank's inputs
             sa, hists, present = ranks.combine_sa_table(table[:, 2:], hists, counts)
             table = torch.cat([table[:, :2], sa], dim=1)
             measured, extra = None, [present[:, None].float()]
@@ -177,7 +177,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     n_bins = bin_edges.numel() - 1
     spectra, sa_stats, samples = [], [], []
     for layer in layers:
-        weight = layer.matrix(full(layer.weight))  # FSDP: gathers the shards (a collective)
+        weight = layer.matrix(full(layer.weight))  # a sharded weight is gathered (a collective)
         sigma1, v1, _ = power_iteration(weight, state.v.get(layer.name))
         drift = v_drift(v1, state.v.get(layer.name))
         state.v[layer.name] = v1  # a NaN v1 is replaced by a cold start at the next check
