@@ -134,6 +134,19 @@ def _on_device(values: tuple, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, device=device)
 
 
+def back_to_order(order: list[int], device: torch.device) -> torch.Tensor | None:
+    """The index that puts rows computed in ``order`` (a permutation of the layers) back in the
+    layers' order, for ``index_select``; None when ``order`` is already theirs. Cached on the
+    device, as :func:`_on_device`.
+
+    >>> back_to_order([2, 0, 1], torch.device("cpu"))
+    tensor([1, 2, 0])
+    """
+    if order == sorted(order):
+        return None
+    return _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), device)
+
+
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """``x`` scaled to unit norm along its last dimension; a zero row stays zero."""
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_TINY)
@@ -262,12 +275,8 @@ def _row_passes(
         flat = x.flatten(1)
         act_max.append(torch.maximum(-flat.amin(dim=1), flat.amax(dim=1)))
     out = torch.cat(norms), torch.cat(projections), torch.cat(act_max)
-    order = [i for group in groups for i in group]
-    if order == sorted(order):
-        return out
-    # the inverse permutation: row j of the result is layer j's
-    back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), out[0].device)
-    return tuple(t.index_select(0, back) for t in out)
+    back = back_to_order([i for group in groups for i in group], out[0].device)
+    return out if back is None else tuple(t.index_select(0, back) for t in out)
 
 
 def _row_passes_per_layer(

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from collector.batched import SA_COLUMNS, _on_device, layer_table, power_groups
+from collector.batched import SA_COLUMNS, back_to_order, layer_table, power_groups
 from collector.distributed import Ranks, full
 from collector.host import ToHost
 from collector.layers import MonitoredLayer
@@ -235,9 +235,10 @@ def _gathered_tables(matrices, names, rows, state, bin_edges, step):
         updates.append(state.update_ratios(group_names, whole, step))
         measured.update(zip(group, group_measured, strict=True))
         order += group
-    back = _on_device(tuple(sorted(range(len(order)), key=order.__getitem__)), tables[0].device)
+    back = back_to_order(order, tables[0].device)
     table, hist, count, update = (
-        torch.cat(parts).index_select(0, back) for parts in (tables, hists, counts, updates)
+        torch.cat(parts) if back is None else torch.cat(parts).index_select(0, back)
+        for parts in (tables, hists, counts, updates)
     )
     return table, hist, [measured[i] for i in range(len(names))], count, update
 
