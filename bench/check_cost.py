@@ -160,44 +160,33 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
             out.append(row)
         monitor._writer.put("layer_stats", out)
 
-    per_layer_state = checks.SpectralState()
-    per_layer_state.v = dict(state.v)
-
     # A later step at each call, as in training: the update ratios compare with the last check.
     check_steps = {name: itertools.count(3 * monitor.every, monitor.every) for name in REFERENCE}
 
-    def whole_check():
-        checks.run_check(layers, rows, state, step=next(check_steps["run_check, stacked (now)"]))
+    def check_row(name: str, ranks=None, stacked: bool = True):
+        """One ``run_check`` row: its own copy of the warm state (rows that shared one would
+        see each other's sketches from the same step), the stacked or the per-layer path."""
+        own = checks.SpectralState()
+        own.v = dict(state.v)
 
-    def per_layer_check():
-        batchable, checks._batchable = checks._batchable, lambda *_: False
-        try:
-            step = next(check_steps["run_check, one layer at a time (before)"])
-            checks.run_check(layers, rows, per_layer_state, step=step)
-        finally:
-            checks._batchable = batchable
+        def run():
+            batchable = checks._batchable
+            if not stacked:
+                checks._batchable = lambda *_: False
+            try:
+                checks.run_check(layers, rows, own, ranks=ranks, step=next(check_steps[name]))
+            finally:
+                checks._batchable = batchable
+
+        return run
 
     ddp = rank_0_of_2()
-    ddp_states = {name: checks.SpectralState() for name in REFERENCE if "DDP" in name}
-    for ddp_state in ddp_states.values():
-        ddp_state.v = dict(state.v)
-
-    def ddp_check(name: str, stacked: bool):
-        batchable = checks._batchable
-        if not stacked:
-            checks._batchable = lambda *_: False
-        try:
-            checks.run_check(
-                layers, rows, ddp_states[name], ranks=ddp, step=next(check_steps[name])
-            )
-        finally:
-            checks._batchable = batchable
-
-    def ddp_per_layer_check():
-        ddp_check("run_check under DDP, one layer at a time (before)", stacked=False)
-
-    def ddp_stacked_check():
-        ddp_check("run_check under DDP, stacked (now)", stacked=True)
+    per_layer_check = check_row("run_check, one layer at a time (before)", stacked=False)
+    whole_check = check_row("run_check, stacked (now)")
+    ddp_per_layer_check = check_row(
+        "run_check under DDP, one layer at a time (before)", ddp, stacked=False
+    )
+    ddp_stacked_check = check_row("run_check under DDP, stacked (now)", ddp)
 
     def monitor_check():
         sampler.arm()
