@@ -432,12 +432,16 @@ def objective(spec: RunSpec, model: torch.nn.Module, x, y) -> torch.Tensor:  # n
     return ce + spec.z_loss * torch.logsumexp(flat, dim=-1).pow(2).mean()
 
 
-def train(spec: RunSpec, attach: Callable[[torch.nn.Module], Any] | None = None) -> list[float]:
+def train(
+    spec: RunSpec,
+    attach: Callable[[torch.nn.Module], Any] | None = None,
+    inspect: Callable[[int, torch.nn.Module, torch.optim.Optimizer], Any] | None = None,
+) -> list[float]:
     """Train ``spec`` on one thread; returns every step's loss (NaN and Inf included).
 
     ``attach(model)`` returns a monitor (e.g. ``lambda m: collector.watch(m, ...)``) whose
     ``log(step, loss=..., lr=...)`` is called after ``backward()`` and before the optimizer
-    step. A run whose loss stays
+    step; so is ``inspect(step, model, optimizer)`` when given. A run whose loss stays
     non-finite for 20 steps stops early: nothing more can be learned from it.
 
     >>> spec = RunSpec("t", STABLE, "mlp", "x", Schedule(1e-2), steps=3, optimizer="sgd")
@@ -458,6 +462,8 @@ def train(spec: RunSpec, attach: Callable[[torch.nn.Module], Any] | None = None)
         loss.backward()
         if monitor is not None:
             monitor.log(step, loss=loss.detach(), lr=lr)
+        if inspect is not None:
+            inspect(step, model, opt)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
