@@ -43,6 +43,9 @@ Reproduce: `python -m bench.prediction` (replays the recorded runs in
 run again and prints its largest attention logit, output logit and two edge-of-stability
 diagnostics every 10 steps. `python -m bench.prediction.held` trains every stable run again with
 its last learning rate held 400 steps longer ([below](#prediction-stable-runs-held-longer)).
+`python -m bench.prediction.sharpness` trains the SGD runs again and measures the loss's
+curvature against the optimizer's stability limit every 10 steps
+([below](#formulations-explored-each-alone)).
 `python -m bench.prediction.retrained` trains the whole suite again on the machine at hand,
 without touching the recordings, and scores it
 ([below](#prediction-the-suite-retrained-on-another-cpu)).
@@ -324,6 +327,40 @@ surprise over 30 steps against its lowest earlier value): before their explosion
 GPT runs peak at 1.71–1.91 and the stable GPT runs reach 1.74–2.02; on the MLP `mlp-sgd-const`
 reaches 3.21 against its twin's 1.63, but `mlp-sgd-safe` reaches 4.38, above four of the six
 divergent MLP runs (1.80–5.89).
+
+**Nor does the curvature reach the optimizer's limit ahead of time.** The textbook account of a
+step too large: training is stable while the top eigenvalue of the loss's Hessian stays under
+`2(1+β)/lr` for SGD with momentum β, and under `(2+2β1)/((1−β1)·lr)` for Adam once the Hessian
+is preconditioned by `1/(√v̂+ε)`. `python -m bench.prediction.sharpness [RUN ...]` trains runs
+again (same losses, same explosion steps as the recordings) and every 10 steps from step 100
+measures the *stability ratio*: the top eigenvalue of `D^½ H D^½` (`D` each parameter's step
+size, `H` the Hessian on a fixed probe batch of 1024 examples, 30 power iterations of
+Hessian-vector products) over that limit. Above 1, a step grows along the top direction
+instead of shrinking. It costs about 30 double-backward passes a check, far beyond the
+collector's budget, so it was measured first to see whether it is worth that. It is not:
+
+| run | kind | explodes at | stability ratio above 1 first (up to 5 steps before) | highest up to then |
+|---|---|---|---|---|
+| mlp-sgd-ramp | divergent | 325 | step 320 | 1.06 at 320 |
+| mlp-sgd-ramp-s1 | divergent | 318 | – (2.66 at 320) | 0.94 at 310 |
+| mlp-sgd-layernorm | divergent | 370 | – (1.10 at 370) | 0.67 at 340 |
+| mlp-sgd-const | divergent | 326 | step 300, alone (0.82, 0.62 after) | 1.03 at 300 |
+| mlp-sgd-const-hi | divergent | 339 | step 100, again at 150–200, 310, 330 | 1.76 at 170 |
+| mlp-sgd-safe | stable | – | step 380, alone | 1.35 at 380 |
+| mlp-sgd-const-safe | stable | – | step 130, alone | 1.17 at 130 |
+| mlp-sgd-hold | stable | – | – | 0.25 at 110 |
+| gpt-lr-ramp-s1 | divergent | 350 | – (1.53 at 350) | 0.96 at 340 |
+| gpt-lr-ramp-safe | stable | – | – | 0.69 at 350 |
+| gpt-head-ramp | divergent | 262 | – (1.80 at 270) | 0.67 at 250 |
+| gpt-head-ramp-safe | stable | – | – | 1.00 at 280 |
+
+On the learning-rate ramps the ratio climbs with the learning rate and passes 1 as the run
+explodes, not before (`mlp-sgd-ramp` at its last step in time, 5 ahead). In the constant-rate
+and stable SGD runs single checks jump above 1 in healthy training and fall back: a threshold
+of 1 on one check rings on two of the three stable SGD runs, on two checks in a row it warns on
+no explosion. `gpt-head-ramp`'s twin reaches 1.00 where the divergent run had 0.67 before its
+explosion. These are the runs the default set is late on; the curvature, measured directly and
+at great cost, does not foresee them either.
 
 ### Figures
 
