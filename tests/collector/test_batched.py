@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import collector
+from bench.common import rank_0_of_2
 from collector import batched, checks, spectral
 from collector.batched import group_by_shape, power_iteration_stack, v_drift_stack
 from collector.checks import SpectralState, run_check
@@ -204,14 +204,6 @@ def test_a_warm_stacked_check_has_no_hidden_sync_point(monkeypatch):
     assert all(row["update_ratio"] is not None and row["sa_pos"] is not None for row in layer_rows)
 
 
-@dataclass(frozen=True)
-class _Rank0Of2(Ranks):
-    """Rank 0 of a two-rank DDP job, its all-reduces left out (one process stands in)."""
-
-    def _all_reduce(self, tensor, op):  # noqa: ARG002
-        return tensor
-
-
 @pytest.mark.parametrize("ddp", [False, True], ids=["one-process", "ddp-rank-0"])
 def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url, tmp_path, ddp):
     # The whole hot path of a plain loop: the input hooks on the check step's forward pass,
@@ -224,7 +216,7 @@ def test_a_watched_loop_syncs_only_at_the_check_transfer(monkeypatch, sqlite_url
     gen = torch.Generator().manual_seed(1)
     with collector.watch(model, run="sync", db=sqlite_url, every=2, spool_dir=tmp_path) as m:
         if ddp:
-            m.ranks = _Rank0Of2(rank=0, world=2, reduces=True)
+            m.ranks = rank_0_of_2()
         for step in range(5):
             with _HostTraffic() as traffic:
                 loss = model(torch.randn(4, 32, 16, generator=gen)).square().mean()
