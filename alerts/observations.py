@@ -48,7 +48,8 @@ def horizon(
     back (more of its rows may still be in flight), and so is everything past the last
     check's layer statistics plus one check interval, since a check's layer rows may land
     after the next steps' scalars. Evaluating only complete steps is what lets the live
-    engine agree with a backtest of the finished run.
+    engine agree with a backtest of the finished run. It relies on the collector storing the
+    scalars of the steps up to a check no later than the check's layer rows.
     """
     last_scalar, last_layer = stats.last_steps(db, run.id)
     if last_scalar is None and last_layer is None:

@@ -377,9 +377,6 @@ class Monitor:
             )
         wall = time.time()
         if self.layers:
-            # The rows are built on the writer thread, once the device has copied them back:
-            # the training thread does not wait for the check it launched.
-            self._writer.put("layer_stats", lambda: _dated(check.result()[0], step, wall))
             totals = {key: _Total(check, key) for key in ("grad_norm", "weight_norm")}
             if not grad_norm:
                 del totals["grad_norm"]
@@ -393,8 +390,15 @@ class Monitor:
                     self._pending[-1][2].setdefault(key, value)
             else:  # an integration's check, before the step's loss is known
                 self._pending.append((step, wall, totals))
-        self.checks += 1
+        # The scalars first: the writer may commit the two records apart, and the alert
+        # service evaluates steps up to the newest layer rows (alerts.observations.horizon),
+        # so rows of step S stored before the losses of the steps up to S would let it skip them.
         self._flush_scalars()
+        if self.layers:
+            # The rows are built on the writer thread, once the device has copied them back:
+            # the training thread does not wait for the check it launched.
+            self._writer.put("layer_stats", lambda: _dated(check.result()[0], step, wall))
+        self.checks += 1
 
     def _note_cost(self, started: float, cost: float) -> None:
         """Warn once when checks keep taking more than ``COSTLY_SHARE`` of the training time

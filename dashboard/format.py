@@ -8,6 +8,8 @@
 '2 warning'
 >>> alerts_tile({"status": "finished", "critical": 1, "warning": 0, "info": 3, "pending": 0})[:2]
 ('alerts at end', '1 critical')
+>>> alerts_cell({"status": "finished", "critical": 1, "warning": 0, "info": 3, "pending": 0})
+'1 critical · 3 info (at end)'
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def alerts_tile(row: dict) -> tuple[str, str, str]:
         note = "still firing when the run ended; no resolution is sent for them"
         return "alerts at end", most_severe(row), f"{badge}: {note}" if badge != "ok" else badge
     return "open alerts", most_severe(row), badge
+
+
+def alerts_cell(row: dict) -> str:
+    """The runs table's alerts cell: :func:`health_badge`, marked ``(at end)`` for an ended run,
+    whose firing alerts tell how it ended rather than ask for action (see :func:`alerts_tile`)."""
+    badge = health_badge(row)
+    if badge != "ok" and row.get("status") in ("finished", "failed"):
+        return f"{badge} (at end)"
+    return badge
 
 
 def number(value: float | None, digits: int = 4) -> str:

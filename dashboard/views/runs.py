@@ -1,4 +1,5 @@
-"""Runs: every run with its status, progress, loss and open alerts; refreshes while runs are live."""
+"""Runs: every run with its status, progress, loss and alerts (open, or firing when it ended);
+refreshes while runs are live."""
 
 import pandas as pd
 import streamlit as st
@@ -35,7 +36,7 @@ def runs_table() -> None:
             "status": [r["status"] for r in rows],
             "last step": [r["last_step"] for r in rows],
             "last loss": [fmt.number(r["last_loss"]) for r in rows],
-            "health": [fmt.health_badge(r) for r in rows],
+            "alerts": [fmt.alerts_cell(r) for r in rows],
             "started (UTC)": [r["started_at"] for r in rows],
             "duration": [fmt.duration(r["duration_s"]) for r in rows],
             "open": [f"run?run={r['uid']}" for r in rows],

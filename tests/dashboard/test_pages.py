@@ -84,6 +84,15 @@ def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
     assert "still firing when the run ended" in alerts_tile.proto.help
 
 
+def test_the_runs_table_marks_an_ended_runs_alerts(real_dbs, monkeypatch):
+    monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["alerts"][0])
+    at = _run(DASHBOARD / "views" / "runs.py")
+    _assert_clean(at)
+    table = at.dataframe[0].value
+    cell = table.loc[table["run"] == "exploded", "alerts"].item()
+    assert "critical" in cell and cell.endswith(" (at end)")
+
+
 def test_the_sa_caption_is_judged_once_not_on_every_click(real_dbs, monkeypatch):
     from dashboard import insights
 
