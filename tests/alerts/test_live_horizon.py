@@ -5,6 +5,7 @@ and the live alerts would differ from a backtest of the same run."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -25,8 +26,9 @@ def _one_record_per_transaction(self):
     return [(kind, self._resolved(kind, payload))], False
 
 
+@pytest.mark.parametrize("order", ["log", "integration"])
 def test_every_step_up_to_the_horizon_has_its_loss_whatever_the_batches(
-    monkeypatch, sqlite_url, tmp_path
+    monkeypatch, sqlite_url, tmp_path, order
 ):
     db = Database(sqlite_url)
     db.upgrade()
@@ -50,9 +52,15 @@ def test_every_step_up_to_the_horizon_has_its_loss_whatever_the_batches(
     gen = torch.Generator().manual_seed(0)
     with collector.watch(model, run="horizon", db=sqlite_url, every=5, spool_dir=tmp_path) as m:
         for step in range(23):
+            if order == "integration":  # Trainer, Lightning: each step announced
+                m.prepare(step)
             loss = model(torch.randn(4, 8, generator=gen)).square().mean()
             loss.backward()
-            m.log(step, loss=loss)
+            if order == "log":  # a plain loop
+                m.log(step, loss=loss)
+            else:  # the check at the final gradients, the loss reported after it
+                m.check(step)
+                m.record(step, loss=loss)
             model.zero_grad()
     assert max(h for h, _ in seen) >= 15, seen  # the run was evaluated while it ran
     assert all(steps == list(range(h + 1)) for h, steps in seen), seen
