@@ -187,7 +187,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
         samples.append(sample if usable else None)
         spectra.append((sigma1, drift, state.update_ratio(layer.name, weight, step)))
     if ranks is not None and ranks.combines_inputs:
-        sa_stats = ranks.combine_sa(sa_stats, samples, n_bins, weight_norms.device)
+        sa_stats = _combined(ranks, sa_stats, samples, n_bins, weight_norms.device)
 
     per_layer, hists, measured = [], [], []
     for i, ((sigma1, drift, update), sa) in enumerate(zip(spectra, sa_stats, strict=True)):
@@ -215,6 +215,37 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     table = torch.stack([t.cpu() if t.device.type != "cpu" else t for t in per_layer]).tolist()
     hist_table = torch.stack([h.cpu() for h in hists]).tolist()
     return PendingCheck.done(*_rows(layers, table, hist_table, measured, grads_present))
+
+
+def _combined(
+    ranks: Ranks,
+    stats: list[dict | None],
+    samples: list[torch.Tensor | None],
+    n_bins: int,
+    device: torch.device,
+) -> list[dict | None]:
+    """The per-layer path's SA statistics of all ranks' samples, through the table the stacked
+    path combines (:meth:`Ranks.combine_sa_table`); None for layers no rank sampled."""
+    n = len(stats)
+    table = torch.full((n, len(SA_COLUMNS)), math.nan, device=device)
+    hists = torch.zeros(n, n_bins, dtype=torch.int64, device=device)
+    counts = torch.zeros(n, 2, device=device)
+    for i, (sa, x) in enumerate(zip(stats, samples, strict=True)):
+        if sa is None or x is None:
+            continue
+        x = x.detach().reshape(-1, x.shape[-1]).to(device, torch.float32)
+        counts[i, 0] = (torch.linalg.vector_norm(x, dim=1) != 0).sum()  # rows with an SA
+        counts[i, 1] = x.shape[0]
+        table[i] = torch.stack([sa[name].to(device).float().reshape(()) for name in SA_COLUMNS])
+        hists[i] = sa["sa_hist"].to(device)
+    table, hists, present = ranks.combine_sa_table(table, hists, counts)
+    present = present.tolist()  # sync point: this path reads its statistics back anyway
+    return [
+        dict(zip(SA_COLUMNS, table[i].unbind(), strict=True)) | {"sa_hist": hists[i]}
+        if present[i]
+        else None
+        for i in range(n)
+    ]
 
 
 def _gathered_tables(matrices, names, rows, state, bin_edges, step):

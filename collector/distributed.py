@@ -111,81 +111,19 @@ class Ranks:
     # -- SA statistics ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def combine_sa(
-        self,
-        stats: list[dict | None],
-        rows: list[torch.Tensor | None],
-        n_bins: int,
-        device: torch.device,
-    ) -> list[dict | None]:
-        """SA statistics of all ranks' input samples, from each rank's statistics of its own.
-
-        ``stats[i]`` is what :func:`collector.spectral.sa_statistics` returned for layer ``i``
-        on this rank (None if this rank has no sample) and ``rows[i]`` the sample it came from.
-        Means are weighted by each rank's row counts; NaN on any rank makes the result NaN, as
-        it would in one process. Returns None for layers no rank sampled.
-        """
-        sums = torch.zeros(len(stats), _SA_SUMS + n_bins, dtype=torch.float64, device=device)
-        maxima = torch.zeros(len(stats), dtype=torch.float64, device=device)
-        for i, (sa, x) in enumerate(zip(stats, rows, strict=True)):
-            if sa is None or x is None:
-                continue
-            x = x.detach().reshape(-1, x.shape[-1]).to(device, torch.float32)
-            n_sa = (torch.linalg.vector_norm(x, dim=1) != 0).sum().double()
-            n_rows = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)
-            has_sa = n_sa > 0
-            sums[i, _N_SA] = n_sa
-            for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
-                sums[i, col] = torch.where(has_sa, sa[name].double() * n_sa, 0.0)
-            # Each rank centres its own batch; the centred statistics are averaged over ranks
-            # by row count (a per-batch quantity: the union of the batches has no single centre).
-            sums[i, _C_ABS] = torch.where(has_sa, sa["sa_c_abs_mean"].double() * n_sa, 0.0)
-            sums[i, _C_IMB] = torch.where(has_sa, sa["sa_c_imbalance"].double() * n_sa, 0.0)
-            sums[i, _N_ROWS] = n_rows
-            sums[i, _NORM] = sa["act_norm_mean"].double() * n_rows
-            act_max = sa["act_max"].double()
-            sums[i, _NAN_ACT] = act_max.isnan().double()
-            # gloo's MAX is not NaN-aware: send +Inf and restore NaN from the flag column.
-            maxima[i] = torch.where(act_max.isnan(), math.inf, act_max)
-            sums[i, _SA_SUMS:] = sa["sa_hist"].to(device, torch.float64)
-        sums = self._all_reduce(sums, "sum")
-        maxima = self._all_reduce(maxima, "max")
-
-        present = (sums[:, _N_ROWS] > 0).tolist()  # sync point: one small copy per check
-        out: list[dict | None] = []
-        for i in range(len(stats)):
-            row = sums[i]
-            if not present[i]:
-                out.append(None)
-                continue
-            sa_pos = (row[_POS] / row[_N_SA]).float()
-            out.append(
-                {
-                    "sa_pos": sa_pos,
-                    "sa_imbalance": (2 * sa_pos - 1).abs(),
-                    "sa_mean": (row[_MEAN] / row[_N_SA]).float(),
-                    "sa_abs_mean": (row[_ABS] / row[_N_SA]).float(),
-                    "act_max": torch.where(row[_NAN_ACT] > 0, math.nan, maxima[i]).float(),
-                    "act_norm_mean": (row[_NORM] / row[_N_ROWS]).float(),
-                    "sa_c_abs_mean": (row[_C_ABS] / row[_N_SA]).float(),
-                    "sa_c_imbalance": (row[_C_IMB] / row[_N_SA]).float(),
-                    "sa_hist": row[_SA_SUMS:].round().long(),
-                }
-            )
-        return out
-
-    @torch.no_grad()
     def combine_sa_table(
         self, sa: torch.Tensor, hists: torch.Tensor, counts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`combine_sa` for a whole check's table at once, without a host copy.
+        """SA statistics of all ranks' input samples, from each rank's statistics of its own,
+        for a whole check's table at once, without a host copy.
 
         ``sa`` is ``(L, 8)`` in the order of ``SA_COLUMNS``, ``hists`` ``(L, bins)`` and
         ``counts`` ``(L, 2)`` (rows with an SA, rows sampled; zero where this rank has no
-        sample), as :func:`collector.batched.layer_table` returns them. Returns the combined
-        ``sa`` and ``hists`` and whether any rank sampled each layer, ``(L,)`` bool, still on
-        the device: the combined statistics of all ranks' samples, with the same two
-        all-reduces as :meth:`combine_sa`.
+        sample), as :func:`collector.batched.layer_table` returns them. Means are weighted by
+        each rank's row counts; NaN on any rank makes the result NaN, as it would in one
+        process. Returns the combined ``sa`` (NaN for layers no rank sampled) and ``hists`` and
+        whether any rank sampled each layer, ``(L,)`` bool, still on the device. Two
+        all-reduces.
         """
         device, n_bins = sa.device, hists.shape[1]
         sa = sa.double()
@@ -196,7 +134,8 @@ class Ranks:
         weighted = torch.where(has_sa[:, None], sa * n_sa[:, None], 0.0)
         for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
             sums[:, col] = weighted[:, _SA_COL[name]]
-        # each rank centres its own batch (see combine_sa)
+        # Each rank centres its own batch; the centred statistics are averaged over ranks by
+        # row count (a per-batch quantity: the union of the batches has no single centre).
         sums[:, _C_ABS] = weighted[:, _SA_COL["sa_c_abs_mean"]]
         sums[:, _C_IMB] = weighted[:, _SA_COL["sa_c_imbalance"]]
         sums[:, _N_ROWS] = n_rows

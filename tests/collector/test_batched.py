@@ -295,9 +295,28 @@ def _as_two_ranks(monkeypatch, combine):
     return combine(0)
 
 
-def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch):
-    # DDP checks take the stacked path; FSDP's per-layer path combines layer by layer. Both
-    # must give the statistics of both ranks' samples together.
+def _union_oracle(samples, name, v1):
+    """What one process would measure for a layer whose inputs are both ranks' rows: the
+    statistics of the union, except the centred ones, a per-batch quantity each rank computes
+    on its own rows and the ranks average by their rows with an SA. None if no rank sampled."""
+    parts = [rank_rows[name] for rank_rows in samples if name in rank_rows]
+    if not parts:
+        return None
+    union = spectral.sa_statistics(torch.cat(parts), v1)
+    for centred in ("sa_c_abs_mean", "sa_c_imbalance"):
+        weights = [float((torch.linalg.vector_norm(x, dim=-1) != 0).sum()) for x in parts]
+        values = [float(spectral.sa_statistics(x, v1)[centred]) for x in parts]
+        union[centred] = torch.tensor(
+            sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+        )
+    return union
+
+
+@pytest.mark.parametrize("path", ["stacked", "per-layer"])
+def test_ddp_combines_the_statistics_of_both_ranks_rows(monkeypatch, path):
+    # DDP and FSDP2 checks take the stacked path; a model on several devices the per-layer one.
+    # Either way rank 0 must end with the statistics one process would find on both ranks'
+    # inputs together.
     model = _model()
     layers = select_layers(model)
     names = [layer.name for layer in layers]
@@ -306,6 +325,8 @@ def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch)
     samples = [_rows(model, layers, torch.randn(4, 32, 16, generator=gen)) for _ in range(2)]
     samples[0][names[2]] = samples[0][names[2]].clone()
     samples[0][names[2]][3, 1] = math.nan  # a NaN activation on rank 0 only
+    samples[1][names[0]] = samples[1][names[0]].clone()
+    samples[1][names[0]][0] = 0.0  # a row without an SA: counts for act_norm_mean, not for SA
     samples[1].pop(names[1])  # a layer rank 1 did not sample
     for rank_rows in samples:
         rank_rows.pop(names[4])  # and one no rank sampled
@@ -326,13 +347,27 @@ def test_ddp_combines_the_stacked_table_as_the_per_layer_statistics(monkeypatch)
             None if x is None else spectral.sa_statistics(x, used_v[name])
             for x, name in zip(rows, names, strict=True)
         ]
-        return ranks.combine_sa(stats, rows, n_bins, torch.device("cpu"))
+        combined = checks._combined(ranks, stats, rows, n_bins, torch.device("cpu"))
+        nan_row = torch.full((len(spectral.SA_COLUMNS),), math.nan)
+        table = torch.stack(
+            [
+                nan_row if c is None else torch.stack([c[k] for k in spectral.SA_COLUMNS])
+                for c in combined
+            ]
+        )
+        hists = torch.stack(
+            [torch.zeros(n_bins, dtype=torch.long) if c is None else c["sa_hist"] for c in combined]
+        )
+        return table, hists, torch.tensor([c is not None for c in combined])
 
-    _as_two_ranks(monkeypatch, stacked)  # each rank's layer groups, seen once (cached)
-    with _HostTraffic() as traffic:  # then no host data, no host read: a GPU would stall
-        table, hists, present = _as_two_ranks(monkeypatch, stacked)
-    assert traffic.seen == []
-    want = _as_two_ranks(monkeypatch, per_layer)
+    if path == "stacked":
+        _as_two_ranks(monkeypatch, stacked)  # each rank's layer groups, seen once (cached)
+        with _HostTraffic() as traffic:  # then no host data, no host read: a GPU would stall
+            table, hists, present = _as_two_ranks(monkeypatch, stacked)
+        assert traffic.seen == []
+    else:
+        table, hists, present = _as_two_ranks(monkeypatch, per_layer)
+    want = [_union_oracle(samples, name, used_v[name]) for name in names]
     assert present.tolist() == [w is not None for w in want]
     assert not present[4] and present[1]
     for i, expected in enumerate(want):
