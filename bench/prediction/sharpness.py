@@ -22,11 +22,22 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
 
 import torch
 
-from bench.prediction.runs import BY_NAME, RunSpec, build, objective, train
+from alerts.backtest import BacktestAlert
+from alerts.engine import DEFAULT_RESOLVE_AFTER
+from bench.prediction.evaluate import MIN_LEAD, RunOutcome, Score, outcome
+from bench.prediction.runs import (
+    BY_NAME,
+    CONTROL,
+    DIVERGENT,
+    STABLE,
+    RunSpec,
+    build,
+    objective,
+    train,
+)
 from tripwire.demo_training import explosion_step
 
 EVERY = 10
@@ -135,22 +146,73 @@ def first_crossing(ratios: list[tuple[int, float]], until: int) -> int | None:
     return next((step for step, ratio in ratios if step <= until and ratio > 1), None)
 
 
-def report(name: str, measure: Callable[[RunSpec], tuple] = trace) -> str:
-    """One run's line: explosion step, first crossing before it (or before the end), the
-    highest ratio up to 5 steps before it, and every ratio."""
-    spec = BY_NAME[name]
-    losses, ratios = measure(spec)
+def as_alerts(name: str, ratios: list[tuple[int, float]]) -> list[BacktestAlert]:
+    """The ratio as an alert would be: fired at a check above 1, resolved after
+    ``DEFAULT_RESOLVE_AFTER`` checks in a row at or below it, as the engine resolves alerts."""
+    spans: list[tuple[int, int | None]] = []
+    fired, quiet = None, 0
+    for step, ratio in ratios:
+        if ratio > 1:
+            fired, quiet = step if fired is None else fired, 0
+        elif fired is not None:
+            quiet += 1
+            if quiet == DEFAULT_RESOLVE_AFTER:
+                spans.append((fired, step))
+                fired, quiet = None, 0
+    if fired is not None:
+        spans.append((fired, None))
+    return [
+        BacktestAlert(name, "", "stability_ratio", "info", at, None, "", None, at, resolved, None)
+        for at, resolved in spans
+    ]
+
+
+def judge(spec: RunSpec, losses: list[float], ratios: list[tuple[int, float]]) -> RunOutcome:
+    """The ratio's verdict on a run by the benchmark's definitions (``bench.prediction.evaluate``).
+
+    >>> spec = BY_NAME["mlp-sgd-const"]
+    >>> judge(spec, [2.0] * 300 + [50.0] * 40, [(280, 0.5), (290, 1.2), (300, 0.9)]).verdict
+    'warned'
+    """
+    explosion = explosion_step(losses) if spec.kind == DIVERGENT else None
+    return outcome(spec, explosion, as_alerts(spec.name, ratios))
+
+
+def report(spec: RunSpec, losses: list[float], ratios: list[tuple[int, float]]) -> str:
+    """One run's lines: explosion step, first crossing before it (or before the end), the
+    highest ratio up to 5 steps before it, the verdict as an alert, and every ratio."""
     exploded = explosion_step(losses)
     until = (exploded - 5) if exploded is not None else len(losses)
     scored = [(ratio, step) for step, ratio in ratios if step <= until and math.isfinite(ratio)]
     top, at = max(scored) if scored else (math.nan, None)
-    series = " ".join(f"{step}:{ratio:.2f}" for step, ratio in ratios)
+    verdict = judge(spec, losses, ratios)
+    said = verdict.verdict + (f" ({verdict.lead} ahead)" if verdict.lead is not None else "")
+    if verdict.first is not None and verdict.verdict != "warned":
+        said += f" (@{verdict.first})"
+    series = " ".join(f"{step}:{ratio:.3f}" for step, ratio in ratios)
     return (
-        f"{name} ({spec.kind}): explodes at {exploded}; above 1 first at "
-        f"{first_crossing(ratios, until)} (up to step {until}); highest {top:.2f} at {at}\n  {series}"
+        f"{spec.name} ({spec.kind}): explodes at {exploded}; above 1 first at "
+        f"{first_crossing(ratios, until)} (up to step {until}); highest {top:.2f} at {at}; "
+        f"as an alert: {said}\n  {series}"
+    )
+
+
+def summary(outcomes: list[RunOutcome]) -> str:
+    """Warned, median lead and false alarms over the runs measured."""
+    score = Score("stability ratio", outcomes)
+    divergent, stable = score.of(DIVERGENT), score.of(STABLE)
+    return (
+        f"warned >= {MIN_LEAD} ahead: {score.warned}/{len(divergent)}, median lead "
+        f"{score.median_lead}; false alarms: {score.false_alarms}/{len(stable)} stable, "
+        f"{score.control_false}/{len(score.of(CONTROL))} controls before the change"
     )
 
 
 if __name__ == "__main__":
+    outcomes = []
     for run in sys.argv[1:] or DEFAULT_RUNS:
-        print(report(run), flush=True)
+        spec = BY_NAME[run]
+        losses, ratios = trace(spec)
+        outcomes.append(judge(spec, losses, ratios))
+        print(report(spec, losses, ratios), flush=True)
+    print(summary(outcomes))

@@ -77,3 +77,26 @@ def test_measuring_leaves_the_training_as_it_was(monkeypatch):
     assert losses == train(spec)
     assert [step for step, _ in ratios] == [0, 2, 4]
     assert all(0 < ratio < 10 for _, ratio in ratios)
+
+
+def test_the_ratio_judged_as_an_alert_by_the_benchmarks_definitions():
+    from bench.prediction.runs import BY_NAME
+
+    alerts = sharpness.as_alerts(
+        "r", [(100, 1.5), (110, 0.5), (120, 1.2), (130, 0.9), (140, 0.8), (150, 0.7), (160, 2.0)]
+    )
+    assert [(a.step, a.resolved_step) for a in alerts] == [(100, 150), (160, None)]
+    exploding = [2.0] * 300 + [50.0] * 40  # explodes at step 300
+    divergent = BY_NAME["mlp-sgd-const"]
+    warned = sharpness.judge(divergent, exploding, [(280, 0.5), (290, 1.2), (300, 0.9)])
+    assert (warned.verdict, warned.lead) == ("warned", 10)
+    # rang at 200 and resolved by 230: on-call saw it end, so the explosion was not warned
+    late = sharpness.judge(
+        divergent, exploding, [(200, 1.1), (210, 0.1), (220, 0.1), (230, 0.1), (310, 3.0)]
+    )
+    assert (late.verdict, late.first) == ("late", 310)
+    stable = sharpness.judge(BY_NAME["mlp-sgd-const-safe"], [2.0] * 450, [(130, 1.17), (140, 0.5)])
+    assert (stable.verdict, stable.first) == ("false alarm", 130)
+    control = BY_NAME["gpt-lr-x10"]
+    quiet = sharpness.judge(control, [2.0] * 400, [(240, 0.9), (260, 4.0)])
+    assert (quiet.verdict, quiet.first_after) == ("quiet", 260)
