@@ -43,8 +43,8 @@ Reproduce: `python -m bench.prediction` (replays the recorded runs in
 run again and prints its largest attention logit, output logit and two edge-of-stability
 diagnostics every 10 steps. `python -m bench.prediction.held` trains every stable run again with
 its last learning rate held 400 steps longer ([below](#prediction-stable-runs-held-longer)).
-`python -m bench.prediction.sharpness` trains the SGD runs again and measures the loss's
-curvature against the optimizer's stability limit every 10 steps
+`python -m bench.prediction.sharpness [RUN ... | all]` trains runs again and measures the
+loss's curvature against the optimizer's stability limit every 10 steps
 ([below](#formulations-explored-each-alone)).
 `python -m bench.prediction.retrained` trains the whole suite again on the machine at hand,
 without touching the recordings, and scores it
@@ -331,36 +331,59 @@ divergent MLP runs (1.80–5.89).
 **Nor does the curvature reach the optimizer's limit ahead of time.** The textbook account of a
 step too large: training is stable while the top eigenvalue of the loss's Hessian stays under
 `2(1+β)/lr` for SGD with momentum β, and under `(2+2β1)/((1−β1)·lr)` for Adam once the Hessian
-is preconditioned by `1/(√v̂+ε)`. `python -m bench.prediction.sharpness [RUN ...]` trains runs
-again (same losses, same explosion steps as the recordings) and every 10 steps from step 100
+is preconditioned by `1/(√v̂+ε)`. `python -m bench.prediction.sharpness [RUN ... | all]` trains
+runs again (same losses, same explosion steps as the recordings) and every 10 steps from step 100
 measures the *stability ratio*: the top eigenvalue of `D^½ H D^½` (`D` each parameter's step
 size, `H` the Hessian on a fixed probe batch of 1024 examples, 30 power iterations of
 Hessian-vector products) over that limit. Above 1, a step grows along the top direction
 instead of shrinking. It costs about 30 double-backward passes a check, far beyond the
-collector's budget, so it was measured first to see whether it is worth that. It is not:
+collector's budget, so it was measured on the whole suite first to see whether it is worth
+that. It is not. Judged as an alert would be (fired at a check above 1, resolved after three
+checks at or below it, as the engine resolves alerts), it warns on 8 of 12 explosions at least
+5 steps ahead (median lead 32 steps) and rings on **6 of the 11 stable runs** (quiet before the
+control's change, which it sees at once: the ratio carries the learning rate):
 
-| run | kind | explodes at | stability ratio above 1 first (up to 5 steps before) | highest up to then |
-|---|---|---|---|---|
-| mlp-sgd-ramp | divergent | 325 | step 320 | 1.06 at 320 |
-| mlp-sgd-ramp-s1 | divergent | 318 | – (2.66 at 320) | 0.94 at 310 |
-| mlp-sgd-layernorm | divergent | 370 | – (1.10 at 370) | 0.67 at 340 |
-| mlp-sgd-const | divergent | 326 | step 300, alone (0.82, 0.62 after) | 1.03 at 300 |
-| mlp-sgd-const-hi | divergent | 339 | step 100, again at 150–200, 310, 330 | 1.76 at 170 |
-| mlp-sgd-safe | stable | – | step 380, alone | 1.35 at 380 |
-| mlp-sgd-const-safe | stable | – | step 130, alone | 1.17 at 130 |
-| mlp-sgd-hold | stable | – | – | 0.25 at 110 |
-| gpt-lr-ramp-s1 | divergent | 350 | – (1.53 at 350) | 0.96 at 340 |
-| gpt-lr-ramp-safe | stable | – | – | 0.69 at 350 |
-| gpt-head-ramp | divergent | 262 | – (1.80 at 270) | 0.67 at 250 |
-| gpt-head-ramp-safe | stable | – | – | 1.00 at 280 |
+| run | kind | explodes at | stability ratio above 1 first (up to 5 steps before) | highest up to then | as an alert |
+|---|---|---|---|---|---|
+| gpt-lr-ramp | divergent | 345 | 270 | 2.07 at 310 | **35** ahead |
+| gpt-lr-ramp-s1 | divergent | 350 | – | 0.96 at 340 | late (+0) |
+| gpt-lr-ramp-safe | stable | – | – | 0.69 at 350 | quiet |
+| gpt-attn-noqk | divergent | 386 | 270 | 3.92e+03 at 370 | **16** ahead |
+| gpt-attn-qknorm | stable | – | 110 | 2.24 at 110 | FALSE @110 |
+| mlp-sgd-ramp | divergent | 325 | 320 | 1.06 at 320 | **5** ahead |
+| mlp-sgd-ramp-s1 | divergent | 318 | – | 0.94 at 310 | late (+2) |
+| mlp-sgd-safe | stable | – | 380 | 1.35 at 380 | FALSE @380 |
+| mlp-adam-ramp | divergent | 333 | 100 | 2.21e+06 at 280 | **233** ahead |
+| mlp-adam-safe | stable | – | 100 | 4.19e+06 at 280 | FALSE @100 |
+| gpt-qkv-ramp | divergent | 391 | 250 | 5.8e+04 at 340 | **51** ahead |
+| gpt-qkv-ramp-s1 | divergent | 330 | 270 | 5.2e+04 at 320 | **60** ahead |
+| gpt-qkv-ramp-qknorm | stable | – | – | 0.91 at 360 | quiet |
+| gpt-qkv-ramp-mid | stable | – | 320 | 533 at 360 | FALSE @320 |
+| gpt-qkv-ramp-safe | stable | – | 350 | 3.31 at 420 | FALSE @350 |
+| gpt-head-ramp | divergent | 262 | – | 0.67 at 250 | late (+8) |
+| gpt-head-ramp-safe | stable | – | – | 1.00 at 280 | quiet |
+| mlp-sgd-const | divergent | 326 | 300 | 1.03 at 300 | **26** ahead |
+| mlp-sgd-const-hi | divergent | 339 | 100 | 1.76 at 170 | **29** ahead |
+| mlp-sgd-const-safe | stable | – | 130 | 1.17 at 130 | FALSE @130 |
+| mlp-sgd-layernorm | divergent | 370 | – | 0.67 at 340 | late (+0) |
+| mlp-sgd-hold | stable | – | – | 0.25 at 110 | quiet |
+| gpt-lr-hold | stable | – | – | 0.25 at 330 | quiet |
+| gpt-lr-x10 | control | – | – | 0.50 at 170 | quiet (@250) |
 
 On the learning-rate ramps the ratio climbs with the learning rate and passes 1 as the run
-explodes, not before (`mlp-sgd-ramp` at its last step in time, 5 ahead). In the constant-rate
-and stable SGD runs single checks jump above 1 in healthy training and fall back: a threshold
-of 1 on one check rings on two of the three stable SGD runs, on two checks in a row it warns on
-no explosion. `gpt-head-ramp`'s twin reaches 1.00 where the divergent run had 0.67 before its
-explosion. These are the runs the default set is late on; the curvature, measured directly and
-at great cost, does not foresee them either.
+explodes, not before (`mlp-sgd-ramp` at its last step in time, 5 ahead; `-ramp-s1`,
+`-layernorm` and `gpt-lr-ramp-s1` after it), and on the output-logit run 8 steps after it,
+while that run's twin reaches 1.00. In the constant-rate and stable SGD runs single checks jump
+above 1 in healthy training and fall back: the two constant-rate explosions count as warned (26
+and 29 ahead) because such a check fell within 30 steps of them, and two stable SGD runs ring
+the same way (`mlp-sgd-const-safe` 1.17 at step 130; `mlp-sgd-safe` 1.35 at 380). The
+attention-collapse runs drive it to 10³–10⁵, and their stable twin `gpt-qkv-ramp-mid` to 533,
+as with the attention logit's level; `gpt-attn-qknorm` passes 1 once, at step 110. Under Adam
+with ε = 1e-12 (the MLP runs) it is mostly between 10 and 10⁶ from step 100 on, on the stable run
+as on the divergent one (whose 233-step "lead" this is): parameters whose gradients have all but
+vanished get a step size `lr/(√v̂+ε)` near `lr/ε`, and the picture of a frozen preconditioner, on
+which the limit rests, does not hold there. The curvature, measured directly and at great cost,
+does not foresee the runs the default set is late on, and it cries wolf on half the stable ones.
 
 ### Figures
 
