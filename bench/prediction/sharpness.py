@@ -4,13 +4,14 @@ not a predictor)
 The textbook account of a learning rate past the edge: gradient descent is stable while the
 top eigenvalue of the loss's Hessian, ``λmax``, stays under ``2/lr``; SGD with momentum ``β``
 under ``2(1 + β)/lr``; Adam under ``(2 + 2β1)/((1 − β1)·lr)`` for the Hessian preconditioned by
-``1/(√v̂ + ε)`` (Cohen et al., 2021 and 2022). ``python -m bench.prediction.sharpness [RUN ... | all]``
-trains each run again (the suite's SGD runs on the MLP and their twins by default, about 6
-minutes; ``all``: the whole suite, about 2.5 hours on one core) and, every 10 steps from step 100, measures the *stability ratio*: ``λmax(D^½ H D^½)`` over that limit,
-where ``D`` is each parameter's step size (the learning rate, or ``lr/(√v̂ + ε)`` under Adam) and
-``H`` the Hessian of the loss on a fixed probe batch of 1024 examples (8 of the run's own
-batches), by 30 power iterations of Hessian-vector products. Above 1, a step of that size
-grows along the top direction instead of shrinking.
+``1/(√v̂ + ε)`` (Cohen et al., 2021 and 2022).
+``python -m bench.prediction.sharpness [RUN ... | all]`` trains each run again (the suite's SGD
+runs on the MLP and their twins by default, about 7 minutes; ``all``: the whole suite, about 1.5
+hours on one core) and, every 10 steps from step 100, measures the *stability ratio*:
+``λmax(D^½ H D^½)`` over that limit, where ``D`` is each parameter's step size (the learning
+rate, or ``lr/(√v̂ + ε)`` under Adam) and ``H`` the Hessian of the loss on a fixed probe batch of
+1024 examples (8 of the run's own batches), by 30 power iterations of Hessian-vector products.
+Above 1, a step of that size grows along the top direction instead of shrinking.
 
 The training itself is the suite's: the probe batch comes from a second copy of the data stream
 and the power iteration draws from its own generator, so the loss, and the explosion step,
