@@ -18,13 +18,21 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(command: list[str], url: str, tmp_path: Path) -> str:
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+"""What PyTorch's gloo teardown prints when it aborts a rank at interpreter exit, now and then,
+with or without Tripwire (``tests.integrations.helpers.exit_without_shutdown``)."""
+
+
+def _run(command: list[str], url: str, tmp_path: Path, *, gloo: bool = False) -> str:
+    """Run an example; with ``gloo``, a rank that gloo aborted at exit is let pass (the caller
+    checks that everything was written all the same)."""
     env = {**os.environ, "TRIPWIRE_SPOOL_DIR": str(tmp_path / "spool"), "PYTHONPATH": str(REPO)}
     args = ["--db", url, "--steps", "6", "--every", "2"]
     proc = subprocess.run(
         command + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    aborted_at_exit = gloo and GLOO_EXIT_ABORT in proc.stderr and "(SIGABRT)" in proc.stderr
+    assert proc.returncode == 0 or aborted_at_exit, proc.stderr[-4000:]
     return proc.stdout
 
 
@@ -49,8 +57,10 @@ def test_example(script, package, run_name, checked, sqlite_url, tmp_path):
 def test_plain_loop_under_torchrun_writes_one_run(sqlite_url, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     launcher += ["--master-port", str(free_port()), str(REPO / "examples" / "plain_loop.py")]
-    _run(launcher, sqlite_url, tmp_path)
+    out = _run(launcher, sqlite_url, tmp_path, gloo=True)
+    assert "run 'plain-loop'" in out and "0 errors" in out  # rank 0 finished and said so
     (run,) = runs.list_runs(Database(sqlite_url))
+    assert run.status == "finished"
     assert run.name == "plain-loop" and run.config["tripwire"]["world_size"] == 2
     fc = layer_table(sqlite_url, "plain-loop")[(0, "blocks.0.1")]
     assert sum(fc.sa_hist) == 16 * 32  # both ranks' tokens: 8 sequences of 32 each
