@@ -361,10 +361,10 @@ def report(
             f"{s.block} tokens): median over {rounds} interleaved rounds of the calling thread's "
             "CPU time (wall time on a GPU); the parts are timed alone, so they need not add up "
             "to the whole. The rows *one layer at a time* are the path before stacking (still "
-            "used where a model's weights sit on several devices), for comparison; the rows *under DDP* are rank 0 "
-            "of two combining their inputs' statistics, the all-reduces left out (one process "
-            "stands in). *aten ops*: the "
-            "operations one call dispatches; on a GPU, where each does little work here, each "
+            "used where a model's weights sit on several devices), for comparison; the rows "
+            "*under DDP* are rank 0 of two combining their inputs' statistics, the all-reduces "
+            "left out (one process stands in). *aten ops*: the operations one call dispatches; "
+            "on a GPU, where each does little work here, each "
             "is a kernel launch (or a view) and their number roughly sets the time.\n\n"
             + table(["part", "ms", "of the whole check", "aten ops"], rows)
         )
