@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+import weakref
 
 import torch
 
@@ -36,6 +37,9 @@ class InputSampler:
     layer's first forward call (the first micro-batch under gradient accumulation) is sampled
     and its hook removes itself.
 
+    Layers fed the same tensor (the q, k and v projections of a block, a gated MLP's gate and
+    up projections) share one sample of it: its rows are drawn and held once.
+
     A sample that fits is the layer's input itself, not a copy (copying every layer's input
     cost 15 % of a check on a small model): autograd keeps that tensor for the backward pass
     anyway. Its version counter is remembered, and a sample that was modified in place before
@@ -56,6 +60,7 @@ class InputSampler:
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rows: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
+        self._by_input: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
         self._stance = None
 
     @property
@@ -84,6 +89,7 @@ class InputSampler:
         Rows whose tensor was modified in place since its forward pass are left out."""
         rows, self._rows = self._rows, {}
         versions, self._versions = self._versions, {}
+        self._by_input.clear()
         self.disarm()
         stale = [name for name, r in rows.items() if r._version != versions[name]]
         if stale:
@@ -97,17 +103,30 @@ class InputSampler:
     def discard(self) -> None:
         self._rows.clear()
         self._versions.clear()
+        self._by_input.clear()
         self.disarm()
+
+    def _sample_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows sampled from ``x``: drawn at its first layer, the same tensor at the next,
+        unless ``x`` was modified in place between them."""
+        # Keyed by the tensor object, checked through a weak reference: an address or id()
+        # alone could be a freed input's, reused by the next layer's.
+        seen = self._by_input.get(id(x))
+        if seen is not None and seen[0]() is x and seen[1] == x._version:
+            return seen[2]
+        with torch.no_grad():
+            # In the input's dtype until the check, which computes in fp32: under bf16
+            # autocast the held samples take half the memory.
+            rows = sample_rows(x, self.sample_size, self._generators.on(x.device))
+        self._by_input[id(x)] = (weakref.ref(x), x._version, rows)
+        return rows
 
     def _hook_for(self, name: str):
         def hook(module, inputs, output):  # noqa: ANN001, ARG001
             try:
                 x = inputs[0] if inputs else None
                 if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
-                    with torch.no_grad():
-                        # In the input's dtype until the check, which computes in fp32:
-                        # under bf16 autocast the held samples take half the memory.
-                        rows = sample_rows(x, self.sample_size, self._generators.on(x.device))
+                    rows = self._sample_of(x)
                     self._rows[name] = rows
                     self._versions[name] = rows._version
             finally:
