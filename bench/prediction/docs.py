@@ -47,6 +47,8 @@ its last learning rate held 400 steps longer ([below](#prediction-stable-runs-he
 loss's curvature against the optimizer's stability limit every 10 steps
 ([below](#formulations-explored-each-alone)). `python -m bench.prediction.coincidence`
 scores alerts raised only while several noisy rules are open at once (same section).
+`python -m bench.prediction.llama` trains a Llama-style model none of the rules was tuned on
+and scores it ([below](#prediction-on-a-llama-style-model)).
 `python -m bench.prediction.retrained` trains the whole suite again on the machine at hand,
 without touching the recordings, and scores it
 ([below](#prediction-the-suite-retrained-on-another-cpu)).

@@ -92,6 +92,16 @@ class RunSpec:
 
 GPT_SHAPE = {"n_layer": 2, "n_head": 4, "d_model": 64, "block_size": 48}
 MLP_SHAPE = {"d_in": 32, "width": 128, "depth": 8, "n_classes": 10}
+LLAMA_SHAPE = {
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "hidden_size": 64,
+    "intermediate_size": 172,
+    "max_position_embeddings": 48,
+}
+"""transformers' ``LlamaForCausalLM`` at the GPT's size: RMSNorm, SwiGLU, rotary positions,
+separate q/k/v projections, no qk-norm (``bench.prediction.llama``; not in the suite)."""
 _ADAM = {"weight_decay": 0.1}
 _SGD = {"momentum": 0.9}
 
@@ -389,7 +399,39 @@ def build(spec: RunSpec) -> tuple[torch.nn.Module, Callable[[], tuple]]:
             return x.to(dtype), y
 
         return model, batch
-    raise ValueError(f"unknown arch {spec.arch!r}; valid: gpt, mlp")
+    if spec.arch == "llama":
+        shape = {**LLAMA_SHAPE, **spec.model}
+        model = CausalLM.llama(vocab_size=VOCAB_SIZE, **shape)
+        corpus = TextCorpus(max_bytes=1_000_000)
+        return model, lambda: corpus.batch(16, shape["max_position_embeddings"], gen)
+    raise ValueError(f"unknown arch {spec.arch!r}; valid: gpt, mlp, llama")
+
+
+class CausalLM(torch.nn.Module):
+    """A transformers causal language model behind the suite's ``model(x, y) -> loss``.
+
+    >>> model = CausalLM.llama(vocab_size=256, **LLAMA_SHAPE)  # doctest: +SKIP
+    >>> model(x, y)                                             # doctest: +SKIP
+    tensor(5.5712, grad_fn=<NllLossBackward0>)
+    """
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    @classmethod
+    def llama(cls, **config) -> CausalLM:
+        """A randomly initialised ``LlamaForCausalLM`` (made from its config: nothing is
+        downloaded), output layer untied from the embedding, as the suite's GPT's."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        return cls(LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **config)))
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.lm(input_ids=x).logits
+        if targets is None:
+            return logits
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def param_groups(spec: RunSpec, model: torch.nn.Module) -> list[dict]:

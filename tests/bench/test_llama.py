@@ -1,0 +1,57 @@
+"""The Llama-style runs (bench/prediction/llama.py) train what they say, through the collector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from bench.prediction.evaluate import loss_series  # noqa: E402
+from bench.prediction.llama import FAMILIES, SEEDS, llama_runs  # noqa: E402
+from bench.prediction.record import PROJECT, train_into  # noqa: E402
+from bench.prediction.runs import build, optimizer  # noqa: E402
+from storage import runs as run_store  # noqa: E402
+from storage import stats  # noqa: E402
+from storage.db import Database  # noqa: E402
+
+
+def test_every_family_at_every_peak_and_seed():
+    runs = llama_runs()
+    assert len(runs) == sum(len(peaks) for _, peaks in FAMILIES.values()) * len(SEEDS)
+    assert len({r.name for r in runs}) == len(runs)
+    attn = next(r for r in runs if r.name == "llama-attn-0.3-s2")
+    model, _ = build(attn)
+    groups = optimizer(attn, model).param_groups
+    ramped = {id(p) for p in groups[1]["params"]}
+    names = [n for n, p in model.named_parameters() if id(p) in ramped]
+    assert names and all(".self_attn." in n for n in names)
+    assert {n.rsplit(".", 2)[-2] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert groups[1]["schedule"].peak == 0.3 and groups[0]["schedule"].peak is None
+
+
+def test_a_short_llama_run_records_every_projection_and_the_output_log_z(tmp_path):
+    spec = dataclasses.replace(llama_runs()[0], steps=21)
+    db = Database(f"sqlite:///{tmp_path / 'llama.db'}")
+    db.ensure_schema()
+    train_into(spec, db.url)
+
+    run = run_store.find_run(db, spec.name, project=PROJECT)
+    losses = loss_series(db, run.id)
+    assert len(losses) == 21 and losses[-1] < losses[0]  # it learns
+    layers = {r.layer for r in stats.layer_stats(db, run.id)}
+    block = "lm.model.layers.1"
+    attention = {f"{block}.self_attn.{p}_proj" for p in ("q", "k", "v", "o")}
+    mlp = {f"{block}.mlp.{p}_proj" for p in ("gate", "up", "down")}
+    assert attention | mlp | {"lm.lm_head"} <= layers
+    log_z = stats.scalar_series(db, run.id, keys=["log_z"])
+    assert [p.step for p in log_z] == [0, 10, 20]  # measured by the collector on check steps
+
+
+def test_end_gap_is_what_a_run_kept_of_its_climb():
+    from bench.prediction.llama import end_gap
+
+    settled = [3.0] * 60 + [2.0] * 100  # best smoothed loss 2.0 once the EMA has caught up
+    assert abs(end_gap(settled + [2.5] * 50) - 0.5) < 1e-3
+    assert abs(end_gap(settled + [2.0] * 50)) < 1e-3
