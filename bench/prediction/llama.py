@@ -31,12 +31,13 @@ from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from bench.common import emit, machine
 from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_rules
+from bench.prediction.calibrated import score_calibrated_on
 from bench.prediction.candidates import EAGER
 from bench.prediction.evaluate import Score, loss_series, score_suite
 from bench.prediction.fresh import run_figures, train_and_classify
 from bench.prediction.record import PROJECT
 from bench.prediction.report import per_run, summary
-from bench.prediction.runs import STABLE, RunSpec, Schedule
+from bench.prediction.runs import DIVERGENT, STABLE, RunSpec, Schedule
 from storage import runs as run_store
 from storage.db import Database
 
@@ -49,6 +50,8 @@ FAMILIES = {
 SEEDS = (2, 3)
 STEPS = 600
 LR = 3e-3
+HEALTHY_PEAK = 0.03
+CALIBRATED = f"every rule, calibrated on the runs at peak {HEALTHY_PEAK:g}"
 
 
 def llama_runs() -> list[RunSpec]:
@@ -112,12 +115,28 @@ def end_gap(losses: list[float], tail: int = 50) -> float:
     return statistics.fmean(losses[-tail:]) - lowest
 
 
-def section(scores: dict[str, Score], rises: dict[str, float], gaps: dict[str, float]) -> str:
-    """The section: the runs, the tables, and what the default set did, from ``scores``, each
-    run's largest smoothed-loss rise before it exploded (``rises``) and, for runs that did not
-    explode, its :func:`end_gap` (``gaps``)."""
+def healthy(runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs at the lowest peak: what a team would mark healthy before pushing further."""
+    return [r for r in runs if r.kind == STABLE and peak_of(r) == HEALTHY_PEAK]
+
+
+def peak_of(spec: RunSpec) -> float:
+    """The peak learning rate of the run's ramp (of the attention projections', if focused)."""
+    return (spec.focus_schedule or spec.schedule).peak
+
+
+def section(
+    scores: dict[str, Score],
+    calibrated: Score,
+    rises: dict[str, float],
+    gaps: dict[str, float],
+) -> str:
+    """The section: the runs, the tables, and what the default set did, from ``scores``, the
+    ``calibrated`` score, each run's largest smoothed-loss rise before it exploded (``rises``)
+    and, for runs that did not explode, its :func:`end_gap` (``gaps``)."""
     runs = scores[DEFAULT_SET].outcomes
     exploded = [o for o in runs if o.explosion is not None]
+    n_healthy = len(runs) - len(calibrated.outcomes)
     default, eager = scores[DEFAULT_SET], scores[EAGER_SET]
     rang = [rises[o.run] for o in default.of(STABLE) if o.verdict == "false alarm"]
     quiet = [rises[o.run] for o in default.of(STABLE) if o.verdict == "quiet"]
@@ -157,6 +176,17 @@ rather than all at once: the runs it rang on climbed without meeting the explosi
 call; by it, these are false alarms. The zero false alarms of the tables above are in-sample;
 here, as on the fresh GPT and MLP runs, warnings come with alarms on runs that came close.
 
+**Calibrated on the model's own healthy runs.** A team with healthy runs of this model would
+run `tripwire calibrate` on them. Calibrated on the {n_healthy} runs at peak {HEALTHY_PEAK:g}
+(every calibratable rule on, each threshold a 25 % margin over what the healthy runs reached,
+the command's default) and scored on the other {len(calibrated.outcomes)}, every rule together
+warned on {calibrated.warned} of {len(calibrated.of(DIVERGENT))} explosions (median lead
+{_steps(calibrated.median_lead)} steps) and rang on {calibrated.false_alarms} of
+{len(calibrated.of(STABLE))} runs that did not explode: a model's own healthy runs at a lower
+learning rate teach the rules what calm looks like, not where the edge is.
+
+{summary({CALIBRATED: calibrated})}
+
 | run | kind | explodes at | smoothed loss's largest rise above its minimum (before any explosion), nat | its last 50 steps' mean loss above its lowest smoothed loss, nat | default rule set |
 |---|---|---|---|---|---|
 {rise_rows}
@@ -187,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name}: {runs[-1].kind}", file=sys.stderr, flush=True)
         configs = {"default": Config(), "eager": parse_config({"predictors": EAGER})}
         scores = score_suite(db, runs, configs, sources(configs))
+        calm = healthy(runs)
+        scored = [r for r in runs if r not in calm]
+        calibrated = score_calibrated_on(db, calm, scored, CALIBRATED)
         explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
         rises = {r.name: run_figures(db, r, explosions[r.name])[-1] for r in runs}
         gaps = {r.name: end_gap(loss_series(db, _run_id(db, r))) for r in runs}
-    emit(TITLE, section(scores, rises, gaps), write=not args.no_write)
+    emit(TITLE, section(scores, calibrated, rises, gaps), write=not args.no_write)
     return 0
 
 

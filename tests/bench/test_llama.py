@@ -55,3 +55,15 @@ def test_end_gap_is_what_a_run_kept_of_its_climb():
     settled = [3.0] * 60 + [2.0] * 100  # best smoothed loss 2.0 once the EMA has caught up
     assert abs(end_gap(settled + [2.5] * 50) - 0.5) < 1e-3
     assert abs(end_gap(settled + [2.0] * 50)) < 1e-3
+
+
+def test_the_healthy_runs_are_the_lowest_peaks_that_did_not_explode():
+    from bench.prediction.llama import HEALTHY_PEAK, healthy
+    from bench.prediction.runs import DIVERGENT
+
+    runs = llama_runs()
+    calm = healthy(runs)
+    assert len(calm) == len(FAMILIES) * len(SEEDS)
+    assert all(f"-{HEALTHY_PEAK:g}-" in r.name for r in calm)
+    exploded = dataclasses.replace(calm[0], kind=DIVERGENT)  # on another CPU it might
+    assert exploded not in healthy([exploded, *runs[1:]])
