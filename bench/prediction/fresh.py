@@ -109,6 +109,20 @@ def train_and_classify(spec: RunSpec, db: Database) -> RunSpec:
     return dataclasses.replace(spec, kind=DIVERGENT if exploded else STABLE)
 
 
+def train_all(specs: list[RunSpec], db: Database) -> list[RunSpec]:
+    """:func:`train_and_classify` each of ``specs``, reporting each verdict on stderr."""
+    runs = []
+    for spec in specs:
+        runs.append(train_and_classify(spec, db))
+        print(f"{spec.name}: {runs[-1].kind}", file=sys.stderr, flush=True)
+    return runs
+
+
+def rule_sets() -> dict[str, Config]:
+    """The shipped defaults and the eager set, by the labels the scores use."""
+    return {"default": Config(), "eager": parse_config({"predictors": EAGER})}
+
+
 def run_figures(db: Database, spec: RunSpec, explosion: int | None) -> tuple[float, ...]:
     """Before the run exploded (if it did): its largest attention logit, the most that logit
     grew while above the level, as the default ``attention_logits`` measures it, and the largest
@@ -287,11 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(args.db or f"sqlite:///{Path(tmp) / 'fresh.db'}")
         db.ensure_schema()
-        runs = []
-        for spec in fresh_runs():
-            runs.append(train_and_classify(spec, db))
-            print(f"{spec.name}: {runs[-1].kind}", file=sys.stderr, flush=True)
-        configs = {"default": Config(), "eager": parse_config({"predictors": EAGER})}
+        runs = train_all(fresh_runs(), db)
+        configs = rule_sets()
         sets = {DEFAULT_SET: "default", EAGER_SET: "eager"}
         sources = {name: (label, sent_rules(configs[label])) for name, label in sets.items()}
         for label in sets.values():

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import torch
 
-from alerts.config import Config, parse_config
+from alerts.config import Config
 from alerts.predictors import PREDICTORS
 from bench.common import emit, machine
 from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_rules
 from bench.prediction.calibrated import score_calibrated_on
-from bench.prediction.candidates import EAGER
 from bench.prediction.evaluate import Score, loss_series, score_suite
-from bench.prediction.fresh import run_figures, train_and_classify
+from bench.prediction.fresh import rule_sets, run_figures, train_all
 from bench.prediction.record import PROJECT
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import DIVERGENT, STABLE, RunSpec, Schedule
@@ -211,11 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(args.db or f"sqlite:///{Path(tmp) / 'llama.db'}")
         db.ensure_schema()
-        runs = []
-        for spec in llama_runs():
-            runs.append(train_and_classify(spec, db))
-            print(f"{spec.name}: {runs[-1].kind}", file=sys.stderr, flush=True)
-        configs = {"default": Config(), "eager": parse_config({"predictors": EAGER})}
+        runs = train_all(llama_runs(), db)
+        configs = rule_sets()
         scores = score_suite(db, runs, configs, sources(configs))
         calm = healthy(runs)
         scored = [r for r in runs if r not in calm]
