@@ -43,6 +43,8 @@ DEFAULT_SPOOL_DIR = Path(
 
 _STOP = object()
 _FLUSH = "flush"
+MAX_BATCH_RECORDS = 10_000
+"""Records the writer commits in one transaction at most: more wait for the next one."""
 
 
 def _to_datetime(seconds: float) -> datetime:
@@ -160,7 +162,7 @@ class BatchWriter:
             if kind == _FLUSH:
                 return batch, False
             batch.append((kind, self._resolved(kind, payload)))
-            if len(batch) >= 10_000:
+            if len(batch) >= MAX_BATCH_RECORDS:
                 return batch, False
 
     def _resolved(self, kind: str, payload):

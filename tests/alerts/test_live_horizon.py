@@ -16,16 +16,6 @@ from storage import writer as writer_module
 from storage.writer import BatchWriter
 
 
-def _one_record_per_transaction(self):
-    """``BatchWriter._drain`` at its most unlucky: every record is a batch of its own."""
-    kind, payload = self._queue.get()
-    if kind is writer_module._STOP:
-        return [], True
-    if kind == writer_module._FLUSH:
-        return [], False
-    return [(kind, self._resolved(kind, payload))], False
-
-
 @pytest.mark.parametrize("order", ["log", "integration"])
 def test_every_step_up_to_the_horizon_has_its_loss_whatever_the_batches(
     monkeypatch, sqlite_url, tmp_path, order
@@ -46,7 +36,8 @@ def test_every_step_up_to_the_horizon_has_its_loss_whatever_the_batches(
         steps = observations.load(db, run.id, -1, limit)
         seen.append((limit, [o.step for o in steps if "loss" in o.scalars]))
 
-    monkeypatch.setattr(BatchWriter, "_drain", _one_record_per_transaction)
+    # The writer at its most unlucky: every record is a transaction of its own.
+    monkeypatch.setattr(writer_module, "MAX_BATCH_RECORDS", 1)
     monkeypatch.setattr(BatchWriter, "_commit", commit_then_evaluate_as_the_scheduler_would)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     gen = torch.Generator().manual_seed(0)
