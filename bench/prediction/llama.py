@@ -11,7 +11,7 @@ inside transformers' attention, and a user who does not add it has none. What a 
 it did: *divergent* if it exploded (the suite's definition), else *stable*. Not recorded: the
 command trains them each time.
 
-python -m bench.prediction.llama              # about 6 minutes on one thread
+python -m bench.prediction.llama              # about 7 minutes on one thread
 python -m bench.prediction.llama --no-write   # print only
 """
 
@@ -34,6 +34,7 @@ from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_
 from bench.prediction.calibrated import score_calibrated_on
 from bench.prediction.evaluate import Score, loss_series, score_suite
 from bench.prediction.fresh import rule_sets, run_figures, train_all
+from bench.prediction.held import HOLD, hold
 from bench.prediction.record import PROJECT
 from bench.prediction.report import per_run, summary
 from bench.prediction.runs import DIVERGENT, STABLE, RunSpec, Schedule
@@ -124,15 +125,24 @@ def peak_of(spec: RunSpec) -> float:
     return (spec.focus_schedule or spec.schedule).peak
 
 
+def _held(result: tuple[int | None, float] | None) -> str:
+    if result is None:
+        return "–"
+    at, drift = result
+    return f"**explodes at {at}**" if at is not None else f"trains on ({drift:+.2f})"
+
+
 def section(
     scores: dict[str, Score],
     calibrated: Score,
     rises: dict[str, float],
     gaps: dict[str, float],
+    held: dict[str, tuple[int | None, float]],
 ) -> str:
     """The section: the runs, the tables, and what the default set did, from ``scores``, the
-    ``calibrated`` score, each run's largest smoothed-loss rise before it exploded (``rises``)
-    and, for runs that did not explode, its :func:`end_gap` (``gaps``)."""
+    ``calibrated`` score, each run's largest smoothed-loss rise before it exploded (``rises``),
+    for runs that did not explode its :func:`end_gap` (``gaps``), and for those the default set
+    rang on, :func:`bench.prediction.held.hold`'s verdict (``held``)."""
     runs = scores[DEFAULT_SET].outcomes
     exploded = [o for o in runs if o.explosion is not None]
     n_healthy = len(runs) - len(calibrated.outcomes)
@@ -144,9 +154,11 @@ def section(
     rise_rows = "\n".join(
         f"| {o.run} | {o.kind} | {o.explosion if o.explosion is not None else '–'} | "
         f"{rises[o.run]:.2f} | {'–' if o.explosion is not None else f'{gaps[o.run]:.2f}'} | "
-        f"{o.verdict} |"
+        f"{o.verdict} | {_held(held.get(o.run))} |"
         for o in runs
     )
+    exploded_later = [name for name, (at, _) in held.items() if at is not None]
+    drifts = [drift for at, drift in held.values() if at is None]
     return f"""
 Every rule was chosen on the GPT and MLP runs above. {len(runs)} runs of transformers'
 `LlamaForCausalLM` at the suite GPT's size (2 layers, d=64, 4 heads, SwiGLU 172, RMSNorm,
@@ -159,7 +171,7 @@ the attention projections', from step 150 (as `gpt-qkv-ramp`). What a run is, is
 logs the loss and the learning rate only; the collector measures the output `log Z` by itself.
 No attention logit is logged (it lives inside transformers' attention), so `attention_logits`
 cannot fire: the position of a user who does not add it. Measured on {machine()}. Reproduce:
-`python -m bench.prediction.llama` (about 6 minutes on one thread).
+`python -m bench.prediction.llama` (about 7 minutes on one thread).
 
 Out of sample and on an architecture of its own, the default rule set warned on
 {default.warned} of {len(exploded)} explosions at least 5 steps ahead (median lead
@@ -172,7 +184,11 @@ divergent runs' rose {_range(before)}. Past the edge this model's training degra
 rather than all at once: the runs it rang on climbed without meeting the explosion definition
 (1 nat above the best loss, held), and over their last 50 steps their loss still sat
 {_range(kept)} nat above their best. Whether such a run deserves a page is the definition's
-call; by it, these are false alarms. The zero false alarms of the tables above are in-sample;
+call; by it, these are false alarms. Trained again with their last learning rates held
+{HOLD} steps longer (`bench.prediction.held`), {len(held) - len(exploded_later)} of the
+{len(held)} trained on{"" if not exploded_later else " (" + ", ".join(exploded_later) + " exploded)"};
+the highest 20-step mean loss of their extra steps sat {_range(drifts)} nat above the lowest
+of their first {STEPS}. The zero false alarms of the tables above are in-sample;
 here, as on the fresh GPT and MLP runs, warnings come with alarms on runs that came close.
 
 **Calibrated on the model's own healthy runs.** A team with healthy runs of this model would
@@ -186,8 +202,8 @@ learning rate teach the rules what calm looks like, not where the edge is.
 
 {summary({CALIBRATED: calibrated})}
 
-| run | kind | explodes at | smoothed loss's largest rise above its minimum (before any explosion), nat | its last 50 steps' mean loss above its lowest smoothed loss, nat | default rule set |
-|---|---|---|---|---|---|
+| run | kind | explodes at | smoothed loss's largest rise above its minimum (before any explosion), nat | its last 50 steps' mean loss above its lowest smoothed loss, nat | default rule set | held {HOLD} steps longer (drift above its best, nat) |
+|---|---|---|---|---|---|---|
 {rise_rows}
 
 {summary(scores)}
@@ -219,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
         rises = {r.name: run_figures(db, r, explosions[r.name])[-1] for r in runs}
         gaps = {r.name: end_gap(loss_series(db, _run_id(db, r))) for r in runs}
-    emit(TITLE, section(scores, calibrated, rises, gaps), write=not args.no_write)
+        rang = {o.run for o in scores[DEFAULT_SET].of(STABLE) if o.verdict == "false alarm"}
+        held = {r.name: hold(r) for r in runs if r.name in rang}
+    emit(TITLE, section(scores, calibrated, rises, gaps, held), write=not args.no_write)
     return 0
 
 

@@ -67,3 +67,44 @@ def test_the_healthy_runs_are_the_lowest_peaks_that_did_not_explode():
     assert all(f"-{HEALTHY_PEAK:g}-" in r.name for r in calm)
     exploded = dataclasses.replace(calm[0], kind=DIVERGENT)  # on another CPU it might
     assert exploded not in healthy([exploded, *runs[1:]])
+
+
+def test_the_section_says_what_the_held_runs_did():
+    from bench.prediction.__main__ import DEFAULT_SET, EAGER_SET
+    from bench.prediction.evaluate import Score, outcome
+    from bench.prediction.llama import CALIBRATED, section
+    from bench.prediction.runs import DIVERGENT
+
+    runs = llama_runs()
+    calm, rang, cut_short = runs[0], runs[2], runs[3]  # all at peaks that did not explode
+    boom = dataclasses.replace(runs[4], kind=DIVERGENT)
+    alert = [_fired(300)]
+    outcomes = [
+        outcome(calm, None, []),
+        outcome(rang, None, alert),
+        outcome(cut_short, None, alert),
+        outcome(boom, 340, alert),
+    ]
+    scores = {DEFAULT_SET: Score(DEFAULT_SET, outcomes), EAGER_SET: Score(EAGER_SET, outcomes)}
+    names = [calm.name, rang.name, cut_short.name, boom.name]
+    text = section(
+        scores,
+        Score(CALIBRATED, outcomes[1:]),
+        rises=dict(zip(names, (0.2, 0.5, 0.7, 0.4), strict=True)),
+        gaps=dict(zip(names, (0.05, 0.1, 0.4, 0.0), strict=True)),
+        held={rang.name: (None, 0.12), cut_short.name: (620, 1.5)},
+    )
+    assert "1 of the 2 trained on" in " ".join(text.split())
+    assert f"({cut_short.name} exploded)" in text
+    assert f"| {rang.name} | stable | – | 0.50 | 0.10 | false alarm | trains on (+0.12) |" in text
+    assert (
+        f"| {cut_short.name} | stable | – | 0.70 | 0.40 | false alarm | **explodes at 620** |"
+        in text
+    )
+    assert f"| {calm.name} | stable | – | 0.20 | 0.05 | quiet | – |" in text
+
+
+def _fired(step: int):
+    from alerts.backtest import BacktestAlert
+
+    return BacktestAlert("r", "u", "sigma_surge", "warning", step, None, "", 1.0, step, None, 2.0)
