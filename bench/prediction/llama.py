@@ -5,9 +5,11 @@ Every rule was chosen on the suite's GPT and MLP. These runs train transformers'
 positions, separate q/k/v projections, no qk-norm) on the same text with AdamW, in two of the
 suite's mechanisms: the whole model's learning rate ramped past the edge after warm-up (``lr``,
 as ``gpt-lr-ramp``) and only the attention projections' (``attn``, as ``gpt-qkv-ramp``), each
-at four peaks and two seeds, 600 steps. The loop logs the loss and the learning rate; the
-collector measures the output ``log Z`` by itself. No attention logit is logged: it lives
-inside transformers' attention, and a user who does not add it has none. What a run is, is what
+at four peaks and two seeds, 600 steps. The loop logs the loss, the learning rate and, as
+for the suite's GPT, the largest attention logit (``runs.CausalLM`` recomputes it from each
+attention module's queries and keys); the collector measures the output ``log Z`` by itself.
+The default set is also scored without ``attention_logits``: what a user who does not log the
+logit gets. What a run is, is what
 it did: *divergent* if it exploded (the suite's definition), else *stable*. Not recorded: the
 command trains them each time.
 
@@ -42,6 +44,7 @@ from storage import runs as run_store
 from storage.db import Database
 
 TITLE = "Prediction on a Llama-style model"
+WITHOUT_LOGIT = "default rule set, no attention logit logged"
 FAMILIES = {
     # name: (parameters whose learning rate ramps: None for all, the peaks)
     "lr": (None, (0.03, 0.05, 0.1, 0.2)),
@@ -79,12 +82,13 @@ def llama_runs() -> list[RunSpec]:
 
 
 def sources(configs: dict[str, Config]) -> dict[str, tuple[str, set[str]]]:
-    """The default and eager rule sets, each rule the default set sends, and every enabled
-    rule with ``info`` included."""
+    """The default and eager rule sets, the default set without ``attention_logits``, each rule
+    the default set sends, and every enabled rule with ``info`` included."""
     out = {
         DEFAULT_SET: ("default", sent_rules(configs["default"])),
         EAGER_SET: ("eager", sent_rules(configs["eager"])),
     }
+    out[WITHOUT_LOGIT] = ("default", sent_rules(configs["default"]) - {"attention_logits"})
     for rule in sorted(sent_rules(configs["default"])):
         out[rule] = ("default", {rule})
     replayable = {n for n in configs["default"].enabled_rules() if not PREDICTORS[n].wall_time}
@@ -92,8 +96,17 @@ def sources(configs: dict[str, Config]) -> dict[str, tuple[str, set[str]]]:
     return out
 
 
-def _range(values: list[float]) -> str:
-    return "–" if not values else f"{min(values):.2f}–{max(values):.2f}"
+def _range(values: list[float], spec: str = ".2f") -> str:
+    return "–" if not values else f"{min(values):{spec}}–{max(values):{spec}}"
+
+
+def _range_of(values: dict[str, float], names: list[str]) -> str:
+    """The range of ``values`` of the runs ``names``, to the unit."""
+    return _range([values[n] for n in names if math.isfinite(values[n])], ".0f")
+
+
+def _growth(growth: float) -> str:
+    return "–" if math.isnan(growth) else f"{growth:.1f}×"
 
 
 def _steps(lead: float | None) -> str:
@@ -135,25 +148,30 @@ def _held(result: tuple[int | None, float] | None) -> str:
 def section(
     scores: dict[str, Score],
     calibrated: Score,
-    rises: dict[str, float],
+    figures: dict[str, tuple[float, float, float]],
     gaps: dict[str, float],
     held: dict[str, tuple[int | None, float]],
 ) -> str:
     """The section: the runs, the tables, and what the default set did, from ``scores``, the
-    ``calibrated`` score, each run's largest smoothed-loss rise before it exploded (``rises``),
+    ``calibrated`` score, each run's :func:`bench.prediction.fresh.run_figures` (its largest
+    attention logit, that logit's growth and its smoothed loss's rise, before any explosion),
     for runs that did not explode its :func:`end_gap` (``gaps``), and for those the default set
     rang on, :func:`bench.prediction.held.hold`'s verdict (``held``)."""
     runs = scores[DEFAULT_SET].outcomes
     exploded = [o for o in runs if o.explosion is not None]
     n_healthy = len(runs) - len(calibrated.outcomes)
     default, eager = scores[DEFAULT_SET], scores[EAGER_SET]
+    rises = {name: rise for name, (_, _, rise) in figures.items()}
+    tops = {name: top for name, (top, _, _) in figures.items()}
+    growths = {name: growth for name, (_, growth, _) in figures.items()}
+    level = scores["attention_logits"]
     rang = [rises[o.run] for o in default.of(STABLE) if o.verdict == "false alarm"]
     quiet = [rises[o.run] for o in default.of(STABLE) if o.verdict == "quiet"]
     before = [rises[o.run] for o in exploded]
     kept = [gaps[o.run] for o in default.of(STABLE) if o.verdict == "false alarm"]
     rise_rows = "\n".join(
         f"| {o.run} | {o.kind} | {o.explosion if o.explosion is not None else '–'} | "
-        f"{rises[o.run]:.2f} | {'–' if o.explosion is not None else f'{gaps[o.run]:.2f}'} | "
+        f"{tops[o.run]:.0f} | {_growth(growths[o.run])} | {rises[o.run]:.2f} | {'–' if o.explosion is not None else f'{gaps[o.run]:.2f}'} | "
         f"{o.verdict} | {_held(held.get(o.run))} |"
         for o in runs
     )
@@ -168,9 +186,12 @@ at seeds {" and ".join(map(str, SEEDS))}: `llama-lr-*` ramps the whole model's l
 from step 200 to the peak in its name over 150 steps (as `gpt-lr-ramp`), `llama-attn-*` only
 the attention projections', from step 150 (as `gpt-qkv-ramp`). What a run is, is what it did:
 {len(exploded)} exploded (the suite's definition), {len(runs) - len(exploded)} did not. The loop
-logs the loss and the learning rate only; the collector measures the output `log Z` by itself.
-No attention logit is logged (it lives inside transformers' attention), so `attention_logits`
-cannot fire: the position of a user who does not add it. Measured on {machine()}. Reproduce:
+logs the loss, the learning rate and, as the suite's GPT does, the largest attention logit:
+transformers has no hook inside its attention kernels, so the benchmark's wrapper
+(`runs.CausalLM`) recomputes each attention module's queries and keys from its input, `q_proj`,
+`k_proj` and the rotary embedding (checked against the eager attention's probabilities). The
+collector measures the output `log Z` by itself. The row *{WITHOUT_LOGIT}* is what a user who
+does not log the attention logit gets. Measured on {machine()}. Reproduce:
 `python -m bench.prediction.llama` (about 7 minutes on one thread).
 
 Out of sample and on an architecture of its own, the default rule set warned on
@@ -191,6 +212,15 @@ the highest 20-step mean loss of their extra steps sat {_range(drifts)} nat abov
 of their first {STEPS}. The zero false alarms of the tables above are in-sample;
 here, as on the fresh GPT and MLP runs, warnings come with alarms on runs that came close.
 
+The attention logit does not carry over from the GPT. Its largest value passed 50 on every run,
+{_range_of(tops, [o.run for o in default.of(STABLE)])} on the runs that did not explode and
+{_range_of(tops, [o.run for o in exploded])} on the others before they did, so the eager set's
+level alone rang on {eager.false_alarms} of {len(eager.of(STABLE))}. The default's growth
+condition (tenfold in 50 steps) warned on {level.warned} of {len(exploded)} explosions and rang on
+{level.false_alarms} of {len(level.of(STABLE))} runs that did not explode; it adds nothing to the
+default set here (the same {default.warned} warned, the same false alarms, as the row without it
+shows).
+
 **Calibrated on the model's own healthy runs.** A team with healthy runs of this model would
 run `tripwire calibrate` on them. Calibrated on the {n_healthy} runs at peak {HEALTHY_PEAK:g}
 (every calibratable rule on, each threshold a 25 % margin over what the healthy runs reached,
@@ -202,8 +232,8 @@ learning rate teach the rules what calm looks like, not where the edge is.
 
 {summary({CALIBRATED: calibrated})}
 
-| run | kind | explodes at | smoothed loss's largest rise above its minimum (before any explosion), nat | its last 50 steps' mean loss above its lowest smoothed loss, nat | default rule set | held {HOLD} steps longer (drift above its best, nat) |
-|---|---|---|---|---|---|---|
+| run | kind | explodes at | largest attention logit (before any explosion) | its most growth in 50 steps, above 50 | smoothed loss's largest rise above its minimum (before any explosion), nat | its last 50 steps' mean loss above its lowest smoothed loss, nat | default rule set | held {HOLD} steps longer (drift above its best, nat) |
+|---|---|---|---|---|---|---|---|---|
 {rise_rows}
 
 {summary(scores)}
@@ -233,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         scored = [r for r in runs if r not in calm]
         calibrated = score_calibrated_on(db, calm, scored, CALIBRATED)
         explosions = {o.run: o.explosion for o in scores[DEFAULT_SET].outcomes}
-        rises = {r.name: run_figures(db, r, explosions[r.name])[-1] for r in runs}
+        figures = {r.name: run_figures(db, r, explosions[r.name]) for r in runs}
         gaps = {r.name: end_gap(loss_series(db, _run_id(db, r))) for r in runs}
         rang = {o.run for o in scores[DEFAULT_SET].of(STABLE) if o.verdict == "false alarm"}
         held = {r.name: hold(r) for r in runs if r.name in rang}
-    emit(TITLE, section(scores, calibrated, rises, gaps, held), write=not args.no_write)
+    emit(TITLE, section(scores, calibrated, figures, gaps, held), write=not args.no_write)
     return 0
 
 

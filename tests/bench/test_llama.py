@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -85,26 +86,70 @@ def test_the_section_says_what_the_held_runs_did():
         outcome(cut_short, None, alert),
         outcome(boom, 340, alert),
     ]
-    scores = {DEFAULT_SET: Score(DEFAULT_SET, outcomes), EAGER_SET: Score(EAGER_SET, outcomes)}
+    scores = {name: Score(name, outcomes) for name in (DEFAULT_SET, EAGER_SET, "attention_logits")}
     names = [calm.name, rang.name, cut_short.name, boom.name]
     text = section(
         scores,
         Score(CALIBRATED, outcomes[1:]),
-        rises=dict(zip(names, (0.2, 0.5, 0.7, 0.4), strict=True)),
+        figures={
+            calm.name: (40.0, math.nan, 0.2),
+            rang.name: (120.0, 3.0, 0.5),
+            cut_short.name: (900.0, 12.5, 0.7),
+            boom.name: (2500.0, 20.0, 0.4),
+        },
         gaps=dict(zip(names, (0.05, 0.1, 0.4, 0.0), strict=True)),
         held={rang.name: (None, 0.12), cut_short.name: (620, 1.5)},
     )
     assert "1 of the 2 trained on" in " ".join(text.split())
     assert f"({cut_short.name} exploded)" in text
-    assert f"| {rang.name} | stable | – | 0.50 | 0.10 | false alarm | trains on (+0.12) |" in text
-    assert (
-        f"| {cut_short.name} | stable | – | 0.70 | 0.40 | false alarm | **explodes at 620** |"
-        in text
+    rows: dict[str, str] = {}  # each run's row of the first table that names it
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert rows[rang.name].endswith(
+        "| 120 | 3.0× | 0.50 | 0.10 | false alarm | trains on (+0.12) |"
     )
-    assert f"| {calm.name} | stable | – | 0.20 | 0.05 | quiet | – |" in text
+    assert rows[cut_short.name].endswith(
+        "| 900 | 12.5× | 0.70 | 0.40 | false alarm | **explodes at 620** |"
+    )
+    assert rows[calm.name].endswith("| 40 | – | 0.20 | 0.05 | quiet | – |")
+    assert "40–900 on the runs that did not explode" in " ".join(text.split())
 
 
 def _fired(step: int):
     from alerts.backtest import BacktestAlert
 
     return BacktestAlert("r", "u", "sigma_surge", "warning", step, None, "", 1.0, step, None, 2.0)
+
+
+def test_the_attention_logit_is_the_one_the_attention_computes(monkeypatch):
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    from bench.prediction.runs import LLAMA_SHAPE, CausalLM
+
+    seen = []
+    eager = modeling_llama.eager_attention_forward
+
+    def spying(module, query, key, value, attention_mask, scaling, **kwargs):
+        key_all = modeling_llama.repeat_kv(key, query.shape[1] // key.shape[1])
+        seen.append(float((query @ key_all.transpose(-1, -2)).abs().amax().detach() * scaling))
+        return eager(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", spying)
+    torch.manual_seed(0)
+    shape = {**LLAMA_SHAPE, "num_key_value_heads": 2}  # grouped queries too
+    model = CausalLM.llama(vocab_size=256, attn_implementation="eager", **shape)
+    with torch.no_grad():
+        model.lm.model.layers[1].self_attn.q_proj.weight.mul_(30.0)  # one layer runs hot
+    x = torch.randint(0, 256, (2, 48))
+
+    model.measure_logits = True
+    model(x, x)
+    measured = float(model.logit_signals()["attn_logit_max"])
+    assert len(seen) == 2 and measured == pytest.approx(max(seen), rel=1e-5)
+    assert max(seen) > 10 * min(seen)  # the hot layer's, not the first one's
+
+    model.measure_logits = False
+    model(x, x)
+    assert model.logit_signals() == {}
