@@ -189,7 +189,8 @@ the attention projections', from step 150 (as `gpt-qkv-ramp`). What a run is, is
 logs the loss, the learning rate and, as the suite's GPT does, the largest attention logit:
 transformers has no hook inside its attention kernels, so the benchmark's wrapper
 (`runs.CausalLM`) recomputes each attention module's queries and keys from its input, `q_proj`,
-`k_proj` and the rotary embedding (checked against the eager attention's probabilities). The
+`k_proj` and the rotary embedding (tested against the queries and keys transformers' eager
+attention receives). The
 collector measures the output `log Z` by itself. The row *{WITHOUT_LOGIT}* is what a user who
 does not log the attention logit gets. Measured on {machine()}. Reproduce:
 `python -m bench.prediction.llama` (about 7 minutes on one thread).
