@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from alerts.config import Config, parse_config
+from alerts.config import Config, Rule, parse_config
 from alerts.predictors import PREDICTORS
 from bench.prediction.calibrated import score_calibrated
 from bench.prediction.candidates import CANDIDATES, EAGER, EAGER_TUNED, TUNED
@@ -37,7 +37,7 @@ FIGURE_RUNS = ["gpt-lr-ramp", "gpt-qkv-ramp", "mlp-adam-ramp", "gpt-lr-ramp-safe
 def default_sources(config: Config, label: str = "default") -> dict[str, tuple[str, set[str]]]:
     """One source per enabled, replayable predictor; the default rule set (what is sent:
     severity warning or critical); and everything enabled, ``info`` included."""
-    rules = {n: r for n, r in config.enabled_rules().items() if not PREDICTORS[n].wall_time}
+    rules = replayable_rules(config)
     sources = {n: (label, {n}) for n in rules}
     sent = sent_rules(config)
     sources[DEFAULT_SET] = (label, sent)
@@ -46,13 +46,15 @@ def default_sources(config: Config, label: str = "default") -> dict[str, tuple[s
     return sources
 
 
+def replayable_rules(config: Config) -> dict[str, Rule]:
+    """The rules ``config`` enables that a backtest replays (not the wall-clock ones)."""
+    return {n: r for n, r in config.enabled_rules().items() if not PREDICTORS[n].wall_time}
+
+
 def sent_rules(config: Config) -> set[str]:
     """The replayable rules ``config`` sends (severity warning or critical)."""
-    return {
-        n
-        for n, r in config.enabled_rules().items()
-        if not PREDICTORS[n].wall_time and r.severity in ("warning", "critical")
-    }
+    rules = replayable_rules(config)
+    return {n for n, r in rules.items() if r.severity in ("warning", "critical")}
 
 
 def explore(db: Database, suite: list) -> dict:
