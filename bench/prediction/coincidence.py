@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from alerts.backtest import BacktestAlert
@@ -48,15 +49,13 @@ def coincidences(
     >>> [(c.step, c.resolved_step) for c in coincidences(seen, ("x", "y"), 2)]
     [(30, 60), (70, 80)]
     """
-    changes: dict[int, dict[str, int]] = {}
+    changes: defaultdict[int, Counter] = defaultdict(Counter)  # step: rule: alerts opened
     for alert in alerts:
         if alert.predictor in rules:
-            at = changes.setdefault(alert.step, {})
-            at[alert.predictor] = at.get(alert.predictor, 0) + 1
+            changes[alert.step][alert.predictor] += 1
             if alert.resolved_step is not None:
-                at = changes.setdefault(alert.resolved_step, {})
-                at[alert.predictor] = at.get(alert.predictor, 0) - 1
-    open_alerts = dict.fromkeys(rules, 0)
+                changes[alert.resolved_step][alert.predictor] -= 1
+    open_alerts = Counter()
     stretches, since = [], None
     for step in sorted(changes):
         for rule, change in changes[step].items():

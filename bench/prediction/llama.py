@@ -30,11 +30,16 @@ from pathlib import Path
 import torch
 
 from alerts.config import Config
-from alerts.predictors import PREDICTORS
 from bench.common import emit, machine
-from bench.prediction.__main__ import ALL_ENABLED, DEFAULT_SET, EAGER_SET, sent_rules
+from bench.prediction.__main__ import (
+    ALL_ENABLED,
+    DEFAULT_SET,
+    EAGER_SET,
+    replayable_rules,
+    sent_rules,
+)
 from bench.prediction.calibrated import score_calibrated_on
-from bench.prediction.evaluate import Score, loss_series, score_suite
+from bench.prediction.evaluate import RunOutcome, Score, loss_series, score_suite
 from bench.prediction.fresh import rule_sets, run_figures, train_all
 from bench.prediction.held import HOLD, hold
 from bench.prediction.record import PROJECT
@@ -91,8 +96,7 @@ def sources(configs: dict[str, Config]) -> dict[str, tuple[str, set[str]]]:
     out[WITHOUT_LOGIT] = ("default", sent_rules(configs["default"]) - {"attention_logits"})
     for rule in sorted(sent_rules(configs["default"])):
         out[rule] = ("default", {rule})
-    replayable = {n for n in configs["default"].enabled_rules() if not PREDICTORS[n].wall_time}
-    out[ALL_ENABLED] = ("default", replayable)
+    out[ALL_ENABLED] = ("default", set(replayable_rules(configs["default"])))
     return out
 
 
@@ -103,10 +107,6 @@ def _range(values: list[float], spec: str = ".2f") -> str:
 def _range_of(values: dict[str, float], names: list[str]) -> str:
     """The range of ``values`` of the runs ``names``, to the unit."""
     return _range([values[n] for n in names if math.isfinite(values[n])], ".0f")
-
-
-def _growth(growth: float) -> str:
-    return "–" if math.isnan(growth) else f"{growth:.1f}×"
 
 
 def _steps(lead: float | None) -> str:
@@ -138,10 +138,30 @@ def peak_of(spec: RunSpec) -> float:
     return (spec.focus_schedule or spec.schedule).peak
 
 
-def _held(result: tuple[int | None, float] | None) -> str:
-    if result is None:
-        return "–"
-    at, drift = result
+def _run_row(
+    o: RunOutcome,
+    figures: tuple[float, float, float],
+    gap: float,
+    held: tuple[int | None, float] | None,
+) -> str:
+    """One run's row of the section's first per-run table."""
+    top, growth, rise = figures
+    exploded = o.explosion is not None
+    cells = [
+        o.run,
+        o.kind,
+        o.explosion if exploded else "–",
+        f"{top:.0f}",
+        "–" if math.isnan(growth) else f"{growth:.1f}×",
+        f"{rise:.2f}",
+        "–" if exploded else f"{gap:.2f}",
+        o.verdict,
+        "–" if held is None else _held(*held),
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _held(at: int | None, drift: float) -> str:
     return f"**explodes at {at}**" if at is not None else f"trains on ({drift:+.2f})"
 
 
@@ -161,20 +181,14 @@ def section(
     exploded = [o for o in runs if o.explosion is not None]
     n_healthy = len(runs) - len(calibrated.outcomes)
     default, eager = scores[DEFAULT_SET], scores[EAGER_SET]
-    rises = {name: rise for name, (_, _, rise) in figures.items()}
     tops = {name: top for name, (top, _, _) in figures.items()}
-    growths = {name: growth for name, (_, growth, _) in figures.items()}
+    rises = {name: rise for name, (_, _, rise) in figures.items()}
     level = scores["attention_logits"]
     rang = [rises[o.run] for o in default.of(STABLE) if o.verdict == "false alarm"]
     quiet = [rises[o.run] for o in default.of(STABLE) if o.verdict == "quiet"]
     before = [rises[o.run] for o in exploded]
     kept = [gaps[o.run] for o in default.of(STABLE) if o.verdict == "false alarm"]
-    rise_rows = "\n".join(
-        f"| {o.run} | {o.kind} | {o.explosion if o.explosion is not None else '–'} | "
-        f"{tops[o.run]:.0f} | {_growth(growths[o.run])} | {rises[o.run]:.2f} | {'–' if o.explosion is not None else f'{gaps[o.run]:.2f}'} | "
-        f"{o.verdict} | {_held(held.get(o.run))} |"
-        for o in runs
-    )
+    rise_rows = "\n".join(_run_row(o, figures[o.run], gaps[o.run], held.get(o.run)) for o in runs)
     exploded_later = [name for name, (at, _) in held.items() if at is not None]
     drifts = [drift for at, drift in held.values() if at is None]
     return f"""
