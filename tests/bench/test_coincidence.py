@@ -7,10 +7,11 @@ from bench.prediction import coincidence
 from bench.prediction.record import ensure_recorded
 from bench.prediction.runs import BY_NAME
 from storage.db import Database
+from tests.bench.alerts import backtest_alert
 
 
 def _alert(rule: str, step: int, resolved: int | None) -> BacktestAlert:
-    return BacktestAlert("r", "u", rule, "info", step, "fc1", "", None, step, resolved, None)
+    return backtest_alert(step, resolved, rule=rule, layer="fc1")
 
 
 def test_a_coincidence_lasts_while_enough_rules_each_have_an_alert_open():

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from alerts.backtest import BacktestAlert
 from bench.prediction.evaluate import outcome
 from bench.prediction.runs import BY_NAME
-
-
-def _alert(step: int, resolved: int | None = None) -> BacktestAlert:
-    return BacktestAlert(
-        "r", "u", "sigma_surge", "warning", step, None, "", 1.0, step, resolved, 2.0
-    )
+from tests.bench.alerts import backtest_alert as _alert
 
 
 def test_an_alert_that_ended_long_before_the_explosion_is_no_warning():
