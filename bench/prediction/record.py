@@ -65,9 +65,8 @@ class _LoggingLogits:
 
     def log(self, step: int, loss, lr) -> None:  # noqa: ANN001
         extra = {}
-        signals = getattr(self.model, "logit_signals", None)  # a transformers model has none
-        if signals is not None and self.monitor.is_check_step(step):
-            extra = {name: float(v) for name, v in signals().items()}
+        if self.monitor.is_check_step(step):
+            extra = {name: float(v) for name, v in self.model.logit_signals().items()}
         self.monitor.log(step, loss=loss, lr=lr, **extra)
 
 
