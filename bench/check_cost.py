@@ -52,17 +52,22 @@ REFERENCE = (
 
 
 class _Inputs:
-    """Keeps the full input of every monitored layer from one forward pass."""
+    """Keeps the full input of every monitored layer from one forward pass; layers fed the same
+    tensor (a Llama block's q/k/v) keep one, as the collector's sampler does."""
 
     def __init__(self, layers) -> None:
         self.x: dict[str, torch.Tensor] = {}
+        self._seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # the input kept alive
         self._handles = [
             layer.module.register_forward_hook(self._hook(layer.name)) for layer in layers
         ]
 
     def _hook(self, name):
         def hook(module, inputs, output):  # noqa: ARG001
-            self.x[name] = inputs[0].detach()
+            x = inputs[0]
+            if id(x) not in self._seen:
+                self._seen[id(x)] = (x, x.detach())
+            self.x[name] = self._seen[id(x)][1]
 
         return hook
 
@@ -100,10 +105,12 @@ def breakdown(size: Size, device: str, rounds: int, tmp: Path) -> tuple[dict, di
     inputs = captured.x
     state = monitor._spectral
     weights = [layer.weight for layer in layers]
-    rows = {
-        n: spectral.sample_rows(t, sampler.sample_size, sampler._generators.on(t.device))
-        for n, t in inputs.items()
-    }
+    samples: dict[int, torch.Tensor] = {}  # one sample of each distinct input
+    for t in inputs.values():
+        if id(t) not in samples:
+            gen = sampler._generators.on(t.device)
+            samples[id(t)] = spectral.sample_rows(t, sampler.sample_size, gen)
+    rows = {n: samples[id(t)] for n, t in inputs.items()}
     v1s = {layer.name: state.v[layer.name] for layer in layers}
     stats = {name: spectral.sa_statistics(rows[name], v1s[name]) for name in rows if name in v1s}
     per_layer = [torch.stack([torch.zeros((), device=device) for _ in _COLUMNS]) for _ in layers]

@@ -40,16 +40,21 @@ import torch
 from bench.common import emit, fmt_ms, interleave_cpu, machine, median, table
 
 SIZES = {
-    # name: (n_layer, d_model, n_head, batch, block_size)
+    # name: (n_layer, d_model, n_head, batch, block_size[, arch])
     "tiny": (1, 32, 2, 2, 16),
     "small": (4, 128, 4, 16, 64),
     "small-long": (4, 128, 4, 16, 256),
     "medium": (8, 512, 8, 4, 64),
     "large": (12, 768, 12, 8, 256),
+    "llama-small": (4, 128, 4, 16, 64, "llama"),
+    "llama-medium": (8, 512, 8, 4, 64, "llama"),
 }
 """Model and batch shapes. ``small-long`` is ``small`` on 4× longer sequences: the same check,
 4× the tokens per step (the overhead falls with the work per step). ``medium`` is the biggest
-that fits a CPU run's time here (25 M parameters); ``large`` (85 M parameters) is for a GPU."""
+that fits a CPU run's time here (25 M parameters); ``large`` (85 M parameters) is for a GPU.
+``llama-*``: transformers' ``LlamaForCausalLM`` of the GPT's shape (SwiGLU MLP 8/3 as wide as
+the model, rounded up to a multiple of 8): seven linear layers a block, whose q/k/v and
+gate/up projections read one input each."""
 
 VARIANTS = ("none", "tripwire", "tripwire every step", "tripwire no writes", "wandb", "tensorboard")
 
@@ -62,6 +67,7 @@ class Size:
     n_head: int
     batch: int
     block: int
+    arch: str = "gpt"
 
     @classmethod
     def named(cls, name: str) -> Size:
@@ -69,14 +75,28 @@ class Size:
 
 
 def build(size: Size, device: str, seed: int = 0):
-    """A GPT of ``size``, its AdamW optimizer and one fixed batch (random tokens)."""
+    """A GPT (or Llama) of ``size``, its AdamW optimizer and one fixed batch (random tokens);
+    ``model(x, targets)`` is the loss."""
     from tripwire.models import GPT, GPTConfig
 
     torch.manual_seed(seed)
     cfg = GPTConfig(
         n_layer=size.n_layer, d_model=size.d_model, n_head=size.n_head, block_size=size.block
     )
-    model = GPT(cfg).to(device)
+    if size.arch == "llama":
+        from bench.prediction.runs import CausalLM
+
+        model = CausalLM.llama(
+            vocab_size=cfg.vocab_size,
+            num_hidden_layers=size.n_layer,
+            hidden_size=size.d_model,
+            num_attention_heads=size.n_head,
+            num_key_value_heads=size.n_head,
+            intermediate_size=-(-8 * size.d_model // 3 // 8) * 8,
+            max_position_embeddings=size.block,
+        ).to(device)
+    else:
+        model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(0, cfg.vocab_size, (size.batch, size.block), generator=gen).to(device)

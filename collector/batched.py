@@ -250,51 +250,110 @@ def v_drift_stack(v_new: torch.Tensor, v_prev: list[torch.Tensor | None]) -> tor
 SA_COLUMNS = spectral.SA_COLUMNS
 
 
+def _distinct(rows: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """The distinct tensors of ``rows`` (by identity), and each entry's index among them: the
+    q, k and v projections of a block are fed one input and share one sample of it.
+
+    >>> x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    >>> _distinct([x, y, x])[1]
+    [0, 1, 0]
+    """
+    index: dict[int, int] = {}
+    samples = []
+    for x in rows:
+        if id(x) not in index:
+            index[id(x)] = len(samples)
+            samples.append(x)
+    return samples, [index[id(x)] for x in rows]
+
+
 def _row_passes(
     rows: list[torch.Tensor], v1: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The passes over each layer's rows: their norms ``(G, k)``, their projections on v1 and
     on their mean with (v1·mean, mean·mean) appended ``(G, 2, k + 1)``, and max |x| ``(G,)``.
 
-    On a CPU each layer's rows are read where they lie, without temporaries. On a GPU the
-    layers of one width are stacked (a copy of their rows, at most ``MAX_STACK_ELEMENTS`` at a
-    time) and done at once: a few ops per width instead of per layer.
+    Each distinct sample is read once, whatever number of layers it feeds (:func:`_distinct`):
+    its norms, mean and max |x| once, its projections on its mean and on every such layer's v1
+    in one product. On a CPU each sample is read where it lies, without temporaries. On a GPU
+    the samples of one width are stacked (a copy of their rows, at most ``MAX_STACK_ELEMENTS``
+    at a time) and done at once: a few ops per width instead of per sample.
     """
-    if rows[0].device.type == "cpu" and not CPU_STACK_ROWS:
-        return _row_passes_per_layer(rows, v1)
-    groups = group_by_shape(rows)  # one sample size: by width, each stack ≤ 128 MiB
-    norms, projections, act_max = [], [], []
-    for group in groups:
-        x = torch.stack([rows[i] for i in group]).float()  # (g, k, in)
-        v = torch.stack([v1[i] for i in group]).float()
-        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        directions = torch.stack([v, x.mean(dim=1)], dim=1)  # (g, 2, in): v1 and the rows' mean
-        on_mean = torch.bmm(directions, directions[:, 1, :, None])  # (v1·mean, mean·mean)
-        projections.append(torch.cat([torch.bmm(directions, x.transpose(1, 2)), on_mean], 2))
-        norms.append(torch.linalg.vector_norm(x, dim=2))
-        flat = x.flatten(1)
-        act_max.append(torch.maximum(-flat.amin(dim=1), flat.amax(dim=1)))
-    out = torch.cat(norms), torch.cat(projections), torch.cat(act_max)
-    back = back_to_order([i for group in groups for i in group], out[0].device)
-    return out if back is None else tuple(t.index_select(0, back) for t in out)
+    samples, sample_of = _distinct(rows)
+    users: list[list[int]] = [[] for _ in samples]  # the layers each sample feeds
+    for layer, s in enumerate(sample_of):
+        users[s].append(layer)
+    if samples[0].device.type == "cpu" and not CPU_STACK_ROWS:
+        groups = [[s] for s in range(len(samples))]
+        parts = [_sample_passes(samples[s], [v1[layer] for layer in users[s]]) for [s] in groups]
+        join = torch.stack
+    else:
+        groups = group_by_shape(samples)  # one sample size: by width, each stack ≤ 128 MiB
+        parts = [
+            _stacked_passes([samples[s] for s in g], [users[s] for s in g], v1) for g in groups
+        ]
+        join = torch.cat
+    blocks, norms, act_max = zip(*parts, strict=True)
+    norms, act_max = join(norms), join(act_max)
+    if len(groups) == len(rows):  # a sample per layer, in the layers' order: nothing to pick
+        return norms, torch.cat(blocks).view(len(rows), 2, -1), act_max
+    # Which rows of the blocks each layer takes: per sample, a row per v1, then one for its mean
+    v_row, mean_row = [0] * len(rows), [0] * len(samples)
+    offset = 0
+    for group, block in zip(groups, blocks, strict=True):
+        n_dirs = block.shape[0] // len(group)
+        for j, s in enumerate(group):
+            for i, layer in enumerate(users[s]):
+                v_row[layer] = offset + j * n_dirs + i
+            mean_row[s] = offset + (j + 1) * n_dirs - 1
+        offset += block.shape[0]
+    device = samples[0].device
+    projections = torch.cat(blocks)
+    picks = [r for layer, s in enumerate(sample_of) for r in (v_row[layer], mean_row[s])]
+    if picks != list(range(len(picks))):  # shared samples, or samples stacked out of order
+        projections = projections.index_select(0, _on_device(tuple(picks), device))
+    order = {s: i for i, s in enumerate(s for group in groups for s in group)}
+    at = [order[s] for s in sample_of]
+    if at != list(range(len(at))):
+        where = _on_device(tuple(at), device)
+        norms, act_max = norms.index_select(0, where), act_max.index_select(0, where)
+    return norms, projections.view(len(rows), 2, -1), act_max
 
 
-def _row_passes_per_layer(
-    rows: list[torch.Tensor], v1: list[torch.Tensor]
+def _sample_passes(
+    x: torch.Tensor, vs: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    norms, projections, act_max = [], [], []
-    for x, v in zip(rows, v1, strict=True):
-        x = x.float()
-        v = v.float()
-        v = v / torch.linalg.vector_norm(v)
-        directions = torch.stack([v, x.mean(dim=0)])  # (2, in): v1 and the rows' mean
-        # (2, k) as (2, in) @ (in, k), the fastest CPU kernel of the ways to write it, and
-        # (v1·mean, mean·mean) for centring
-        projections.append(torch.cat([directions @ x.T, (directions @ directions[1])[:, None]], 1))
-        norms.append(torch.linalg.vector_norm(x, dim=1))
-        # max |x| without an |x| copy (vector_norm(ord=inf) is ~10x slower on CPU)
-        act_max.append(torch.maximum(-x.amin(), x.amax()))
-    return torch.stack(norms), torch.stack(projections), torch.stack(act_max)
+    """One sample ``(k, in)`` and the v1 of each of the ``m`` layers it feeds: its projections
+    on each v1 and on its mean, with (·mean) appended ``(m + 1, k + 1)``, its norms ``(k,)`` and
+    max |x| (0-dim)."""
+    x = x.float()
+    vs = [v.float() for v in vs]
+    vs = [v / torch.linalg.vector_norm(v) for v in vs]
+    directions = torch.stack([*vs, x.mean(dim=0)])  # (m + 1, in): each v1, then the rows' mean
+    # (m + 1, k) as (m + 1, in) @ (in, k), the fastest CPU kernel of the ways to write it
+    on_mean = (directions @ directions[-1])[:, None]
+    block = torch.cat([directions @ x.T, on_mean], 1)
+    # max |x| without an |x| copy (vector_norm(ord=inf) is ~10x slower on CPU)
+    return block, torch.linalg.vector_norm(x, dim=1), torch.maximum(-x.amin(), x.amax())
+
+
+def _stacked_passes(
+    samples: list[torch.Tensor], users: list[list[int]], v1: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_sample_passes` of ``g`` samples of one shape at once, the ``i``-th feeding the
+    layers ``users[i]``: ``(g·(m + 1), k + 1)`` (zero directions pad the samples that feed
+    fewer than ``m`` layers), ``(g, k)`` and ``(g,)``."""
+    x = torch.stack(samples).float()  # (g, k, in)
+    m = max(len(u) for u in users)
+    zero = x.new_zeros(x.shape[-1]) if any(len(u) < m for u in users) else None
+    vs = [v for u in users for v in [v1[layer] for layer in u] + [zero] * (m - len(u))]
+    v = _unit_rows(torch.stack(vs).float().view(len(users), m, -1))  # (g, m, in)
+    directions = torch.cat([v, x.mean(dim=1, keepdim=True)], dim=1)  # (g, m + 1, in)
+    on_mean = torch.bmm(directions, directions[:, -1:, :].transpose(1, 2))  # (g, m + 1, 1)
+    block = torch.cat([torch.bmm(directions, x.transpose(1, 2)), on_mean], 2)
+    flat = x.flatten(1)
+    act_max = torch.maximum(-flat.amin(dim=1), flat.amax(dim=1))
+    return block.flatten(0, 1), torch.linalg.vector_norm(x, dim=2), act_max
 
 
 @torch.no_grad()
@@ -304,10 +363,16 @@ def sa_statistics_stack(
     """:func:`collector.spectral.sa_statistics` of ``G`` layers at once.
 
     ``rows``: ``G`` tensors ``(k, in_g)`` with the same ``k > 0``; ``v1``: ``G`` vectors
-    ``(in_g,)``; the widths may differ. After the passes over the rows (norms, the projections
-    on v1 and on the rows' mean, max |x|: per layer on a CPU, per width on a GPU), everything
-    runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order
-    of ``SA_COLUMNS`` and the ``(G, bins)`` int64 histograms.
+    ``(in_g,)``; the widths may differ, and layers fed one input may be given the same tensor,
+    whose rows are then read once. After the passes over the rows (norms, the projections on
+    v1 and on the rows' mean, max |x|: per sample on a CPU, per width on a GPU), everything
+    runs once on ``(G, k)``. Returns a ``(G, 8)`` fp32 table in the order of ``SA_COLUMNS``
+    and the ``(G, bins)`` int64 histograms.
+
+    >>> x = torch.randn(256, 16)
+    >>> table, hist = sa_statistics_stack([x, x], [torch.ones(16), -torch.ones(16)])
+    >>> bool(table[0, 2] == -table[1, 2])  # sa_mean against v1 and -v1
+    True
     """
     table, hist, _ = _sa_stack(rows, v1, bin_edges)
     return table, hist
@@ -401,7 +466,12 @@ def layer_table(
             continue
         by_rows[math.prod(sample.shape[:-1])].append(i)
     for k, members in by_rows.items():
-        x = [rows[names[i]].reshape(-1, weights[i].shape[1]) for i in members]
+        flat: dict[int, torch.Tensor] = {}  # one view per sample: layers may share one
+        for i in members:
+            sample = rows[names[i]]
+            if id(sample) not in flat:
+                flat[id(sample)] = sample.reshape(-1, weights[i].shape[1])
+        x = [flat[id(rows[names[i]])] for i in members]
         table, hist, count = _sa_stack(x, [v1_of[i] for i in members], bin_edges)
         where = _on_device(tuple(members), device)
         sa_table.index_copy_(0, where, table)

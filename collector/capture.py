@@ -38,7 +38,8 @@ class InputSampler:
     and its hook removes itself.
 
     Layers fed the same tensor (the q, k and v projections of a block, a gated MLP's gate and
-    up projections) share one sample of it: its rows are drawn and held once.
+    up projections) share one sample of it: its rows are drawn and held once, and the check
+    reads them once (:func:`collector.batched.sa_statistics_stack`).
 
     A sample that fits is the layer's input itself, not a copy (copying every layer's input
     cost 15 % of a check on a small model): autograd keeps that tensor for the backward pass

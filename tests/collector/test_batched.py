@@ -165,6 +165,50 @@ def test_weights_of_different_shapes_padded_into_one_stack_match_spectral():
     assert math.isnan(drift[4])  # no previous vector
 
 
+@pytest.mark.parametrize("stack_rows", [False, True], ids=["cpu", "gpu-path"])
+def test_layers_sharing_a_sample_get_each_their_own_statistics(monkeypatch, stack_rows):
+    """q/k/v read one sample; in the stack of width 16 it feeds three layers, another one and a
+    third (bf16) two, so directions are zero-padded; the layers come out of the samples' order."""
+    monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)
+    gen = torch.Generator().manual_seed(5)
+    a, b, wide = (torch.randn(64, w, generator=gen) for w in (16, 16, 40))
+    c = torch.randn(64, 16, generator=gen).bfloat16()
+    a[3] = 0.0  # a row without an SA
+    b[:, 0] += 4.0  # an offset the centred statistics take out
+    rows = [a, b, a, wide, c, a, c]
+    v1 = [torch.randn(x.shape[1], generator=gen) for x in rows]
+    table, hist = batched.sa_statistics_stack(rows, v1)
+    for i, (x, v) in enumerate(zip(rows, v1, strict=True)):
+        want = spectral.sa_statistics(x, v)
+        for j, column in enumerate(batched.SA_COLUMNS):
+            assert float(table[i, j]) == pytest.approx(float(want[column]), rel=1e-5, abs=1e-6)
+        assert (hist[i] - want["sa_hist"]).abs().sum() <= 2  # rounding at the bin edges
+    assert not torch.equal(table[0], table[2])  # one sample, two directions
+
+
+@pytest.mark.parametrize("stack_rows", [False, True], ids=["cpu", "gpu-path"])
+def test_a_check_reads_a_shared_sample_once_and_matches_the_per_layer_path(monkeypatch, stack_rows):
+    monkeypatch.setattr(batched, "CPU_STACK_ROWS", stack_rows)
+    torch.manual_seed(6)
+    model = nn.ModuleDict({name: nn.Linear(16, 16) for name in ("q", "k", "v", "o")})
+    layers = select_layers(model)
+    x = torch.randn(4, 32, 16)
+    shared = x.reshape(-1, 16)
+    rows = {"q": shared, "k": shared, "v": shared, "o": torch.randn(128, 16)}
+    state = SpectralState()
+    got, _ = _check(model, layers, state, rows, True, monkeypatch)
+    want, _ = _check(model, layers, SpectralState(), rows, False, monkeypatch)
+    _assert_same(got, want)
+    means = []  # the samples' means taken: one pass over a sample's rows each
+    real_mean = torch.Tensor.mean
+    monkeypatch.setattr(
+        torch.Tensor, "mean", lambda t, *a, **k: means.append(t.shape) or real_mean(t, *a, **k)
+    )
+    _check(model, layers, state, rows, True, monkeypatch)
+    of_samples = [shape for shape in means if shape[-1] == 16]  # not the tail's, of norms
+    assert of_samples == ([(128, 16)] * 2 if not stack_rows else [(2, 128, 16)])
+
+
 class _HostTraffic(TorchDispatchMode):
     """Records the ops that, on a GPU, move data between host and device outside the one
     transfer a check makes: a tensor built from host data (``lift_fresh``: a blocking copy)
