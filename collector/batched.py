@@ -185,11 +185,9 @@ def power_iteration_stack(
     )
     norm = torch.linalg.vector_norm(v_prev, dim=1, keepdim=True)
     v = torch.where(torch.isfinite(norm) & (norm > 0), v_prev / norm, cold)
-    # CPU kernels are slow for a batched matrix × column vector, fast for row vector × matrix:
-    # keep Wᵀ as its own contiguous stack there. cuBLAS takes the transposed view as it is.
+    # Row vectors times Wᵀ as a transposed view: on a CPU, a batched matrix × column vector is
+    # slow, and a contiguous copy of Wᵀ cost more than the products saved (bench/check_cost.py).
     wt = w.transpose(1, 2)
-    if w.device.type == "cpu":
-        wt = wt.contiguous()
     start = v
     v = v.unsqueeze(1)  # (G, 1, in): row vectors through the loop, no reshapes per iteration
     for _ in range(iters):
