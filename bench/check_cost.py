@@ -352,9 +352,10 @@ def report(
     log_calls: int,
     gpu_path: bool = False,
 ) -> str:
+    sizes = ",".join(res["size"].name for res in results)
     parts = [
-        f"Measured on {machine(device)}. Command: "
-        f"`python -m bench.check_cost --device {device}{' --gpu-path' if gpu_path else ''}`."
+        f"Measured on {machine(device)}. Command: `python -m bench.check_cost --device {device} "
+        f"--sizes {sizes}{' --gpu-path' if gpu_path else ''}`."
     ]
     for res in results:
         s, parts_s, pvs = res["size"], res["breakdown"], res["svd"]
@@ -364,7 +365,7 @@ def report(
             for name, sec in parts_s.items()
         ]
         parts.append(
-            f"**One check, {s.name} GPT** ({pvs['layers']} linear layers, batch {s.batch} × "
+            f"**One check, {s.title}** ({pvs['layers']} linear layers, batch {s.batch} × "
             f"{s.block} tokens): median over {rounds} interleaved rounds of the calling thread's "
             "CPU time (wall time on a GPU); the parts are timed alone, so they need not add up "
             "to the whole. The rows *one layer at a time* are the path before stacking (still "
@@ -387,7 +388,7 @@ def report(
         ]
         w0 = next(iter(pvs["warm"].values()))
         parts.append(
-            f"**Power iteration against `torch.linalg.svd`, {s.name} GPT**: all {pvs['layers']} "
+            f"**Power iteration against `torch.linalg.svd`, {s.title}**: all {pvs['layers']} "
             f"weight matrices at {pvs['checks']} warm checks (every 10 steps) while it trains "
             f"on text with AdamW (lr 1e-3); {w0['pairs']} (layer, check) pairs, of which "
             f"{w0['gapped']} have σ2 < 0.95 σ1, where v1 is well defined and its angle is "

@@ -46,6 +46,7 @@ SIZES = {
     "small-long": (4, 128, 4, 16, 256),
     "medium": (8, 512, 8, 4, 64),
     "large": (12, 768, 12, 8, 256),
+    "llama-tiny": (1, 32, 2, 2, 16, "llama"),
     "llama-small": (4, 128, 4, 16, 64, "llama"),
     "llama-medium": (8, 512, 8, 4, 64, "llama"),
 }
@@ -72,6 +73,22 @@ class Size:
     @classmethod
     def named(cls, name: str) -> Size:
         return cls(name, *SIZES[name])
+
+    @property
+    def model(self) -> str:
+        """The architecture, for reports: ``GPT`` or ``Llama``."""
+        return "Llama" if self.arch == "llama" else "GPT"
+
+    @property
+    def title(self) -> str:
+        """``small GPT``; a Llama's name says what it is: ``llama-small``."""
+        return self.name if self.arch == "llama" else f"{self.name} GPT"
+
+    @property
+    def linear_layers(self) -> int:
+        """Monitored linear layers: per block qkv, proj, fc, proj (GPT) or q, k, v, o, gate,
+        up, down (Llama), and the output layer."""
+        return (7 if self.arch == "llama" else 4) * self.n_layer + 1
 
 
 def build(size: Size, device: str, seed: int = 0):
@@ -324,7 +341,8 @@ def report(
     results: list[dict], mem: dict, device: str, every: int, autocast: str | None = None
 ) -> str:
     """The section's text; ``autocast`` as given on the command line (``bf16``), if at all."""
-    command = f"python -m bench.overhead --device {device}" + (
+    sizes = ",".join(res["size"].name for res in results)
+    command = f"python -m bench.overhead --device {device} --sizes {sizes}" + (
         f" --autocast {autocast}" if autocast else ""
     )
     names = {
@@ -368,9 +386,9 @@ def report(
                 ]
             )
         parts.append(
-            f"**{s.name}**: GPT {s.n_layer} layers, d_model {s.d_model}, "
+            f"**{s.name}**: {s.model} {s.n_layer} layers, d_model {s.d_model}, "
             f"{res['params'] / 1e6:.1f} M parameters, batch {s.batch} × {s.block} tokens, "
-            f"{4 * s.n_layer + 1} monitored linear layers, {res['rounds']} rounds.\n\n"
+            f"{s.linear_layers} monitored linear layers, {res['rounds']} rounds.\n\n"
             + table(
                 [
                     "variant",
@@ -407,7 +425,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="small,medium", help=f"of {', '.join(SIZES)}")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds for tiny and small")
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="rounds for the tiny and small sizes"
+    )
     parser.add_argument("--big-rounds", type=int, default=6, help="rounds for bigger sizes")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
@@ -434,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = torch.bfloat16 if args.autocast == "bf16" else None
     memory_sizes = set(args.memory_sizes.split(",")) if args.memory_sizes else set(SIZES)
     for size in sizes:
-        rounds = args.rounds if size.name in ("tiny", "small") else args.big_rounds
+        rounds = args.rounds if size.name.endswith(("tiny", "small")) else args.big_rounds
         t0 = time.perf_counter()
         results.append(measure(size, args.device, rounds, args.every, variants, autocast))
         print(f"[{size.name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)

@@ -328,7 +328,7 @@ def _sample_passes(
     vs = [v.float() for v in vs]
     vs = [v / torch.linalg.vector_norm(v) for v in vs]
     directions = torch.stack([*vs, x.mean(dim=0)])  # (m + 1, in): each v1, then the rows' mean
-    # (m + 1, k) as (m + 1, in) @ (in, k), the fastest CPU kernel of the ways to write it
+    # (m + 1, k) as (m + 1, in) @ (in, k); (·mean) for centring
     on_mean = (directions @ directions[-1])[:, None]
     block = torch.cat([directions @ x.T, on_mean], 1)
     # max |x| without an |x| copy (vector_norm(ord=inf) is ~10x slower on CPU)

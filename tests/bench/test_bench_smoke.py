@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from bench import check_cost, common, device_parity, overhead, storage_throughput
+from collector.layers import select_layers
+from tests import needs
 
 
 def test_write_section_replaces_only_its_own(tmp_path):
@@ -86,6 +88,16 @@ def test_memory_probe_reports_host_memory():
     probe = overhead.memory_probe("tiny", "tripwire", "cpu", steps=4, every=2)
     assert isinstance(probe["setup"], int) and isinstance(probe["training"], int)  # RSS can shrink
     assert probe["device_peak"] is None
+
+
+@pytest.mark.parametrize("name", ["tiny", "llama-tiny"])
+def test_a_size_builds_the_model_its_reports_describe(name):
+    if name.startswith("llama"):
+        needs.module("transformers")
+    size = overhead.Size.named(name)
+    model, _, x = overhead.build(size, "cpu")
+    assert len(select_layers(model)) == size.linear_layers
+    assert model(x, x).ndim == 0  # the loss
 
 
 def test_check_cost_parts_and_svd_comparison():
