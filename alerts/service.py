@@ -162,6 +162,8 @@ class AlertService:
         touched = evaluator.touched()
         seen = {id(a) for a in touched}
         candidates = touched + [a for a in evaluator.open.values() if id(a) not in seen]
+        # told in the order they fired, when a tick catches up on many steps at once
+        candidates.sort(key=lambda a: a.fired_step if a.fired_step is not None else a.last_step)
         deliveries, events = plan(
             candidates,
             run_name=run.name,

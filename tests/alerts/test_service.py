@@ -182,6 +182,25 @@ def test_warnings_before_the_explosion_are_told_and_ordered(sqlite_db, clock):
     assert any(alerts[n.alert_id].predictor == "non_finite" for n in firing)
 
 
+def test_alerts_that_fire_in_one_tick_are_told_in_the_order_they_fired(sqlite_db, clock):
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    svc, rec = service(sqlite_db, clock)
+    run = make_run(sqlite_db, layers=["fc", "ln_out"])
+    write_steps(sqlite_db, run, scalars, layers)  # a scheduler catching up: all in one tick
+    svc.tick()
+    alerts = {a.id: a for a in store.list_alerts(sqlite_db, run_id=run)}
+    told = sorted(
+        (n for n in store.list_notifications(sqlite_db) if n.event == "firing"),
+        key=lambda n: n.id,  # the order they were queued and sent in
+    )
+    steps = [alerts[n.alert_id].fired_step for n in told]
+    assert len(set(steps)) > 1 and steps == sorted(steps)
+    sent = [subject for subject in rec.subjects if "FIRING" in subject]
+    assert all(
+        alerts[n.alert_id].predictor in subject for n, subject in zip(told, sent, strict=True)
+    )
+
+
 def test_silence_holds_notifications_until_it_expires(sqlite_db, clock):
     svc, rec = service(sqlite_db, clock, config=parse_config(ONLY_NON_FINITE))
     run = make_run(sqlite_db)
