@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage._models import SqlLayer, SqlProject, SqlRun
@@ -226,3 +226,24 @@ def layers(db: Database, run_id: int) -> list[Layer]:
 def count_runs(db: Database) -> int:
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(SqlRun)) or 0
+
+
+def last_seen(run: Run) -> datetime:
+    """When the run last reported: its end, else its last heartbeat, else its start."""
+    return run.ended_at or run.heartbeat_at or run.started_at
+
+
+def delete_runs(db: Database, run_ids: list[int]) -> int:
+    """Delete runs with everything stored for them (layers, statistics, scalars, alerts, their
+    notifications, silences) in one transaction; returns how many runs were deleted.
+
+    The schema's foreign keys cascade; a trainer still writing to a deleted run would write
+    into nothing, so callers refuse runs that still report (``tripwire runs delete``).
+
+    >>> delete_runs(db, [find_run(db, "scratch-lr1").id])   # doctest: +SKIP
+    1
+    """
+    if not run_ids:
+        return 0
+    with db.session() as s:
+        return s.execute(delete(SqlRun).where(SqlRun.id.in_(list(run_ids)))).rowcount or 0

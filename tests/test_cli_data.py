@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from datetime import timedelta
 
 import pandas as pd
 import torch
@@ -15,7 +16,9 @@ from torch import nn
 import collector
 
 
-def tripwire(*args: str, env_db: str | None = None) -> subprocess.CompletedProcess:
+def tripwire(
+    *args: str, env_db: str | None = None, answer: str | None = None
+) -> subprocess.CompletedProcess:
     env = None
     if env_db is not None:
         import os
@@ -27,6 +30,13 @@ def tripwire(*args: str, env_db: str | None = None) -> subprocess.CompletedProce
         text=True,
         timeout=120,
         env=env,
+        input=answer,
+    )
+
+
+def _names(url: str) -> list[str]:
+    return sorted(
+        item["name"] for item in json.loads(tripwire("runs", "--json", "--db", url).stdout)
     )
 
 
@@ -123,3 +133,41 @@ def test_errors_are_one_line(sqlite_url, pg_url):
         len(unmigrated.stderr.strip().splitlines()) == 1
         and "tripwire db upgrade --db" in unmigrated.stderr
     )
+
+
+def test_runs_delete_asks_first_then_deletes_the_named_run(sqlite_url, tmp_path):
+    _record_run(sqlite_url, tmp_path, name="scratch")
+    _record_run(sqlite_url, tmp_path, name="keeper")
+    declined = tripwire("runs", "delete", "scratch", "--db", sqlite_url, answer="n\n")
+    assert declined.returncode == 1 and "scratch  (cli, finished, step 11)" in declined.stdout
+    assert _names(sqlite_url) == ["keeper", "scratch"]
+    done = tripwire("runs", "delete", "scratch", "--db", sqlite_url, answer="y\n")
+    assert done.returncode == 0 and "deleted 1 run" in done.stdout
+    assert _names(sqlite_url) == ["keeper"]
+    missing = tripwire("runs", "delete", "scratch", "--db", sqlite_url, "--yes")
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: no run named 'scratch'"
+
+
+def test_runs_delete_by_age_and_never_a_run_that_still_reports(db_url):
+    from storage import Database, runs, utcnow
+
+    db = Database(db_url)
+    db.upgrade()
+    now = utcnow()
+    with db.session() as s:
+        for name, age_days, ended in (("old", 40, True), ("recent", 1, True), ("live", 40, False)):
+            at = now - timedelta(days=age_days)
+            run_id = runs.ensure_run(s, uid=name, project="p", name=name, started_at=at)
+            if ended:
+                runs.finish(s, run_id, status="finished", at=at)
+            else:  # started long ago and still sending heartbeats
+                runs.touch(s, run_id, last_step=5, at=now)
+    refused = tripwire("runs", "delete", "live", "old", "--yes", "--db", db_url)
+    assert refused.returncode == 1 and "still reporting, not deleted: live" in refused.stderr
+    assert _names(db_url) == ["live", "old", "recent"]  # nothing deleted
+    aged = tripwire("runs", "delete", "--older-than", "30", "--yes", "--db", db_url)
+    assert aged.returncode == 0 and "deleted 1 run " in aged.stdout
+    assert _names(db_url) == ["live", "recent"]
+    both = tripwire("runs", "delete", "recent", "--older-than", "30", "--db", db_url)
+    assert both.returncode == 1 and "not both" in both.stderr
+    db.dispose()

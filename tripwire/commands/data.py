@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 
@@ -59,12 +59,20 @@ def _last_loss(db: Database, run_id: int, last_step: int | None) -> float | None
     return points[-1].value if points else None
 
 
-@click.command("runs")
+@click.group("runs", invoke_without_command=True)
 @db_option
 @click.option("--project", default=None, help="Only runs of this project.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def runs_command(db_url: str | None, project: str | None, as_json: bool) -> None:
-    """List runs, newest first: status (running, finished, failed, stalled), last step and loss."""
+@click.pass_context
+def runs_command(
+    ctx: click.Context, db_url: str | None, project: str | None, as_json: bool
+) -> None:
+    """List runs, newest first: status (running, finished, failed, stalled), last step and loss.
+
+    `tripwire runs delete` deletes runs.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     db = Database(db_url)
     db.ensure_schema()
     now = utcnow()
@@ -97,6 +105,66 @@ def runs_command(db_url: str | None, project: str | None, as_json: bool) -> None
         click.echo(
             f"{name:<32} {item['project'][:14]:<14} {item['status']:<9} {step:>7} {loss:>9}  {item['started_at'][:19]}"
         )
+
+
+@runs_command.command("delete")
+@db_option
+@click.argument("names", nargs=-1, metavar="[RUN]...")
+@click.option("--project", default=None, help="Only runs of this project.")
+@click.option(
+    "--older-than",
+    "older_than_days",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DAYS",
+    help="Every run that last reported more than DAYS days ago (instead of naming runs).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+def delete_command(
+    db_url: str | None,
+    names: tuple[str, ...],
+    project: str | None,
+    older_than_days: float | None,
+    yes: bool,
+) -> None:
+    """Delete runs and everything stored for them: statistics, scalars, alerts, notifications.
+
+    RUN is a run id or name (the newest run with that name). A run that is still reporting
+    is refused: stop its trainer first (a killed one shows as stalled after 5 minutes).
+
+    \b
+      tripwire runs delete demo-20261130-105525
+      tripwire runs delete --older-than 30 --project scratch --yes
+    """
+    if bool(names) == (older_than_days is not None):
+        raise UserError("name the runs to delete, or give --older-than DAYS (not both)")
+    db = Database(db_url)
+    db.ensure_schema()
+    now = utcnow()
+    if names:
+        chosen = list(
+            {run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values()
+        )
+    else:
+        cutoff = now - timedelta(days=older_than_days)
+        found = runs.list_runs(db, project=project, limit=1_000_000)
+        chosen = [r for r in found if runs.last_seen(r) < cutoff]
+    live = [r.name for r in chosen if _display_status(r, now) == "running"]
+    if live:
+        raise UserError(f"still reporting, not deleted: {', '.join(live)} (stop the trainer first)")
+    if not chosen:
+        click.echo("no runs to delete")
+        return
+    for run in chosen:
+        step = "" if run.last_step is None else f"step {run.last_step}"
+        click.echo(
+            f"  {run.name}  ({run.project}, {_display_status(run, now)}, {step or 'no steps'})"
+        )
+    if not yes:
+        what = "this run" if len(chosen) == 1 else f"these {len(chosen)} runs"
+        click.confirm(f"Delete {what} and all its data?", abort=True)
+    deleted = runs.delete_runs(db, [r.id for r in chosen])
+    click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''} from {redact_url(db.url)}")
 
 
 @click.command("export")
