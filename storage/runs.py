@@ -237,8 +237,9 @@ def delete_runs(db: Database, run_ids: list[int]) -> int:
     """Delete runs with everything stored for them (layers, statistics, scalars, alerts, their
     notifications, silences) in one transaction; returns how many runs were deleted.
 
-    The schema's foreign keys cascade; a trainer still writing to a deleted run would write
-    into nothing, so callers refuse runs that still report (``tripwire runs delete``).
+    The schema's foreign keys cascade. A trainer still writing to a deleted run has its rows
+    refused by those keys; they pile up in its local spool file (as if the database were
+    down), so ``tripwire runs delete`` refuses runs that still report.
 
     >>> delete_runs(db, [find_run(db, "scratch-lr1").id])   # doctest: +SKIP
     1
