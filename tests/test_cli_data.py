@@ -168,6 +168,9 @@ def test_runs_delete_by_age_and_never_a_run_that_still_reports(db_url):
     aged = tripwire("runs", "delete", "--older-than", "30", "--yes", "--db", db_url)
     assert aged.returncode == 0 and "deleted 1 run " in aged.stdout
     assert _names(db_url) == ["live", "recent"]
-    both = tripwire("runs", "delete", "recent", "--older-than", "30", "--db", db_url)
+    everything = tripwire("runs", "delete", "--older-than", "0", "--yes", "--db", db_url)
+    assert everything.returncode == 0 and "deleted 1 run " in everything.stdout  # not "live"
+    assert _names(db_url) == ["live"]
+    both = tripwire("runs", "delete", "live", "--older-than", "30", "--db", db_url)
     assert both.returncode == 1 and "not both" in both.stderr
     db.dispose()

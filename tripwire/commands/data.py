@@ -148,7 +148,9 @@ def delete_command(
     else:
         cutoff = now - timedelta(days=older_than_days)
         found = runs.list_runs(db, project=project, limit=1_000_000)
-        chosen = [r for r in found if runs.last_seen(r) < cutoff]
+        chosen = [  # a run still reporting is never old, however old its last heartbeat read
+            r for r in found if runs.last_seen(r) < cutoff and _display_status(r, now) != "running"
+        ]
     live = [r.name for r in chosen if _display_status(r, now) == "running"]
     if live:
         raise UserError(f"still reporting, not deleted: {', '.join(live)} (stop the trainer first)")
@@ -156,13 +158,15 @@ def delete_command(
         click.echo("no runs to delete")
         return
     for run in chosen:
-        step = "" if run.last_step is None else f"step {run.last_step}"
-        click.echo(
-            f"  {run.name}  ({run.project}, {_display_status(run, now)}, {step or 'no steps'})"
-        )
+        step = "no steps" if run.last_step is None else f"step {run.last_step}"
+        click.echo(f"  {run.name}  ({run.project}, {_display_status(run, now)}, {step})")
     if not yes:
-        what = "this run" if len(chosen) == 1 else f"these {len(chosen)} runs"
-        click.confirm(f"Delete {what} and all its data?", abort=True)
+        what = (
+            "this run and its data"
+            if len(chosen) == 1
+            else f"these {len(chosen)} runs and their data"
+        )
+        click.confirm(f"Delete {what}?", abort=True)
     deleted = runs.delete_runs(db, [r.id for r in chosen])
     click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''} from {redact_url(db.url)}")
 
