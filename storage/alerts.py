@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage._models import (
@@ -236,6 +236,7 @@ def commit_evaluation(
             s.rollback()
             return None
         ids: list[int | None] = []
+        changed: dict[tuple, list[dict]] = {}  # existing alerts' new values, by the columns set
         for write in writes:
             if write.delete:
                 if write.id is not None:
@@ -248,11 +249,8 @@ def commit_evaluation(
                 s.flush()
                 alert_id = row.id
             else:
-                s.execute(
-                    update(SqlAlert)
-                    .where(SqlAlert.id == write.id)
-                    .values(updated_at=now, **write.values)
-                )
+                values = dict(write.values, updated_at=now, alert_id=write.id)
+                changed.setdefault(tuple(sorted(values)), []).append(values)
                 alert_id = write.id
             ids.append(alert_id)
             for notifier, event in write.notify:
@@ -266,6 +264,11 @@ def commit_evaluation(
                         created_at=now,
                     )
                 )
+        # A run's open alerts all change at every tick: one executemany on the table, not an
+        # ORM update per alert (~2 ms each on PostgreSQL, most of a tick with 100 live runs).
+        table = SqlAlert.__table__
+        for rows in changed.values():
+            s.execute(update(table).where(table.c.id == bindparam("alert_id")), rows)
         return ids
 
 
