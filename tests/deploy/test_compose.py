@@ -214,3 +214,20 @@ def test_the_stack_commands_run_natively_against_postgresql(compose, pg_url, tmp
     assert (
         "bound beyond localhost" in out
     )  # the container binds 0.0.0.0; the port mapping guards it
+
+
+def test_the_retention_command_in_the_deployment_guide_runs_in_the_scheduler_service(
+    compose, pg_url, tmp_path
+):
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    line = re.search(r"^docker compose exec (\w+) tripwire (runs delete .*)$", guide, re.M)
+    service, args = line.group(1), line.group(2).split()
+    assert service in compose["services"]
+    env = _native_env(compose, service, pg_url)
+    db = Database(pg_url)
+    db.upgrade()  # what the migrate service does first
+    db.dispose()
+    done = subprocess.run(
+        [TRIPWIRE, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "no runs to delete", done.stderr
