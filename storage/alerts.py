@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from storage._models import (
     SqlAlert,
@@ -239,7 +240,9 @@ def commit_evaluation(
         return _write_alerts(s, run_id, writes, now)
 
 
-def _write_alerts(session, run_id: int, writes: list[AlertWrite], now: datetime) -> list:
+def _write_alerts(
+    session: Session, run_id: int, writes: list[AlertWrite], now: datetime
+) -> list[int | None]:
     """The alert writes and their queued notifications, a statement per kind, not per alert:
     every open alert of a run changes at every tick (one ORM statement each took ~2 ms on
     PostgreSQL, most of a tick with 100 live runs)."""
