@@ -174,3 +174,41 @@ def test_runs_delete_by_age_and_never_a_run_that_still_reports(db_url):
     both = tripwire("runs", "delete", "live", "--older-than", "30", "--db", db_url)
     assert both.returncode == 1 and "not both" in both.stderr
     db.dispose()
+
+
+def test_runs_lists_the_newest_up_to_a_limit_and_filters_by_status(sqlite_url):
+    from storage import Database, runs, utcnow
+
+    db = Database(sqlite_url)
+    db.upgrade()
+    now = utcnow()
+    with db.session() as s:  # newest first, an hour apart: live, silent, done-2, done-1, done-0
+        for age, name in enumerate(["live", "silent", "done-2", "done-1", "done-0"]):
+            at = now - timedelta(hours=age)
+            run_id = runs.ensure_run(s, uid=name, project="p", name=name, started_at=at)
+            if name.startswith("done"):
+                runs.finish(s, run_id, status="finished", at=at)
+            else:  # "silent" last reported 10 minutes ago: stalled
+                runs.touch(s, run_id, last_step=1, at=now - timedelta(minutes=10 * age))
+    db.dispose()
+    two = tripwire("runs", "--limit", "2", "--db", sqlite_url)
+    lines = two.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["live", "silent"]
+    assert lines[3] == "(the newest 2 runs shown; --limit 0 lists them all)"
+    every = json.loads(tripwire("runs", "--limit", "0", "--json", "--db", sqlite_url).stdout)
+    assert len(every) == 5
+    by_status = {
+        status: [
+            r["name"]
+            for r in json.loads(
+                tripwire("runs", "--status", status, "--json", "--db", sqlite_url).stdout
+            )
+        ]
+        for status in ("running", "stalled", "finished", "failed")
+    }
+    assert by_status == {
+        "running": ["live"],
+        "stalled": ["silent"],
+        "finished": ["done-2", "done-1", "done-0"],
+        "failed": [],
+    }

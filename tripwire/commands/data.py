@@ -62,10 +62,28 @@ def _last_loss(db: Database, run_id: int, last_step: int | None) -> float | None
 @click.group("runs", invoke_without_command=True)
 @db_option
 @click.option("--project", default=None, help="Only runs of this project.")
+@click.option(
+    "--status",
+    type=click.Choice(["running", "stalled", "finished", "failed"]),
+    default=None,
+    help="Only runs in this state.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="The newest this many runs (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.pass_context
 def runs_command(
-    ctx: click.Context, db_url: str | None, project: str | None, as_json: bool
+    ctx: click.Context,
+    db_url: str | None,
+    project: str | None,
+    status: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List runs, newest first: status (running, finished, failed, stalled), last step and loss.
 
@@ -76,7 +94,16 @@ def runs_command(
     db = Database(db_url)
     db.ensure_schema()
     now = utcnow()
-    found = runs.list_runs(db, project=project)
+    stored = "running" if status == "stalled" else status  # stalled: running, but silent
+    found = [
+        r
+        for r in runs.list_runs(
+            db, project=project, status=stored, limit=limit + 1 if limit else 10**9
+        )
+        if status is None or _display_status(r, now) == status
+    ]
+    more = bool(limit) and len(found) > limit
+    found = found[:limit] if limit else found
     items = [
         {
             "name": r.name,
@@ -90,11 +117,15 @@ def runs_command(
         }
         for r in found
     ]
+    note = f"the newest {limit} runs shown; --limit 0 lists them all" if more else None
     if as_json:
         click.echo(json.dumps(items, indent=2, default=str))
+        if note:
+            click.echo(note, err=True)
         return
     if not items:
-        click.echo(f"no runs in {redact_url(db.url)}")
+        which = " ".join(f"{k} {v!r}" for k, v in (("project", project), ("status", status)) if v)
+        click.echo(f"no runs{' with ' + which if which else ''} in {redact_url(db.url)}")
         return
     header = f"{'NAME':<32} {'PROJECT':<14} {'STATUS':<9} {'STEP':>7} {'LOSS':>9}  STARTED (UTC)"
     click.echo(header)
@@ -105,6 +136,8 @@ def runs_command(
         click.echo(
             f"{name:<32} {item['project'][:14]:<14} {item['status']:<9} {step:>7} {loss:>9}  {item['started_at'][:19]}"
         )
+    if note:
+        click.echo(f"({note})")
 
 
 @runs_command.command("delete")
