@@ -52,12 +52,16 @@ class Run:
     last_step: int | None = None
     error: str | None = None
 
+    @property
+    def last_seen(self) -> datetime:
+        """When the run last reported: its last heartbeat (ending it is one), else its start."""
+        return self.heartbeat_at or self.started_at
+
     def is_stalled(self, now: datetime, after_seconds: float) -> bool:
         """A running run that has not reported for ``after_seconds`` (its trainer likely died)."""
         if self.status != "running":
             return False
-        seen = self.heartbeat_at or self.started_at
-        return (now - seen).total_seconds() > after_seconds
+        return (now - self.last_seen).total_seconds() > after_seconds
 
 
 @dataclass(frozen=True)

@@ -228,11 +228,6 @@ def count_runs(db: Database) -> int:
         return s.scalar(select(func.count()).select_from(SqlRun)) or 0
 
 
-def last_seen(run: Run) -> datetime:
-    """When the run last reported: its end, else its last heartbeat, else its start."""
-    return run.ended_at or run.heartbeat_at or run.started_at
-
-
 def delete_runs(db: Database, run_ids: list[int]) -> int:
     """Delete runs with everything stored for them (layers, statistics, scalars, alerts, their
     notifications, silences) in one transaction; returns how many runs were deleted.

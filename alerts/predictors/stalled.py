@@ -24,7 +24,6 @@ def stalled(run: Run, now: datetime, params: Mapping[str, Any]) -> list[Verdict]
     """
     after = float(params["after_s"])
     holds = run.is_stalled(now, after)
-    seen = run.heartbeat_at or run.started_at
-    silent = (now - seen).total_seconds()
+    silent = (now - run.last_seen).total_seconds()
     message = f"no data for {silent:.0f} s (last step {run.last_step})" if holds else ""
     return [Verdict(holds, silent / after if after > 0 else 0.0, message)]

@@ -182,7 +182,7 @@ def delete_command(
         cutoff = now - timedelta(days=older_than_days)
         found = runs.list_runs(db, project=project, limit=1_000_000)
         chosen = [  # a run still reporting is never old, however old its last heartbeat read
-            r for r in found if runs.last_seen(r) < cutoff and _display_status(r, now) != "running"
+            r for r in found if r.last_seen < cutoff and _display_status(r, now) != "running"
         ]
     live = [r.name for r in chosen if _display_status(r, now) == "running"]
     if live:
