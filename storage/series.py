@@ -398,7 +398,7 @@ def runs_overview(
 ) -> list[dict]:
     """One dict per run, newest first: what the runs page shows.
 
-    Keys: ``id``, ``uid``, ``project``, ``name``, ``status`` (``running``, ``stalled``,
+    Keys: ``id``, ``uid``, ``project``, ``name``, ``host``, ``status`` (``running``, ``stalled``,
     ``finished`` or ``failed``), ``last_step``, ``last_loss``, ``critical``, ``warning``,
     ``info`` (firing alerts by severity), ``pending``, ``started_at``, ``ended_at``,
     ``duration_s``. ``status="stalled"`` filters on the derived status.
@@ -463,6 +463,7 @@ def runs_overview(
                     "uid": run.uid,
                     "project": project_name,
                     "name": run.name,
+                    "host": run.host,
                     "status": derived,
                     "last_step": max(steps) if steps else None,
                     "last_loss": None if loss is None else float(loss),

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import click
 
-from storage import Database, redact_url, runs, utcnow
+from storage import Database, redact_url, runs, series, utcnow
 from storage.export import WHAT, export_frame
 from tripwire.options import UserError, db_option
 
@@ -48,17 +48,6 @@ def _display_status(run, now: datetime) -> str:
     return "stalled" if run.is_stalled(now, STALLED_AFTER_S) else run.status
 
 
-def _last_loss(db: Database, run_id: int, last_step: int | None) -> float | None:
-    from storage import stats
-
-    if last_step is None:
-        return None
-    points = stats.scalar_series(
-        db, run_id, ["loss"], after_step=max(-1, last_step - 1000), upto_step=last_step
-    )
-    return points[-1].value if points else None
-
-
 @click.group("runs", invoke_without_command=True)
 @db_option
 @click.option("--project", default=None, help="Only runs of this project.")
@@ -94,28 +83,27 @@ def runs_command(
     db = Database(db_url)
     db.ensure_schema()
     now = utcnow()
-    stored = "running" if status == "stalled" else status  # stalled: running, but silent
-    found = [
-        r
-        for r in runs.list_runs(
-            db, project=project, status=stored, limit=limit + 1 if limit else 10**9
-        )
-        if status is None or _display_status(r, now) == status
-    ]
+    found = series.runs_overview(
+        db,
+        project=project,
+        status=status,
+        now=now,
+        stalled_after_s=STALLED_AFTER_S,
+        limit=limit + 1 if limit else 10**9,
+    )
     more = bool(limit) and len(found) > limit
-    found = found[:limit] if limit else found
     items = [
         {
-            "name": r.name,
-            "id": r.uid,
-            "project": r.project,
-            "status": _display_status(r, now),
-            "last_step": r.last_step,
-            "last_loss": _last_loss(db, r.id, r.last_step),
-            "started_at": r.started_at.isoformat(timespec="seconds") + "Z",
-            "host": r.host,
+            "name": r["name"],
+            "id": r["uid"],
+            "project": r["project"],
+            "status": r["status"],
+            "last_step": r["last_step"],
+            "last_loss": r["last_loss"],
+            "started_at": r["started_at"].isoformat(timespec="seconds") + "Z",
+            "host": r["host"],
         }
-        for r in found
+        for r in (found[:limit] if limit else found)
     ]
     note = f"the newest {limit} runs shown; --limit 0 lists them all" if more else None
     if as_json:
