@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
+from alerts.predictors.stalled import configured_after_s
 from dashboard import insights
 from storage import Database, redact_url, resolve_url, runs, series, stats
 from storage import alerts as alert_store
@@ -50,8 +51,19 @@ def runs_overview(
     name_contains: str | None = None,
 ) -> list[dict]:
     return series.runs_overview(
-        database(url), project=project, status=status, name_contains=name_contains
+        database(url),
+        project=project,
+        status=status,
+        name_contains=name_contains,
+        stalled_after_s=stalled_after_s(),
     )
+
+
+@st.cache_data(ttl=STATIC_TTL_S, show_spinner=False)
+def stalled_after_s() -> float:
+    """When a silent running run shows as stalled: the ``stalled`` alert's ``after_s`` in the
+    ``tripwire.toml`` in use (``$TRIPWIRE_CONFIG``; ``tripwire dashboard --config`` sets it)."""
+    return configured_after_s()
 
 
 @st.cache_data(ttl=STATIC_TTL_S, show_spinner=False)

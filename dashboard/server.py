@@ -45,6 +45,39 @@ def command(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
     ]
 
 
+def _config_file(config_path: str | os.PathLike | None) -> Path | None:
+    try:
+        from alerts.config import config_path as find_config
+    except ImportError:  # without the alert extras the dashboard uses the default threshold
+        return None
+    return find_config(config_path)
+
+
+def environment(
+    db_url: str,
+    env: dict[str, str] | None = None,
+    config_path: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """The server's environment: ours, ``env``, the database, and the configuration in use
+    (``config_path``, else ``$TRIPWIRE_CONFIG``, else ``./tripwire.toml``) by absolute path,
+    since the server runs in the package's directory. Its ``stalled`` rule says when a silent
+    run shows as stalled.
+
+    >>> environment("sqlite:///t.db")["TRIPWIRE_DB_URL"]
+    'sqlite:///t.db'
+    """
+    child_env = {**os.environ, **(env or {})}
+    child_env["TRIPWIRE_DB_URL"] = db_url
+    found = _config_file(config_path)
+    if found:
+        child_env["TRIPWIRE_CONFIG"] = str(found.resolve())
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), child_env.get("PYTHONPATH", "")) if p
+    )
+    child_env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    return child_env
+
+
 def start(
     db_url: str,
     host: str = DEFAULT_HOST,
@@ -52,21 +85,16 @@ def start(
     *,
     quiet: bool = True,
     env: dict[str, str] | None = None,
+    config_path: str | os.PathLike | None = None,
 ) -> subprocess.Popen:
     """Start the dashboard server on ``host:port`` over ``db_url``; returns the child process.
 
-    ``quiet`` drops Streamlit's own banner (errors still reach stderr). Stop it with
-    ``terminate()``.
+    ``quiet`` drops Streamlit's own banner (errors still reach stderr); ``env`` and
+    ``config_path``: see :func:`environment`. Stop it with ``terminate()``.
     """
-    child_env = {**os.environ, **(env or {})}
-    child_env["TRIPWIRE_DB_URL"] = db_url
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), child_env.get("PYTHONPATH", "")) if p
-    )
-    child_env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     return subprocess.Popen(
         command(host, port),
-        env=child_env,
+        env=environment(db_url, env, config_path),
         cwd=str(ROOT),
         stdout=subprocess.DEVNULL if quiet else None,
         stdin=subprocess.DEVNULL,

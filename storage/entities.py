@@ -11,6 +11,11 @@ from datetime import datetime
 RUN_STATUSES = ("running", "finished", "failed")
 """Stored run statuses. ``stalled`` is derived: a running run whose heartbeat is old."""
 
+STALLED_AFTER_S = 300.0
+"""Seconds without a report after which a running run counts as stalled, by default: for the
+``stalled`` alert, the dashboard and ``tripwire runs`` alike. ``[predictors.stalled] after_s``
+in ``tripwire.toml`` changes it for all three (``alerts.predictors.stalled.configured_after_s``)."""
+
 STEP_STATISTICS = ("loss", "lr", "grad_norm", "weight_norm")
 """Per-step statistic names of the data contract (user scalars come beside them)."""
 
@@ -57,7 +62,7 @@ class Run:
         """When the run last reported: its last heartbeat (ending it is one), else its start."""
         return self.heartbeat_at or self.started_at
 
-    def is_stalled(self, now: datetime, after_seconds: float) -> bool:
+    def is_stalled(self, now: datetime, after_seconds: float = STALLED_AFTER_S) -> bool:
         """A running run that has not reported for ``after_seconds`` (its trainer likely died)."""
         if self.status != "running":
             return False

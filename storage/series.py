@@ -26,10 +26,7 @@ from sqlalchemy import case, func, or_, select, text
 from storage import rollup
 from storage._models import SqlAlert, SqlLayer, SqlLayerStat, SqlProject, SqlRun, SqlScalar
 from storage.db import Database, utcnow
-from storage.entities import LAYER_STATISTICS
-
-DEFAULT_STALLED_AFTER_S = 600.0
-"""A running run with no heartbeat for this long shows as ``stalled``."""
+from storage.entities import LAYER_STATISTICS, STALLED_AFTER_S
 
 SORT_CACHE_KIB = 65_536
 """SQLite page cache (KiB) while a layer × step grid is aggregated; restored afterwards."""
@@ -393,7 +390,7 @@ def runs_overview(
     status: str | None = None,
     name_contains: str | None = None,
     now: datetime | None = None,
-    stalled_after_s: float = DEFAULT_STALLED_AFTER_S,
+    stalled_after_s: float = STALLED_AFTER_S,
     limit: int = 500,
 ) -> list[dict]:
     """One dict per run, newest first: what the runs page shows.
@@ -485,7 +482,6 @@ def is_finite(value: float | None) -> bool:
 
 
 __all__ = [
-    "DEFAULT_STALLED_AFTER_S",
     "HistSeries",
     "LayerMatrix",
     "is_finite",

@@ -17,13 +17,15 @@ import collector
 
 
 def tripwire(
-    *args: str, env_db: str | None = None, answer: str | None = None
+    *args: str, env_db: str | None = None, answer: str | None = None, config: str | None = None
 ) -> subprocess.CompletedProcess:
-    env = None
-    if env_db is not None:
-        import os
+    import os
 
-        env = dict(os.environ, TRIPWIRE_DB_URL=env_db)
+    env = dict(os.environ)
+    if env_db is not None:
+        env["TRIPWIRE_DB_URL"] = env_db
+    if config is not None:
+        env["TRIPWIRE_CONFIG"] = config
     return subprocess.run(
         [sys.executable, "-m", "tripwire", *args],
         capture_output=True,
@@ -212,3 +214,34 @@ def test_runs_lists_the_newest_up_to_a_limit_and_filters_by_status(sqlite_url):
         "finished": ["done-2", "done-1", "done-0"],
         "failed": [],
     }
+
+
+def test_runs_call_a_run_stalled_when_the_stalled_rule_would(sqlite_url, tmp_path):
+    from storage import Database, runs, utcnow
+
+    db = Database(sqlite_url)
+    db.upgrade()
+    ten_minutes_ago = utcnow() - timedelta(minutes=10)  # past the default 300 s
+    with db.session() as s:
+        run_id = runs.ensure_run(
+            s, uid="quiet", project="p", name="quiet", started_at=ten_minutes_ago
+        )
+        runs.touch(s, run_id, last_step=5, at=ten_minutes_ago)
+    db.dispose()
+    patient = tmp_path / "patient.toml"
+    patient.write_text("[predictors.stalled]\nafter_s = 3600\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[predictors.stalled]\nafter_s = -1\n")
+
+    def status(config: str | None = None) -> str:
+        listed = tripwire("runs", "--json", "--db", sqlite_url, config=config)
+        assert listed.returncode == 0, listed.stderr
+        return json.loads(listed.stdout)[0]["status"]
+
+    assert status() == "stalled"
+    assert status(str(patient)) == "running"
+    refused = tripwire("runs", "delete", "quiet", "--yes", "--db", sqlite_url, config=str(patient))
+    assert refused.returncode == 1 and "still reporting" in refused.stderr
+    shown = tripwire("runs", "--db", sqlite_url, config=str(broken))
+    assert shown.returncode == 0 and "stalled" in shown.stdout
+    assert "predictors.stalled.after_s" in shown.stderr and "300 s (the default)" in shown.stderr

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from alerts.predictors.base import Verdict
-from storage.entities import Run
+from storage.entities import STALLED_AFTER_S, Run
 
-PARAMS = {"after_s": 300.0}
+PARAMS = {"after_s": STALLED_AFTER_S}
 """Seconds without a heartbeat after which a running run counts as stalled."""
+
+log = logging.getLogger(__name__)
 
 
 def stalled(run: Run, now: datetime, params: Mapping[str, Any]) -> list[Verdict]:
@@ -27,3 +31,24 @@ def stalled(run: Run, now: datetime, params: Mapping[str, Any]) -> list[Verdict]
     silent = (now - run.last_seen).total_seconds()
     message = f"no data for {silent:.0f} s (last step {run.last_step})" if holds else ""
     return [Verdict(holds, silent / after if after > 0 else 0.0, message)]
+
+
+def configured_after_s(config_path: str | os.PathLike | None = None) -> float:
+    """This rule's ``after_s`` in the configuration in use (``config_path``, else
+    ``$TRIPWIRE_CONFIG``, else ``./tripwire.toml``), so that the dashboard and ``tripwire runs``
+    call a run stalled when the alert does. The default where there is no configuration, where
+    it does not load (logged; the scheduler refuses to start on it) or on an install without the
+    alert extras.
+
+    >>> configured_after_s()    # no tripwire.toml here
+    300.0
+    """
+    try:
+        from alerts.config import ConfigError, load_config
+    except ImportError:  # a trainer-only install: no alert configuration to agree with
+        return STALLED_AFTER_S
+    try:
+        return float(load_config(config_path).rules()["stalled"].params["after_s"])
+    except ConfigError as exc:
+        log.warning("%s; runs count as stalled after %g s (the default)", exc, STALLED_AFTER_S)
+        return STALLED_AFTER_S

@@ -103,3 +103,17 @@ def test_dashboard_refuses_an_unreachable_database_in_one_line():
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert out.startswith("error: ") and "Traceback" not in out
+
+
+def test_the_dashboard_process_is_given_the_configuration_by_absolute_path(tmp_path, monkeypatch):
+    """It runs in the package's directory, where ``./tripwire.toml`` would be another file."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "team.toml").write_text("[predictors.stalled]\nafter_s = 60\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRIPWIRE_CONFIG", raising=False)
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert "TRIPWIRE_CONFIG" not in server.environment(url)
+    (tmp_path / "tripwire.toml").write_text("[predictors.stalled]\nafter_s = 120\n")
+    assert server.environment(url)["TRIPWIRE_CONFIG"] == str(tmp_path / "tripwire.toml")
+    chosen = server.environment(url, config_path="conf/team.toml")["TRIPWIRE_CONFIG"]
+    assert chosen == str(tmp_path / "conf" / "team.toml")

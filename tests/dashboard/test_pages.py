@@ -242,3 +242,36 @@ def test_logged_logit_signals_are_plotted_and_any_user_scalar_can_be(tmp_path, m
     more = next(m for m in at.sidebar.multiselect if m.label == "More scalars")
     assert more.value == ["tokens"]
     assert "tokens" in titles() and "output log Z" not in titles()
+
+
+def test_the_runs_page_calls_a_run_stalled_when_the_stalled_rule_would(tmp_path, monkeypatch):
+    from datetime import timedelta
+
+    from dashboard import queries
+    from storage import Database, runs
+    from storage.db import utcnow
+
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    db = Database(url)
+    db.upgrade()
+    ten_minutes_ago = utcnow() - timedelta(minutes=10)
+    with db.session() as s:
+        run_id = runs.ensure_run(s, uid="q", project="p", name="quiet", started_at=ten_minutes_ago)
+        runs.touch(s, run_id, last_step=5, at=ten_minutes_ago)
+    db.dispose()
+    patient = tmp_path / "patient.toml"
+    patient.write_text("[predictors.stalled]\nafter_s = 3600\n")
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+
+    def shown_status() -> str:
+        queries.stalled_after_s.clear()
+        queries.runs_overview.clear()
+        at = _run(DASHBOARD / "views" / "runs.py")
+        _assert_clean(at)
+        return at.dataframe[0].value["status"].item()
+
+    monkeypatch.delenv("TRIPWIRE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no tripwire.toml here
+    assert shown_status() == "stalled"
+    monkeypatch.setenv("TRIPWIRE_CONFIG", str(patient))
+    assert shown_status() == "running"

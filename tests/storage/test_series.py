@@ -219,3 +219,14 @@ def test_bucket_aggregates_treat_null_nan_and_inf_alike_on_both_backends(db):
     assert math.isnan(high[0]) and low[0] == 1.0
     assert high[1] is None and low[1] is None
     assert high[2] == -math.inf and low[2] == -math.inf
+
+
+def test_runs_overview_calls_a_run_stalled_when_the_stalled_alert_does(db):
+    from alerts.predictors.stalled import PARAMS, stalled
+
+    now = utcnow()
+    _write_run(db, name="quiet", steps=10, started=now - timedelta(minutes=7))
+    (row,) = series.runs_overview(db, now=now)
+    assert row["status"] == "stalled"
+    assert stalled(runs.find_run(db, "quiet"), now, PARAMS)[0].holds
+    assert series.runs_overview(db, now=now, stalled_after_s=3600)[0]["status"] == "running"

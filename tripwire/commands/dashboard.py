@@ -61,10 +61,10 @@ def _stop_on_sigterm() -> None:
         pass
 
 
-def _serve(server, db_url: str, host: str, port: int):
+def _serve(server, db_url: str, host: str, port: int, config_path: str | None):
     from storage import redact_url
 
-    process = server.start(db_url, host=host, port=port)
+    process = server.start(db_url, host=host, port=port, config_path=config_path)
     try:  # Ctrl-C at any moment until the caller waits on it must not orphan the server
         ready = server.wait_ready(port, timeout=90, host=host, process=process)
         if not ready:
@@ -84,17 +84,19 @@ def _serve(server, db_url: str, host: str, port: int):
 
 @click.command("dashboard")
 @db_option
+@config_option
 @host_option
 @port_option
-def dashboard_command(db_url: str | None, host: str, port: int) -> None:
+def dashboard_command(db_url: str | None, config_path: str | None, host: str, port: int) -> None:
     """Serve the web dashboard (localhost:8501 by default) until Ctrl-C.
 
-    Set TRIPWIRE_DASHBOARD_PASSWORD to require a password.
+    Set TRIPWIRE_DASHBOARD_PASSWORD to require a password. The configuration only says when a
+    silent run shows as stalled (the stalled rule's after_s).
     """
     server = _server()
     db = _database(db_url)
     _stop_on_sigterm()
-    process = _serve(server, db.url, host, port)
+    process = _serve(server, db.url, host, port, config_path)
     try:
         code = process.wait()
     except KeyboardInterrupt:
@@ -125,7 +127,7 @@ def up_command(db_url: str | None, config_path: str | None, interval, host: str,
     service = AlertService(db, config, routes)
     every = interval or config.engine.interval_s
     _stop_on_sigterm()
-    process = _serve(server, db.url, host, port)
+    process = _serve(server, db.url, host, port, config_path)
     stop = threading.Event()
     thread = threading.Thread(
         target=service.run_forever, args=(every, stop), name="tripwire-scheduler", daemon=True

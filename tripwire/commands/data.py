@@ -8,12 +8,10 @@ from datetime import datetime, timedelta
 
 import click
 
+from alerts.predictors.stalled import configured_after_s
 from storage import Database, redact_url, runs, series, utcnow
 from storage.export import WHAT, export_frame
 from tripwire.options import UserError, db_option
-
-STALLED_AFTER_S = 300.0
-"""A running run silent for this long is shown as stalled (the alert rule has its own setting)."""
 
 
 @click.group("db")
@@ -44,8 +42,8 @@ def db_status(db_url: str | None) -> None:
     click.echo(f"{redact_url(db.url)}: schema {current or '(none)'}, head {head}: {state}")
 
 
-def _display_status(run, now: datetime) -> str:
-    return "stalled" if run.is_stalled(now, STALLED_AFTER_S) else run.status
+def _display_status(run, now: datetime, stalled_after_s: float) -> str:
+    return "stalled" if run.is_stalled(now, stalled_after_s) else run.status
 
 
 @click.group("runs", invoke_without_command=True)
@@ -88,7 +86,7 @@ def runs_command(
         project=project,
         status=status,
         now=now,
-        stalled_after_s=STALLED_AFTER_S,
+        stalled_after_s=configured_after_s(),
         limit=limit + 1 if limit else 10**9,
     )
     more = bool(limit) and len(found) > limit
@@ -151,7 +149,8 @@ def delete_command(
     """Delete runs and everything stored for them: statistics, scalars, alerts, notifications.
 
     RUN is a run id or name (the newest run with that name). A run that is still reporting
-    is refused: stop its trainer first (a killed one shows as stalled after 5 minutes).
+    is refused: stop its trainer first (a killed one shows as stalled after 5 minutes, or the
+    stalled rule's `after_s` in tripwire.toml).
 
     \b
       tripwire runs delete demo-20261130-105525
@@ -162,6 +161,7 @@ def delete_command(
     db = Database(db_url)
     db.ensure_schema()
     now = utcnow()
+    after_s = configured_after_s()
     if names:
         chosen = list(
             {run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values()
@@ -170,9 +170,11 @@ def delete_command(
         cutoff = now - timedelta(days=older_than_days)
         found = runs.list_runs(db, project=project, limit=1_000_000)
         chosen = [  # a run still reporting is never old, however old its last heartbeat read
-            r for r in found if r.last_seen < cutoff and _display_status(r, now) != "running"
+            r
+            for r in found
+            if r.last_seen < cutoff and _display_status(r, now, after_s) != "running"
         ]
-    live = [r.name for r in chosen if _display_status(r, now) == "running"]
+    live = [r.name for r in chosen if _display_status(r, now, after_s) == "running"]
     if live:
         raise UserError(f"still reporting, not deleted: {', '.join(live)} (stop the trainer first)")
     if not chosen:
@@ -180,7 +182,7 @@ def delete_command(
         return
     for run in chosen:
         step = "no steps" if run.last_step is None else f"step {run.last_step}"
-        click.echo(f"  {run.name}  ({run.project}, {_display_status(run, now)}, {step})")
+        click.echo(f"  {run.name}  ({run.project}, {_display_status(run, now, after_s)}, {step})")
     if not yes:
         what = (
             "this run and its data"

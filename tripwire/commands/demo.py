@@ -41,13 +41,13 @@ def _start_alerts(db: Database, config_path: str | None, stop: threading.Event):
     return service, thread
 
 
-def _start_dashboard(db_url: str, host: str, port: int):
+def _start_dashboard(db_url: str, config_path: str | None, host: str, port: int):
     try:
         from dashboard import server
     except ImportError as exc:
         click.echo(f"(dashboard off: {exc}; pip install 'tripwire[dashboard]')")
         return None
-    process = server.start(db_url, host=host, port=port)
+    process = server.start(db_url, host=host, port=port, config_path=config_path)
     if server.wait_ready(port, timeout=60):
         click.echo(f"Dashboard: http://{host}:{port}")
     else:
@@ -99,7 +99,7 @@ def demo_command(
     name = run_name or time.strftime("demo-%Y%m%d-%H%M%S")
     click.echo(f"Tripwire demo: run {name!r} -> {redact_url(db.url)}")
 
-    dashboard = None if no_dashboard else _start_dashboard(db.url, host, port)
+    dashboard = None if no_dashboard else _start_dashboard(db.url, config_path, host, port)
     stop = threading.Event()
     alerts = None if no_alerts else _start_alerts(db, config_path, stop)
 
