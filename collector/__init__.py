@@ -38,6 +38,7 @@ def watch(
     seed: int = 0,
     per_rank: bool = False,
     output_layer: str | None = "auto",
+    attention_logits: bool = True,
 ) -> Monitor:
     """Start monitoring ``model``; returns the :class:`Monitor` whose ``log()`` the loop calls.
 
@@ -68,6 +69,11 @@ def watch(
             loop logs its own. ``"auto"`` (default): the ``get_output_embeddings()`` of a
             Hugging Face model, ``model`` or the first inside it, if it is an ``nn.Linear``;
             else none. ``None``: never.
+        attention_logits: on check steps, store the largest attention logit of the model's
+            Hugging Face attention modules (Llama, Mistral, Qwen2 and models built like them:
+            rotary embeddings, no qk-norm; :mod:`collector.attention`) as the ``attn_logit_max``
+            scalar the ``attention_logits`` predictor judges, unless the loop logs its own.
+            Other models: log it yourself (:func:`attention_logit_max`). ``False``: never.
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not
@@ -93,4 +99,5 @@ def watch(
         seed=seed,
         per_rank=per_rank,
         output_layer=output_layer,
+        attention_logits=attention_logits,
     )

@@ -17,6 +17,7 @@ from numbers import Number
 import torch
 from torch import nn
 
+from collector.attention import AttentionLogitMax, attention_modules
 from collector.capture import InputSampler, OutputLogZ
 from collector.checks import PendingCheck, SpectralState, start_check
 from collector.distributed import detect, unwrap
@@ -89,6 +90,7 @@ class Monitor:
         seed: int,
         per_rank: bool = False,
         output_layer: str | None = "auto",
+        attention_logits: bool = True,
     ):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
@@ -126,6 +128,8 @@ class Monitor:
         self._sampler = InputSampler(self.layers, sample_size=sample_size, seed=seed)
         output = _output_module(model, output_layer)
         self._log_z = OutputLogZ(output, sample_size, seed) if output is not None else None
+        attention = attention_modules(model) if attention_logits else []
+        self._attention = AttentionLogitMax(attention) if attention else None
         self._spectral = SpectralState()
         self._pending: list[tuple[int, float, dict]] = []
         self._last_step: int | None = None
@@ -262,8 +266,9 @@ class Monitor:
         _live_monitors.discard(self)
         try:
             self._sampler.disarm()
-            if self._log_z is not None:
-                self._log_z.disarm()
+            for probe in (self._log_z, self._attention):
+                if probe is not None:
+                    probe.disarm()
             self._flush_scalars()
             self._writer.put("finish", {"status": status, "at": time.time(), "error": error})
             self._writer.flush(timeout)
@@ -352,12 +357,13 @@ class Monitor:
 
     def _prepare(self, step: int) -> None:
         self._sampler.discard()  # rows from a pass that was not a check step's first
-        if self._log_z is not None:
-            self._log_z.discard()
+        probes = [p for p in (self._log_z, self._attention) if p is not None]
+        for probe in probes:
+            probe.discard()
         if self.is_check_step(step):
             self._sampler.arm()
-            if self._log_z is not None:
-                self._log_z.arm()
+            for probe in probes:
+                probe.arm()
 
     def _check(self, step: int, grad_norm: bool = True) -> None:
         started = _clock()
@@ -365,6 +371,7 @@ class Monitor:
         ranks = self.ranks if self.ranks.reduces else None
         check = start_check(self.layers, rows, self._spectral, ranks=ranks, step=step)
         output_log_z = self._log_z.take() if self._log_z is not None else None
+        attn_logit_max = self._attention.take() if self._attention is not None else None
         if ranks is not None:
             self._exchange_flags(step, rows)
         if self.layers and not rows:
@@ -380,8 +387,11 @@ class Monitor:
             totals = {key: _Total(check, key) for key in ("grad_norm", "weight_norm")}
             if not grad_norm:
                 del totals["grad_norm"]
+            # A value the loop logs itself for this step wins over these.
             if output_log_z is not None:
-                totals["log_z"] = output_log_z  # a log_z the loop logs itself for this step wins
+                totals["log_z"] = output_log_z
+            if attn_logit_max is not None:
+                totals["attn_logit_max"] = attn_logit_max
             cost = _clock() - started
             totals["tripwire_check_ms"] = 1000 * cost
             self._note_cost(started, cost)

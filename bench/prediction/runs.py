@@ -411,10 +411,9 @@ class CausalLM(torch.nn.Module):
     """A transformers causal language model behind the suite's ``model(x, y) -> loss``.
 
     Like the suite's GPT it measures the largest attention logit of a forward pass when
-    ``measure_logits`` is set (:meth:`logit_signals`): a forward pre-hook on each attention
-    module recomputes its queries and keys from its input, ``q_proj``, ``k_proj`` and the rotary
-    embedding the model passes it (``transformers.models.llama``'s functions; transformers has
-    no hook for the logits inside its attention kernels).
+    ``measure_logits`` is set (:meth:`logit_signals`), as the collector does on check steps by
+    itself (:class:`collector.attention.AttentionLogitMax`; transformers has no hook for the
+    logits inside its attention kernels).
 
     >>> model = CausalLM.llama(vocab_size=256, **LLAMA_SHAPE)  # doctest: +SKIP
     >>> loss = model(x, y)     # cross-entropy of the next byte   # doctest: +SKIP
@@ -424,36 +423,17 @@ class CausalLM(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.measure_logits = False
-        self._logit_maxima: list[torch.Tensor] = []
-        for module in lm.modules():
-            if all(hasattr(module, a) for a in ("q_proj", "k_proj", "head_dim", "scaling")):
-                module.register_forward_pre_hook(self._measure_attention, with_kwargs=True)
+        from collector.attention import AttentionLogitMax, attention_modules
+
+        self._attention = AttentionLogitMax(attention_modules(lm))
+        self._attn_logit_max: torch.Tensor | None = None
 
     def logit_signals(self) -> dict[str, torch.Tensor]:
         """The last measured forward's ``attn_logit_max`` (over all layers); the output
         ``log Z`` the collector measures by itself."""
-        if not self._logit_maxima:
+        if self._attn_logit_max is None:
             return {}
-        return {"attn_logit_max": torch.stack(self._logit_maxima).max()}
-
-    @torch.no_grad()
-    def _measure_attention(self, module, args, kwargs) -> None:  # noqa: ANN001
-        if not self.measure_logits:
-            return
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
-
-        from collector import attention_logit_max
-
-        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cos, sin = kwargs["position_embeddings"]
-        shape = (*x.shape[:-1], -1, module.head_dim)
-        # F.linear, not the modules: their calls would reach the collector's input hooks.
-        q = torch.nn.functional.linear(x, module.q_proj.weight, module.q_proj.bias)
-        k = torch.nn.functional.linear(x, module.k_proj.weight, module.k_proj.bias)
-        q, k = (z.view(shape).transpose(1, 2) for z in (q, k))
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k = repeat_kv(k, q.shape[1] // k.shape[1])
-        self._logit_maxima.append(attention_logit_max(q, k, module.scaling))
+        return {"attn_logit_max": self._attn_logit_max}
 
     @classmethod
     def llama(cls, **config) -> CausalLM:
@@ -464,8 +444,10 @@ class CausalLM(torch.nn.Module):
         return cls(LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **config)))
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        self._logit_maxima = []
+        if self.measure_logits:
+            self._attention.arm()
         logits = self.lm(input_ids=x).logits
+        self._attn_logit_max = self._attention.take()
         if targets is None:
             return logits
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -102,6 +102,8 @@ def test_trainer_run_is_named_configured_and_checked_every_n_steps(sqlite_url, t
     # log Z of lm_head (found by get_output_embeddings()), near log(vocabulary) this early
     assert set(scalars["log_z"]) == {2, 4}
     assert abs(scalars["log_z"][2] - math.log(trainer.model.config.vocab_size)) < 1.0
+    # the largest attention logit, measured inside transformers' own (sdpa) attention modules
+    assert set(scalars["attn_logit_max"]) == {2, 4} and 0 < scalars["attn_logit_max"][2] < 10
 
 
 class _FireAlertAt(TrainerCallback):

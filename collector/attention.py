@@ -1,0 +1,194 @@
+"""The largest attention logit of Hugging Face attention modules, measured on check steps.
+
+transformers computes attention inside fused kernels that no hook sees into. On a check step
+one-shot hooks on each supported attention module take its ``q_proj`` and ``k_proj`` outputs
+and the rotary embedding the model passes it, rotate them with the ``apply_rotary_pos_emb`` of
+the module's own modelling file and take the largest ``|q·k|`` of the scores.
+Supported: modules with ``q_proj``/``k_proj`` linear layers, ``head_dim``, ``scaling`` and a
+``position_embeddings`` argument rotating the whole head — Llama, Mistral, Mixtral, Qwen2,
+Gemma, Granite and the many models built like them. Left out: qk-norm (``q_norm``/``k_norm``:
+Qwen3, OLMo 2) and logit soft-capping (Gemma 2), the cures for the growth this signal watches;
+a rotary embedding on part of each head (Phi, StableLM); fused projections (GPT-2, GPT-NeoX).
+
+>>> probe = AttentionLogitMax(attention_modules(model))   # doctest: +SKIP
+>>> probe.arm(); model(x); probe.take()                    # tensor(14.2)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+
+import torch
+from torch import nn
+
+SCORE_BUDGET = 1 << 24
+"""Attention scores computed at once at most (64 MiB in fp32): long sequences are measured in
+chunks of queries, and a large batch on its first sequences only."""
+
+log = logging.getLogger(__name__)
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of ``model`` whose largest logit :class:`AttentionLogitMax` can
+    measure (see the module's docstring), in model order."""
+    return [m for m in model.modules() if _supported(m)]
+
+
+def _supported(module: nn.Module) -> bool:
+    projections = (getattr(module, "q_proj", None), getattr(module, "k_proj", None))
+    return (
+        all(isinstance(p, nn.Linear) for p in projections)
+        and isinstance(getattr(module, "head_dim", None), int)
+        and isinstance(getattr(module, "scaling", None), float)
+        and _rotary(module) is not None
+        and _rotary_position(module) is not None
+        and not any(hasattr(module, a) for a in ("q_norm", "k_norm", "rotary_ndims"))
+        and getattr(getattr(module, "config", None), "attn_logit_softcapping", None) is None
+    )
+
+
+def _rotary_position(module: nn.Module) -> int | None:
+    """Where ``position_embeddings`` comes in the module's ``forward`` arguments, or None."""
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("position_embeddings") if "position_embeddings" in names else None
+
+
+def _rotary(module: nn.Module):  # noqa: ANN202
+    return getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+
+
+@torch.no_grad()
+def module_logit_max(
+    module: nn.Module,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    budget: int = SCORE_BUDGET,
+) -> torch.Tensor:
+    """Largest ``|q·k| × scaling`` of a supported attention module's forward pass, from its
+    ``q_proj`` and ``k_proj`` outputs (batch, tokens, heads × head_dim) and the rotary
+    embedding passed to it: over its heads and every query–key pair (masked ones too: an upper
+    bound that needs no mask), on as many of the first sequences as fit in ``budget`` scores at
+    once (at least one, in chunks of queries). A 0-dim fp32 tensor on the input's device.
+    """
+    batch, tokens = queries.shape[:2]
+    head_dim = module.head_dim
+    heads, kv_heads = queries.shape[-1] // head_dim, keys.shape[-1] // head_dim
+    n = max(1, min(batch, budget // (heads * tokens * tokens)))
+    cos, sin = (e[:n] if e.shape[0] == batch else e for e in position_embeddings)
+    q, k = (z[:n].view(n, tokens, -1, head_dim).transpose(1, 2) for z in (queries, keys))
+    q, k = _rotary(module)(q, k, cos, sin)
+    # Grouped-query attention: query heads j·g … j·g+g−1 read key head j.
+    q = q.float().reshape(n, kv_heads, heads // kv_heads, tokens, head_dim)
+    k_t = k.float().transpose(-2, -1).unsqueeze(2)  # (n, kv_heads, 1, head_dim, tokens)
+    chunk = max(1, budget // (n * heads * tokens))
+    best = torch.zeros((), device=queries.device)
+    for start in range(0, tokens, chunk):
+        low, high = torch.aminmax(q[..., start : start + chunk, :] @ k_t)
+        best = torch.maximum(best, torch.maximum(high, -low))
+    return best * module.scaling
+
+
+class AttentionLogitMax:
+    """One-shot hooks on attention modules: the largest attention logit of the first forward
+    pass after ``arm()`` over all of them, kept on the device until ``take()``.
+
+    Per module, a forward pre-hook takes the rotary embedding passed to it and forward hooks on
+    its ``q_proj`` and ``k_proj`` take their outputs (nothing is computed twice). A module that
+    cannot be measured (no rotary embedding passed, projections not called) is logged once and
+    left alone from then on; nothing raises into the forward pass.
+    """
+
+    def __init__(self, modules: list[nn.Module], budget: int = SCORE_BUDGET):
+        self.modules = list(modules)
+        self.budget = budget
+        self._handles: dict[int, list[torch.utils.hooks.RemovableHandle]] = {}
+        self._parts: dict[int, dict[str, object]] = {}
+        self._maxima: list[torch.Tensor] = []
+        self._failed: set[int] = set()
+
+    def arm(self) -> None:
+        """Register the hooks for the next forward pass (idempotent)."""
+        for i, module in enumerate(self.modules):
+            if i not in self._handles and i not in self._failed:
+                self._handles[i] = [
+                    module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
+                    module.q_proj.register_forward_hook(self._projection_hook(i, "q")),
+                    module.k_proj.register_forward_hook(self._projection_hook(i, "k")),
+                ]
+
+    def disarm(self) -> None:
+        for handles in self._handles.values():
+            for handle in handles:
+                handle.remove()
+        self._handles.clear()
+        self._parts.clear()
+
+    def take(self) -> torch.Tensor | None:
+        """The largest logit measured since ``arm()`` (None if no module ran); forgets it."""
+        for i in [i for i, parts in self._parts.items() if "rotary" in parts]:
+            self._fail(i, "its q_proj and k_proj did not run inside it")
+        maxima, self._maxima = self._maxima, []
+        self.disarm()
+        return torch.stack(maxima).amax() if maxima else None
+
+    def discard(self) -> None:
+        self._maxima.clear()
+        self.disarm()
+
+    def _rotary_hook(self, index: int):  # noqa: ANN202
+        position = _rotary_position(self.modules[index])
+
+        def hook(module, args, kwargs) -> None:  # noqa: ANN001, ARG001
+            rotary = kwargs.get("position_embeddings")
+            if rotary is None and len(args) > position:
+                rotary = args[position]
+            if rotary is None:
+                self._fail(index, "no rotary embedding passed to it")
+            else:
+                self._parts[index] = {"rotary": rotary}
+
+        return hook
+
+    def _projection_hook(self, index: int, name: str):  # noqa: ANN202
+        def hook(projection, inputs, output) -> None:  # noqa: ANN001, ARG001
+            parts = self._parts.get(index)
+            if parts is None:  # called outside the attention module's forward
+                return
+            parts[name] = output
+            if "q" in parts and "k" in parts:
+                del self._parts[index]
+                self._remove(index)
+                try:
+                    self._maxima.append(
+                        module_logit_max(
+                            self.modules[index],
+                            parts["q"],
+                            parts["k"],
+                            parts["rotary"],
+                            self.budget,
+                        )
+                    )
+                except Exception as exc:  # never into the training loop
+                    self._fail(index, str(exc))
+
+        return hook
+
+    def _remove(self, index: int) -> None:
+        for handle in self._handles.pop(index, []):
+            handle.remove()
+
+    def _fail(self, index: int, why: str) -> None:
+        self._failed.add(index)
+        self._parts.pop(index, None)
+        self._remove(index)
+        log.warning(
+            "tripwire: cannot measure the attention logits of %s (%s); left out",
+            type(self.modules[index]).__name__,
+            why,
+        )
