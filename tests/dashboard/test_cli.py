@@ -98,6 +98,13 @@ def test_up_runs_the_scheduler_beside_the_dashboard(real_dbs, tmp_path):
     assert not server.wait_ready(port, timeout=2), "the server outlived the command"
 
 
+def test_dashboard_refuses_a_configuration_it_cannot_load_in_one_line(tmp_path):
+    proc = _tripwire("dashboard", "--config", str(tmp_path / "missing.toml"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "missing.toml: cannot read the configuration" in out
+    assert len(out.strip().splitlines()) == 1
+
+
 def test_dashboard_refuses_an_unreachable_database_in_one_line():
     proc = _tripwire("dashboard", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     out, _ = proc.communicate(timeout=60)

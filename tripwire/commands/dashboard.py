@@ -94,6 +94,10 @@ def dashboard_command(db_url: str | None, config_path: str | None, host: str, po
     silent run shows as stalled (the stalled rule's after_s).
     """
     server = _server()
+    if config_path:  # a file named here must load: one clear line, not a quiet default
+        from tripwire.commands.alerts import load_config_or_exit
+
+        load_config_or_exit(config_path)
     db = _database(db_url)
     _stop_on_sigterm()
     process = _serve(server, db.url, host, port, config_path)
