@@ -1,14 +1,19 @@
 """The largest attention logit of Hugging Face attention modules, measured on check steps.
 
 transformers computes attention inside fused kernels that no hook sees into. On a check step
-one-shot hooks on each supported attention module take its ``q_proj`` and ``k_proj`` outputs
-and the rotary embedding the model passes it, rotate them with the ``apply_rotary_pos_emb`` of
-the module's own modelling file and take the largest ``|q·k|`` of the scores.
-Supported: modules with ``q_proj``/``k_proj`` linear layers, ``head_dim``, ``scaling`` and a
-``position_embeddings`` argument rotating the whole head — Llama, Mistral, Mixtral, Qwen2,
-Gemma, Granite and the many models built like them. Left out: qk-norm (``q_norm``/``k_norm``:
-Qwen3, OLMo 2) and logit soft-capping (Gemma 2), the cures for the growth this signal watches;
-a rotary embedding on part of each head (Phi, StableLM); fused projections (GPT-2, GPT-NeoX).
+one-shot hooks on each supported attention module take its queries and keys where they are
+made and keep the largest ``|q·k| × scaling`` of the scores. Supported:
+
+- modules with ``q_proj``/``k_proj`` linear layers, ``head_dim``, ``scaling`` and a
+  ``position_embeddings`` argument rotating the whole head — Llama, Mistral, Mixtral, Qwen2,
+  Gemma, Granite and the many models built like them: the projections' outputs, rotated with
+  the ``apply_rotary_pos_emb`` of the module's own modelling file;
+- GPT-2's self-attention (one ``c_attn`` projection to queries, keys and values, learned
+  positions): the first two thirds of ``c_attn``'s output.
+
+Left out: qk-norm (``q_norm``/``k_norm``: Qwen3, OLMo 2) and logit soft-capping (Gemma 2), the
+cures for the growth this signal watches; a rotary embedding on part of each head (Phi,
+StableLM); other fused projections (GPT-NeoX, Phi-3, GPT-BigCode).
 
 >>> probe = AttentionLogitMax(attention_modules(model))   # doctest: +SKIP
 >>> probe.arm(); model(x); probe.take()                    # tensor(14.2)
@@ -37,6 +42,10 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def _supported(module: nn.Module) -> bool:
+    return _rotary_kind(module) or _gpt2_kind(module)
+
+
+def _rotary_kind(module: nn.Module) -> bool:
     projections = (getattr(module, "q_proj", None), getattr(module, "k_proj", None))
     return (
         all(isinstance(p, nn.Linear) for p in projections)
@@ -46,6 +55,18 @@ def _supported(module: nn.Module) -> bool:
         and _rotary_position(module) is not None
         and not any(hasattr(module, a) for a in ("q_norm", "k_norm", "rotary_ndims"))
         and getattr(getattr(module, "config", None), "attn_logit_softcapping", None) is None
+    )
+
+
+def _gpt2_kind(module: nn.Module) -> bool:
+    c_attn, split = getattr(module, "c_attn", None), getattr(module, "split_size", None)
+    return (
+        isinstance(c_attn, nn.Module)
+        and isinstance(split, int)
+        and getattr(c_attn, "nf", getattr(c_attn, "out_features", None)) == 3 * split
+        and isinstance(getattr(module, "head_dim", None), int)
+        and isinstance(getattr(module, "scaling", None), float)
+        and not getattr(module, "is_cross_attention", False)
     )
 
 
@@ -67,22 +88,24 @@ def module_logit_max(
     module: nn.Module,
     queries: torch.Tensor,
     keys: torch.Tensor,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
     budget: int = SCORE_BUDGET,
 ) -> torch.Tensor:
     """Largest ``|q·k| × scaling`` of a supported attention module's forward pass, from its
-    ``q_proj`` and ``k_proj`` outputs (batch, tokens, heads × head_dim) and the rotary
-    embedding passed to it: over its heads and every query–key pair (masked ones too: an upper
-    bound that needs no mask), on as many of the first sequences as fit in ``budget`` scores at
-    once (at least one, in chunks of queries). A 0-dim fp32 tensor on the input's device.
+    queries and keys as projected (batch, tokens, heads × head_dim) and the rotary embedding
+    passed to it (None: none): over its heads and every query–key pair (masked ones too: an
+    upper bound that needs no mask), on as many of the first sequences as fit in ``budget``
+    scores at once (at least one, in chunks of queries). A 0-dim fp32 tensor on the input's
+    device.
     """
     batch, tokens = queries.shape[:2]
     head_dim = module.head_dim
     heads, kv_heads = queries.shape[-1] // head_dim, keys.shape[-1] // head_dim
     n = max(1, min(batch, budget // (heads * tokens * tokens)))
-    cos, sin = (e[:n] if e.shape[0] == batch else e for e in position_embeddings)
-    q, k = (z[:n].view(n, tokens, -1, head_dim).transpose(1, 2) for z in (queries, keys))
-    q, k = _rotary(module)(q, k, cos, sin)
+    q, k = (z[:n].reshape(n, tokens, -1, head_dim).transpose(1, 2) for z in (queries, keys))
+    if position_embeddings is not None:
+        cos, sin = (e[:n] if e.shape[0] == batch else e for e in position_embeddings)
+        q, k = _rotary(module)(q, k, cos, sin)
     # Grouped-query attention: query heads j·g … j·g+g−1 read key head j.
     q = q.float().reshape(n, kv_heads, heads // kv_heads, tokens, head_dim)
     k_t = k.float().transpose(-2, -1).unsqueeze(2)  # (n, kv_heads, 1, head_dim, tokens)
@@ -98,10 +121,11 @@ class AttentionLogitMax:
     """One-shot hooks on attention modules: the largest attention logit of the first forward
     pass after ``arm()`` over all of them, kept on the device until ``take()``.
 
-    Per module, a forward pre-hook takes the rotary embedding passed to it and forward hooks on
-    its ``q_proj`` and ``k_proj`` take their outputs (nothing is computed twice). A module that
-    cannot be measured (no rotary embedding passed, projections not called) is logged once and
-    left alone from then on; nothing raises into the forward pass.
+    Per rotary module, a forward pre-hook takes the rotary embedding passed to it and forward
+    hooks on its ``q_proj`` and ``k_proj`` take their outputs; per GPT-2 module a forward hook on
+    ``c_attn`` takes its output (nothing is computed twice). A module that cannot be measured (no
+    rotary embedding passed, projections not called) is logged once and left alone from then
+    on; nothing raises into the forward pass.
     """
 
     def __init__(self, modules: list[nn.Module], budget: int = SCORE_BUDGET):
@@ -115,7 +139,11 @@ class AttentionLogitMax:
     def arm(self) -> None:
         """Register the hooks for the next forward pass (idempotent)."""
         for i, module in enumerate(self.modules):
-            if i not in self._handles and i not in self._failed:
+            if i in self._handles or i in self._failed:
+                continue
+            if _gpt2_kind(module):
+                self._handles[i] = [module.c_attn.register_forward_hook(self._fused_hook(i))]
+            else:
                 self._handles[i] = [
                     module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
                     module.q_proj.register_forward_hook(self._projection_hook(i, "q")),
@@ -163,21 +191,25 @@ class AttentionLogitMax:
             parts[name] = output
             if "q" in parts and "k" in parts:
                 del self._parts[index]
-                self._remove(index)
-                try:
-                    self._maxima.append(
-                        module_logit_max(
-                            self.modules[index],
-                            parts["q"],
-                            parts["k"],
-                            parts["rotary"],
-                            self.budget,
-                        )
-                    )
-                except Exception as exc:  # never into the training loop
-                    self._fail(index, str(exc))
+                self._measure(index, parts["q"], parts["k"], parts["rotary"])
 
         return hook
+
+    def _fused_hook(self, index: int):  # noqa: ANN202
+        def hook(c_attn, inputs, output) -> None:  # noqa: ANN001, ARG001
+            split = self.modules[index].split_size
+            self._measure(index, output[..., :split], output[..., split : 2 * split], None)
+
+        return hook
+
+    def _measure(self, index: int, queries, keys, rotary) -> None:  # noqa: ANN001
+        self._remove(index)
+        try:
+            self._maxima.append(
+                module_logit_max(self.modules[index], queries, keys, rotary, self.budget)
+            )
+        except Exception as exc:  # never into the training loop
+            self._fail(index, str(exc))
 
     def _remove(self, index: int) -> None:
         for handle in self._handles.pop(index, []):

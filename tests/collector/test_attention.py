@@ -37,13 +37,17 @@ MEASURED = (
     "GraniteForCausalLM",
     "CohereForCausalLM",  # its own rotary layout: interleaved pairs
     "Starcoder2ForCausalLM",
+    "GPT2LMHeadModel",  # one fused c_attn projection, learned positions
 )
 
 
 def _model(architecture: str, **extra) -> torch.nn.Module:
     torch.manual_seed(0)
-    family = architecture.removesuffix("ForCausalLM")
-    config = getattr(transformers, f"{family}Config")(**SHAPE, **extra)
+    if architecture == "GPT2LMHeadModel":
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4)
+    else:
+        family = architecture.removesuffix("ForCausalLM")
+        config = getattr(transformers, f"{family}Config")(**SHAPE, **extra)
     config._attn_implementation = "eager"  # the kernel whose scores the spy reads
     return getattr(transformers, architecture)(config)
 
@@ -59,7 +63,8 @@ class _EagerSpy:
         monkeypatch.setattr(self.file, "eager_attention_forward", self)
 
     def __call__(self, module, query, key, value, attention_mask, scaling, **kwargs):  # noqa: ANN001
-        keys = self.file.repeat_kv(key, module.num_key_value_groups)
+        repeat = getattr(module, "num_key_value_groups", 1)  # grouped-query attention
+        keys = self.file.repeat_kv(key, repeat) if repeat > 1 else key
         scores = query.float() @ keys.float().transpose(-2, -1)
         self.maxima.append(float(scores.detach().abs().amax()) * scaling)
         return self.original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
@@ -129,8 +134,10 @@ def test_models_it_cannot_measure_are_left_alone(sqlite_url, tmp_path):
         "qk-norm": _model("Qwen3ForCausalLM", head_dim=16),
         "soft-capped logits": _model("Gemma2ForCausalLM"),
         "rotary on part of each head": _model("PhiForCausalLM"),
-        "fused projections": transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2)
+        "other fused projections": transformers.GPTNeoXForCausalLM(
+            transformers.GPTNeoXConfig(
+                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+            )
         ),
     }
     assert {name: attention_modules(m) for name, m in others.items()} == dict.fromkeys(others, [])
