@@ -4,7 +4,7 @@ transformers computes attention inside fused kernels that no hook sees into. On 
 one-shot hooks on each supported attention module take its queries and keys where they are
 made and keep the largest ``|q·k| × scaling`` of the scores. Supported:
 
-- modules with ``q_proj``/``k_proj`` linear layers, ``head_dim``, ``scaling`` and a
+- modules with ``q_proj``/``k_proj`` projections (plain or LoRA-wrapped), ``head_dim``, ``scaling`` and a
   ``position_embeddings`` argument rotating the whole head — Llama, Mistral, Mixtral, Qwen2,
   Gemma, Granite and the many models built like them: the projections' outputs, rotated with
   the ``apply_rotary_pos_emb`` of the module's own modelling file;
@@ -48,7 +48,7 @@ def _supported(module: nn.Module) -> bool:
 def _rotary_kind(module: nn.Module) -> bool:
     projections = (getattr(module, "q_proj", None), getattr(module, "k_proj", None))
     return (
-        all(isinstance(p, nn.Linear) for p in projections)
+        all(isinstance(p, nn.Module) for p in projections)  # nn.Linear, or LoRA's wrapper
         and isinstance(getattr(module, "head_dim", None), int)
         and isinstance(getattr(module, "scaling", None), float)
         and _rotary(module) is not None

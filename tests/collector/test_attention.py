@@ -111,6 +111,24 @@ def test_the_largest_attention_logit_is_stored_on_check_steps(
     assert stored[4] != pytest.approx(stored[0], rel=1e-3)  # it follows the training
 
 
+def test_lora_wrapped_projections_are_measured_too(sqlite_url, tmp_path, monkeypatch):
+    needs.module("peft")
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        _model("LlamaForCausalLM"), LoraConfig(r=4, target_modules=["q_proj", "k_proj"])
+    )
+    assert len(attention_modules(model)) == SHAPE["num_hidden_layers"]
+    spy = _EagerSpy(model.get_base_model(), monkeypatch)
+    monitor = collector.watch(model, run="lora", db=sqlite_url, every=2, spool_dir=tmp_path)
+    seen = _train(model, monitor, spy, steps=5)
+    assert monitor.errors == 0
+    stored = _stored(sqlite_url, "lora")
+    assert stored.keys() == {0, 2, 4}
+    for step, value in stored.items():
+        assert value == pytest.approx(seen[step], rel=1e-5)
+
+
 def test_a_long_sequence_is_measured_in_chunks_and_a_large_batch_on_its_first_sequences():
     model = _model("LlamaForCausalLM")
     attention = attention_modules(model)[0]
