@@ -4,10 +4,10 @@ transformers computes attention inside fused kernels that no hook sees into. On 
 one-shot hooks on each supported attention module take its queries and keys where they are
 made and keep the largest ``|q·k| × scaling`` of the scores. Supported:
 
-- modules with ``q_proj``/``k_proj`` projections (plain or LoRA-wrapped), ``head_dim``, ``scaling`` and a
-  ``position_embeddings`` argument rotating the whole head — Llama, Mistral, Mixtral, Qwen2,
-  Gemma, Granite and the many models built like them: the projections' outputs, rotated with
-  the ``apply_rotary_pos_emb`` of the module's own modelling file;
+- modules with ``q_proj``/``k_proj`` projections (plain or LoRA-wrapped), ``head_dim``,
+  ``scaling`` and a ``position_embeddings`` argument rotating the whole head — Llama, Mistral,
+  Mixtral, Qwen2, Gemma, Granite and the many models built like them: the projections'
+  outputs, rotated with the ``apply_rotary_pos_emb`` of the module's own modelling file;
 - GPT-2's self-attention (one ``c_attn`` projection to queries, keys and values, learned
   positions): the first two thirds of ``c_attn``'s output.
 
