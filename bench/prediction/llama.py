@@ -6,8 +6,8 @@ positions, separate q/k/v projections, no qk-norm) on the same text with AdamW, 
 suite's mechanisms: the whole model's learning rate ramped past the edge after warm-up (``lr``,
 as ``gpt-lr-ramp``) and only the attention projections' (``attn``, as ``gpt-qkv-ramp``), each
 at four peaks and two seeds, 600 steps. The loop logs the loss, the learning rate and, as
-for the suite's GPT, the largest attention logit (``runs.CausalLM`` recomputes it from each
-attention module's queries and keys); the collector measures the output ``log Z`` by itself.
+for the suite's GPT, the largest attention logit (``runs.CausalLM``, with the collector's own
+``collector.attention``); the collector measures the output ``log Z`` by itself.
 The default set is also scored without ``attention_logits``: what a user who does not log the
 logit gets. What a run is, is what
 it did: *divergent* if it exploded (the suite's definition), else *stable*. Not recorded: the
@@ -200,11 +200,10 @@ at seeds {" and ".join(map(str, SEEDS))}: `llama-lr-*` ramps the whole model's l
 from step 200 to the peak in its name over 150 steps (as `gpt-lr-ramp`), `llama-attn-*` only
 the attention projections', from step 150 (as `gpt-qkv-ramp`). What a run is, is what it did:
 {len(exploded)} exploded (the suite's definition), {len(runs) - len(exploded)} did not. The loop
-logs the loss, the learning rate and, as the suite's GPT does, the largest attention logit:
-transformers has no hook inside its attention kernels, so the benchmark's wrapper
-(`runs.CausalLM`) recomputes each attention module's queries and keys from its input, `q_proj`,
-`k_proj` and the rotary embedding (tested against the queries and keys transformers' eager
-attention receives). The
+logs the loss, the learning rate and, as the suite's GPT does, the largest attention logit,
+measured by the benchmark's wrapper (`runs.CausalLM`) with the class the collector has used by
+itself on such models since 2026-11-30 (`collector.attention`: each attention module's `q_proj`
+and `k_proj` outputs with the rotary embedding, tested against transformers' eager kernel). The
 collector measures the output `log Z` by itself. The row *{WITHOUT_LOGIT}* is what a user who
 does not log the attention logit gets. Measured on {machine()}. Reproduce:
 `python -m bench.prediction.llama` (about 7 minutes on one thread).
