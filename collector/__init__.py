@@ -71,9 +71,10 @@ def watch(
             else none. ``None``: never.
         attention_logits: on check steps, store the largest attention logit of the model's
             Hugging Face attention modules (Llama, Mistral, Qwen2 and models built like them:
-            rotary embeddings, no qk-norm; GPT-2; :mod:`collector.attention`) as the ``attn_logit_max``
-            scalar the ``attention_logits`` predictor judges, unless the loop logs its own.
-            Other models: log it yourself (:func:`attention_logit_max`). ``False``: never.
+            rotary embeddings, no qk-norm; GPT-2; :mod:`collector.attention`) as the
+            ``attn_logit_max`` scalar the ``attention_logits`` predictor judges, unless the
+            loop logs its own. Other models: log it yourself (:func:`attention_logit_max`).
+            ``False``: never.
 
     Raises only at start-up: ``ValueError`` for bad arguments, ``storage.SchemaOutOfDate`` for a
     database whose schema needs ``tripwire db upgrade``. A database that is down at start is not
