@@ -32,3 +32,45 @@ def test_a_compiled_model_gives_the_statistics_of_the_eager_one(sqlite_url, tmp_
         for name in STAT_NAMES:
             assert getattr(row, name) == pytest.approx(getattr(eager[key], name), rel=1e-5), key
     assert dynamo.eval_frame._stance.stance == "default"  # the forced eager stance was restored
+
+
+def test_a_compiled_hugging_face_model_gives_the_attention_logits_of_the_eager_one(
+    sqlite_url, tmp_path
+):
+    dynamo = needs.module("torch._dynamo")
+    transformers = needs.module("transformers")
+    from storage import Database, runs, stats
+
+    torch.compiler.set_stance("default")
+    dynamo.reset()
+    stored = {}
+    for name, compiled in (("llama-eager", False), ("llama-compiled", True)):
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
+        model = transformers.LlamaForCausalLM(config)
+        runnable = torch.compile(model, backend="eager") if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(1)
+        with collector.watch(runnable, run=name, db=sqlite_url, every=2, spool_dir=tmp_path) as m:
+            for step in range(5):
+                ids = torch.randint(0, 64, (2, 8), generator=gen)
+                loss = runnable(input_ids=ids, labels=ids).loss
+                loss.backward()
+                m.log(step, loss=loss)
+                opt.step()
+                opt.zero_grad()
+        db = Database(sqlite_url)
+        series = stats.scalar_series(db, runs.find_run(db, name).id, ["attn_logit_max"])
+        stored[name] = {p.step: p.value for p in series}
+    assert stored["llama-compiled"].keys() == {0, 2, 4}
+    for step, value in stored["llama-eager"].items():
+        assert stored["llama-compiled"][step] == pytest.approx(value, rel=1e-5)
+    assert dynamo.eval_frame._stance.stance == "default"
