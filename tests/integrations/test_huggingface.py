@@ -170,4 +170,6 @@ def test_auto_finds_the_output_layer_of_a_hugging_face_model_inside_another_modu
     monitor.log(0, loss=out.loss)
     monitor.close()
     expected = float(collector.log_z(out.logits))
-    assert scalar_table(sqlite_url, "wrapped")["log_z"][0] == pytest.approx(expected, rel=1e-5)
+    scalars = scalar_table(sqlite_url, "wrapped")
+    assert scalars["log_z"][0] == pytest.approx(expected, rel=1e-5)
+    assert scalars["attn_logit_max"][0] > 0  # the attention modules are found inside it too
