@@ -55,9 +55,11 @@ def runs_table() -> None:
         },
     )
     live_now = sum(r["status"] == "running" for r in rows)
+    silent = fmt.duration(queries.stalled_after_s())
     st.caption(
         f"{len(rows)} runs · {live_now} live · select a row to open it"
         + (" · refreshing every few seconds" if live_now else "")
+        + f" · stalled: running, silent over {silent}"
     )
     selected = picked.selection.rows if picked is not None else []
     if selected:

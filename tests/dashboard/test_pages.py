@@ -263,15 +263,17 @@ def test_the_runs_page_calls_a_run_stalled_when_the_stalled_rule_would(tmp_path,
     patient.write_text("[predictors.stalled]\nafter_s = 3600\n")
     monkeypatch.setenv("TRIPWIRE_DB_URL", url)
 
-    def shown_status() -> str:
+    def shown() -> tuple[str, str]:
         queries.stalled_after_s.clear()
         queries.runs_overview.clear()
         at = _run(DASHBOARD / "views" / "runs.py")
         _assert_clean(at)
-        return at.dataframe[0].value["status"].item()
+        return at.dataframe[0].value["status"].item(), at.caption[0].value
 
     monkeypatch.delenv("TRIPWIRE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no tripwire.toml here
-    assert shown_status() == "stalled"
+    status, caption = shown()
+    assert status == "stalled" and caption.endswith("stalled: running, silent over 5m 00s")
     monkeypatch.setenv("TRIPWIRE_CONFIG", str(patient))
-    assert shown_status() == "running"
+    status, caption = shown()
+    assert status == "running" and caption.endswith("stalled: running, silent over 1h 00m")
