@@ -70,8 +70,8 @@ def watch(
             Hugging Face model, ``model`` or the first inside it, if it is an ``nn.Linear``;
             else none. ``None``: never.
         attention_logits: on check steps, store the largest attention logit of the model's
-            Hugging Face attention modules (Llama, Mistral, Qwen2 and models built like them:
-            rotary embeddings, no qk-norm; GPT-2; :mod:`collector.attention`) as the
+            Hugging Face attention modules (Llama, Mistral, Qwen2, Phi-3 and models built like
+            them: rotary embeddings, no qk-norm; GPT-2; :mod:`collector.attention`) as the
             ``attn_logit_max`` scalar the ``attention_logits`` predictor judges, unless the
             loop logs its own. Other models: log it yourself (:func:`attention_logit_max`).
             ``False``: never.

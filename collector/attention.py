@@ -4,16 +4,16 @@ transformers computes attention inside fused kernels that no hook sees into. On 
 one-shot hooks on each supported attention module take its queries and keys where they are
 made and keep the largest ``|q·k| × scaling`` of the scores. Supported:
 
-- modules with ``q_proj``/``k_proj`` projections (plain or LoRA-wrapped), ``head_dim``,
-  ``scaling`` and a ``position_embeddings`` argument rotating the whole head — Llama, Mistral,
-  Mixtral, Qwen2, Gemma, Granite and the many models built like them: the projections'
+- modules with ``q_proj``/``k_proj`` projections (plain or LoRA-wrapped) or one ``qkv_proj``
+  (Phi-3), ``head_dim``, ``scaling`` and a ``position_embeddings`` argument — Llama, Mistral,
+  Mixtral, Qwen2, Gemma, Granite, Phi-3 and the many models built like them: the projections'
   outputs, rotated with the ``apply_rotary_pos_emb`` of the module's own modelling file;
 - GPT-2's self-attention (one ``c_attn`` projection to queries, keys and values, learned
   positions): the first two thirds of ``c_attn``'s output.
 
 Left out: qk-norm (``q_norm``/``k_norm``: Qwen3, OLMo 2) and logit soft-capping (Gemma 2), the
-cures for the growth this signal watches; a rotary embedding on part of each head (Phi,
-StableLM); other fused projections (GPT-NeoX, Phi-3, GPT-BigCode).
+cures for the growth this signal watches; a rotary embedding on part of each head applied
+outside that function (Phi, StableLM); other fused projections (GPT-NeoX, GPT-BigCode).
 
 >>> probe = AttentionLogitMax(attention_modules(model))   # doctest: +SKIP
 >>> probe.arm(); model(x); probe.take()                    # tensor(14.2)
@@ -48,7 +48,7 @@ def _supported(module: nn.Module) -> bool:
 def _rotary_kind(module: nn.Module) -> bool:
     projections = (getattr(module, "q_proj", None), getattr(module, "k_proj", None))
     return (
-        all(isinstance(p, nn.Module) for p in projections)  # nn.Linear, or LoRA's wrapper
+        (all(isinstance(p, nn.Module) for p in projections) or _fused_qkv(module) is not None)
         and isinstance(getattr(module, "head_dim", None), int)
         and isinstance(getattr(module, "scaling", None), float)
         and _rotary(module) is not None
@@ -56,6 +56,20 @@ def _rotary_kind(module: nn.Module) -> bool:
         and not any(hasattr(module, a) for a in ("q_norm", "k_norm", "rotary_ndims"))
         and getattr(getattr(module, "config", None), "attn_logit_softcapping", None) is None
     )
+
+
+def _fused_qkv(module: nn.Module) -> tuple[int, int] | None:
+    """Where the keys start and end in the output of a ``qkv_proj`` (Phi-3), or None."""
+    heads = getattr(getattr(module, "config", None), "num_attention_heads", None)
+    kv_heads, head_dim = (
+        getattr(module, "num_key_value_heads", None),
+        getattr(module, "head_dim", 0),
+    )
+    if not isinstance(getattr(module, "qkv_proj", None), nn.Module):
+        return None
+    if not (isinstance(heads, int) and isinstance(kv_heads, int) and isinstance(head_dim, int)):
+        return None
+    return heads * head_dim, (heads + kv_heads) * head_dim
 
 
 def _gpt2_kind(module: nn.Module) -> bool:
@@ -122,8 +136,8 @@ class AttentionLogitMax:
     pass after ``arm()`` over all of them, kept on the device until ``take()``.
 
     Per rotary module, a forward pre-hook takes the rotary embedding passed to it and forward
-    hooks on its ``q_proj`` and ``k_proj`` take their outputs; per GPT-2 module a forward hook on
-    ``c_attn`` takes its output (nothing is computed twice). A module that cannot be measured (no
+    hooks on its ``q_proj`` and ``k_proj`` (or ``qkv_proj``) take their outputs; per GPT-2
+    module a forward hook on ``c_attn`` takes its output (nothing is computed twice). A module that cannot be measured (no
     rotary embedding passed, projections not called) is logged once and left alone from then
     on; nothing raises into the forward pass.
     """
@@ -143,6 +157,11 @@ class AttentionLogitMax:
                 continue
             if _gpt2_kind(module):
                 self._handles[i] = [module.c_attn.register_forward_hook(self._fused_hook(i))]
+            elif _fused_qkv(module) is not None:
+                self._handles[i] = [
+                    module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
+                    module.qkv_proj.register_forward_hook(self._qkv_hook(i)),
+                ]
             else:
                 self._handles[i] = [
                     module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
@@ -192,6 +211,17 @@ class AttentionLogitMax:
             if "q" in parts and "k" in parts:
                 del self._parts[index]
                 self._measure(index, parts["q"], parts["k"], parts["rotary"])
+
+        return hook
+
+    def _qkv_hook(self, index: int):  # noqa: ANN202
+        keys_at, keys_end = _fused_qkv(self.modules[index])
+
+        def hook(qkv_proj, inputs, output) -> None:  # noqa: ANN001, ARG001
+            parts = self._parts.pop(index, None)
+            if parts is not None:  # else called outside the attention module's forward
+                queries, keys = output[..., :keys_at], output[..., keys_at:keys_end]
+                self._measure(index, queries, keys, parts["rotary"])
 
         return hook
 

@@ -38,7 +38,9 @@ MEASURED = (
     "CohereForCausalLM",  # its own rotary layout: interleaved pairs
     "Starcoder2ForCausalLM",
     "GPT2LMHeadModel",  # one fused c_attn projection, learned positions
+    "Phi3ForCausalLM",  # one fused qkv_proj
 )
+TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}  # Phi-3's are past VOCAB
 
 
 def _model(architecture: str, **extra) -> torch.nn.Module:
@@ -47,7 +49,7 @@ def _model(architecture: str, **extra) -> torch.nn.Module:
         config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4)
     else:
         family = architecture.removesuffix("ForCausalLM")
-        config = getattr(transformers, f"{family}Config")(**SHAPE, **extra)
+        config = getattr(transformers, f"{family}Config")(**SHAPE, **TOKEN_IDS, **extra)
     config._attn_implementation = "eager"  # the kernel whose scores the spy reads
     return getattr(transformers, architecture)(config)
 
@@ -109,6 +111,19 @@ def test_the_largest_attention_logit_is_stored_on_check_steps(
     for step, value in stored.items():
         assert value == pytest.approx(seen[step], rel=1e-5)
     assert stored[4] != pytest.approx(stored[0], rel=1e-3)  # it follows the training
+
+
+def test_a_rotary_embedding_on_part_of_each_head_inside_the_models_own_function(
+    sqlite_url, tmp_path, monkeypatch
+):
+    model = _model("Phi3ForCausalLM", partial_rotary_factor=0.5)  # as Phi-4-mini
+    spy = _EagerSpy(model, monkeypatch)
+    monitor = collector.watch(model, run="partial", db=sqlite_url, every=2, spool_dir=tmp_path)
+    seen = _train(model, monitor, spy, steps=3)
+    stored = _stored(sqlite_url, "partial")
+    assert stored.keys() == {0, 2}
+    for step, value in stored.items():
+        assert value == pytest.approx(seen[step], rel=1e-5)
 
 
 def test_lora_wrapped_projections_are_measured_too(sqlite_url, tmp_path, monkeypatch):
