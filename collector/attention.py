@@ -13,7 +13,8 @@ made and keep the largest ``|q·k| × scaling`` of the scores. Supported:
 
 Left out: qk-norm (``q_norm``/``k_norm``: Qwen3, OLMo 2) and logit soft-capping (Gemma 2), the
 cures for the growth this signal watches; a rotary embedding on part of each head applied
-outside that function (Phi, StableLM); other fused projections (GPT-NeoX, GPT-BigCode).
+outside that function (Phi, StableLM); a rotary function of another signature (GPT-J); other
+fused projections (GPT-NeoX, GPT-BigCode, Falcon).
 
 >>> probe = AttentionLogitMax(attention_modules(model))   # doctest: +SKIP
 >>> probe.arm(); model(x); probe.take()                    # tensor(14.2)
@@ -94,7 +95,14 @@ def _rotary_position(module: nn.Module) -> int | None:
 
 
 def _rotary(module: nn.Module):  # noqa: ANN202
-    return getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+    """The ``apply_rotary_pos_emb(q, k, cos, sin, ...)`` of the module's modelling file, if it
+    has one of that signature (GPT-J's, ``(tensor, sin, cos)``, is another thing)."""
+    rotate = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+    try:
+        names = list(inspect.signature(rotate).parameters)[:4]
+    except (TypeError, ValueError):
+        return None
+    return rotate if names == ["q", "k", "cos", "sin"] else None
 
 
 @torch.no_grad()

@@ -167,6 +167,9 @@ def test_models_it_cannot_measure_are_left_alone(sqlite_url, tmp_path):
         "qk-norm": _model("Qwen3ForCausalLM", head_dim=16),
         "soft-capped logits": _model("Gemma2ForCausalLM"),
         "rotary on part of each head": _model("PhiForCausalLM"),
+        "a rotary function of its own kind": transformers.GPTJForCausalLM(
+            transformers.GPTJConfig(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, rotary_dim=16)
+        ),
         "other fused projections": transformers.GPTNeoXForCausalLM(
             transformers.GPTNeoXConfig(
                 vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
