@@ -38,6 +38,23 @@ class TinyNet(nn.Module):
         return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
 
 
+def tiny_llama(**config) -> nn.Module:
+    """A randomly initialised transformers ``LlamaForCausalLM`` (from its config, nothing is
+    downloaded): 2 blocks of width 32, a vocabulary of 64; ``config`` overrides."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": 64,
+        "max_position_embeddings": 32,
+    }
+    return LlamaForCausalLM(LlamaConfig(**(shape | config)))
+
+
 def batches(n: int, batch: int = 8, seed: int = 0):
     """``n`` global batches of (batch, 4 tokens, 12 features) and their labels."""
     gen = torch.Generator().manual_seed(seed)

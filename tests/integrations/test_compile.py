@@ -7,7 +7,7 @@ import torch
 
 import collector
 from tests import needs
-from tests.integrations.helpers import STAT_NAMES, TinyNet, layer_table, train
+from tests.integrations.helpers import STAT_NAMES, TinyNet, layer_table, tiny_llama, train
 
 
 def test_a_compiled_model_gives_the_statistics_of_the_eager_one(sqlite_url, tmp_path):
@@ -38,7 +38,7 @@ def test_a_compiled_hugging_face_model_gives_the_attention_logits_of_the_eager_o
     sqlite_url, tmp_path
 ):
     dynamo = needs.module("torch._dynamo")
-    transformers = needs.module("transformers")
+    needs.module("transformers")
     from storage import Database, runs, stats
 
     torch.compiler.set_stance("default")
@@ -46,16 +46,7 @@ def test_a_compiled_hugging_face_model_gives_the_attention_logits_of_the_eager_o
     stored = {}
     for name, compiled in (("llama-eager", False), ("llama-compiled", True)):
         torch.manual_seed(0)
-        config = transformers.LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-        )
-        model = transformers.LlamaForCausalLM(config)
+        model = tiny_llama(num_attention_heads=4)  # 2 key-value heads: grouped queries
         runnable = torch.compile(model, backend="eager") if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         gen = torch.Generator().manual_seed(1)

@@ -11,8 +11,6 @@ from tests import needs
 
 needs.module("transformers")
 from transformers import (  # noqa: E402
-    LlamaConfig,
-    LlamaForCausalLM,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -21,7 +19,12 @@ from transformers import (  # noqa: E402
 import collector  # noqa: E402
 from collector.integrations.huggingface import TripwireCallback  # noqa: E402
 from storage import Database, runs  # noqa: E402
-from tests.integrations.helpers import fire_critical_alert, layer_table, scalar_table  # noqa: E402
+from tests.integrations.helpers import (  # noqa: E402
+    fire_critical_alert,
+    layer_table,
+    scalar_table,
+    tiny_llama,
+)
 
 SEQ = 8
 LINEARS = 2 * 7 + 1  # q, k, v, o, gate, up, down per block, and the head
@@ -29,16 +32,7 @@ LINEARS = 2 * 7 + 1  # q, k, v, o, gate, up, down per block, and the head
 
 def _model():
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama()
 
 
 class _Tokens(torch.utils.data.Dataset):
