@@ -25,6 +25,8 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -145,9 +147,9 @@ class AttentionLogitMax:
 
     Per rotary module, a forward pre-hook takes the rotary embedding passed to it and forward
     hooks on its ``q_proj`` and ``k_proj`` (or ``qkv_proj``) take their outputs; per GPT-2
-    module a forward hook on ``c_attn`` takes its output (nothing is computed twice). A module that cannot be measured (no
-    rotary embedding passed, projections not called) is logged once and left alone from then
-    on; nothing raises into the forward pass.
+    module a forward hook on ``c_attn`` takes its output (nothing is computed twice). A module
+    that cannot be measured (no rotary embedding passed, projections not called) is logged once
+    and left alone from then on; nothing raises into the forward pass.
     """
 
     def __init__(self, modules: list[nn.Module], budget: int = SCORE_BUDGET):
@@ -157,25 +159,27 @@ class AttentionLogitMax:
         self._parts: dict[int, dict[str, object]] = {}
         self._maxima: list[torch.Tensor] = []
         self._failed: set[int] = set()
+        self._registrations = [self._plan(i, m) for i, m in enumerate(self.modules)]
 
     def arm(self) -> None:
         """Register the hooks for the next forward pass (idempotent)."""
-        for i, module in enumerate(self.modules):
-            if i in self._handles or i in self._failed:
-                continue
-            if _gpt2_kind(module):
-                self._handles[i] = [module.c_attn.register_forward_hook(self._fused_hook(i))]
-            elif _fused_qkv(module) is not None:
-                self._handles[i] = [
-                    module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
-                    module.qkv_proj.register_forward_hook(self._qkv_hook(i)),
-                ]
-            else:
-                self._handles[i] = [
-                    module.register_forward_pre_hook(self._rotary_hook(i), with_kwargs=True),
-                    module.q_proj.register_forward_hook(self._projection_hook(i, "q")),
-                    module.k_proj.register_forward_hook(self._projection_hook(i, "k")),
-                ]
+        for i, registrations in enumerate(self._registrations):
+            if i not in self._handles and i not in self._failed:
+                self._handles[i] = [register() for register in registrations]
+
+    def _plan(self, index: int, module: nn.Module) -> list[Callable[[], object]]:
+        """The hook registrations ``arm()`` makes for one module: its kind found once."""
+        if _gpt2_kind(module):
+            return [partial(module.c_attn.register_forward_hook, self._fused_hook(index))]
+        rotary = self._rotary_hook(index)
+        first = partial(module.register_forward_pre_hook, rotary, with_kwargs=True)
+        if _fused_qkv(module) is not None:
+            return [first, partial(module.qkv_proj.register_forward_hook, self._qkv_hook(index))]
+        return [
+            first,
+            partial(module.q_proj.register_forward_hook, self._projection_hook(index, "q")),
+            partial(module.k_proj.register_forward_hook, self._projection_hook(index, "k")),
+        ]
 
     def disarm(self) -> None:
         for handles in self._handles.values():

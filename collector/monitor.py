@@ -130,6 +130,7 @@ class Monitor:
         self._log_z = OutputLogZ(output, sample_size, seed) if output is not None else None
         attention = attention_modules(model) if attention_logits else []
         self._attention = AttentionLogitMax(attention) if attention else None
+        self._probes = [p for p in (self._log_z, self._attention) if p is not None]
         self._spectral = SpectralState()
         self._pending: list[tuple[int, float, dict]] = []
         self._last_step: int | None = None
@@ -266,9 +267,8 @@ class Monitor:
         _live_monitors.discard(self)
         try:
             self._sampler.disarm()
-            for probe in (self._log_z, self._attention):
-                if probe is not None:
-                    probe.disarm()
+            for probe in self._probes:
+                probe.disarm()
             self._flush_scalars()
             self._writer.put("finish", {"status": status, "at": time.time(), "error": error})
             self._writer.flush(timeout)
@@ -357,12 +357,11 @@ class Monitor:
 
     def _prepare(self, step: int) -> None:
         self._sampler.discard()  # rows from a pass that was not a check step's first
-        probes = [p for p in (self._log_z, self._attention) if p is not None]
-        for probe in probes:
+        for probe in self._probes:
             probe.discard()
         if self.is_check_step(step):
             self._sampler.arm()
-            for probe in probes:
+            for probe in self._probes:
                 probe.arm()
 
     def _check(self, step: int, grad_norm: bool = True) -> None:
