@@ -14,7 +14,8 @@ from storage.errors import RunNotFound
 from storage.upsert import insert_ignore
 
 
-def _to_run(row: SqlRun, project: str) -> Run:
+def as_run(row: SqlRun, project: str) -> Run:
+    """The plain :class:`Run` of an ORM row (rows never leave a session; this does)."""
     return Run(
         id=row.id,
         uid=row.uid,
@@ -157,7 +158,7 @@ def get_run(db: Database, run_id: int) -> Run:
         found = s.execute(_runs_query().where(SqlRun.id == run_id)).first()
         if found is None:
             raise RunNotFound(f"no run with id {run_id}")
-        return _to_run(*found)
+        return as_run(*found)
 
 
 def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
@@ -172,7 +173,7 @@ def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
             query = query.where(SqlProject.name == project)
         by_uid = s.execute(query.where(SqlRun.uid == name_or_uid)).first()
         if by_uid is not None:
-            return _to_run(*by_uid)
+            return as_run(*by_uid)
         by_name = s.execute(
             query.where(SqlRun.name == name_or_uid).order_by(
                 SqlRun.started_at.desc(), SqlRun.id.desc()
@@ -181,7 +182,7 @@ def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
         if by_name is None:
             where = f" in project {project!r}" if project else ""
             raise RunNotFound(f"no run named {name_or_uid!r}{where}")
-        return _to_run(*by_name)
+        return as_run(*by_name)
 
 
 def list_runs(
@@ -201,7 +202,7 @@ def list_runs(
     if name_contains:
         query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
     with db.session() as s:
-        return [_to_run(*row) for row in s.execute(query).all()]
+        return [as_run(*row) for row in s.execute(query).all()]
 
 
 def live_runs(db: Database) -> list[Run]:

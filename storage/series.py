@@ -27,6 +27,7 @@ from storage import rollup
 from storage._models import SqlAlert, SqlLayer, SqlLayerStat, SqlProject, SqlRun, SqlScalar
 from storage.db import Database, utcnow
 from storage.entities import LAYER_STATISTICS, STALLED_AFTER_S
+from storage.runs import as_run
 
 SORT_CACHE_KIB = 65_536
 """SQLite page cache (KiB) while a layer × step grid is aggregated; restored afterwards."""
@@ -444,11 +445,8 @@ def runs_overview(
                 key = severity if state == "firing" else "pending"
                 slot[key] = slot.get(key, 0) + n
         for run, project_name, loss, scalar_step in rows:
-            derived = run.status
-            if run.status == "running":
-                seen = run.heartbeat_at or run.started_at
-                if (now - seen).total_seconds() > stalled_after_s:
-                    derived = "stalled"
+            stalled = as_run(run, project_name).is_stalled(now, stalled_after_s)
+            derived = "stalled" if stalled else run.status
             if status in ("running", "stalled") and derived != status:
                 continue
             steps = [x for x in (run.last_step, scalar_step) if x is not None]
