@@ -5,11 +5,11 @@ Every rule was chosen on the suite's GPT and MLP. These runs train transformers'
 positions, separate q/k/v projections, no qk-norm) on the same text with AdamW, in two of the
 suite's mechanisms: the whole model's learning rate ramped past the edge after warm-up (``lr``,
 as ``gpt-lr-ramp``) and only the attention projections' (``attn``, as ``gpt-qkv-ramp``), each
-at four peaks and two seeds, 600 steps. The loop logs the loss, the learning rate and, as
-for the suite's GPT, the largest attention logit (``runs.CausalLM``, with the collector's own
-``collector.attention``); the collector measures the output ``log Z`` by itself.
-The default set is also scored without ``attention_logits``: what a user who does not log the
-logit gets. What a run is, is what
+at four peaks and two seeds, 600 steps. The loop logs the loss and the learning rate; the
+collector measures the largest attention logit (``collector.attention``) and the output
+``log Z`` by itself, at its defaults. The default set is also scored without
+``attention_logits``: what a user gets whose model's attention the collector cannot measure,
+or who turns it off. What a run is, is what
 it did: *divergent* if it exploded (the suite's definition), else *stable*. Not recorded: the
 command trains them each time.
 
@@ -49,7 +49,7 @@ from storage import runs as run_store
 from storage.db import Database
 
 TITLE = "Prediction on a Llama-style model"
-WITHOUT_LOGIT = "default rule set, no attention logit logged"
+WITHOUT_LOGIT = "default rule set, no attention logit"
 FAMILIES = {
     # name: (parameters whose learning rate ramps: None for all, the peaks)
     "lr": (None, (0.03, 0.05, 0.1, 0.2)),
@@ -200,12 +200,11 @@ at seeds {" and ".join(map(str, SEEDS))}: `llama-lr-*` ramps the whole model's l
 from step 200 to the peak in its name over 150 steps (as `gpt-lr-ramp`), `llama-attn-*` only
 the attention projections', from step 150 (as `gpt-qkv-ramp`). What a run is, is what it did:
 {len(exploded)} exploded (the suite's definition), {len(runs) - len(exploded)} did not. The loop
-logs the loss, the learning rate and, as the suite's GPT does, the largest attention logit,
-measured by the benchmark's wrapper (`runs.CausalLM`) with the class the collector has used by
-itself on such models since 2026-11-30 (`collector.attention`: each attention module's `q_proj`
-and `k_proj` outputs with the rotary embedding, tested against transformers' eager kernel). The
-collector measures the output `log Z` by itself. The row *{WITHOUT_LOGIT}* is what a user who
-does not log the attention logit gets. Measured on {machine()}. Reproduce:
+logs the loss and the learning rate; the collector, at its defaults, measures the largest
+attention logit by itself (`collector.attention`: each attention module's `q_proj` and
+`k_proj` outputs with the rotary embedding, tested against transformers' eager kernel) and the
+output `log Z`. The row *{WITHOUT_LOGIT}* is what a user gets whose model's attention the
+collector cannot measure, or who turns it off (`attention_logits=False`). Measured on {machine()}. Reproduce:
 `python -m bench.prediction.llama` (about 7 minutes on one thread).
 
 Out of sample and on an architecture of its own, the default rule set warned on

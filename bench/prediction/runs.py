@@ -410,10 +410,9 @@ def build(spec: RunSpec) -> tuple[torch.nn.Module, Callable[[], tuple]]:
 class CausalLM(torch.nn.Module):
     """A transformers causal language model behind the suite's ``model(x, y) -> loss``.
 
-    Like the suite's GPT it measures the largest attention logit of a forward pass when
-    ``measure_logits`` is set (:meth:`logit_signals`), as the collector does on check steps by
-    itself (:class:`collector.attention.AttentionLogitMax`; transformers has no hook for the
-    logits inside its attention kernels).
+    Unlike the suite's GPT it measures no logit signal itself: the collector measures the
+    largest attention logit (:mod:`collector.attention`) and the output ``log Z`` of such a
+    model by itself on check steps.
 
     >>> model = CausalLM.llama(vocab_size=256, **LLAMA_SHAPE)  # doctest: +SKIP
     >>> loss = model(x, y)     # cross-entropy of the next byte   # doctest: +SKIP
@@ -422,18 +421,10 @@ class CausalLM(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        self.measure_logits = False
-        from collector.attention import AttentionLogitMax, attention_modules
-
-        self._attention = AttentionLogitMax(attention_modules(lm))
-        self._attn_logit_max: torch.Tensor | None = None
 
     def logit_signals(self) -> dict[str, torch.Tensor]:
-        """The last measured forward's ``attn_logit_max`` (over all layers); the output
-        ``log Z`` the collector measures by itself."""
-        if self._attn_logit_max is None:
-            return {}
-        return {"attn_logit_max": self._attn_logit_max}
+        """None: the collector measures them by itself."""
+        return {}
 
     @classmethod
     def llama(cls, **config) -> CausalLM:
@@ -444,10 +435,7 @@ class CausalLM(torch.nn.Module):
         return cls(LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **config)))
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        if self.measure_logits:
-            self._attention.arm()
         logits = self.lm(input_ids=x).logits
-        self._attn_logit_max = self._attention.take()
         if targets is None:
             return logits
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
