@@ -66,9 +66,38 @@ def test_non_finite_holds_on_nan_and_inf_loss(bad):
 def test_non_finite_checks_layer_statistics_and_skips_missing_values():
     out, _ = run_layers(
         "non_finite",
-        [(0, {"fc": {"grad_norm": 1.0}}), (10, {"fc": {"grad_norm": INF}}), (20, {"fc": {}})],
+        [(0, {"fc": {"weight_norm": 1.0}}), (10, {"fc": {"sigma1": INF}}), (20, {"fc": {}})],
     )
     assert out == [{None: False}, {None: True}, {}]
+
+
+def test_non_finite_leaves_gradients_alone_unless_asked():
+    spec = PREDICTORS["non_finite"]
+    overflow = Observation(
+        4, {"loss": 2.0, "grad_norm": INF}, {"fc": LayerStat(4, "fc", grad_norm=NAN)}
+    )
+    assert [v.holds for v in spec.fn(overflow, {}, spec.params)] == [False]
+    watched = {"scalar_keys": ["loss", "grad_norm"], "layer_keys": ["grad_norm"]}
+    assert "fc/grad_norm=nan" in spec.fn(overflow, {}, watched)[0].message
+
+
+def test_non_finite_is_cleared_only_by_what_was_non_finite_measured_again():
+    spec = PREDICTORS["non_finite"]
+    memory: dict = {}
+
+    def judge(step, loss, weight_norm=None):
+        layers = (
+            {} if weight_norm is None else {"fc": LayerStat(step, "fc", weight_norm=weight_norm)}
+        )
+        return [
+            v.holds for v in spec.fn(Observation(step, {"loss": loss}, layers), memory, spec.params)
+        ]
+
+    assert judge(10, 2.0, INF) == [True]
+    assert judge(11, 2.0) == []  # a finite loss says nothing of the weights
+    assert judge(20, 2.0, 5.0) == [False]
+    assert judge(21, NAN) == [True]
+    assert judge(22, 2.0) == [False]  # the loss was what went non-finite
 
 
 def test_non_finite_says_nothing_without_watched_values():
