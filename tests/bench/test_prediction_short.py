@@ -49,6 +49,17 @@ def test_calibrate_writes_thresholds_learned_from_healthy_runs(tmp_path):
     assert config.engine.interval_s == 5.0  # other settings kept
     rule = config.rules()["weight_growth"]
     assert rule.params["max_rate"] != 0.01  # learned, not the default
+    # Without --config it updates the file the scheduler reads: $TRIPWIRE_CONFIG.
+    chosen = tmp_path / "model-a.toml"
+    result = CliRunner().invoke(
+        cli,
+        ["calibrate", "--db", url, "--runs", "gpt-lr-hold"],
+        env={"TRIPWIRE_CONFIG": str(chosen)},
+    )
+    assert result.exit_code == 0 and f"wrote {chosen}" in result.output, result.output
+    assert (
+        load_config(chosen).rules()["weight_growth"].params["max_rate"] == rule.params["max_rate"]
+    )
     missing = CliRunner().invoke(cli, ["calibrate", "--db", url, "--runs", "nope"])
     assert missing.exit_code == 1 and "nope" in missing.output
 

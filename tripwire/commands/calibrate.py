@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -21,10 +22,10 @@ from tripwire.options import UserError, db_option
 @click.option(
     "--config",
     "config_path",
-    default="tripwire.toml",
-    show_default=True,
+    default=None,
     metavar="FILE",
-    help="The file to update (created if absent); its other settings are kept.",
+    help="The file to update (created if absent; default: $TRIPWIRE_CONFIG, else "
+    "./tripwire.toml); its other settings are kept.",
 )
 @click.option(
     "--margin",
@@ -35,7 +36,7 @@ from tripwire.options import UserError, db_option
 )
 @click.option("--dry-run", is_flag=True, help="Print the thresholds; write nothing.")
 def calibrate_command(
-    db_url: str | None, run_names: str, config_path: str, margin: float, dry_run: bool
+    db_url: str | None, run_names: str, config_path: str | None, margin: float, dry_run: bool
 ) -> None:
     """Learn per-model thresholds from runs you mark as healthy and write them to FILE.
 
@@ -50,13 +51,13 @@ def calibrate_command(
         import tomllib
 
         from alerts.calibrate import apply, learn
-        from alerts.config import ConfigError, load_config
+        from alerts.config import ENV_CONFIG, ConfigError, load_config
         from alerts.toml_out import dumps
     except ImportError as exc:
         raise UserError(f"calibration needs the alerts extra ({exc.name} is missing)") from None
     from storage import Database, RunNotFound, runs
 
-    path = Path(config_path)
+    path = Path(config_path or os.environ.get(ENV_CONFIG) or "tripwire.toml")
     try:
         config = load_config(path if path.exists() else None, search=False)
     except ConfigError as exc:
