@@ -48,9 +48,9 @@ class _Strict(BaseModel):
 class EngineSettings(_Strict):
     """How the engine evaluates (``[engine]``)."""
 
-    interval_s: float = Field(10.0, gt=0)
+    interval_s: float = Field(10.0, gt=0, le=86_400)
     """Seconds between scheduler ticks."""
-    misfire_grace_s: float = Field(30.0, gt=0)
+    misfire_grace_s: float = Field(30.0, gt=0, le=86_400)
     """A tick late by more than this is skipped (ticks never pile up)."""
     repeat_every_steps: int = Field(1000, ge=1)
     """A firing alert is re-sent after this many training steps."""

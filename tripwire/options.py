@@ -22,6 +22,33 @@ config_option = click.option(
 )
 
 
+MAX_INTERVAL_S = 86_400.0
+"""The longest scheduler interval accepted (a day), on the command line and in ``[engine]``."""
+
+
+class Seconds(click.ParamType):
+    """A positive, finite number of seconds, at most :data:`MAX_INTERVAL_S`."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 < seconds <= MAX_INTERVAL_S:  # NaN fails this too
+            self.fail(f"{value} is not in (0, {MAX_INTERVAL_S:g}] seconds", param, ctx)
+        return seconds
+
+
+interval_option = click.option(
+    "--interval",
+    type=Seconds(),
+    default=None,
+    help="Seconds between scheduler ticks (default: [engine] interval_s of tripwire.toml, 10).",
+)
+
+
 class UserError(click.ClickException):
     """A problem the user can fix (bad argument, missing file): printed as one line, exit 1."""
 

@@ -128,6 +128,13 @@ def test_silence_and_unsilence(runner, exploded):
     assert "removed 1 silence(s)" in out.output
 
 
+@pytest.mark.parametrize("command", ["scheduler", "up"])
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf", "1e300", "soon"])
+def test_a_bad_interval_is_refused_before_anything_runs(runner, sqlite_db, command, interval):
+    out = runner.invoke(cli, [command, "--interval", interval, "--db", sqlite_db.url])
+    assert out.exit_code == 2 and "Invalid value for '--interval'" in out.output
+
+
 def test_scheduler_once_evaluates_and_is_idempotent(runner, exploded):
     from storage import utcnow
 

@@ -66,6 +66,10 @@ def test_a_full_file_loads_and_overrides_defaults(tmp_path):
     "data, where",
     [
         ({"engine": {"interval_s": 0}}, "engine.interval_s: Input should be greater than 0"),
+        (
+            {"engine": {"interval_s": 1e300}},
+            "engine.interval_s: Input should be less than or equal to 86400",
+        ),
         ({"engine": {"intervall_s": 3}}, "engine.intervall_s: unknown key"),
         ({"predictors": {"sa_colapse": {}}}, "predictors.sa_colapse: unknown predictor; valid:"),
         (

@@ -11,7 +11,7 @@ from datetime import timedelta
 import click
 
 from storage.alerts import SEVERITIES
-from tripwire.options import UserError, config_option, db_option
+from tripwire.options import UserError, config_option, db_option, interval_option
 
 HINT = "pip install 'tripwire[alerts]'"
 
@@ -51,7 +51,7 @@ def _database(db_url: str | None):
 @click.command("scheduler")
 @db_option
 @config_option
-@click.option("--interval", type=float, default=None, help="Seconds between ticks (default 10).")
+@interval_option
 @click.option("--once", is_flag=True, help="Run one tick, print its events and exit.")
 def scheduler_command(db_url: str | None, config_path: str | None, interval, once: bool) -> None:  # noqa: ANN001
     """Evaluate every live run on an interval and send notifications.

@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from tripwire.options import UserError, config_option, db_option
+from tripwire.options import UserError, config_option, db_option, interval_option
 
 HINT = "pip install 'tripwire[dashboard]'"
 
@@ -113,7 +113,7 @@ def dashboard_command(db_url: str | None, config_path: str | None, host: str, po
 @click.command("up")
 @db_option
 @config_option
-@click.option("--interval", type=float, default=None, help="Seconds between scheduler ticks.")
+@interval_option
 @host_option
 @port_option
 def up_command(db_url: str | None, config_path: str | None, interval, host: str, port: int) -> None:  # noqa: ANN001
