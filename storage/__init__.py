@@ -12,9 +12,16 @@ the plain dataclasses of :mod:`storage.entities`.
 
 from storage.db import DEFAULT_URL, Database, redact_url, resolve_url, utcnow
 from storage.entities import LAYER_STATISTICS, STEP_STATISTICS, Layer, LayerStat, Run, ScalarPoint
-from storage.errors import RunNotFound, SchemaOutOfDate, StorageError, StoreUnavailable
+from storage.errors import (
+    BadDatabaseUrl,
+    RunNotFound,
+    SchemaOutOfDate,
+    StorageError,
+    StoreUnavailable,
+)
 
 __all__ = [
+    "BadDatabaseUrl",
     "DEFAULT_URL",
     "LAYER_STATISTICS",
     "STEP_STATISTICS",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import migrate
-from storage.errors import SchemaOutOfDate, StoreUnavailable
+from storage.errors import BadDatabaseUrl, SchemaOutOfDate, StoreUnavailable
 
 DEFAULT_URL = "sqlite:///tripwire.db"
 """The embedded default: a SQLite file in the working directory."""
@@ -82,11 +82,24 @@ class Database:
     ...     ...
     """
 
-    def __init__(self, url: str | None = None, *, pool_pre_ping: bool = True):
+    def __init__(self, url: str | None = None, *, pool_pre_ping: bool = True, create: bool = True):
+        """``create=False`` refuses a SQLite file that does not exist yet (for commands that
+        only read: a typo in the path is an error, not a new empty database)."""
         self.url = resolve_url(url)
-        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        try:
+            self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        except ArgumentError:
+            raise BadDatabaseUrl(
+                f"not a database URL: {self.url!r} "
+                "(e.g. sqlite:///tripwire.db or postgresql://USER@HOST:5432/DB)"
+            ) from None
         path = _sqlite_path(self.url)
         self._new_sqlite_file = path is not None and (not path.exists() or path.stat().st_size == 0)
+        if path is not None and not create and not path.exists():
+            raise BadDatabaseUrl(
+                f"no database at {path.resolve()}: name one with --db or $TRIPWIRE_DB_URL, "
+                "or train a run into this one first"
+            )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict = {"pool_pre_ping": pool_pre_ping, "future": True}
@@ -97,7 +110,13 @@ class Database:
             }
         else:
             kwargs["connect_args"] = {"connect_timeout": 5}
-        self.engine = create_engine(self.url, **kwargs)
+        try:
+            self.engine = create_engine(self.url, **kwargs)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise BadDatabaseUrl(
+                f"{redact_url(self.url)}: no driver for it here ({exc}); Tripwire stores to "
+                "SQLite, or to PostgreSQL with pip install 'tripwire[postgres]'"
+            ) from None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

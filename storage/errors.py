@@ -5,6 +5,11 @@ class StorageError(Exception):
     """Base class of storage errors."""
 
 
+class BadDatabaseUrl(StorageError, ValueError):
+    """The database URL cannot be used: not a URL, a backend without its driver here, or a
+    SQLite file that does not exist where one is only read."""
+
+
 class StoreUnavailable(StorageError):
     """The database cannot be reached or refused the operation (network, locks, server down).
 

@@ -110,7 +110,7 @@ def export_frame(
     """
     if what not in WHAT:
         raise ValueError(f"what must be one of {', '.join(WHAT)}, got {what!r}")
-    database = db if isinstance(db, Database) else Database(db)
+    database = db if isinstance(db, Database) else Database(db, create=False)
     database.ensure_schema()
     found = runs.find_run(database, run, project=project)
     build = {"scalars": scalars_frame, "layers": layers_frame, "alerts": alerts_frame}[what]

@@ -64,7 +64,21 @@ def test_db_upgrade_then_status(sqlite_url):
     again = tripwire("db", "upgrade", "--db", sqlite_url)
     assert "already at" in again.stdout
     status = tripwire("db", "status", "--db", sqlite_url)
-    assert "up to date" in status.stdout
+    assert status.returncode == 0 and "up to date" in status.stdout
+
+
+def test_db_status_exits_1_and_names_the_fix_unless_up_to_date(sqlite_url, tmp_path):
+    import sqlite3
+
+    tripwire("db", "upgrade", "--db", sqlite_url)
+    with sqlite3.connect(tmp_path / "tripwire.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    newer = tripwire("db", "status", "--db", sqlite_url)
+    assert newer.returncode == 1 and "newer than this Tripwire: upgrade Tripwire" in newer.stdout
+    with sqlite3.connect(tmp_path / "tripwire.db") as conn:
+        conn.execute("DELETE FROM alembic_version")
+    empty = tripwire("db", "status", "--db", sqlite_url)
+    assert empty.returncode == 1 and "needs `tripwire db upgrade`" in empty.stdout
 
 
 def test_runs_json_lists_name_project_status_last_step(sqlite_url, tmp_path):
@@ -126,7 +140,16 @@ def test_export_uses_the_contract_column_names_in_every_format(sqlite_url, tmp_p
     assert alerts.stdout.startswith("run,predictor,severity,step,layer,message")
 
 
-def test_errors_are_one_line(sqlite_url, pg_url):
+def test_errors_are_one_line(sqlite_url, pg_url, tmp_path):
+    for command in (["runs"], ["export", "--run", "x"], ["evaluate"], ["db", "status"]):
+        typo = tripwire(*command, "--db", f"sqlite:///{tmp_path / 'typo' / 'runs.db'}")
+        assert typo.returncode == 1 and typo.stderr.startswith("error: no database at "), command
+        assert not (tmp_path / "typo").exists()  # reading creates nothing
+    for url, says in (("notaurl", "not a database URL"), ("mysql://u@h/db", "no driver for it")):
+        bad = tripwire("runs", "--db", url)
+        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("error: ") and says in bad.stderr
+    tripwire("db", "upgrade", "--db", sqlite_url)
     missing = tripwire("export", "--run", "nope", "--db", sqlite_url)
     assert missing.returncode == 1 and missing.stderr.strip() == "error: no run named 'nope'"
     unmigrated = tripwire("runs", "--db", pg_url)  # PostgreSQL is never upgraded implicitly

@@ -40,10 +40,11 @@ def routes_or_exit(config):  # noqa: ANN001
         raise UserError(f"{exc}") from None
 
 
-def _database(db_url: str | None):
+def _database(db_url: str | None, *, create: bool = True):
+    """The database, its schema checked; ``create=False`` for commands that only read it."""
     from storage import Database
 
-    db = Database(db_url)
+    db = Database(db_url, create=create)
     db.ensure_schema()
     return db
 
@@ -125,7 +126,7 @@ def evaluate_command(
     from alerts.config import SEVERITY_RANK
     from storage import runs
 
-    db = _database(db_url)
+    db = _database(db_url, create=False)
     targets = [runs.find_run(db, run_name)] if run_name else runs.list_runs(db)
     weakest = SEVERITY_RANK[min_severity]
     found = []
@@ -213,7 +214,7 @@ def silence_command(db_url: str | None, run_name: str, duration, reason, remove:
     from storage import alerts as store
     from storage import runs, utcnow
 
-    db = _database(db_url)
+    db = _database(db_url, create=False)
     run = runs.find_run(db, run_name)
     if remove:
         removed = store.unsilence_run(db, run.id)

@@ -62,7 +62,7 @@ def calibrate_command(
         config = load_config(path if path.exists() else None, search=False)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    db = Database(db_url)
+    db = Database(db_url, create=False)
     db.ensure_schema()
     names = [n.strip() for n in run_names.split(",") if n.strip()]
     if not names:

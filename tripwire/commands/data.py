@@ -35,11 +35,23 @@ def db_upgrade(db_url: str | None) -> None:
 @db_group.command("status")
 @db_option
 def db_status(db_url: str | None) -> None:
-    """Show the schema revision of the database and the one this Tripwire needs."""
-    db = Database(db_url)
+    """Show the schema revision of the database and the one this Tripwire needs.
+
+    Exits 1 unless they are the same, so a script can check before it starts anything.
+    """
+    from storage import migrate
+
+    db = Database(db_url, create=False)
     current, head = db.schema_status()
-    state = "up to date" if current == head else "needs `tripwire db upgrade`"
+    if current == head:
+        state = "up to date"
+    elif current is not None and not migrate.is_known(current):
+        state = "newer than this Tripwire: upgrade Tripwire (pip install -U tripwire)"
+    else:
+        state = "needs `tripwire db upgrade`"
     click.echo(f"{redact_url(db.url)}: schema {current or '(none)'}, head {head}: {state}")
+    if current != head:
+        sys.exit(1)
 
 
 def _display_status(run, now: datetime, stalled_after_s: float) -> str:
@@ -78,7 +90,7 @@ def runs_command(
     """
     if ctx.invoked_subcommand is not None:
         return
-    db = Database(db_url)
+    db = Database(db_url, create=False)
     db.ensure_schema()
     now = utcnow()
     found = series.runs_overview(
@@ -158,7 +170,7 @@ def delete_command(
     """
     if bool(names) == (older_than_days is not None):
         raise UserError("name the runs to delete, or give --older-than DAYS (not both)")
-    db = Database(db_url)
+    db = Database(db_url, create=False)
     db.ensure_schema()
     now = utcnow()
     after_s = configured_after_s()
