@@ -1,5 +1,8 @@
 """A run's data as pandas DataFrames in the contract's column names (``run``, ``step``, ``layer``, ...).
 
+Statistics are nullable floats: ``<NA>`` where nothing was stored (a scalar not logged at that
+step), NaN and ±Inf where they were (``df.loss.isna()`` finds the gaps, ``np.isnan`` the NaNs).
+
 >>> from storage.export import export_frame
 >>> df = export_frame("gpt-small-lr3e-3", what="layers")   # doctest: +SKIP
 >>> df.columns[:4].tolist()
@@ -26,9 +29,34 @@ def _pandas():
     return pd
 
 
+def _floats(values: list[float | None]):
+    """A nullable float column: ``<NA>`` where nothing was stored, NaN and ±Inf as stored."""
+    import numpy as np
+
+    pd = _pandas()
+    mask = np.array([v is None for v in values], dtype=bool)
+    data = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+    return pd.arrays.FloatingArray(data, mask)
+
+
+def _frame(rows: list[dict], columns: list[str], floats: list[str], ints: tuple[str, ...] = ()):
+    """``rows`` as a DataFrame whose ``floats`` keep missing apart from NaN and ``ints`` stay
+    integers where some are missing."""
+    pd = _pandas()
+    data = {}
+    for name in columns:
+        values = [row.get(name) for row in rows]
+        if name in floats:
+            data[name] = _floats(values)
+        elif name in ints:
+            data[name] = pd.array(values, dtype="Int64")
+        else:
+            data[name] = values
+    return pd.DataFrame(data, columns=columns)
+
+
 def scalars_frame(db: Database, run_id: int, run_name: str):
     """One row per step: ``run, step, wall_time, loss, lr, grad_norm, weight_norm, <user scalars>``."""
-    pd = _pandas()
     points = stats.scalar_series(db, run_id)
     keys = sorted(
         {p.key for p in points},
@@ -45,26 +73,23 @@ def scalars_frame(db: Database, run_id: int, run_name: str):
         )
         row[p.key] = p.value
     columns = ["run", "step", "wall_time", *keys]
-    return pd.DataFrame([by_step[s] for s in sorted(by_step)], columns=columns)
+    return _frame([by_step[s] for s in sorted(by_step)], columns, floats=keys)
 
 
 def layers_frame(db: Database, run_id: int, run_name: str):
     """One row per (step, layer): ``run, step, layer, <LAYER_STATISTICS>, sa_hist, wall_time``."""
-    pd = _pandas()
     rows = [
         {"run": run_name, "step": s.step, "layer": s.layer}
         | {name: getattr(s, name) for name in LAYER_STATISTICS}
         | {"sa_hist": s.sa_hist, "wall_time": s.wall_time}
         for s in stats.layer_stats(db, run_id)
     ]
-    return pd.DataFrame(
-        rows, columns=["run", "step", "layer", *LAYER_STATISTICS, "sa_hist", "wall_time"]
-    )
+    columns = ["run", "step", "layer", *LAYER_STATISTICS, "sa_hist", "wall_time"]
+    return _frame(rows, columns, floats=list(LAYER_STATISTICS))
 
 
 def alerts_frame(db: Database, run_id: int, run_name: str):
     """One row per alert: ``run, predictor, severity, step (fired), layer, message, state, ...``."""
-    pd = _pandas()
     with db.session() as s:
         found = s.scalars(
             select(SqlAlert)
@@ -98,7 +123,7 @@ def alerts_frame(db: Database, run_id: int, run_name: str):
         "resolved_step",
         "score",
     ]
-    return pd.DataFrame(rows, columns=columns)
+    return _frame(rows, columns, floats=["score"], ints=("step", "first_step", "resolved_step"))
 
 
 def export_frame(

@@ -53,7 +53,10 @@ def _record_run(url: str, tmp_path, name: str = "cli-run") -> None:
             x = torch.randn(8, 6)
             loss = model(x).pow(2).mean()
             loss.backward()
-            monitor.log(step, loss=loss if step != 7 else torch.tensor(float("nan")), lr=0.01)
+            extra = {"spike": float("inf") if step == 3 else 1.0} if step % 3 == 0 else {}
+            monitor.log(
+                step, loss=loss if step != 7 else torch.tensor(float("nan")), lr=0.01, **extra
+            )
             opt.step()
             opt.zero_grad()
 
@@ -107,6 +110,32 @@ def test_export_uses_the_contract_column_names_in_every_format(sqlite_url, tmp_p
         "weight_norm",
     ]
     assert len(frame) == 12 and math.isnan(frame.loc[frame.step == 7, "loss"].item())
+    # NaN and Inf as stored, apart from what was never logged (an empty cell / null)
+    rows = {line.split(",")[1]: line for line in scalars.stdout.splitlines()[1:]}
+    spike = list(frame.columns).index("spike")
+    assert rows["7"].split(",")[3] == "nan" and rows["7"].split(",")[spike] == ""
+    assert rows["3"].split(",")[spike] == "inf" and rows["6"].split(",")[spike] == "1.0"
+    as_json = tripwire("export", "--run", "cli-run", "--format", "json", "--db", sqlite_url)
+    by_step = {r["step"]: r for r in json.loads(as_json.stdout)}
+    assert by_step[7]["loss"] == "nan" and by_step[7]["spike"] is None
+    assert by_step[3]["spike"] == "inf" and by_step[6]["spike"] == 1.0
+    scalars_parquet = tmp_path / "scalars.parquet"
+    tripwire(
+        "export",
+        "--run",
+        "cli-run",
+        "--format",
+        "parquet",
+        "-o",
+        str(scalars_parquet),
+        "--db",
+        sqlite_url,
+    )
+    import pyarrow.parquet as pq
+
+    stored = pq.read_table(scalars_parquet).to_pydict()
+    seven = stored["step"].index(7)
+    assert math.isnan(stored["loss"][seven]) and stored["spike"][seven] is None
 
     layers = tripwire(
         "export", "--run", "cli-run", "--what", "layers", "--format", "json", "--db", sqlite_url
@@ -138,6 +167,13 @@ def test_export_uses_the_contract_column_names_in_every_format(sqlite_url, tmp_p
 
     alerts = tripwire("export", "--run", "cli-run", "--what", "alerts", "--db", sqlite_url)
     assert alerts.stdout.startswith("run,predictor,severity,step,layer,message")
+    tripwire("evaluate", "--db", sqlite_url)  # stores nothing; the scheduler would:
+    tripwire("scheduler", "--once", "--db", sqlite_url)
+    fired = tripwire(
+        "export", "--run", "cli-run", "--what", "alerts", "--format", "json", "--db", sqlite_url
+    )
+    (nan_loss,) = [a for a in json.loads(fired.stdout) if a["predictor"] == "non_finite"]
+    assert nan_loss["step"] == 7 and isinstance(nan_loss["resolved_step"], int)  # not 10.0
 
 
 def test_errors_are_one_line(sqlite_url, pg_url, tmp_path):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 from datetime import timedelta
 
 import click
 
 from storage.alerts import SEVERITIES
+from tripwire import jsonout
 from tripwire.options import UserError, config_option, db_option, interval_option
 
 HINT = "pip install 'tripwire[alerts]'"
@@ -94,12 +93,6 @@ def _event_line(event) -> str:  # noqa: ANN001
     return f"{event.kind} {event.severity} {event.predictor}{layer} run={event.run} step={event.step}{told}"
 
 
-def _json_safe(value):  # noqa: ANN001
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 @click.command("evaluate")
 @db_option
 @config_option
@@ -133,8 +126,7 @@ def evaluate_command(
     for run in reversed(targets):  # oldest first
         found += [a for a in evaluate_run(db, run, config) if SEVERITY_RANK[a.severity] >= weakest]
     if as_json:
-        rows = [{k: _json_safe(v) for k, v in a.as_dict().items()} for a in found]
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(jsonout.dumps([a.as_dict() for a in found], indent=2))
         return
     if not found:
         click.echo(f"no alerts in {len(targets)} run(s)")

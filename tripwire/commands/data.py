@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timedelta
 
@@ -11,6 +10,7 @@ import click
 from alerts.predictors.stalled import configured_after_s
 from storage import Database, redact_url, runs, series, utcnow
 from storage.export import WHAT, export_frame
+from tripwire import jsonout
 from tripwire.options import UserError, db_option
 
 
@@ -117,7 +117,7 @@ def runs_command(
     ]
     note = f"the newest {limit} runs shown; --limit 0 lists them all" if more else None
     if as_json:
-        click.echo(json.dumps(items, indent=2, default=str))
+        click.echo(jsonout.dumps(items, indent=2))
         if note:
             click.echo(note, err=True)
         return
@@ -241,7 +241,7 @@ def export_command(db_url, run_name, what, fmt, output, project) -> None:
             raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
         return
     if fmt == "json":
-        text = frame.to_json(orient="records", date_format="iso")
+        text = jsonout.dumps(frame.to_dict(orient="records"))
     else:
         if "sa_hist" in frame:
             frame["sa_hist"] = frame["sa_hist"].map(
