@@ -275,8 +275,11 @@ class Monitor:
             self._writer.close(timeout)
             if self._writer.spooled:
                 log.warning(
-                    "tripwire: the database was unreachable; %s keeps the rows, replayed when this run "
-                    "resumes (collector.watch(..., run_id=%r))",
+                    "tripwire: %s; %s keeps the rows, replayed when this run resumes "
+                    "(collector.watch(..., run_id=%r))",
+                    "the database was unreachable"
+                    if self._writer.unreachable
+                    else "writing them failed (the error is logged above)",
                     self._writer.spool_path,
                     self.uid,
                 )
@@ -326,6 +329,7 @@ class Monitor:
             self.uid,
             spool_dir=spool_dir,
             on_written=self._poll_alerts if self.halt_on_alert else None,
+            on_error=self._writer_failed,
         )
         self._writer.put(
             "start",
@@ -513,6 +517,10 @@ class Monitor:
         if firing:
             with self._alarm_lock:
                 self._fired = firing
+
+    def _writer_failed(self) -> None:
+        """Runs in the writer thread after a failure it logged (once) itself."""
+        self.errors += 1
 
     def _failed(self) -> None:
         self.errors += 1

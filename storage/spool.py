@@ -3,6 +3,8 @@
 The writer appends what it could not write to ``<spool dir>/<run uid>.jsonl`` and replays it
 once the database answers. A trainer that stops before that leaves the file; these functions
 list such files and replay them into a database (``tripwire spool list`` / ``replay``).
+A line that does not decode (torn by a kill or a full disk mid-write) is skipped; every other
+line is replayed, and the skipped ones are kept in ``<run uid>.jsonl.bad`` when the file goes.
 
 >>> for f in spooled_files(DEFAULT_SPOOL_DIR):                        # doctest: +SKIP
 ...     print(f.run_uid, f.records, replay(Database(url), f))
@@ -16,7 +18,7 @@ from pathlib import Path
 from storage import runs
 from storage.db import Database
 from storage.errors import RunNotFound, StorageError
-from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter, read_spool
+from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter, bad_lines_path, read_spool
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,12 @@ class SpoolFile:
     has_start: bool
     first_step: int | None
     last_step: int | None
+    unreadable: int = 0
+    """Lines that do not decode: skipped, and kept in :attr:`bad_path` once the rest is replayed."""
+
+    @property
+    def bad_path(self) -> Path:
+        return bad_lines_path(self.path)
 
 
 class SpoolNotReplayable(StorageError):
@@ -46,7 +54,7 @@ def spooled_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[SpoolFile]:
 
 
 def _summary(path: Path) -> SpoolFile:
-    records = read_spool(path)
+    records, bad = read_spool(path)
     data = [payload for kind, payload in records if kind in ("scalars", "layer_stats")]
     steps = [row["step"] for payload in data for row in payload]
     return SpoolFile(
@@ -57,6 +65,7 @@ def _summary(path: Path) -> SpoolFile:
         any(kind == "start" for kind, _ in records),
         min(steps, default=None),
         max(steps, default=None),
+        len(bad),
     )
 
 
@@ -64,16 +73,17 @@ def replay(db: Database, spool: SpoolFile, timeout: float = 300.0) -> int:
     """Write ``spool``'s records into ``db`` in order; returns the rows written.
 
     The file is removed once everything is in the database (writes are idempotent, so a
-    replay that is interrupted can simply run again). Raises :class:`SpoolNotReplayable` if
-    the run is unknown to ``db`` and the file does not start it, and ``StoreUnavailable`` if
-    the database cannot be reached (the file is kept).
+    replay that is interrupted can simply run again); its lines that do not decode are then
+    kept in ``spool.bad_path``. Raises :class:`SpoolNotReplayable` if the run is unknown to
+    ``db`` and the file does not start it, and ``StoreUnavailable`` if the database cannot be
+    reached (the file is kept).
     """
     try:
         run = runs.find_run(db, spool.run_uid)
         run_id = run.id
         layer_ids = {layer.name: layer.id for layer in runs.layers(db, run.id)}
     except RunNotFound:
-        if not spool.has_start:
+        if spool.records and not spool.has_start:  # no records: only bad lines to set aside
             raise SpoolNotReplayable(
                 f"{spool.path}: run {spool.run_uid} is not in this database and the file does "
                 "not start it; replay it into the database the trainer wrote to"

@@ -16,6 +16,12 @@ A payload may also be a function that returns it: the writer thread calls it whe
 record (the collector's rows, read back from the device there so that the training thread does
 not wait). One that raises is logged and its record dropped.
 
+The thread never dies: a write that fails for another reason than an unreachable database is
+logged (the first time), counted in ``errors`` (and ``on_error``), and its records are spooled
+and retried like those of an outage. A spool line that does not decode (the torn last line of a
+write cut short by a kill or a full disk) is skipped with a warning; once the rest is replayed,
+such lines are kept in ``<run uid>.jsonl.bad`` beside the spool.
+
 Times inside records are Unix seconds (floats) so the spool stays plain JSON.
 """
 
@@ -69,11 +75,13 @@ class BatchWriter:
         heartbeat_interval: float = 15.0,
         retry_max_interval: float = 30.0,
         on_written: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
         run_id: int | None = None,
         layer_ids: dict[str, int] | None = None,
     ):
         """``run_id`` and ``layer_ids`` continue a run already in the database without a
-        ``start`` record (replaying a spool file whose start was written before it)."""
+        ``start`` record (replaying a spool file whose start was written before it).
+        ``on_error`` is called on the writer thread after each failure counted in ``errors``."""
         self.db = db
         self.run_uid = run_uid
         self.spool_path = Path(spool_dir or DEFAULT_SPOOL_DIR) / f"{run_uid}.jsonl"
@@ -81,10 +89,15 @@ class BatchWriter:
         self.heartbeat_interval = heartbeat_interval
         self.retry_max_interval = retry_max_interval
         self.on_written = on_written
+        self.on_error = on_error
         self.run_id: int | None = run_id
         self.rows_written = 0
-        self.write_failures = 0
+        self.write_failures = 0  # writes that found the database unreachable
+        self.unreachable = False  # the last write found the database unreachable
+        self.errors = 0  # any other failure: a write that raised, a record not read back
         self.dropped = 0  # records whose payload function raised
+        self._logged: set[str] = set()  # the failures logged once already
+        self._bad_lines_warned = 0
         self._layer_ids: dict[str, int] = dict(layer_ids or {})
         self._bucket_width: int | None = None  # the run's rollup bucket width, read once
         self._queue: queue.Queue = queue.Queue()
@@ -142,7 +155,10 @@ class BatchWriter:
         stopping = False
         while not stopping:
             batch, stopping = self._drain()
-            self._write(batch, force=stopping)
+            try:
+                self._write(batch, force=stopping)
+            except Exception:  # a thread that died would leave flush() and close() waiting
+                self._failed("the writer failed on a batch of %d records", len(batch))
             with self._flushed:
                 self._done_count += len(batch)
                 self._flushed.notify_all()
@@ -172,9 +188,17 @@ class BatchWriter:
             return payload()
         except Exception:
             self.dropped += 1
-            if self.dropped == 1:
-                log.exception("tripwire: a %s record could not be read back; dropped", kind)
+            self._failed("a %s record could not be read back; dropped", kind)
             return []
+
+    def _failed(self, message: str, *args) -> None:
+        """Count an unexpected failure; log it (with its traceback) the first time it happens."""
+        self.errors += 1
+        if message not in self._logged:
+            self._logged.add(message)
+            log.exception("tripwire: " + message + " (further failures are counted)", *args)
+        if self.on_error is not None:
+            self.on_error()
 
     def _write(self, batch: list, *, force: bool) -> None:
         now = time.monotonic()
@@ -185,23 +209,46 @@ class BatchWriter:
             self._spool(batch)
             return
         try:
-            replayed = self._read_spool()
+            replayed, bad = self._read_spool()
             self._commit(replayed + batch)
         except StoreUnavailable as exc:
             self.write_failures += 1
+            self.unreachable = True
             if self.write_failures == 1 or self.write_failures % 100 == 0:
                 log.warning(
                     "tripwire: database unavailable, spooling to %s (%s)", self.spool_path, exc
                 )
-            self._spool(batch)
-            self._retry_at = time.monotonic() + self._retry_delay
-            self._retry_delay = min(self._retry_delay * 2, self.retry_max_interval)
+            self._retry_later(batch)
             return
-        if replayed:
+        except Exception:
+            self.unreachable = False
+            self._failed(
+                "writing %d records failed; spooled to %s and retried", len(batch), self.spool_path
+            )
+            self._retry_later(batch)
+            return
+        self.unreachable = False
+        if replayed or bad:
+            if bad:
+                _append_lines(bad_lines_path(self.spool_path), bad)
             log.info("tripwire: replayed %d spooled records into the database", len(replayed))
             self.spool_path.unlink(missing_ok=True)
+            self._bad_lines_warned = 0
         self._retry_delay = 0.5
         self._last_beat = now
+        if self.run_id is not None and self.on_written is not None:
+            try:
+                self.on_written(self.run_id)
+            except StoreUnavailable:
+                pass  # the rows are written; it is called again after the next write
+            except Exception:
+                self._failed("the on_written callback failed")
+
+    def _retry_later(self, batch: list) -> None:
+        """Spool ``batch`` and back off before the next attempt."""
+        self._spool(batch)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.retry_max_interval)
 
     def _commit(self, records: list) -> None:
         """Write records in order in one transaction; caches change only once it committed."""
@@ -256,28 +303,82 @@ class BatchWriter:
                 runs.touch(session, run_id, last_step=self._last_step, at=_to_datetime(time.time()))
         self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written
-        if run_id is not None and self.on_written is not None:
-            self.on_written(run_id)
 
     # -- the spool file -------------------------------------------------------------------------
 
     def _spool(self, records: list) -> None:
         if not records:
             return
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool_path.open("a", encoding="utf-8") as f:
-            for kind, payload in records:
-                f.write(
-                    json.dumps([kind, payload]) + "\n"
-                )  # NaN/Infinity allowed: json round-trips them
-            f.flush()
-            os.fsync(f.fileno())
+        # NaN/Infinity allowed: json round-trips them
+        text = "".join(json.dumps([kind, payload]) + "\n" for kind, payload in records)
+        try:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.spool_path.open("a+b") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end:
+                    f.seek(end - 1)
+                    if f.read(1) != b"\n":
+                        text = "\n" + text  # a torn last line: end it, or it swallows ours
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, TypeError, ValueError):  # a full disk; a payload json cannot write
+            self._failed(
+                "%d records could not be spooled to %s; lost", len(records), self.spool_path
+            )
 
-    def _read_spool(self) -> list:
-        return read_spool(self.spool_path) if self.spooled else []
+    def _read_spool(self) -> tuple[list, list[str]]:
+        if not self.spooled:
+            return [], []
+        records, bad = read_spool(self.spool_path)
+        if len(bad) > self._bad_lines_warned:
+            self._bad_lines_warned = len(bad)
+            log.warning(
+                "tripwire: %s: skipping %d lines that do not decode (a write cut short); the "
+                "rest is replayed, and those lines are then kept in %s",
+                self.spool_path,
+                len(bad),
+                bad_lines_path(self.spool_path),
+            )
+        return records, bad
 
 
-def read_spool(path: Path) -> list[tuple[str, object]]:
-    """The ``(kind, payload)`` records of a spool file, in the order they were spooled."""
-    with path.open(encoding="utf-8") as f:
-        return [tuple(json.loads(line)) for line in f if line.strip()]
+def read_spool(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
+    """The ``(kind, payload)`` records of a spool file, in the order they were spooled, and the
+    lines that do not decode (skipped: a write cut short by a kill or a full disk tears the last
+    line; every line before and after it is kept).
+
+    >>> records, bad = read_spool(Path("spool/3f2a.jsonl"))  # doctest: +SKIP
+    >>> records[0][0], bad
+    ('start', ['{"broken json'])
+    """
+    records, bad = [], []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, list) and len(record) == 2 and isinstance(record[0], str):
+                records.append(tuple(record))
+            else:
+                bad.append(line.rstrip("\n"))
+    return records, bad
+
+
+def bad_lines_path(spool_path: Path) -> Path:
+    """Where a spool file's lines that do not decode are kept once the rest is replayed.
+
+    >>> bad_lines_path(Path("spool/3f2a.jsonl"))
+    PosixPath('spool/3f2a.jsonl.bad')
+    """
+    return spool_path.with_name(spool_path.name + ".bad")
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())

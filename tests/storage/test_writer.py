@@ -4,7 +4,7 @@ import json
 import time
 
 from storage import Database, runs, stats
-from storage.writer import BatchWriter
+from storage.writer import BatchWriter, read_spool
 
 
 def _start(uid: str) -> tuple:
@@ -145,3 +145,87 @@ def test_a_spool_left_by_a_dead_process_is_replayed_on_resume(sqlite_url, tmp_pa
     resumed.close()
     run = runs.find_run(db, "w3")
     assert [p.step for p in stats.scalar_series(db, run.id)] == [0, 1, 2]
+
+
+def _spool_lines(records) -> str:
+    return "".join(json.dumps(list(r)) + "\n" for r in records)
+
+
+def test_a_spool_line_that_does_not_decode_is_skipped_and_every_other_line_kept(tmp_path):
+    spool = tmp_path / "w4.jsonl"
+    spool.write_text(
+        _spool_lines([_start("w4"), ("scalars", _scalars(0))])
+        + '["scalars", [{"step": 1, "ke\n'  # a line torn in the middle of the file
+        + _spool_lines([("scalars", _scalars(2))])
+        + '{"broken json'  # the torn last line a SIGKILL leaves
+    )
+    records, bad = read_spool(spool)
+    assert [kind for kind, _ in records] == ["start", "scalars", "scalars"]
+    assert [payload[0]["step"] for kind, payload in records if kind == "scalars"] == [0, 2]
+    assert bad == ['["scalars", [{"step": 1, "ke', '{"broken json']
+
+
+def test_rows_spooled_after_a_torn_last_line_stay_readable(tmp_path):
+    """The writer appends to a spool whose last line is torn: the torn line stays one bad line."""
+    spool = tmp_path / "w5.jsonl"
+    spool.write_text(_spool_lines([_start("w5"), ("scalars", _scalars(0))]) + '{"broken json')
+    down = Database("postgresql+psycopg://nobody@127.0.0.1:1/nothing")  # nothing listens there
+    writer = BatchWriter(down, "w5", spool_dir=tmp_path)
+    writer.put("scalars", _scalars(1))
+    writer.close(10)
+    records, bad = read_spool(spool)
+    assert [payload[0]["step"] for kind, payload in records if kind == "scalars"] == [0, 1]
+    assert bad == ['{"broken json'] and writer.unreachable and writer.errors == 0
+
+
+def test_a_resumed_writer_replays_a_torn_spool_and_keeps_its_bad_lines_aside(db, tmp_path, caplog):
+    spool = tmp_path / "w6.jsonl"
+    spool.write_text(
+        _spool_lines([_start("w6"), ("scalars", _scalars(0))])
+        + "{garbage\n"
+        + _spool_lines([("scalars", _scalars(1))])
+        + '{"broken json'
+    )
+    resumed = BatchWriter(db, "w6", spool_dir=tmp_path)
+    resumed.put(*_start("w6"))
+    resumed.put("scalars", _scalars(2))
+    assert resumed.flush(10)
+    resumed.put("scalars", _scalars(3))  # the thread goes on writing
+    resumed.close(10)
+    run = runs.find_run(db, "w6")
+    assert [p.step for p in stats.scalar_series(db, run.id)] == [0, 1, 2, 3]
+    assert not spool.exists() and resumed.errors == 0
+    assert (tmp_path / "w6.jsonl.bad").read_text() == '{garbage\n{"broken json\n'
+    assert caplog.text.count("2 lines that do not decode") == 1
+
+
+def test_an_unexpected_failure_of_a_write_is_counted_and_later_batches_are_written(
+    db, tmp_path, monkeypatch, caplog
+):
+    commit = BatchWriter._commit
+    calls = []
+
+    def fails_once(self, records):
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        commit(self, records)
+
+    monkeypatch.setattr(BatchWriter, "_commit", fails_once)
+    failures = []
+    writer = BatchWriter(db, "w7", spool_dir=tmp_path, on_error=lambda: failures.append(1))
+    writer.put(*_start("w7"))
+    writer.put("scalars", _scalars(0))
+    assert writer.flush(10)  # the thread is alive: the flush is answered
+    assert writer.errors == 1 and failures == [1] and writer.spooled and not writer.unreachable
+    assert "writing 2 records failed" in caplog.text and "injected" in caplog.text
+    time.sleep(0.6)  # past the retry backoff
+    writer.put("scalars", _scalars(1))
+    assert writer.flush(10)
+    assert not writer.spooled  # the spooled batch went in with the new one
+    run = runs.find_run(db, "w7")
+    assert [p.step for p in stats.scalar_series(db, run.id)] == [0, 1]
+    writer.put("scalars", _scalars(2))
+    writer.close(10)
+    assert [p.step for p in stats.scalar_series(db, run.id)] == [0, 1, 2]
+    assert writer.errors == 1

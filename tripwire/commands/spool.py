@@ -28,21 +28,25 @@ def spool_group() -> None:
 @spool_group.command("list")
 @dir_option
 def spool_list(spool_dir: str) -> None:
-    """List spool files: run id, records, rows, steps."""
+    """List spool files: run id, records, rows, steps, lines that do not decode."""
     files = spooled_files(spool_dir)
     if not files:
         click.echo(f"no spooled rows in {spool_dir}")
         return
     for f in files:
         steps = "" if f.first_step is None else f"  steps {f.first_step}–{f.last_step}"
-        click.echo(f"{f.run_uid}  {f.records} records, {f.rows} rows{steps}  ({f.path})")
+        bad = f", {f.unreadable} unreadable lines" if f.unreadable else ""
+        click.echo(f"{f.run_uid}  {f.records} records, {f.rows} rows{bad}{steps}  ({f.path})")
 
 
 @spool_group.command("replay")
 @db_option
 @dir_option
 def spool_replay(db_url: str | None, spool_dir: str) -> None:
-    """Write every spool file into the database (in order, idempotently) and remove it."""
+    """Write every spool file into the database (in order, idempotently) and remove it.
+
+    Lines that do not decode (a write cut short) are skipped and kept in <file>.bad.
+    """
     db = Database(db_url)
     db.ensure_schema()
     files = spooled_files(spool_dir)
@@ -58,6 +62,11 @@ def spool_replay(db_url: str | None, spool_dir: str) -> None:
             click.echo(f"{f.run_uid}: not replayed: {exc}", err=True)
             continue
         click.echo(f"{f.run_uid}: {rows} rows written to {redact_url(db.url)}")
+        if f.unreadable:
+            click.echo(
+                f"{f.run_uid}: {f.unreadable} unreadable lines skipped, kept in {f.bad_path}",
+                err=True,
+            )
     if failed:
         raise UserError(f"{failed} of {len(files)} spool files were not replayed (kept)")
 
