@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
 
 from alerts.config import RetrySettings
-from alerts.message import Message, render
+from alerts.message import Message, message_step, render
 from alerts.notifiers.base import Notifier, NotifyError
 from storage import alerts as store
 from storage import runs
@@ -100,21 +100,34 @@ def deliver_queued(
     dashboard_url: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Outcome]:
-    """Send every queued notification; alerts of one run, predictor and event share a message.
+    """Send every queued notification; alerts of one run, predictor and event at one step (the
+    layers that fired together) share a message, and a run's messages go out in step order.
 
     Each message's deliveries are claimed just before it is sent, so a process killed here
     leaves the others queued for the next one.
+
+    >>> from alerts.notifiers import ConsoleNotifier
+    >>> deliver_queued(db, {"log": ConsoleNotifier()}, RetrySettings())   # doctest: +SKIP
+    [Outcome(notifier='log', event='firing', status='sent', attempts=1, error=None)]
     """
+    queued = store.queued_deliveries(db)
+    first_of_run: dict[int, int] = {}
+    for note, alert in queued:
+        first_of_run.setdefault(alert.run_id, note.id)
+    # A tick that catches up queues an alert's firing and resolution together: a resolution at
+    # step 388 must go out before another alert's firing at 390, and never inside its message.
+    queued.sort(key=lambda q: (first_of_run[q[1].run_id], message_step(q[0].event, q[1]), q[0].id))
     groups: dict[tuple, list[tuple[Notification, Alert]]] = {}
-    for note, alert in store.queued_deliveries(db):
-        key = (note.notifier, alert.run_id, alert.predictor, note.event)
+    for note, alert in queued:
+        step = message_step(note.event, alert)
+        key = (note.notifier, alert.run_id, alert.predictor, note.event, step)
         groups.setdefault(key, []).append((note, alert))
     outcomes = []
     run_cache: dict = {}
-    for (name, run_id, _predictor, event), queued in groups.items():
-        ids = store.claim(db, [note.id for note, _ in queued])
-        items = [(note, alert) for note, alert in queued if note.id in ids]
-        if not items:
+    for (name, run_id, _predictor, event, _step), group in groups.items():
+        ids = store.claim(db, [note.id for note, _ in group])
+        alerts = {alert.id: alert for note, alert in group if note.id in ids}  # once per alert
+        if not alerts:
             continue  # another scheduler took them
         notifier = notifiers.get(name)
         if notifier is None:
@@ -124,7 +137,7 @@ def deliver_queued(
             continue
         if run_id not in run_cache:
             run_cache[run_id] = runs.get_run(db, run_id)
-        message = render(event, [a for _, a in items], run_cache[run_id], dashboard_url)
+        message = render(event, list(alerts.values()), run_cache[run_id], dashboard_url)
         attempts, error = send_with_retry(notifier, message, retry, sleep=sleep)
         status = "sent" if error is None else "failed"
         text = None if error is None else str(error)

@@ -62,14 +62,26 @@ def _fmt(value) -> str:  # noqa: ANN001
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None) -> Message:
-    """The message for ``event`` (firing, repeat, resolved) of alerts of one run and predictor.
+def message_step(event: str, alert: Alert) -> int:
+    """The training step a message about ``alert``'s ``event`` names: where it resolved for
+    ``resolved``, else where it fired.
 
-    Several layers firing for the same predictor in one tick make one message.
+    >>> from datetime import datetime
+    >>> a = Alert(1, 1, "non_finite", None, "1/non_finite/-", "critical", "resolved", 385, 390,
+    ...           datetime(2025, 1, 1), datetime(2025, 1, 1), fired_step=385, resolved_step=388)
+    >>> message_step("firing", a), message_step("resolved", a)
+    (385, 388)
+    """
+    step = alert.resolved_step if event == "resolved" else alert.fired_step
+    return step if step is not None else alert.last_step
+
+
+def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None) -> Message:
+    """The message for ``event`` (firing, repeat, resolved) of alerts of one run and predictor
+    at one step (:func:`message_step`): several layers that fired together make one message.
     """
     first = alerts[0]
-    step = first.resolved_step if event == "resolved" else first.fired_step
-    step = step if step is not None else first.last_step
+    step = message_step(event, first)
     layers = [a.layer for a in alerts if a.layer]
     loss = (first.details or {}).get("loss")
     link = dashboard_link(dashboard_url, run, step, layers[0] if len(layers) == 1 else None)

@@ -28,7 +28,7 @@ from alerts.engine import RunEvaluator
 from alerts.lifecycle import AlertState
 from alerts.notifiers import ConsoleNotifier, Notifier, Route, build_routes
 from alerts.notify import Event, plan
-from alerts.predictors import PREDICTORS
+from alerts.predictors import INHIBITORS, PREDICTORS
 from storage import alerts as store
 from storage import runs
 from storage.db import Database, utcnow
@@ -91,7 +91,9 @@ class AlertService:
         # as failed (never sent twice) once it is old enough not to be another scheduler's.
         store.fail_interrupted(self.db, older_than=now - timedelta(minutes=5))
         engine = self.config.engine
-        run_ids = store.runs_to_evaluate(self.db, now=now, finished_grace_s=engine.finished_grace_s)
+        run_ids = store.runs_to_evaluate(
+            self.db, now=now, finished_grace_s=engine.finished_grace_s, inhibitors=INHIBITORS
+        )
         cursors = store.eval_cursors(self.db, run_ids)
         opened = store.open_alerts(self.db, run_ids)
         silenced = {s.run_id for s in store.active_silences(self.db, now)}
@@ -187,6 +189,7 @@ class AlertService:
             last_step=last,
             state=memory,
             writes=writes,
+            expected_at=cursor.updated_at if cursor is not None else None,
         )
         if ids is None:
             log.info("run %s was evaluated by another scheduler meanwhile; skipped", run_id)

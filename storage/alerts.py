@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage._models import (
     SqlAlert,
@@ -161,14 +161,43 @@ def eval_cursors(db: Database, run_ids: list[int]) -> dict[int, EvalCursor]:
         }
 
 
-def runs_to_evaluate(db: Database, *, now: datetime, finished_grace_s: float) -> list[int]:
+def runs_to_evaluate(
+    db: Database, *, now: datetime, finished_grace_s: float, inhibitors: tuple[str, ...] = ()
+) -> list[int]:
     """Ids of runs the live engine should look at.
 
     Running runs, plus ended runs whose last data has not been evaluated yet: those with a
     cursor behind their last step, or without a cursor that ended less than
-    ``finished_grace_s`` ago (older history is not back-filled with notifications).
+    ``finished_grace_s`` ago (older history is not back-filled with notifications). Plus ended
+    runs with a firing alert never told (``last_notified_step`` null: held back by a silence)
+    that nothing keeps quiet any more: no silence in force at ``now``, and not a weaker
+    (non-critical) alert that fired at or after a firing alert of one of ``inhibitors`` (an
+    ended run's firing alerts stay firing, so that inhibition never ends).
+
+    >>> runs_to_evaluate(db, now=utcnow(), finished_grace_s=600, inhibitors=("non_finite",))  # doctest: +SKIP
+    [3, 7]
     """
     since = now - timedelta(seconds=finished_grace_s)
+    held, blowup = aliased(SqlAlert), aliased(SqlAlert)
+    inhibited = (
+        (held.severity != "critical")
+        & held.predictor.not_in(inhibitors)
+        & exists().where(
+            blowup.run_id == held.run_id,
+            blowup.state == "firing",
+            blowup.predictor.in_(inhibitors),
+            blowup.fired_step <= held.fired_step,
+        )
+    )
+    held_back = exists().where(
+        held.run_id == SqlRun.id,
+        held.state == "firing",
+        held.last_notified_step.is_(None),
+        ~inhibited,
+    )
+    silenced = exists().where(
+        SqlSilence.run_id == SqlRun.id, or_(SqlSilence.until.is_(None), SqlSilence.until > now)
+    )
     query = (
         select(SqlRun.id)
         .outerjoin(SqlEvalCursor, SqlEvalCursor.run_id == SqlRun.id)
@@ -179,6 +208,7 @@ def runs_to_evaluate(db: Database, *, now: datetime, finished_grace_s: float) ->
                 & (SqlRun.last_step.is_not(None))
                 & (SqlEvalCursor.last_step < SqlRun.last_step),
                 (SqlEvalCursor.run_id.is_(None)) & (SqlRun.ended_at >= since),
+                held_back & ~silenced,
             )
         )
         .order_by(SqlRun.id)
@@ -208,12 +238,15 @@ def commit_evaluation(
     last_step: int,
     state: dict,
     writes: list[AlertWrite],
+    expected_at: datetime | None = None,
 ) -> list[int | None] | None:
     """Store the engine's result for one run atomically; returns the alert ids (None if deleted).
 
     The cursor moves from ``expected_step`` (None: no cursor yet) to ``last_step``. If another
     evaluator moved it first, nothing is written and None is returned, so two schedulers
-    never queue the same notification twice.
+    never queue the same notification twice. ``expected_at`` (the cursor's ``updated_at`` as
+    read) also catches one that stored a result without moving it (no new step, but alerts
+    told once a silence ended).
     """
     now = utcnow()
     cursors = SqlEvalCursor.__table__
@@ -228,9 +261,12 @@ def commit_evaluation(
                 .returning(cursors.c.run_id)
             ).first()
         else:
+            same = [cursors.c.run_id == run_id, cursors.c.last_step == expected_step]
+            if expected_at is not None:
+                same.append(cursors.c.updated_at == expected_at)
             moved = s.execute(
                 update(cursors)
-                .where(cursors.c.run_id == run_id, cursors.c.last_step == expected_step)
+                .where(*same)
                 .values(last_step=last_step, state=state, updated_at=now)
                 .returning(cursors.c.run_id)
             ).first()

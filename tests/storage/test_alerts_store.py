@@ -198,6 +198,73 @@ def test_runs_to_evaluate(db):
     assert done_behind not in store.runs_to_evaluate(db, now=now, finished_grace_s=600)
 
 
+def test_runs_to_evaluate_looks_again_at_an_ended_run_whose_alerts_a_silence_held_back(db):
+    now = utcnow()
+    run, blown_up = _run(db), _run(db)
+    for rid in (run, blown_up):
+        with db.session() as s:
+            runs.touch(s, rid, last_step=50, at=now)
+            runs.finish(s, rid, status="failed", at=now - timedelta(days=3))
+    ids = store.commit_evaluation(
+        db,
+        run,
+        expected_step=None,
+        last_step=50,
+        state={},
+        writes=[
+            store.AlertWrite(None, _alert(step=40)),  # held back: never told
+        ],
+    )
+    store.commit_evaluation(
+        db,
+        blown_up,
+        expected_step=None,
+        last_step=50,
+        state={},
+        writes=[
+            store.AlertWrite(None, {**_alert(step=40), "last_notified_step": 50}),
+            store.AlertWrite(None, _alert("sigma_surge", None, "firing", "warning", step=45)),
+        ],
+    )
+
+    def looked_at(at=now):
+        found = store.runs_to_evaluate(db, now=at, finished_grace_s=600, inhibitors=("non_finite",))
+        return set(found) & {run, blown_up}
+
+    # a warning that fired after its run blew up stays quiet for good: never looked at again
+    assert looked_at() == {run}
+    store.silence_run(db, run, until=now + timedelta(hours=1))
+    assert looked_at() == set()
+    assert looked_at(now + timedelta(hours=2)) == {run}  # the silence expired
+    store.silence_run(db, run, until=None)
+    assert looked_at() == set()
+    store.unsilence_run(db, run)
+    assert looked_at() == {run}
+    cursor = store.eval_cursors(db, [run])[run]
+    told = {**_alert(step=40), "last_notified_step": 50}
+    done = store.commit_evaluation(
+        db,
+        run,
+        expected_step=50,
+        last_step=50,
+        state={},
+        writes=[store.AlertWrite(ids[0], told)],
+        expected_at=cursor.updated_at,
+    )
+    assert done == ids and looked_at() == set()
+    # a second scheduler that read the same cursor stores (and queues) nothing
+    stale = store.commit_evaluation(
+        db,
+        run,
+        expected_step=50,
+        last_step=50,
+        state={},
+        writes=[store.AlertWrite(ids[0], told)],
+        expected_at=cursor.updated_at,
+    )
+    assert stale is None
+
+
 def test_heartbeats_and_recorded_test_deliveries(db):
     assert store.last_beat(db, "scheduler") is None
     store.beat(db, "scheduler", {"runs": 1})
