@@ -122,8 +122,11 @@ def test_silence_and_unsilence(runner, exploded):
     run = runs.find_run(exploded, "boom")
     (silence,) = store.active_silences(exploded, utcnow(), run.id)
     assert silence.reason == "known" and silence.until is not None
-    bad = runner.invoke(cli, ["silence", "boom", "--for", "soon", "--db", exploded.url])
-    assert bad.exit_code == 1 and "--for" in bad.output
+    for duration in ("soon", "0m", "99999999d"):  # words, nothing, or past any calendar
+        bad = runner.invoke(cli, ["silence", "boom", "--for", duration, "--db", exploded.url])
+        assert bad.exit_code == 1 and bad.output.startswith("error: --for"), bad.output
+    both = runner.invoke(cli, ["silence", "boom", "--remove", "--for", "2h", "--db", exploded.url])
+    assert both.exit_code == 1 and "takes no --for" in both.output
     out = runner.invoke(cli, ["silence", "boom", "--remove", "--db", exploded.url])
     assert "removed 1 silence(s)" in out.output
 

@@ -183,12 +183,18 @@ def notify_test_command(db_url: str | None, config_path: str | None) -> None:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
 
+MAX_SILENCE = timedelta(days=3650)
+"""The longest ``--for`` (a silence until removed needs no duration)."""
+
+
 def _duration(text: str) -> timedelta:
     found = _DURATION.match(text.strip())
     if not found:
         raise UserError(f"--for: expected a duration like 30m, 2h or 1d (got {text!r})")
-    value, unit = float(found.group(1)), found.group(2)
-    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+    if not 0 < seconds <= MAX_SILENCE.total_seconds():
+        raise UserError(f"--for: give more than 0 and at most 10 years (got {text!r})")
+    return timedelta(seconds=seconds)
 
 
 @click.command("silence")
@@ -201,6 +207,8 @@ def _duration(text: str) -> timedelta:
 @click.option("--remove", is_flag=True, help="Remove the run's silences instead.")
 def silence_command(db_url: str | None, run_name: str, duration, reason, remove: bool) -> None:  # noqa: ANN001
     """Hold back a run's notifications (alerts are still evaluated and stored)."""
+    if remove and (duration or reason):
+        raise UserError("--remove lifts every silence of the run: it takes no --for or --reason")
     import getpass
 
     from storage import alerts as store
@@ -212,7 +220,7 @@ def silence_command(db_url: str | None, run_name: str, duration, reason, remove:
         removed = store.unsilence_run(db, run.id)
         click.echo(f"removed {removed} silence(s) of run {run.name}")
         return
-    until = utcnow() + _duration(duration) if duration else None
+    until = utcnow() + _duration(duration) if duration is not None else None
     try:
         user = getpass.getuser()
     except Exception:
