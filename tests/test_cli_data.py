@@ -196,6 +196,20 @@ def test_errors_are_one_line(sqlite_url, pg_url, tmp_path):
     )
 
 
+def test_a_run_name_with_a_newline_stays_on_its_line_and_output_needs_its_directory(
+    sqlite_url, tmp_path
+):
+    _record_run(sqlite_url, tmp_path, name="lr3e-3\nseed1")
+    table = tripwire("runs", "--db", sqlite_url).stdout.splitlines()
+    assert len(table) == 2 and table[1].startswith("lr3e-3\\nseed1 ")
+    (listed,) = json.loads(tripwire("runs", "--json", "--db", sqlite_url).stdout)
+    assert listed["name"] == "lr3e-3\nseed1"  # JSON keeps it as it is
+    nowhere = tripwire(
+        "export", "--run", "lr3e-3\nseed1", "-o", str(tmp_path / "no" / "x.csv"), "--db", sqlite_url
+    )
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: --output: no directory")
+
+
 def test_runs_delete_asks_first_then_deletes_the_named_run(sqlite_url, tmp_path):
     _record_run(sqlite_url, tmp_path, name="scratch")
     _record_run(sqlite_url, tmp_path, name="keeper")

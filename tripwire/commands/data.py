@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timedelta
 
@@ -52,6 +53,18 @@ def db_status(db_url: str | None) -> None:
     click.echo(f"{redact_url(db.url)}: schema {current or '(none)'}, head {head}: {state}")
     if current != head:
         sys.exit(1)
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of a terminal table: control characters (a newline in a run name)
+    escaped, as Python writes them.
+
+    >>> print(printable("lr\\n3e-3"))
+    lr\\n3e-3
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _display_status(run, now: datetime, stalled_after_s: float) -> str:
@@ -130,9 +143,10 @@ def runs_command(
     for item in items:
         loss = "" if item["last_loss"] is None else f"{item['last_loss']:.4g}"
         step = "" if item["last_step"] is None else str(item["last_step"])
-        name = item["name"] if len(item["name"]) <= 32 else item["name"][:31] + "…"
+        name, project = printable(item["name"]), printable(item["project"])
+        name = name if len(name) <= 32 else name[:31] + "…"
         click.echo(
-            f"{name:<32} {item['project'][:14]:<14} {item['status']:<9} {step:>7} {loss:>9}  {item['started_at'][:19]}"
+            f"{name:<32} {project[:14]:<14} {item['status']:<9} {step:>7} {loss:>9}  {item['started_at'][:19]}"
         )
     if note:
         click.echo(f"({note})")
@@ -194,7 +208,8 @@ def delete_command(
         return
     for run in chosen:
         step = "no steps" if run.last_step is None else f"step {run.last_step}"
-        click.echo(f"  {run.name}  ({run.project}, {_display_status(run, now, after_s)}, {step})")
+        status = _display_status(run, now, after_s)
+        click.echo(f"  {printable(run.name)}  ({printable(run.project)}, {status}, {step})")
     if not yes:
         what = (
             "this run and its data"
@@ -240,6 +255,8 @@ def export_command(db_url, run_name, what, fmt, output, project) -> None:
         except ImportError as exc:
             raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
         return
+    if output is not None and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise UserError(f"--output: no directory {os.path.dirname(os.path.abspath(output))}")
     if fmt == "json":
         text = jsonout.dumps(frame.to_dict(orient="records"))
     else:
