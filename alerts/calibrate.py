@@ -87,16 +87,17 @@ def healthy_scores(db: Database, run: Run, rule: Rule) -> list[list[float]]:
 def learn(
     db: Database, runs: list[Run], config: Config, *, margin: float = DEFAULT_MARGIN
 ) -> dict[str, Threshold]:
-    """Thresholds for every enabled, calibratable predictor from the healthy ``runs``."""
+    """Thresholds for every enabled, calibratable predictor from the healthy ``runs``; a
+    predictor whose signal the runs never logged (no score at all) is left out."""
     out = {}
     for name, rule in config.enabled_rules().items():
         if name not in THRESHOLD_PARAMS:
             continue
         param, cap = THRESHOLD_PARAMS[name]
-        peak = 0.0
-        for run in runs:
-            for scores in healthy_scores(db, run, rule):
-                peak = max(peak, persistent_max(scores, rule.for_checks))
+        series = [scores for run in runs for scores in healthy_scores(db, run, rule) if scores]
+        if not series:
+            continue
+        peak = max(persistent_max(scores, rule.for_checks) for scores in series)
         value = peak * (1 + margin) if peak > 0 else float(rule.params[param])
         enabled = cap is None or peak < cap
         value = min(value, cap) if cap is not None else value

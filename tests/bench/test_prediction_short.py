@@ -60,6 +60,15 @@ def test_calibrate_writes_thresholds_learned_from_healthy_runs(tmp_path):
     assert (
         load_config(chosen).rules()["weight_growth"].params["max_rate"] == rule.params["max_rate"]
     )
+    # A run that exploded is no model of health.
+    replay(load_export(BY_NAME["gpt-lr-ramp"]), db)
+    exploded = CliRunner().invoke(
+        cli, ["calibrate", "--db", url, "--runs", "gpt-lr-hold,gpt-lr-ramp"]
+    )
+    assert (
+        exploded.exit_code == 1
+        and "gpt-lr-ramp did not train healthily: loss_exploded" in exploded.output
+    )
     missing = CliRunner().invoke(cli, ["calibrate", "--db", url, "--runs", "nope"])
     assert missing.exit_code == 1 and "nope" in missing.output
 
@@ -82,3 +91,4 @@ def test_calibrating_on_healthy_mlps_keeps_the_gradient_spike_rule_a_spike_rule(
     default = PREDICTORS["grad_norm_spike"].params["z_threshold"]
     assert learned["grad_norm_spike"].value == default
     assert learned["weight_growth"].value != PREDICTORS["weight_growth"].params["max_rate"]
+    assert "attention_logits" not in learned  # an MLP logs no attention logit: nothing to learn

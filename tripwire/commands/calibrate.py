@@ -43,14 +43,17 @@ def calibrate_command(
     Each predictor's healthy runs are replayed; its threshold becomes the highest score that
     persisted on them (for the rule's for_checks evaluations) times 1 + MARGIN. Keep one file
     per model family (TRIPWIRE_CONFIG or --config selects it); runs of models never calibrated
-    keep the conservative defaults. Comments in FILE are not kept.
+    keep the conservative defaults. Comments in FILE are not kept. A run on which a critical
+    alert fires (non_finite, loss_exploded) is refused; a predictor whose signal the runs did
+    not log is left as it is.
 
         tripwire calibrate --runs gpt-small-a,gpt-small-b --config gpt-small.toml
     """
     try:
         import tomllib
 
-        from alerts.calibrate import apply, learn
+        from alerts.backtest import evaluate_run
+        from alerts.calibrate import THRESHOLD_PARAMS, apply, learn
         from alerts.config import ENV_CONFIG, ConfigError, load_config
         from alerts.toml_out import dumps
     except ImportError as exc:
@@ -72,10 +75,20 @@ def calibrate_command(
     except RunNotFound as exc:
         raise UserError(str(exc)) from None
 
+    for run in healthy:
+        blowups = [a for a in evaluate_run(db, run, config) if a.severity == "critical"]
+        if blowups:
+            first = blowups[0]
+            raise UserError(
+                f"run {run.name} did not train healthily: {first.predictor} fired at step "
+                f"{first.step} ({first.message}); calibrate on runs that did"
+            )
     thresholds = learn(db, healthy, config, margin=margin)
     for t in thresholds.values():
         change = f"{t.param} {t.default:g} -> {t.value:.4g}" if t.enabled else "disabled"
         click.echo(f"{t.predictor}: healthy max {t.healthy_max:.4g}; {change}")
+    for name in sorted(set(config.enabled_rules()) & set(THRESHOLD_PARAMS) - set(thresholds)):
+        click.echo(f"{name}: its signal is not in these runs; left as it is")
     if dry_run:
         return
     calibrated = apply(config, thresholds)
