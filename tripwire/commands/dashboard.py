@@ -16,7 +16,8 @@ host_option = click.option(
     default="127.0.0.1",
     show_default=True,
     envvar="TRIPWIRE_DASHBOARD_HOST",
-    help="Address to bind; 0.0.0.0 exposes the dashboard to the network.",
+    help="Address to bind (or $TRIPWIRE_DASHBOARD_HOST); 0.0.0.0 exposes the dashboard to the "
+    "network.",
 )
 port_option = click.option(
     "--port",
@@ -24,6 +25,7 @@ port_option = click.option(
     default=8501,
     show_default=True,
     envvar="TRIPWIRE_DASHBOARD_PORT",
+    help="Port to serve on (or $TRIPWIRE_DASHBOARD_PORT).",
 )
 
 
