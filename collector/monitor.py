@@ -23,6 +23,7 @@ from collector.checks import PendingCheck, SpectralState, start_check
 from collector.distributed import detect, unwrap
 from collector.host import ToHost
 from collector.layers import select_layers
+from collector.scalars import as_scalar, describe, several
 from collector.spectral import SA_BINS
 from storage import Database, SchemaOutOfDate, StoreUnavailable
 from storage.writer import BatchWriter
@@ -37,6 +38,16 @@ WARM_CHECKS = 2
 """Checks not judged for their cost: the first runs power iteration from cold (50 iterations)."""
 
 _clock = time.perf_counter  # what the cost of a check is measured with (tests set their own)
+
+
+class _Omitted:
+    """The default of ``log()``'s ``loss`` and ``lr``: not given (an explicit None is warned of)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_OMITTED = _Omitted()
 
 
 class LossExplosionPredicted(RuntimeError):
@@ -153,13 +164,16 @@ class Monitor:
 
     # -- the training-loop API ------------------------------------------------------------------
 
-    def log(self, step: int, loss=None, lr=None, **scalars) -> None:
+    def log(self, step: int, loss=_OMITTED, lr=_OMITTED, **scalars) -> None:
         """Record step ``step``: call after ``loss.backward()`` and before ``optimizer.step()``.
 
-        ``loss``, ``lr`` and any keyword scalars may be Python numbers or 0-dim tensors (kept
-        on the device until the next check, then copied in one batch). On check steps the
-        monitored layers' statistics are computed from the weights, their gradients and the
-        inputs sampled during this step's forward pass.
+        ``loss``, ``lr`` and any keyword scalars are each one number: a Python or numpy number,
+        a one-element numpy array, or a one-element (or 0-dim) tensor, kept on its device until
+        the next check and then copied in one batch. Anything else (a tensor of several
+        elements, a string, None) is not stored: the first one for each key is warned of, and
+        each is counted in ``errors``. On check steps the monitored layers' statistics are
+        computed from the weights, their gradients and the inputs sampled during this step's
+        forward pass.
 
         >>> monitor.log(step, loss=loss, lr=scheduler.get_last_lr()[0], tokens_per_s=tps)  # doctest: +SKIP
         """
@@ -171,7 +185,11 @@ class Monitor:
             return
         try:
             step = int(step)
-            self._record(step, {"loss": loss, "lr": lr, **scalars})
+            if lr is not _OMITTED:
+                scalars = {"lr": lr, **scalars}
+            if loss is not _OMITTED:
+                scalars = {"loss": loss, **scalars}
+            self._record(step, scalars)
             if self.is_check_step(step):
                 self._check(step)
             self._prepare(step + 1)
@@ -228,14 +246,16 @@ class Monitor:
         """Store per-step scalars (``loss``, ``lr``, anything numeric) without running a check.
 
         For integrations that see the loss at another moment than the gradients; values are
-        Python numbers or 0-dim tensors, as in :meth:`log`.
+        numbers as in :meth:`log`, except that None means "no value at this step" and is
+        passed over without a warning.
 
         >>> monitor.record(100, loss=2.31, lr=3e-4, epoch=0.4)  # doctest: +SKIP
         """
         if self._closed:
             return
         try:
-            self._record(int(step), values)
+            values = {k: v for k, v in values.items() if v is not None}
+            self._record(int(step), values, caller="record")
         except Exception:
             self._failed()
 
@@ -350,13 +370,32 @@ class Monitor:
             },
         )
 
-    def _record(self, step: int, values: dict) -> None:
-        values = {
-            k: (v.detach() if isinstance(v, torch.Tensor) else v)
-            for k, v in values.items()
-            if v is not None
-        }
-        self._pending.append((step, time.time(), values))
+    def _record(self, step: int, values: dict, caller: str = "log") -> None:
+        """Keep step ``step``'s values: each one number (:func:`collector.scalars.as_scalar`);
+        any other is left out, warned of once per key and counted in ``errors``."""
+        kept = {}
+        for key, value in values.items():
+            number = as_scalar(value)
+            if number is not None:
+                kept[key] = number
+                continue
+            self.errors += 1
+            hint = (
+                f"log {key}.mean() for one number"
+                if several(value)
+                else "log a number or a one-element tensor"
+            )
+            self._warn_once(
+                f"not-a-number:{key}",
+                "tripwire: %s(%s=...) at step %d is %s, not a number; not stored (%s; "
+                "later ones are counted in monitor.errors, not logged)",
+                caller,
+                key,
+                step,
+                describe(value),
+                hint,
+            )
+        self._pending.append((step, time.time(), kept))
         self._last_step = step
 
     def _prepare(self, step: int) -> None:
@@ -502,9 +541,7 @@ class Monitor:
                         value = value.get()
                         if value is None:
                             continue
-                    out.append(
-                        {"step": step, "key": key, "value": _as_float(value), "wall_time": wall}
-                    )
+                    out.append({"step": step, "key": key, "value": value, "wall_time": wall})
             return out
 
         self._writer.put("scalars", rows)
@@ -589,7 +626,7 @@ def _non_finite(values: list, device: torch.device) -> torch.Tensor:
 
 
 class _HostScalars:
-    """0-dim tensors (losses, logged values) copied to the host in one batch per device."""
+    """One-element tensors (losses, logged values) copied to the host in one batch per device."""
 
     def __init__(self, tensors: list[torch.Tensor]):
         self._by_device: dict[torch.device, list[int]] = {}
@@ -598,13 +635,13 @@ class _HostScalars:
         self._count = len(tensors)
         self._copy = ToHost(
             [
-                torch.stack([tensors[i].detach().float().reshape(-1)[0] for i in idx])
+                torch.stack([tensors[i].detach().float().reshape(()) for i in idx])
                 for idx in self._by_device.values()
             ]
         )
 
     def values(self) -> list[float]:
-        """The first element of each tensor, in order; waits for the copies."""
+        """Each tensor's value, in order; waits for the copies."""
         out: list[float] = [math.nan] * self._count
         for idx, values in zip(self._by_device.values(), self._copy.lists(), strict=True):
             for i, v in zip(idx, values, strict=True):
@@ -627,14 +664,6 @@ def _dated(layer_rows: list[dict], step: int, wall: float) -> list[dict]:
         row["step"] = step
         row["wall_time"] = wall
     return layer_rows
-
-
-def _as_float(value) -> float | None:
-    """A logged value as a float; None for what has no number (a string, an object)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _jsonable(value):
