@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alerts.predictors import PREDICTORS
 from storage.alerts import SEVERITIES
+from storage.entities import LAYER_STATISTICS
 
 try:  # Python 3.11+
     import tomllib
@@ -169,6 +171,35 @@ def _rule(name: str, settings: RuleSettings | None) -> Rule:
     )
 
 
+LAYER_STAT_PARAMS = frozenset({"stat", "growth_stat", "layer_keys"})
+"""Predictor parameters that name per-layer statistics: each must be one of
+``storage.entities.LAYER_STATISTICS`` (a misspelled one would leave the rule without data)."""
+SCALAR_PARAMS = frozenset({"key", "scalar_keys"})
+"""Predictor parameters that name scalars the training loop logs (``loss``, ``grad_norm`` or the
+user's own): an open set, so only names that cannot be one (empty) are refused."""
+
+
+def _unknown(where: str, what: str, valid: Iterable[str]) -> ConfigError:
+    """The error for a name that is not one of ``valid``, listing them.
+
+    >>> raise _unknown("engine.interval", "key", ["interval_s", "misfire_grace_s"])
+    Traceback (most recent call last):
+    ...
+    alerts.config.ConfigError: engine.interval: unknown key; valid: interval_s, misfire_grace_s
+    """
+    return ConfigError(f"{where}: unknown {what}; valid: {', '.join(valid)}")
+
+
+def _check_names(where: str, key: str, value: str | list[str]) -> None:
+    names = value if isinstance(value, list) else [value]
+    for i, name in enumerate(names):
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        if key in LAYER_STAT_PARAMS and name not in LAYER_STATISTICS:
+            raise _unknown(at, f"layer statistic {name!r}", LAYER_STATISTICS)
+        if key in SCALAR_PARAMS and not name.strip():
+            raise ConfigError(f"{at}: must name a scalar the training loop logs (got {name!r})")
+
+
 def _check_param(where: str, default: Any, value: Any) -> None:
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -194,6 +225,25 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys accepted beside the last part of a validation error's location."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, str) and part in model.model_fields:
+            model = _model_in(model.model_fields[part].annotation) or model
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings class inside an annotation such as ``list[NotifierSettings] | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
+
+
 _SECRET_KEYS = {"url", "webhook_url", "password", "smtp_password", "token"}
 
 
@@ -211,23 +261,20 @@ def parse_config(data: dict) -> Config:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = _dotted(tuple(err["loc"])) or "(top level)"
-        msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"{where}: {msg}") from None
+            raise _unknown(where, "key", _keys_at(tuple(err["loc"]))) from None
+        raise ConfigError(f"{where}: {err['msg']}") from None
     for name, rule in config.predictors.items():
         if name not in PREDICTORS:
-            valid = ", ".join(sorted(PREDICTORS))
-            raise ConfigError(f"predictors.{name}: unknown predictor; valid: {valid}")
+            raise _unknown(f"predictors.{name}", "predictor", sorted(PREDICTORS))
         defaults = PREDICTORS[name].params
         for key, value in (rule.model_extra or {}).items():
             where = f"predictors.{name}.{key}"
             if key not in defaults:
-                valid = ", ".join(
-                    ["enabled", "severity", "for_checks", "resolve_after", *sorted(defaults)]
-                )
-                raise ConfigError(f"{where}: unknown key; valid: {valid}")
+                common = ["enabled", "severity", "for_checks", "resolve_after"]
+                raise _unknown(where, "key", [*common, *sorted(defaults)])
             _check_param(where, defaults[key], value)
+            _check_names(where, key, value)
     return config
 
 

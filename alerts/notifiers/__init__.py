@@ -45,8 +45,14 @@ def _env_settings(env: Mapping[str, str]) -> list[NotifierSettings]:
     return found
 
 
-def _build(index: int, s: NotifierSettings, env: Mapping[str, str], timeout_s: float) -> Notifier:
-    where = f"notifiers[{index}]"
+def _error(where: str | None, message: str) -> ConfigError:
+    # A notifier the environment alone configured has no [[notifiers]] entry to name.
+    return ConfigError(f"{where}: {message}" if where else message)
+
+
+def _build(
+    where: str | None, s: NotifierSettings, env: Mapping[str, str], timeout_s: float
+) -> Notifier:
     name = s.name or s.kind
     if s.kind == "log":
         return ConsoleNotifier(name)
@@ -54,11 +60,11 @@ def _build(index: int, s: NotifierSettings, env: Mapping[str, str], timeout_s: f
         variable = s.url_env or ENV_URLS[s.kind]
         url = env.get(variable)
         if not url:
-            raise ConfigError(f"{where}: kind {s.kind!r} needs the URL in ${variable}")
+            raise _error(where, f"kind {s.kind!r} needs the URL in ${variable}")
         try:
             check_url(url, variable)
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise _error(where, str(exc)) from None
         if s.kind == "webhook":
             return WebhookNotifier(url, name=name, timeout_s=timeout_s, variable=variable)
         from alerts.notifiers.slack import SlackNotifier
@@ -69,16 +75,23 @@ def _build(index: int, s: NotifierSettings, env: Mapping[str, str], timeout_s: f
     to = s.to or [a.strip() for a in env.get("TRIPWIRE_EMAIL_TO", "").split(",") if a.strip()]
     tls = s.tls or env.get("TRIPWIRE_SMTP_TLS", "starttls").lower()
     missing = [
-        key
-        for key, value in (
-            ("host / $TRIPWIRE_SMTP_HOST", host),
-            ("sender / $TRIPWIRE_EMAIL_FROM", sender),
-            ("to / $TRIPWIRE_EMAIL_TO", to),
+        (key, variable)
+        for key, variable, value in (
+            ("host", "TRIPWIRE_SMTP_HOST", host),
+            ("sender", "TRIPWIRE_EMAIL_FROM", sender),
+            ("to", "TRIPWIRE_EMAIL_TO", to),
         )
         if not value
     ]
+    if missing and where is None:
+        variables = ", ".join(variable for _, variable in missing)
+        raise ConfigError(
+            f"{variables}: not set; email configured from the environment "
+            f"(no [[notifiers]] in a file) needs {'it' if len(missing) == 1 else 'them'}"
+        )
     if missing:
-        raise ConfigError(f"{where}: kind 'email' needs {', '.join(missing)}")
+        needs = ", ".join(f"{key} / ${variable}" for key, variable in missing)
+        raise ConfigError(f"{where}: kind 'email' needs {needs}")
     port = s.port
     if port is None and env.get("TRIPWIRE_SMTP_PORT"):
         try:
@@ -98,17 +111,28 @@ def _build(index: int, s: NotifierSettings, env: Mapping[str, str], timeout_s: f
             timeout_s=timeout_s,
         )
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise _error(where, str(exc)) from None
 
 
 def build_routes(config: Config, env: Mapping[str, str] | None = None) -> list[Route]:
-    """The configured notifiers with their routing; secrets are read from ``env``."""
+    """The configured notifiers with their routing; secrets are read from ``env``.
+
+    Without ``[[notifiers]]`` the environment says which there are, and an error names the
+    variable at fault rather than a ``notifiers[i]`` the user never wrote:
+
+    >>> build_routes(Config(), env={"TRIPWIRE_SMTP_HOST": "smtp.example.com"})
+    Traceback (most recent call last):
+    ...
+    alerts.config.ConfigError: TRIPWIRE_EMAIL_FROM, TRIPWIRE_EMAIL_TO: not set; email configured from the environment (no [[notifiers]] in a file) needs them
+    """
     env = os.environ if env is None else env
-    settings = config.notifiers if config.notifiers is not None else _env_settings(env)
+    from_file = config.notifiers is not None
+    settings = config.notifiers if from_file else _env_settings(env)
     routes = []
     names = set()
     for i, s in enumerate(settings):
-        notifier = _build(i, s, env, config.retry.timeout_s)
+        where = f"notifiers[{i}]" if from_file else None
+        notifier = _build(where, s, env, config.retry.timeout_s)
         if notifier.name in names:
             raise ConfigError(f"notifiers[{i}].name: {notifier.name!r} is used twice")
         names.add(notifier.name)

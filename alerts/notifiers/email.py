@@ -84,8 +84,13 @@ class EmailNotifier(Notifier):
             raise NotifyError(
                 f"{where}: authentication failed ({exc.smtp_code})", recoverable=False
             ) from None
-        except smtplib.SMTPRecipientsRefused:
-            raise NotifyError(f"{where}: recipients refused", recoverable=False) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = sorted({code for code, _ in exc.recipients.values()})
+            # Greylisting refuses recipients with 4xx for a while: only 5xx is for good.
+            raise NotifyError(
+                f"{where}: recipients refused ({', '.join(map(str, codes))})",
+                recoverable=all(code < 500 for code in codes),
+            ) from None
         except smtplib.SMTPResponseException as exc:
             # 4xx replies are transient by definition; 5xx are permanent.
             raise NotifyError(
@@ -94,5 +99,8 @@ class EmailNotifier(Notifier):
             ) from None
         except ssl.SSLError as exc:
             raise NotifyError(f"{where}: TLS failed ({exc.reason})", recoverable=False) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            # STARTTLS or AUTH the server does not offer: the settings are wrong, not the moment.
+            raise NotifyError(f"{where}: {str(exc).rstrip('.')}", recoverable=False) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise NotifyError(f"{where}: {type(exc).__name__}: {exc}", recoverable=True) from None

@@ -19,6 +19,8 @@ SEVERITY_EMOJI = {
     "warning": ":warning:",
     "info": ":information_source:",
 }
+RESOLVED_EMOJI = ":white_check_mark:"
+"""A resolution is good news, whatever the severity of what fired."""
 
 
 def escape(text: str) -> str:
@@ -80,7 +82,10 @@ class SlackNotifier(Notifier):
         return f"SlackNotifier({self.name!r} → {redact(self._url)})"
 
     def send(self, message: Message) -> None:
-        emoji = SEVERITY_EMOJI.get(message.severity, "")
+        if message.event == "resolved":
+            emoji = RESOLVED_EMOJI
+        else:
+            emoji = SEVERITY_EMOJI.get(message.severity, "")
         text = f"{emoji} *{escape(message.subject)}*\n{escape(message.text)}".strip()
         blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]
         try:

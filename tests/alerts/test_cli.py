@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -87,6 +88,14 @@ def test_evaluate_uses_the_config_file(runner, exploded, tmp_path):
     bad = runner.invoke(cli, ["evaluate", "--db", exploded.url])
     assert bad.exit_code == 1 and "predictors.nope: unknown predictor" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_misspelled_statistic_stops_evaluate_with_one_line(runner, exploded, tmp_path):
+    (tmp_path / "tripwire.toml").write_text('[predictors.weight_growth]\nstat = "sigma_1"\n')
+    bad = runner.invoke(cli, ["evaluate", "--db", exploded.url])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert "predictors.weight_growth.stat: unknown layer statistic 'sigma_1'; valid: " in bad.output
+    assert "sigma1" in bad.output and "Traceback" not in bad.output
 
 
 def test_notify_test_sends_through_every_notifier_and_records(runner, sqlite_db, monkeypatch):
@@ -177,6 +186,37 @@ def test_apscheduler_job_ticks_and_writes_heartbeats(sqlite_db):
     assert service.ticks >= 3
     assert [a.predictor for a in store.firing_alerts(sqlite_db, run)] == ["non_finite"]
     assert store.last_beat(sqlite_db, "scheduler") is not None
+
+
+def test_the_scheduler_logs_alert_events_not_each_tick(sqlite_db, caplog):
+    from storage import utcnow
+
+    aps_log = logging.getLogger("apscheduler")
+    level = aps_log.level
+    aps_log.setLevel(logging.NOTSET)  # as in a fresh process (another test may have built one)
+    caplog.set_level(logging.INFO)
+    run = make_run(sqlite_db, "nan-run", started_at=utcnow())
+    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)}, at=utcnow())
+    service = AlertService(sqlite_db, parse_config({}), [])
+    scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 20
+        while service.ticks < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.shutdown(wait=True)
+        aps_log.setLevel(level)
+    assert service.ticks >= 3
+    # Its warnings stay (a tick skipped on a busy machine says so); its per-tick INFO lines go.
+    chatter = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("apscheduler") and r.levelno < logging.WARNING
+    ]
+    assert not chatter, chatter
+    ours = [r.getMessage() for r in caplog.records if r.name == "tripwire.alerts"]
+    assert ours == ["firing non_finite nan-run step 0"], ours
 
 
 @pytest.mark.slow

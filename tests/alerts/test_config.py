@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.config import ConfigError, load_config, parse_config
+from alerts.config import (
+    LAYER_STAT_PARAMS,
+    SCALAR_PARAMS,
+    ConfigError,
+    load_config,
+    parse_config,
+)
 from alerts.notifiers import build_routes
+from alerts.predictors import PREDICTORS
+from storage.entities import LAYER_STATISTICS
 
 GOOD = """
 [engine]
@@ -70,7 +78,17 @@ def test_a_full_file_loads_and_overrides_defaults(tmp_path):
             {"engine": {"interval_s": 1e300}},
             "engine.interval_s: Input should be less than or equal to 86400",
         ),
-        ({"engine": {"intervall_s": 3}}, "engine.intervall_s: unknown key"),
+        (
+            {"engine": {"intervall_s": 3}},
+            "engine.intervall_s: unknown key; valid: interval_s, misfire_grace_s, ",
+        ),
+        ({"retry": {"attempts": 3}}, "retry.attempts: unknown key; valid: max_attempts, "),
+        ({"dashboard": {"uri": "x"}}, "dashboard.uri: unknown key; valid: url"),
+        (
+            {"notifiers": [{"kind": "log", "min_severty": "info"}]},
+            "notifiers[0].min_severty: unknown key; valid: kind, name, min_severity, projects",
+        ),
+        ({"predictor": {}}, "predictor: unknown key; valid: engine, retry, dashboard, predictors"),
         ({"predictors": {"sa_colapse": {}}}, "predictors.sa_colapse: unknown predictor; valid:"),
         (
             {"predictors": {"sa_collapse": {"treshold": 1}}},
@@ -109,6 +127,90 @@ def test_errors_name_the_dotted_key(data, where):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert str(err.value).startswith(where), str(err.value)
+
+
+def test_a_misspelled_key_in_the_file_lists_the_valid_keys(tmp_path):
+    path = tmp_path / "tripwire.toml"
+    path.write_text("[engine]\ninterval = 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: engine.interval: unknown key; valid: interval_s, misfire_grace_s, "
+        "repeat_every_steps, resolve_after, max_steps_per_tick, finished_grace_s"
+    )
+
+
+@pytest.mark.parametrize(
+    "toml, error",
+    [
+        (
+            '[predictors.weight_growth]\nstat = "sigma_1"\n',
+            "predictors.weight_growth.stat: unknown layer statistic 'sigma_1'",
+        ),
+        (
+            '[predictors.sa_collapse]\nstat = "sa_imbalanse"\n',
+            "predictors.sa_collapse.stat: unknown layer statistic 'sa_imbalanse'",
+        ),
+        (
+            '[predictors.sa_growth]\ngrowth_stat = "sigma"\n',
+            "predictors.sa_growth.growth_stat: unknown layer statistic 'sigma'",
+        ),
+        (
+            '[predictors.rank_collapse]\nstat = "loss"\n',
+            "predictors.rank_collapse.stat: unknown layer statistic 'loss'",
+        ),
+        (
+            '[predictors.non_finite]\nlayer_keys = ["sigma1", "bogus"]\n',
+            "predictors.non_finite.layer_keys[1]: unknown layer statistic 'bogus'",
+        ),
+    ],
+)
+def test_a_misspelled_layer_statistic_is_refused_with_the_valid_ones(tmp_path, toml, error):
+    path = tmp_path / "tripwire.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {error}; valid: {', '.join(LAYER_STATISTICS)}"
+
+
+@pytest.mark.parametrize(
+    "toml, error",
+    [
+        ('[predictors.non_finite]\nscalar_keys = ["loss", ""]\n', "non_finite.scalar_keys[1]"),
+        ('[predictors.loss_exploded]\nkey = " "\n', "loss_exploded.key"),
+    ],
+)
+def test_an_empty_scalar_name_is_refused(tmp_path, toml, error):
+    path = tmp_path / "tripwire.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"predictors.{error}: must name a scalar the training loop logs" in str(err.value)
+
+
+def test_every_layer_statistic_and_any_logged_scalar_name_is_accepted(tmp_path):
+    path = tmp_path / "tripwire.toml"
+    path.write_text(
+        '[predictors.non_finite]\nscalar_keys = ["loss", "my_aux_loss"]\n'
+        f"layer_keys = {list(LAYER_STATISTICS)!r}\n".replace("'", '"')
+        + '[predictors.weight_growth]\nstat = "stable_rank"\nfalling = true\n'
+        + '[predictors.grad_norm_spike]\nkey = "clipped_grad_norm"\n'
+    )
+    rules = load_config(path).rules()
+    assert rules["non_finite"].params["layer_keys"] == list(LAYER_STATISTICS)
+    assert rules["non_finite"].params["scalar_keys"] == ["loss", "my_aux_loss"]
+    assert rules["weight_growth"].params["stat"] == "stable_rank"
+
+
+def test_every_parameter_that_names_a_statistic_is_checked():
+    """A new predictor parameter naming a statistic must join one of the two checked sets."""
+    for name, spec in PREDICTORS.items():
+        for key, default in spec.params.items():
+            if isinstance(default, (str, list)):
+                assert key in LAYER_STAT_PARAMS | SCALAR_PARAMS, f"{name}.{key}"
+            if key in LAYER_STAT_PARAMS:
+                names = default if isinstance(default, list) else [default]
+                assert set(names) <= set(LAYER_STATISTICS), f"{name}.{key}"
 
 
 def test_broken_toml_names_the_file(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from alerts.config import RetrySettings, parse_config
+from alerts.config import ConfigError, RetrySettings, load_config, parse_config
 from alerts.delivery import send_with_retry
 from alerts.notifiers import EmailNotifier, build_routes
 from tests.alerts.test_notifiers_http import alert_message
@@ -33,6 +33,26 @@ class Mailbox:
             return self.reply
         self.envelopes.append(envelope)
         self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+class Refusing(Mailbox):
+    """Refuses the sender (MAIL FROM) or every recipient (RCPT TO) with ``refusal``."""
+
+    def __init__(self, command: str, refusal: str):
+        super().__init__()
+        self.command, self.refusal = command, refusal
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
+        if self.command == "MAIL":
+            return self.refusal
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
+        if self.command == "RCPT":
+            return self.refusal
+        envelope.rcpt_tos.append(address)
         return "250 OK"
 
 
@@ -185,6 +205,52 @@ def test_untrusted_certificate_fails_without_retry(smtp, certificate):
     assert attempts == 1 and not error.recoverable and "TLS" in str(error)
 
 
+def test_a_server_without_starttls_fails_at_once_and_is_recorded(
+    smtp, sqlite_db, monkeypatch, tmp_path
+):
+    from click.testing import CliRunner
+
+    from storage import alerts as store
+    from tripwire.cli import cli
+
+    port = smtp(Mailbox())  # no tls_context: the server does not offer STARTTLS
+    for var in ("TRIPWIRE_CONFIG", "TRIPWIRE_SLACK_WEBHOOK_URL", "TRIPWIRE_WEBHOOK_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "TRIPWIRE_SMTP_HOST": "127.0.0.1",
+        "TRIPWIRE_SMTP_PORT": str(port),
+        "TRIPWIRE_EMAIL_FROM": "tripwire@example.com",
+        "TRIPWIRE_EMAIL_TO": "oncall@example.com",
+    }
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    result = CliRunner().invoke(cli, ["notify", "test", "--db", sqlite_db.url])
+    assert result.exit_code == 1
+    assert "failed after 1 attempt(s)" in result.output and "STARTTLS" in result.output
+    (note,) = [n for n in store.list_notifications(sqlite_db) if n.notifier == "email"]
+    assert (note.status, note.attempts) == ("failed", 1)
+    assert "STARTTLS extension not supported by server" in note.error
+
+
+@pytest.mark.parametrize(
+    "command, refusal, attempts",
+    [
+        ("MAIL", "553 5.7.1 sender address rejected", 1),
+        ("RCPT", "550 5.1.1 no such user", 1),
+        ("RCPT", "450 4.7.1 greylisted, try again later", 3),
+    ],
+)
+def test_a_refused_address_is_retried_only_when_temporary(smtp, command, refusal, attempts):
+    port = smtp(Refusing(command, refusal))
+    notifier = EmailNotifier(
+        "127.0.0.1", port=port, tls="none", sender="a@example.com", to=["b@example.com"]
+    )
+    tries, error = send_with_retry(notifier, alert_message(), FAST)
+    assert tries == attempts and error.recoverable == (attempts > 1)
+    assert refusal[:3] in str(error)
+
+
 def test_transient_4xx_is_retried_permanent_5xx_is_not(smtp):
     port = smtp(Mailbox(reply="451 try again later"))
     notifier = EmailNotifier(
@@ -219,7 +285,28 @@ def test_email_from_environment_and_missing_settings_named():
         ["a@example.com", "b@example.com"],
     )
     assert "hunter2" not in repr(mail)
-    from alerts.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"notifiers\[1\]: kind 'email' needs sender"):
-        build_routes(parse_config({}), {"TRIPWIRE_SMTP_HOST": "h", "TRIPWIRE_EMAIL_TO": "a@b.c"})
+
+def test_email_from_the_environment_names_the_missing_variable(tmp_path):
+    path = tmp_path / "tripwire.toml"
+    path.write_text("[engine]\ninterval_s = 5\n")  # a file, but no [[notifiers]]
+    env = {"TRIPWIRE_SMTP_HOST": "smtp.example.com", "TRIPWIRE_EMAIL_TO": "a@example.com"}
+    with pytest.raises(ConfigError) as err:
+        build_routes(load_config(path), env)
+    assert str(err.value) == (
+        "TRIPWIRE_EMAIL_FROM: not set; email configured from the environment "
+        "(no [[notifiers]] in a file) needs it"
+    )
+    env = {"TRIPWIRE_SMTP_HOST": "smtp.example.com", "TRIPWIRE_SMTP_TLS": "tls"}
+    with pytest.raises(ConfigError) as err:
+        build_routes(load_config(path), env)
+    assert str(err.value).startswith("TRIPWIRE_EMAIL_FROM, TRIPWIRE_EMAIL_TO: not set;")
+    # Written in the file, the entry is what the error names.
+    path.write_text('[[notifiers]]\nkind = "email"\nto = ["a@example.com"]\n')
+    with pytest.raises(ConfigError) as err:
+        build_routes(load_config(path), {"TRIPWIRE_SMTP_HOST": "smtp.example.com"})
+    assert str(err.value) == "notifiers[0]: kind 'email' needs sender / $TRIPWIRE_EMAIL_FROM"
+    env = {**env, "TRIPWIRE_EMAIL_FROM": "t@example.com", "TRIPWIRE_EMAIL_TO": "a@example.com"}
+    with pytest.raises(ConfigError) as err:
+        build_routes(parse_config({}), env)
+    assert str(err.value).startswith("TRIPWIRE_SMTP_TLS: must be one of starttls, ssl, none")

@@ -73,7 +73,7 @@ def http_server():
         s.close()
 
 
-def alert_message(event: str = "firing"):
+def alert_message(event: str = "firing", severity: str = "warning"):
     run = Run(7, "uid7", "team", "gpt-lr3e-3", "running", datetime(2025, 1, 1))
     alert = Alert(
         id=1,
@@ -81,7 +81,7 @@ def alert_message(event: str = "firing"):
         predictor="sa_collapse",
         layer="blocks.1.mlp.fc",
         fingerprint="7/sa_collapse/blocks.1.mlp.fc",
-        severity="warning",
+        severity=severity,
         state="firing",
         first_step=240,
         last_step=260,
@@ -149,6 +149,24 @@ def test_slack_posts_blocks_and_retries(http_server):
     block = html.unescape(payload["blocks"][0]["text"]["text"])  # Slack decodes &amp; &lt; &gt;
     assert "blocks.1.mlp.fc" in block and "step: 260" in block and "loss: 2.71" in block
     assert "https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc" in block
+
+
+@pytest.mark.parametrize(
+    "event, emoji",
+    [
+        ("firing", ":rotating_light:"),
+        ("repeat", ":rotating_light:"),
+        ("resolved", ":white_check_mark:"),
+    ],
+)
+def test_slack_says_a_resolution_calmly(http_server, event, emoji):
+    server = http_server([])
+    attempts, error = send_with_retry(
+        SlackNotifier(server.url), alert_message(event, severity="critical"), FAST
+    )
+    assert (attempts, error) == (1, None)
+    block = json.loads(server.requests[-1]["body"])["blocks"][0]["text"]["text"]
+    assert block.startswith(f"{emoji} *[tripwire] ")
 
 
 def test_retry_after_is_honoured_up_to_the_cap(http_server):
