@@ -85,10 +85,17 @@ def loss_exploded(obs: Observation, memory: dict, params: Mapping[str, Any]) -> 
     median = statistics.median(recent)
     rise = median - best
     holds = rise > params["margin"]
-    message = (
-        f"{params['key']} exploded: the median of its last {window} values, {median:.4g}, is"
-        f" {rise:.3g} above its best before them, {best:.4g}"
-        if holds
-        else ""
-    )
+    if not holds:
+        message = ""
+    elif math.isfinite(median):
+        message = (
+            f"{params['key']} exploded: the median of its last {window} values, {median:.4g}, is"
+            f" {rise:.3g} above its best before them, {best:.4g}"
+        )
+    else:
+        bad = sum(not math.isfinite(v) for v in recent)
+        message = (
+            f"{params['key']} exploded: {bad} of its last {window} values are NaN or ±Inf"
+            f" (its best before them, {best:.4g})"
+        )
     return [Verdict(holds, rise, message, details={"best": best})]

@@ -170,6 +170,12 @@ def test_loss_exploded_counts_non_finite_losses_as_high_and_survives_json():
     holds, memory = run_scalar("loss_exploded", [2.0] * 40 + [NAN] * 15)
     assert holds[-1] is True and not any(holds[:40])
     assert json.loads(json.dumps(memory)) == memory  # the service stores memory as JSON
+    spec = PREDICTORS["loss_exploded"]
+    (verdict,) = spec.fn(Observation(55, {"loss": NAN}), memory, spec.params)
+    assert (
+        verdict.message
+        == "loss exploded: 16 of its last 20 values are NaN or ±Inf (its best before them, 2)"
+    )
 
 
 # -- grad_norm_spike ----------------------------------------------------------------------------
