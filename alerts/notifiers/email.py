@@ -79,7 +79,7 @@ class EmailNotifier(Notifier):
             with self._connect() as smtp:
                 if self.user:
                     smtp.login(self.user, self._password or "")
-                smtp.send_message(email)
+                refused = smtp.send_message(email)
         except smtplib.SMTPAuthenticationError as exc:
             raise NotifyError(
                 f"{where}: authentication failed ({exc.smtp_code})", recoverable=False
@@ -104,3 +104,6 @@ class EmailNotifier(Notifier):
             raise NotifyError(f"{where}: {str(exc).rstrip('.')}", recoverable=False) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise NotifyError(f"{where}: {type(exc).__name__}: {exc}", recoverable=True) from None
+        if refused:  # the others got it: a retry would send it to them again
+            who = ", ".join(f"{address} ({code})" for address, (code, _) in sorted(refused.items()))
+            raise NotifyError(f"{where}: sent, but refused for {who}", recoverable=False)

@@ -37,11 +37,12 @@ class Mailbox:
 
 
 class Refusing(Mailbox):
-    """Refuses the sender (MAIL FROM) or every recipient (RCPT TO) with ``refusal``."""
+    """Refuses the sender (MAIL FROM) or the recipients (RCPT TO; all, or ``only`` one) with
+    ``refusal``."""
 
-    def __init__(self, command: str, refusal: str):
+    def __init__(self, command: str, refusal: str, only: str | None = None):
         super().__init__()
-        self.command, self.refusal = command, refusal
+        self.command, self.refusal, self.only = command, refusal, only
 
     async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
         if self.command == "MAIL":
@@ -50,7 +51,7 @@ class Refusing(Mailbox):
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options):  # noqa: N802
-        if self.command == "RCPT":
+        if self.command == "RCPT" and self.only in (None, address):
             return self.refusal
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -249,6 +250,22 @@ def test_a_refused_address_is_retried_only_when_temporary(smtp, command, refusal
     tries, error = send_with_retry(notifier, alert_message(), FAST)
     assert tries == attempts and error.recoverable == (attempts > 1)
     assert refusal[:3] in str(error)
+
+
+def test_a_recipient_refused_while_others_get_it_is_a_recorded_failure(smtp):
+    mailbox = Refusing("RCPT", "550 5.1.1 no such user", only="oncall@example.com")
+    port = smtp(mailbox)
+    notifier = EmailNotifier(
+        "127.0.0.1",
+        port=port,
+        tls="none",
+        sender="a@example.com",
+        to=["lead@example.com", "oncall@example.com"],
+    )
+    tries, error = send_with_retry(notifier, alert_message(), FAST)
+    assert [e.rcpt_tos for e in mailbox.envelopes] == [["lead@example.com"]]  # sent once
+    assert tries == 1 and not error.recoverable  # a retry would send it to lead@ again
+    assert "oncall@example.com" in str(error) and "550" in str(error)
 
 
 def test_transient_4xx_is_retried_permanent_5xx_is_not(smtp):
