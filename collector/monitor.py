@@ -296,12 +296,14 @@ class Monitor:
             if self._writer.spooled:
                 log.warning(
                     "tripwire: %s; %s keeps the rows, replayed when this run resumes "
-                    "(collector.watch(..., run_id=%r))",
+                    "(collector.watch(..., run_id=%r)) or by `tripwire spool replay --dir %s "
+                    "--db URL`",
                     "the database was unreachable"
                     if self._writer.unreachable
                     else "writing them failed (the error is logged above)",
                     self._writer.spool_path,
                     self.uid,
+                    self._writer.spool_path.parent,
                 )
         except Exception:
             self._failed()

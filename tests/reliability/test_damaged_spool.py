@@ -152,3 +152,4 @@ def test_a_write_that_keeps_failing_neither_hangs_close_nor_blames_the_database(
     assert time.monotonic() - started < 5
     assert monitor.errors >= 1 and (tmp_path / f"{monitor.uid}.jsonl").exists()  # kept, not lost
     assert "unreachable" not in caplog.text and "writing them failed" in caplog.text
+    assert f"tripwire spool replay --dir {tmp_path} --db URL" in caplog.text  # the way out
