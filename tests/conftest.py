@@ -83,3 +83,15 @@ def throwaway_pg(pg_server_url):
     server = ThrowawayPostgres()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test: on a small shared CI box extra threads wait on
+    each other (2 threads ran the default demo 4x slower than 1 under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

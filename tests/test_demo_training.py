@@ -13,14 +13,7 @@ TINY = dict(batch_size=4, block_size=32, n_layer=1, n_head=2, d_model=32)
 INF, NAN = math.inf, math.nan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a small shared CI box, extra threads wait on each other: 2 threads ran the default
-    # demo 4x slower than 1 under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_same_seed_same_losses_other_seed_other_losses():

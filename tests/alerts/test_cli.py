@@ -167,10 +167,14 @@ def test_scheduler_once_evaluates_and_is_idempotent(runner, exploded):
     assert info["runs"] == 0
 
 
-def test_apscheduler_job_ticks_and_writes_heartbeats(sqlite_db):
+def test_apscheduler_job_ticks_writes_heartbeats_and_logs_events_not_ticks(sqlite_db, caplog):
     from storage import utcnow
 
-    run = make_run(sqlite_db, started_at=utcnow())
+    aps_log = logging.getLogger("apscheduler")
+    level = aps_log.level
+    aps_log.setLevel(logging.NOTSET)  # as in a fresh process (another test may have built one)
+    caplog.set_level(logging.INFO)
+    run = make_run(sqlite_db, "nan-run", started_at=utcnow())
     write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)}, at=utcnow())
     service = AlertService(sqlite_db, parse_config({}), [])
     scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
@@ -183,31 +187,10 @@ def test_apscheduler_job_ticks_and_writes_heartbeats(sqlite_db):
             time.sleep(0.05)
     finally:
         scheduler.shutdown(wait=True)
+        aps_log.setLevel(level)
     assert service.ticks >= 3
     assert [a.predictor for a in store.firing_alerts(sqlite_db, run)] == ["non_finite"]
     assert store.last_beat(sqlite_db, "scheduler") is not None
-
-
-def test_the_scheduler_logs_alert_events_not_each_tick(sqlite_db, caplog):
-    from storage import utcnow
-
-    aps_log = logging.getLogger("apscheduler")
-    level = aps_log.level
-    aps_log.setLevel(logging.NOTSET)  # as in a fresh process (another test may have built one)
-    caplog.set_level(logging.INFO)
-    run = make_run(sqlite_db, "nan-run", started_at=utcnow())
-    write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)}, at=utcnow())
-    service = AlertService(sqlite_db, parse_config({}), [])
-    scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
-    scheduler.start()
-    try:
-        deadline = time.monotonic() + 20
-        while service.ticks < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        scheduler.shutdown(wait=True)
-        aps_log.setLevel(level)
-    assert service.ticks >= 3
     # Its warnings stay (a tick skipped on a busy machine says so); its per-tick INFO lines go.
     chatter = [
         r.getMessage()

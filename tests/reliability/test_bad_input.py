@@ -19,13 +19,7 @@ import collector
 from storage import Database, SchemaOutOfDate, runs, stats
 from tripwire.cli import cli
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _watch(model, db_url, tmp_path, **kw):

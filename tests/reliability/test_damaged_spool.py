@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 import collector
 from storage import Database, runs, stats
@@ -20,12 +19,7 @@ GARBAGE = '["scalars", [{"step": 3, "ke'  # torn mid-file: the trainer went on a
 TORN = '{"broken json'  # the last line a SIGKILL leaves
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tripwire(*args: str) -> subprocess.CompletedProcess:
