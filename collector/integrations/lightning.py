@@ -78,11 +78,11 @@ class TripwireCallback(pl.Callback):
             halt_on_alert=self.halt_on_alert,
             **self.watch_options,
         )
-        self._step, self._loss = None, None
+        self._step, self._loss, self._micro_batches = None, None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.monitor is not None and trainer.global_step != self._step:
-            self._step, self._loss = trainer.global_step, None
+            self._step, self._loss, self._micro_batches = trainer.global_step, None, 0
             self.monitor.prepare(self._step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -97,7 +97,12 @@ class TripwireCallback(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None and hasattr(loss, "detach"):
             self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
+            self._micro_batches += 1
         if trainer.global_step != self._step:  # this batch completed an optimizer step
+            # Lightning divides each micro-batch's loss by accumulate_grad_batches, also in an
+            # epoch's last, shorter window: the mean of that one needs its own count.
+            if self._loss is not None and self._micro_batches:
+                self._loss = self._loss * (trainer.accumulate_grad_batches / self._micro_batches)
             self.monitor.record(self._step, loss=self._loss)
             self._loss = None
         alerts = self.monitor.take_alarm()

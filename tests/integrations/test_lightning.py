@@ -122,6 +122,19 @@ def test_gradient_accumulation_checks_once_per_step_on_the_first_micro_batch(sql
     assert loss[1] == pytest.approx(sum(module.losses[3:6]) / 3, rel=1e-6)
 
 
+def test_an_epochs_last_shorter_accumulation_window_stores_its_mean_loss(sqlite_url, tmp_path):
+    # 24 batches of 2 in 5s: the epoch's fifth optimizer step sums only 4 micro-batches, each
+    # still divided by 5 by Lightning.
+    callback = TripwireCallback(run="short-window", db=sqlite_url, every=1, spool_dir=tmp_path)
+    _, module = _fit(
+        [callback], batch_size=2, accumulate_grad_batches=5, max_steps=-1, max_epochs=1
+    )
+    loss = scalar_table(sqlite_url, "short-window")["loss"]
+    assert sorted(loss) == [0, 1, 2, 3, 4]
+    assert loss[3] == pytest.approx(sum(module.losses[15:20]) / 5, rel=1e-6)
+    assert loss[4] == pytest.approx(sum(module.losses[20:24]) / 4, rel=1e-6)
+
+
 class _FireAlertAt(L.Callback):
     """Plays the alert engine: a critical alert fires for the run after step ``at``."""
 
