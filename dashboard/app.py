@@ -8,6 +8,7 @@ scripts directly by URL, around this entry point and its password gate). The run
 import streamlit as st
 
 from dashboard import auth, queries
+from dashboard import format as fmt
 from storage import StorageError
 
 st.set_page_config(page_title="Tripwire", page_icon="⚡", layout="wide")
@@ -27,6 +28,6 @@ if not allowed:
 try:
     queries.database(queries.db_url())
 except StorageError as exc:  # unreachable, or a schema that needs `tripwire db upgrade`
-    st.error(f"Cannot use the database: {exc}")
+    st.error(f"Cannot use the database: {fmt.md(exc)}")
     st.stop()
 page.run()

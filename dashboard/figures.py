@@ -3,6 +3,10 @@
 Non-finite values are evidence, not noise: every builder shows NaN and ±Inf as red ``x``
 markers (Plotly itself would silently leave a gap).
 
+Plotly reads its text (names, ticks, titles, hover) as HTML of its own, links included: every
+name a user or a trainer chose goes through :func:`_plain` first, and never into a
+``hovertemplate``, where ``%{...}`` would be substituted.
+
 >>> from dashboard import figures
 >>> fig = figures.scalars_figure(df, alerts=run_alerts)     # doctest: +SKIP
 >>> fig.show()
@@ -10,6 +14,7 @@ markers (Plotly itself would silently leave a gap).
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterable, Sequence
 
@@ -47,6 +52,8 @@ STAT_TITLES = {
 }
 LOG_COLOR_STATS = ("grad_norm", "weight_norm", "sigma1", "act_max", "act_norm_mean", "update_ratio")
 """Statistics whose heatmaps are coloured by log10: they span decades across layers."""
+NO_LAYER_STATS = "no layer statistics: the run recorded none (no monitored layers?)"
+"""What an ended run's empty layer charts say (a model with no layer Tripwire monitors)."""
 
 
 def colorscale(name: str) -> list[list]:
@@ -69,6 +76,11 @@ def _is_placeholder(color: str) -> bool:
 
 def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _plain(text) -> str:
+    """A run, layer or scalar name, or a message, shown literally by Plotly (no ``<a href>``)."""
+    return html.escape(str(text), quote=False)  # Plotly decodes &lt; &gt; &amp;, not &quot;
 
 
 def _label(value) -> str:
@@ -108,6 +120,8 @@ def scalars_figure(
     alerts: Iterable = (),
     mark_step: int | None = None,
     log_y: Sequence[str] | None = None,
+    alerts_run: str | None = None,
+    ended: bool = False,
     height_per_row: int = 210,
 ) -> go.Figure:
     """Stacked line charts of a run's scalars sharing one step axis, with alert markers.
@@ -116,8 +130,11 @@ def scalars_figure(
     overlaid, one colour per run). ``alerts`` are objects with ``predictor``, ``layer``,
     ``severity``, ``state``, ``first_step``, ``fired_step`` and ``message``: each is a marker
     on the first chart at the step it fired (hover shows it) and a dotted line across all.
+    They belong to one run, whose curve the markers sit on: the rows whose ``run`` is
+    ``alerts_run`` (by default the first run in ``df``).
     ``log_y`` names the keys drawn on a log axis; by default those whose positive values span
-    more than two decades (an exploded loss would flatten everything before it).
+    more than two decades (an exploded loss would flatten everything before it). A chart with
+    no values says so: none yet, or, once the run has ``ended``, that it logged none.
 
     >>> scalars_figure(series.scalar_frame(db, run.id), alerts=list_alerts(db, run_id=run.id))  # doctest: +SKIP
     """
@@ -127,7 +144,7 @@ def scalars_figure(
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.04,
-        subplot_titles=[SCALAR_TITLES.get(k, k) for k in keys],
+        subplot_titles=[_plain(SCALAR_TITLES.get(k, k)) for k in keys],
     )
     runs = list(dict.fromkeys(df["run"])) if "run" in df.columns and len(df) else [None]
     palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -144,11 +161,12 @@ def scalars_figure(
                     x=ok["step"].tolist() if len(ok) else [],
                     y=ok["value"].tolist() if len(ok) else [],
                     mode="lines",
-                    name=str(name),
+                    name=_plain(name),
                     legendgroup=str(name),
                     showlegend=row == 1 and run is not None,
                     line={"color": palette[i % len(palette)], "width": 1.5},
-                    hovertemplate=f"{name}<br>step %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                    meta=_plain(key),
+                    hovertemplate="%{fullData.name}<br>step %{x}<br>%{meta} %{y:.4g}<extra></extra>",
                 ),
                 row=row,
                 col=1,
@@ -163,19 +181,47 @@ def scalars_figure(
                         name="non-finite",
                         showlegend=False,
                         marker={"symbol": "x", "size": 9, "color": NONFINITE_COLOR},
-                        text=[f"{name}: {key} = {_label(v)}" for v in bad["value"]],
+                        text=[_plain(f"{name}: {key} = {_label(v)}") for v in bad["value"]],
                         hovertemplate="step %{x}<br>%{text}<extra></extra>",
                     ),
                     row=row,
                     col=1,
                 )
-        if (key in log_y) if log_y is not None else _spans_decades(finite_values):
+        log = (key in log_y) if log_y is not None else _spans_decades(finite_values)
+        if log:
             fig.update_yaxes(type="log", row=row, col=1)
-    _add_alert_markers(fig, df, keys[0] if keys else None, alerts)
+        elif finite_values and min(finite_values) == max(finite_values):
+            # Plotly pads a constant series by ±1 (a constant lr of 3e-3 sat on a −1..1 axis).
+            pad = abs(finite_values[0]) or 1.0
+            fig.update_yaxes(range=[finite_values[0] - pad, finite_values[0] + pad], row=row, col=1)
+        if not len(part):
+            fig.add_annotation(
+                text=_no_values(key, ended),
+                showarrow=False,
+                x=0.5,
+                y=0.5,
+                xref="x domain",
+                yref="y domain",
+                row=row,
+                col=1,
+            )
+            fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, row=row, col=1)
+    if alerts_run is None:
+        alerts_run = runs[0]
+    _add_alert_markers(fig, df, keys[0] if keys else None, alerts, alerts_run)
     if mark_step is not None:
         fig.add_vline(x=mark_step, line_color="#444", line_width=1, row="all", col=1)
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
     return _base_layout(fig, None, height_per_row * len(keys) + 60)
+
+
+def _no_values(key: str, ended: bool) -> str:
+    title = _plain(SCALAR_TITLES.get(key, key))
+    if not ended:
+        return f"no {title} yet"
+    if key == "grad_norm":  # Tripwire's own: the norm over the layers it monitors
+        return f"no {title}: it is measured over the monitored layers, and the run recorded none"
+    return f"no {title}: the run logged none"
 
 
 def _spans_decades(values: list[float], decades: float = 2.0) -> bool:
@@ -189,11 +235,16 @@ def _alert_step(alert) -> int | None:
     return fired if fired is not None else getattr(alert, "first_step", None)
 
 
-def _add_alert_markers(fig: go.Figure, df, key: str | None, alerts: Iterable) -> None:
+def _add_alert_markers(
+    fig: go.Figure, df, key: str | None, alerts: Iterable, run: str | None
+) -> None:
     alerts = [a for a in alerts if _alert_step(a) is not None]
     if not alerts or key is None:
         return
     part = df[(df["key"] == key) & df["value"].map(_finite)] if len(df) else df
+    if run is not None and "run" in part.columns:  # on their own run's curve, not an overlay's
+        part = part[part["run"] == run]
+    part = part.sort_values("step", kind="stable") if len(part) else part
     steps = part["step"].tolist() if len(part) else []
     values = part["value"].tolist() if len(part) else []
     by_severity: dict[str, list] = {}
@@ -208,9 +259,10 @@ def _add_alert_markers(fig: go.Figure, df, key: str | None, alerts: Iterable) ->
             ys.append(_value_near(steps, values, step))
             layer = getattr(alert, "layer", None)
             texts.append(
-                f"<b>{getattr(alert, 'predictor', '?')}</b> ({severity}, {getattr(alert, 'state', '')})"
-                + (f"<br>layer {layer}" if layer else "")
-                + f"<br>{(getattr(alert, 'message', '') or '')[:200]}"
+                f"<b>{_plain(getattr(alert, 'predictor', '?'))}</b>"
+                f" ({severity}, {getattr(alert, 'state', '')})"
+                + (f"<br>layer {_plain(layer)}" if layer else "")
+                + f"<br>{_plain((getattr(alert, 'message', '') or '')[:200])}"
             )
         fig.add_trace(
             go.Scatter(
@@ -255,19 +307,21 @@ def layer_heatmap(
     zmax: float | None = None,
     log: bool | None = None,
     mark_step: int | None = None,
+    ended: bool = False,
     height: int | None = None,
 ) -> go.Figure:
     """A layer × step heatmap of one statistic (a :class:`storage.series.LayerMatrix`).
 
     Layers run top to bottom in model order; non-finite cells are red ``x`` markers. Norm-like
-    statistics are coloured by log10 unless ``log=False``.
+    statistics are coloured by log10 unless ``log=False``. An empty matrix says there are no
+    statistics yet, or, once the run has ``ended``, that it recorded none.
 
     >>> layer_heatmap(series.layer_matrix(db, run.id, "sa_imbalance"), zmin=0, zmax=1)  # doctest: +SKIP
     """
     stat = getattr(matrix, "stat", "")
     title = title or STAT_TITLES.get(stat, stat)
     if not matrix.layers or not matrix.steps:
-        return empty_figure(f"{title}: no layer statistics yet")
+        return empty_figure(f"{title}: {NO_LAYER_STATS if ended else 'no layer statistics yet'}")
     log = stat in LOG_COLOR_STATS if log is None else log
     z, bad_x, bad_y, bad_text = [], [], [], []
     for name, row in zip(matrix.layers, matrix.z, strict=True):
@@ -278,7 +332,7 @@ def layer_heatmap(
             elif not math.isfinite(value):
                 out.append(None)
                 bad_x.append(step)
-                bad_y.append(name)
+                bad_y.append(_plain(name))
                 bad_text.append(_label(value))
             elif log:
                 out.append(math.log10(value) if value > 0 else None)
@@ -288,7 +342,7 @@ def layer_heatmap(
     fig = go.Figure(
         go.Heatmap(
             x=matrix.steps,
-            y=matrix.layers,
+            y=[_plain(name) for name in matrix.layers],
             z=z,
             colorscale=colorscale(scale),
             zmin=zmin,
@@ -328,7 +382,7 @@ def sa_hist_figure(hist, *, mark_step: int | None = None, height: int = 360) -> 
 
     >>> sa_hist_figure(series.sa_hist_series(db, run.id, "blocks.0.attn.qkv"))  # doctest: +SKIP
     """
-    title = f"SA distribution of {hist.layer}"
+    title = f"SA distribution of {_plain(hist.layer)}"
     rows = [c for c in hist.counts if c]
     if not rows:
         return empty_figure(f"{title}: no histograms yet")
@@ -393,8 +447,8 @@ def layer_lines_figure(df, stat: str, *, log_y: bool = False, height: int = 320)
                 x=ok["step"].tolist(),
                 y=ok["value"].tolist(),
                 mode="lines",
-                name=str(layer),
-                hovertemplate=f"{layer}<br>step %{{x}}<br>{stat} %{{y:.4g}}<extra></extra>",
+                name=_plain(layer),
+                hovertemplate=f"%{{fullData.name}}<br>step %{{x}}<br>{stat} %{{y:.4g}}<extra></extra>",
             )
         )
         bad = sub[~sub["value"].map(_finite)]
@@ -406,7 +460,7 @@ def layer_lines_figure(df, stat: str, *, log_y: bool = False, height: int = 320)
                     mode="markers",
                     showlegend=False,
                     marker={"symbol": "x", "size": 9, "color": NONFINITE_COLOR},
-                    text=[f"{layer}: {_label(v)}" for v in bad["value"]],
+                    text=[_plain(f"{layer}: {_label(v)}") for v in bad["value"]],
                     hovertemplate="step %{x}<br>%{text}<extra></extra>",
                 )
             )
@@ -453,7 +507,7 @@ def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None
     fig = go.Figure()
 
     def lane(r: dict) -> str:  # one lane per (run, predictor, layer): overlapping alerts stay apart
-        return " · ".join(str(x) for x in (r["run"], r["predictor"], r.get("layer")) if x)
+        return " · ".join(_plain(x) for x in (r["run"], r["predictor"], r.get("layer")) if x)
 
     lanes = list(dict.fromkeys(lane(r) for r in rows))
     for severity in ("critical", "warning", "info"):
@@ -465,7 +519,8 @@ def alerts_timeline(rows: Sequence[dict], *, now=None, height: int | None = None
             start = r["created_at"]
             end = r["updated_at"] if r["state"] == "resolved" else now
             end = max(end, start + timedelta(seconds=30))
-            label = f"<b>{r['predictor']}</b> {r['state']}<br>{(r.get('message') or '')[:160]}"
+            message = _plain((r.get("message") or "")[:160])
+            label = f"<b>{_plain(r['predictor'])}</b> {r['state']}<br>{message}"
             xs += [start, end, None]
             ys += [lane(r), lane(r), None]
             texts += [label, label, None]

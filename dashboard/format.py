@@ -1,4 +1,5 @@
-"""Plain formatting for the pages (no Streamlit): durations, statuses, health badges.
+"""Plain formatting for the pages (no Streamlit): durations, statuses, health badges, run
+labels, and user text made literal for Markdown.
 
 >>> duration(3725)
 '1h 02m'
@@ -10,11 +11,18 @@
 ('alerts at end', '1 critical')
 >>> alerts_cell({"status": "finished", "critical": 1, "warning": 0, "info": 3, "pending": 0})
 '1 critical · 3 info (at end)'
+>>> md("blocks.0", code=True)
+'`blocks.0`'
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
+
+_PUNCTUATION = frozenset(string.punctuation)
+_AUTOLINK = re.compile(r"(?i)(?<=https)(?=:)|(?<=http)(?=:)|(?<=www)(?=\.)|(?=@)")
 
 
 def duration(seconds: float | None) -> str:
@@ -78,3 +86,43 @@ def number(value: float | None, digits: int = 4) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return f"{value:.{digits}g}"
+
+
+def md(text: object, *, code: bool = False) -> str:
+    r"""``text`` (a run name, a reason, an error, a URL parameter) for a Streamlit element that
+    renders Markdown (``st.title``, ``st.caption``, ``st.warning``, ``st.write`` ...), so that it
+    shows literally: no bold, links, LaTeX, ``:emoji:`` or ``:red[...]``. Streamlit already
+    escapes HTML; it has no escape of its own for Markdown.
+
+    Every ASCII punctuation character gets a backslash (CommonMark unescapes them all). A bare
+    URL or address (``http://``, ``www.``, ``@``) would still become a link, since the GFM
+    autolinker reads the unescaped text: an invisible word joiner (U+2060) breaks it.
+    ``code=True`` gives a code span instead, whose content Markdown leaves alone: its fence is
+    longer than any run of backticks inside.
+
+    >>> print(md("**bold** [link](x) $x$ :rocket:"))
+    \*\*bold\*\* \[link\]\(x\) \$x\$ \:rocket\:
+    """
+    text = str(text)
+    if code:
+        fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+        pad = " " if text[:1] == "`" or text[-1:] == "`" or not text.strip() else ""
+        return f"{fence}{pad}{text}{pad}{fence}"
+    text = _AUTOLINK.sub("\u2060", text)
+    return "".join("\\" + c if c in _PUNCTUATION else c for c in text)
+
+
+def run_label(run: dict) -> str:
+    """A run for a picker: name, project, status, start and the uid's first characters, so that
+    runs of one name (a resumed run, a second ``trainer.train()``) can be told apart.
+
+    >>> from datetime import datetime
+    >>> run_label({"name": "gpt", "project": "p", "status": "finished", "uid": "59d7143e09",
+    ...            "started_at": datetime(2026, 11, 30, 16, 50, 40)})
+    'gpt · p · finished · 2026-11-30 16:50 · 59d714'
+    """
+    parts = [run["name"], run.get("project"), run.get("status")]
+    if run.get("started_at") is not None:
+        parts.append(f"{run['started_at']:%Y-%m-%d %H:%M}")
+    parts.append(run["uid"][:6])
+    return " · ".join(str(p) for p in parts if p)

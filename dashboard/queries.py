@@ -73,9 +73,16 @@ def projects(url: str) -> list[str]:
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def run_choices(url: str, limit: int = 500) -> list[dict]:
-    """(id, uid, name, project, status) of recent runs, for pickers."""
+    """(id, uid, name, project, status, started_at) of recent runs, for pickers."""
     return [
-        {"id": r.id, "uid": r.uid, "name": r.name, "project": r.project, "status": r.status}
+        {
+            "id": r.id,
+            "uid": r.uid,
+            "name": r.name,
+            "project": r.project,
+            "status": r.status,
+            "started_at": r.started_at,
+        }
         for r in runs.list_runs(database(url), limit=limit)
     ]
 

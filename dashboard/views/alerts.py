@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, queries
+from dashboard import format as fmt
 from storage.db import utcnow
 
 url = queries.db_url()
@@ -14,6 +15,7 @@ st.title("Alerts")
 choices = queries.run_choices(url)
 names = {c["id"]: c["name"] for c in choices}
 uids = {c["id"]: c["uid"] for c in choices}
+labels = {c["id"]: fmt.run_label(c) for c in choices}  # names repeat: a resumed run, a 2nd train()
 
 c1, c2, c3, c4 = st.columns(4)
 state = c1.segmented_control("State", ["open", "resolved", "all"], default="open")
@@ -21,7 +23,7 @@ severity = c2.selectbox("Severity", ["(all)", "critical", "warning", "info"])
 predictors = sorted({a.predictor for a in queries.alerts(url)})
 predictor = c3.selectbox("Predictor", ["(all)", *predictors])
 run_pick = c4.selectbox(
-    "Run", [None, *names], format_func=lambda i: "(all)" if i is None else names.get(i, str(i))
+    "Run", [None, *labels], format_func=lambda i: "(all)" if i is None else labels.get(i, str(i))
 )
 
 states = {"open": ("pending", "firing"), "resolved": ("resolved",)}.get(state or "all")
@@ -69,13 +71,13 @@ st.caption("A silenced run's alerts are still evaluated and listed; only notific
 if choices:
     with st.form("silence"):
         f1, f2, f3 = st.columns([2, 1, 2])
-        target = f1.selectbox("Run", list(names), format_func=lambda i: names[i])
+        target = f1.selectbox("Run", list(labels), format_func=lambda i: labels[i])
         hours = f2.number_input("Hours", min_value=0.25, max_value=24.0 * 30, value=2.0, step=0.25)
         reason = f3.text_input("Reason", placeholder="known issue, rerunning")
         if st.form_submit_button("Silence"):
             until = utcnow() + timedelta(hours=float(hours))
             queries.silence(url, target, until, reason)
-            st.success(f"Silenced {names[target]} until {until:%Y-%m-%d %H:%M} UTC.")
+            st.success(f"Silenced {fmt.md(labels[target])} until {until:%Y-%m-%d %H:%M} UTC.")
 
 active = queries.silences(url)
 if active:
@@ -87,8 +89,8 @@ if active:
             else f"until {silence.until:%Y-%m-%d %H:%M} UTC"
         )
         left.write(
-            f"Silenced: **{names.get(silence.run_id, silence.run_id)}** {until}"
-            + (f" — {silence.reason}" if silence.reason else "")
+            f"Silenced: **{fmt.md(labels.get(silence.run_id, silence.run_id))}** {until}"
+            + (f" — {fmt.md(silence.reason)}" if silence.reason else "")
         )
         if right.button("Unsilence", key=f"unsilence-{silence.id}"):
             queries.unsilence(url, silence.run_id)

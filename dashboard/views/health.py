@@ -13,13 +13,13 @@ info = queries.health(url)
 
 st.subheader("Database")
 if info["error"]:
-    st.error(f"Cannot read {info['url']}: {info['error']}")
+    st.error(f"Cannot read {fmt.md(info['url'])}: {fmt.md(info['error'])}")
     st.stop()
 c1, c2, c3 = st.columns(3)
 c1.metric("backend", info["backend"])
 c2.metric("runs", info["runs"])
 c3.metric("schema", "up to date" if info["schema"] == info["head"] else "out of date")
-st.caption(f"`{info['url']}` · revision {info['schema']} (head {info['head']})")
+st.caption(f"{fmt.md(info['url'], code=True)} · revision {info['schema']} (head {info['head']})")
 
 st.subheader("Scheduler")
 beat = info.get("scheduler")

@@ -20,12 +20,12 @@ if not choices:
 ref = params.get("run")
 run = queries.find_run(url, ref) if ref else None
 if ref and run is None:
-    st.warning(f"No run named or with uid {ref!r}; showing the newest run.")
+    st.warning(f"No run named or with uid {fmt.md(repr(ref))}; showing the newest run.")
 run = run or queries.find_run(url, choices[0]["uid"])
 
-labels = {c["uid"]: f"{c['name']} · {c['project']} · {c['status']}" for c in choices}
+labels = {c["uid"]: fmt.run_label(c) for c in choices}
 if run["uid"] not in labels:
-    labels = {run["uid"]: f"{run['name']} · {run['project']} · {run['status']}", **labels}
+    labels = {run["uid"]: fmt.run_label(run), **labels}
 picked = st.sidebar.selectbox(
     "Run", list(labels), index=list(labels).index(run["uid"]), format_func=labels.get
 )
@@ -42,25 +42,13 @@ except ValueError:
     mark_step = None
 
 run_id = run["id"]
-first, last = queries.step_bounds(url, run_id)
 layers = queries.layer_names(url, run_id)
 rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
 summary = rows[0] if rows else {"status": run["status"], "duration_s": None}
 live = summary["status"] == "running"
 
 # -- controls ------------------------------------------------------------------------------------
-if last is not None and last > 0:
-    range_key, seen_key = f"range-{run_id}", f"range-max-{run_id}"
-    lo, hi = st.session_state.get(range_key, (0, int(last)))
-    if hi == st.session_state.get(seen_key, hi):
-        hi = int(last)  # the range ended at the last step: keep following a live run
-    st.session_state[range_key] = (min(lo, int(last)), min(hi, int(last)))
-    st.session_state[seen_key] = int(last)
-    start, end = st.sidebar.slider("Step range", min_value=0, max_value=int(last), key=range_key)
-    start = None if start == 0 else start
-    end = None if end == last else end  # open-ended: grows while the run is live
-else:
-    start, end = None, None
+range_slot = st.sidebar.container()  # the step range: drawn by the refreshing body, it follows
 BASE_SCALARS = ("loss", "lr", "grad_norm")
 more_keys = [k for k in queries.scalar_keys(url, run_id) if k not in BASE_SCALARS]
 more = st.sidebar.multiselect(
@@ -87,15 +75,35 @@ def _step_of(alert) -> int:
     return alert.fired_step if alert.fired_step is not None else alert.first_step
 
 
+def step_range() -> tuple[int | None, int | None]:
+    """The sidebar's step-range slider as (start, end), None for an open end. Its maximum is the
+    run's last step, read again on every refresh; a range that ended at the last step keeps
+    following the run, one the user narrowed stays put."""
+    _first, last = queries.step_bounds(url, run_id)
+    if last is None or last <= 0:
+        range_slot.empty()  # keeps the slot for when the first steps come in
+        return None, None
+    range_key, seen_key = f"range-{run_id}", f"range-max-{run_id}"
+    lo, hi = st.session_state.get(range_key, (0, int(last)))
+    if hi == st.session_state.get(seen_key, hi):
+        hi = int(last)  # the range ended at the last step: keep following a live run
+    st.session_state[range_key] = (min(lo, int(last)), min(hi, int(last)))
+    st.session_state[seen_key] = int(last)
+    start, end = range_slot.slider("Step range", min_value=0, max_value=int(last), key=range_key)
+    return (None if start == 0 else start), (None if end == last else end)  # open: grows
+
+
 @st.fragment(run_every=refresh if live else None)
 def body() -> None:
+    start, end = step_range()
     rows = [r for r in queries.runs_overview(url, run["project"]) if r["id"] == run_id]
     info = rows[0] if rows else summary
     version = (info.get("last_step"), info["status"])  # new steps → new cache entries
-    st.title(run["name"])
+    ended = info["status"] in ("finished", "failed")
+    st.title(fmt.md(run["name"]))
     st.caption(
-        f"project {run['project']} · started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC"
-        f" · uid {run['uid']}"
+        f"project {fmt.md(run['project'])} · started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC"
+        f" · uid {fmt.md(run['uid'], code=True)}"
     )
     cols = st.columns(5)
     cols[0].metric("status", info["status"])
@@ -128,7 +136,14 @@ def body() -> None:
                 frames.append(df.assign(run=f"{other['name']} ({uid[:6]})"))
     scalars = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     st.plotly_chart(
-        figures.scalars_figure(scalars, keys=scalar_keys, alerts=shown_alerts, mark_step=mark_step),
+        figures.scalars_figure(
+            scalars,
+            keys=scalar_keys,
+            alerts=shown_alerts,
+            alerts_run=run["name"] if overlay else None,
+            mark_step=mark_step,
+            ended=ended,
+        ),
         theme=None,
         key="scalars",
     )
@@ -138,7 +153,9 @@ def body() -> None:
     sa_grid = grids["sa_imbalance"]
     st.subheader("Spectral alignment")
     st.plotly_chart(
-        figures.layer_heatmap(sa_grid, zmin=0, zmax=1, scale="Inferno", mark_step=mark_step),
+        figures.layer_heatmap(
+            sa_grid, zmin=0, zmax=1, scale="Inferno", mark_step=mark_step, ended=ended
+        ),
         theme=None,
         key="sa_heatmap",
     )
@@ -148,7 +165,9 @@ def body() -> None:
         ("First non-finite", nonfinite),
     ):
         if found:
-            listed = ", ".join(f"`{name}` at step {step}" for name, step in found[:5])
+            listed = ", ".join(
+                f"{fmt.md(name, code=True)} at step {step}" for name, step in found[:5]
+            )
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""
             st.caption(f"{label}: {listed}{more}.")
     if sa_grid.steps and not collapses:
@@ -170,7 +189,7 @@ def body() -> None:
 
     st.subheader("Per-layer statistics")
     st.plotly_chart(
-        figures.layer_heatmap(grids[per_layer_stat], mark_step=mark_step),
+        figures.layer_heatmap(grids[per_layer_stat], mark_step=mark_step, ended=ended),
         theme=None,
         key="stat_heatmap",
     )
@@ -218,6 +237,7 @@ body()
 with st.expander("Config"):
     st.json(run.get("config") or {})
     st.caption(
-        f"uid `{run['uid']}` · host {run.get('host') or '?'} · check every {run.get('every') or '?'} steps"
-        + (f" · error: {run['error']}" if run.get("error") else "")
+        f"uid {fmt.md(run['uid'], code=True)} · host {fmt.md(run.get('host') or '?')}"
+        f" · check every {run.get('every') or '?'} steps"
+        + (f" · error: {fmt.md(run['error'])}" if run.get("error") else "")
     )

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# AppTest puts a page's folder on sys.path, where dashboard/views/alerts.py would shadow the
+# alerts package for a test whose first import of the dashboard is through a page.
+import dashboard.queries  # noqa: F401
 from storage import Database
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -23,14 +23,26 @@ def _hist(collapse: float) -> list[int]:
 
 
 def write_run(
-    db, *, name, steps=300, every=10, status="running", explode_at=None, nan=False, started=None
+    db,
+    *,
+    name,
+    steps=300,
+    every=10,
+    status="running",
+    explode_at=None,
+    nan=False,
+    started=None,
+    uid=None,
+    layers=LAYERS,
+    error=None,
 ) -> int:
-    """A run of ``steps`` steps; past ``explode_at`` one layer collapses and the loss blows up."""
+    """A run of ``steps`` steps; past ``explode_at`` one layer collapses and the loss blows up.
+    ``layers=()``: a model with no layer Tripwire monitors (no layer rows, no ``grad_norm``)."""
     started = started or utcnow() - timedelta(minutes=10)
     with db.session() as s:
         run_id = runs.ensure_run(
             s,
-            uid=f"uid-{name}",
+            uid=uid or f"uid-{name}",
             project="demo",
             name=name,
             started_at=started,
@@ -40,7 +52,7 @@ def write_run(
             host="test",
         )
         ids = runs.ensure_layers(
-            s, run_id, [{"name": n, "position": i, "kind": "Linear"} for i, n in enumerate(LAYERS)]
+            s, run_id, [{"name": n, "position": i, "kind": "Linear"} for i, n in enumerate(layers)]
         )
         scalars, layer_rows = [], []
         for step in range(steps):
@@ -55,10 +67,12 @@ def write_run(
                 ("lr", 3e-3),
                 ("grad_norm", 1.0 + (5.0 if gone else 0)),
             ):
+                if key == "grad_norm" and not layers:
+                    continue
                 scalars.append({"step": step, "key": key, "value": value, "wall_time": float(step)})
             if step % every:
                 continue
-            for i, layer in enumerate(LAYERS):
+            for i, layer in enumerate(layers):
                 lead = explode_at is not None and step >= explode_at - 40 and i == 4
                 collapse = 0.9 if lead or gone else 0.0
                 broken = nan and step >= steps - 20 and i % 2 == 0
@@ -85,7 +99,7 @@ def write_run(
         stats.write_layer_stats(s, run_id, ids, layer_rows)
         runs.touch(s, run_id, last_step=steps - 1, at=utcnow())
         if status != "running":
-            runs.finish(s, run_id, status=status, at=utcnow())
+            runs.finish(s, run_id, status=status, at=utcnow(), error=error)
     return run_id
 
 

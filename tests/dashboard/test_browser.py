@@ -83,7 +83,7 @@ def test_run_page_shows_loss_chart_and_heatmaps(served, exploded, page):
 
 
 def test_runs_and_alerts_pages_render(served, page):
-    page.goto(f"{served}/runs")
+    page.goto(served)  # the Runs page: Streamlit serves the default page at the root only
     page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.goto(f"{served}/alerts")
@@ -104,3 +104,101 @@ def test_password_gate_guards_deep_links(exploded, page):
         page.get_by_role("button", name="Sign in").click()
         _wait_for_charts(page, 5)
         assert page.locator('[data-testid="stException"]').count() == 0
+
+
+HOSTILE = '<script>alert("x")</script> **bold** [link](http://evil.example) 🚀 $x$ :red[red]'
+PHISHING = "[Your session expired, sign in here](http://evil.example)"
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    """A failed run whose name, error and silence reason are Markdown, and a live run."""
+    from datetime import timedelta
+
+    from sample_runs import write_run
+
+    from storage import Database
+    from storage.alerts import silence_run
+    from storage.db import utcnow
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('crafted') / 'crafted.db'}"
+    db = Database(url)
+    db.upgrade()
+    error = "RuntimeError: **NaN** in [the loss](http://evil.example)"
+    hostile = write_run(db, name=HOSTILE, uid="hostile", steps=60, status="failed", error=error)
+    reason = "[known issue](http://evil.example) **rerunning**"
+    silence_run(db, hostile, until=utcnow() + timedelta(hours=1), reason=reason, created_by="t")
+    live = write_run(db, name="grows", uid="grows", steps=100)
+    yield url, db, live
+    db.dispose()
+
+
+@pytest.fixture(scope="module")
+def crafted_served(crafted):
+    yield from _serve(crafted[0])
+
+
+def _links_to_evil(page) -> list[str]:
+    return page.evaluate(
+        """() => [...document.querySelectorAll('a')]
+            .map(a => a.getAttribute('href') || a.getAttribute('xlink:href') || '')
+            .filter(h => new URL(h, location.href).hostname.includes('evil'))"""
+    )
+
+
+def _shown(page, selector: str) -> str:
+    # fmt.md puts an invisible word joiner into http:// so that GFM does not autolink it
+    return " ".join(page.locator(selector).all_inner_texts()).replace("\u2060", "")
+
+
+def test_names_reasons_errors_and_links_show_literally(crafted_served, page):
+    from urllib.parse import quote
+
+    page.goto(f"{crafted_served}/run?run=hostile")
+    _wait_for_charts(page, 3)
+    assert HOSTILE in _shown(page, "h1")
+    page.get_by_text("Config").click()
+    page.wait_for_timeout(500)
+    assert "RuntimeError: **NaN** in [the loss](http://evil.example)" in _shown(page, "body")
+    assert _links_to_evil(page) == []
+
+    page.goto(f"{crafted_served}/run?run={quote(PHISHING)}")
+    _wait_for_charts(page, 3)
+    assert f"No run named or with uid '{PHISHING}'" in _shown(page, '[data-testid="stAlert"]')
+    assert _links_to_evil(page) == []
+
+    page.goto(f"{crafted_served}/alerts")
+    page.wait_for_selector("text=Unsilence", timeout=60_000)
+    silenced = _shown(page, '[data-testid="stMarkdownContainer"]')
+    assert HOSTILE in silenced and "[known issue](http://evil.example) **rerunning**" in silenced
+    assert _links_to_evil(page) == []
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_the_step_range_follows_a_live_run(crafted_served, crafted, page):
+    from storage import runs, stats
+    from storage.db import utcnow
+
+    _url, db, run_id = crafted
+    with db.session() as s:
+        runs.touch(s, run_id, last_step=99, at=utcnow())  # live, not stalled
+    page.goto(f"{crafted_served}/run?run=grows")
+    _wait_for_charts(page, 3)
+    thumbs = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"] input[type="range"]')
+    assert [t.get_attribute("max") for t in thumbs.all()] == ["99", "99"]
+    rows = [
+        {"step": step, "key": key, "value": 1.0, "wall_time": float(step)}
+        for step in range(100, 200)
+        for key in ("loss", "lr")
+    ]
+    with db.session() as s:
+        stats.write_scalars(s, run_id, rows)
+        runs.touch(s, run_id, last_step=199, at=utcnow())
+    # The page refreshes every 3 s and its reads are cached for 3 s. The range ended at the last
+    # step, so its end follows too.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stSidebar"] input[type="range"]')]
+            .map(t => t.max + ':' + t.value).join(' ') === '199:0 199:199'""",
+        timeout=40_000,
+    )
+    assert page.locator('[data-testid="stException"]').count() == 0

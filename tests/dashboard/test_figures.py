@@ -177,3 +177,92 @@ def test_loss_that_explodes_a_few_hundredfold_gets_a_log_axis():
 
     assert figures.scalars_figure(frame(500), keys=["loss"]).layout.yaxis.type == "log"
     assert figures.scalars_figure(frame(20), keys=["loss"]).layout.yaxis.type != "log"
+
+
+def test_alert_markers_sit_on_their_own_runs_curve_when_runs_are_overlaid():
+    # The run page concatenates its run's rows and each overlaid run's: a marker took its y from
+    # whichever run's rows the bisection landed in (diverges' 3.1 at step 210 drawn at 0.8).
+    from types import SimpleNamespace
+
+    def loss(run, value):
+        steps = range(0, 300, 5)
+        return pd.DataFrame(
+            {"step": steps, "key": "loss", "value": [value(s) for s in steps], "run": run}
+        )
+
+    diverges = loss("diverges", lambda s: 1.0 + s / 100)
+    healthy = loss("healthy (abc123)", lambda s: 0.8)
+    alert = SimpleNamespace(
+        predictor="loss_exploded", layer=None, severity="critical", state="firing",
+        first_step=200, fired_step=210, message="loss 3.1",
+    )  # fmt: skip
+    for df, alerts_run in (
+        (pd.concat([diverges, healthy], ignore_index=True), None),  # the page's run comes first
+        (pd.concat([healthy, diverges], ignore_index=True), "diverges"),
+    ):
+        fig = figures.scalars_figure(df, keys=("loss",), alerts=[alert], alerts_run=alerts_run)
+        critical = next(t for t in fig.data if t.name == "critical alert")
+        assert list(critical.x) == [210] and critical.y[0] == pytest.approx(3.1)
+
+
+def test_a_constant_series_is_drawn_mid_axis():
+    # Plotly's range for a constant series is value ± 1: a constant lr of 3e-3 hugged the 0 line.
+    steps = range(100)
+    df = pd.DataFrame(
+        {
+            "step": [*steps, *steps],
+            "key": ["loss"] * 100 + ["lr"] * 100,
+            "value": [2.0 - s / 100 for s in steps] + [3e-3] * 100,
+        }
+    )
+    fig = figures.scalars_figure(df, keys=("loss", "lr"))
+    low, high = fig.layout.yaxis2.range
+    assert low <= 3e-3 <= high and high - low == pytest.approx(6e-3)
+    assert fig.layout.yaxis.range is None  # a varying series keeps Plotly's own range
+    flat_zero = pd.DataFrame({"step": steps, "key": "lr", "value": 0.0})
+    assert list(figures.scalars_figure(flat_zero, keys=("lr",)).layout.yaxis.range) == [-1, 1]
+
+
+def test_empty_charts_say_why_once_the_run_has_ended(db):
+    run_id = write_run(db, name="no-layers", steps=50, layers=(), status="finished")
+    df = series.scalar_frame(db, run_id)
+
+    def notes(fig):
+        return [
+            a.text for a in fig.layout.annotations if a.text not in figures.SCALAR_TITLES.values()
+        ]
+
+    assert notes(figures.scalars_figure(df)) == ["no gradient norm yet"]
+    (note,) = notes(figures.scalars_figure(df, ended=True))
+    assert note.startswith("no gradient norm: ") and "monitored layers" in note
+    grid = series.layer_matrix(db, run_id, "sa_imbalance")
+    assert figures.layer_heatmap(grid).layout.annotations[0].text.endswith("yet")
+    ended = figures.layer_heatmap(grid, ended=True).layout.annotations[0].text
+    assert "yet" not in ended and ended.endswith(figures.NO_LAYER_STATS)
+
+
+def test_names_show_literally_in_plotly_text():
+    # Plotly reads names as HTML of its own: a run named <a href=...> made a live link in the
+    # alerts timeline and the overlay legend; %{...} in a hovertemplate is substituted.
+    from datetime import datetime
+
+    link = '<a href="http://evil.example">sign in</a>'
+    rows = [
+        {
+            "run": link, "predictor": "loss_spike", "layer": link, "severity": "critical",
+            "state": "firing", "created_at": datetime(2026, 1, 1), "updated_at": datetime(2026, 1, 1),
+            "message": link,
+        }
+    ]  # fmt: skip
+    key = "tokens %{y}"
+    df = pd.DataFrame({"step": [0, 1], "key": key, "value": [1.0, 2.0], "run": link})
+    grid = LayerMatrix("sa_imbalance", [link], [0, 10], [[0.1, math.nan]])
+    for fig in (
+        figures.alerts_timeline(rows),
+        figures.scalars_figure(df, keys=(key,)),
+        figures.layer_heatmap(grid),
+        figures.layer_lines_figure(pd.DataFrame({"step": [0], "layer": link, "value": [1.0]}), "x"),
+    ):
+        spec = fig.to_json()
+        assert "<a " not in spec and "&lt;a href=" in spec
+        assert not [t for t in fig.data if key in (t.hovertemplate or "")]

@@ -3,6 +3,7 @@ with alerts and a run full of NaN/Inf (Streamlit's AppTest: the real script, no 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ def _run(script: Path, query: dict | None = None) -> AppTest:
     return at.run()
 
 
+def _shown(markdown: str) -> str:
+    """What a browser shows of Markdown that :func:`dashboard.format.md` escaped."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
 def _assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not [e for e in at.error if "Cannot read" in e.value]
@@ -35,7 +41,7 @@ def test_page_renders(scenario_db, page):
     if page == "run" and uid:
         charts = at.get("plotly_chart")
         assert len(charts) >= 5, f"{scenario}: {len(charts)} charts"
-        assert at.title[0].value == TITLES[scenario]
+        assert _shown(at.title[0].value) == TITLES[scenario]
     if page == "runs" and scenario != "empty":
         assert at.dataframe, "the runs table is missing"
 
@@ -65,7 +71,7 @@ def test_unknown_run_in_the_link_falls_back_with_a_warning(real_dbs, monkeypatch
     monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["live"][0])
     at = _run(DASHBOARD / "views" / "run.py", {"run": "no-such-run", "step": "x"})
     _assert_clean(at)
-    assert any("no-such-run" in w.value for w in at.warning)
+    assert any("'no-such-run'" in _shown(w.value) for w in at.warning)
 
 
 def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
@@ -169,7 +175,7 @@ def test_an_unreachable_database_is_one_clear_error(monkeypatch):
     at = _run(DASHBOARD / "app.py")
     assert not at.exception
     assert at.error and "Cannot use the database" in at.error[0].value
-    assert "pw-secret" not in at.error[0].value
+    assert "pw-secret" not in _shown(at.error[0].value)
 
 
 def test_the_update_ratio_heatmap_shows_what_the_collector_measured(real_dbs, monkeypatch):
@@ -277,3 +283,64 @@ def test_the_runs_page_calls_a_run_stalled_when_the_stalled_rule_would(tmp_path,
     monkeypatch.setenv("TRIPWIRE_CONFIG", str(patient))
     status, caption = shown()
     assert status == "running" and caption.endswith("stalled: running, silent over 1h 00m")
+
+
+def _sample_db(tmp_path, monkeypatch, name: str):
+    from storage import Database
+
+    url = f"sqlite:///{tmp_path / f'{name}.db'}"
+    db = Database(url)
+    db.upgrade()
+    monkeypatch.setenv("TRIPWIRE_DB_URL", url)
+    return db
+
+
+def test_runs_of_one_name_can_be_told_apart_in_every_picker(tmp_path, monkeypatch):
+    # A resumed run or a second trainer.train() makes another run of the same name.
+    from datetime import timedelta
+
+    from sample_runs import write_run
+
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "twins")
+    for uid, hours in (("0a1b2c3d4e", 5), ("9f8e7d6c5b", 1)):
+        started = utcnow() - timedelta(hours=hours)
+        write_run(db, name="gpt", steps=30, uid=uid, status="finished", started=started)
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "0a1b2c3d4e"})
+    _assert_clean(at)
+    (picker,) = [s for s in at.sidebar.selectbox if s.label == "Run"]
+    assert len(set(picker.options)) == 2 and {o.split(" · ")[0] for o in picker.options} == {"gpt"}
+    assert any(o.endswith(" · 0a1b2c") for o in picker.options)
+    at = _run(DASHBOARD / "views" / "alerts.py")
+    _assert_clean(at)
+    pickers = [s for s in at.selectbox if s.label == "Run"]
+    assert len(pickers) == 2  # the filter and the silence form
+    for picker in pickers:
+        runs = [o for o in picker.options if o != "(all)"]
+        assert len(runs) == len(set(runs)) == 2
+
+
+def test_a_finished_run_without_monitored_layers_says_why_its_charts_are_empty(
+    tmp_path, monkeypatch
+):
+    import json
+
+    from sample_runs import write_run
+
+    from dashboard import figures
+
+    db = _sample_db(tmp_path, monkeypatch, "nolayers")
+    write_run(db, name="no-layers", steps=60, layers=(), status="finished")
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "no-layers"})
+    _assert_clean(at)
+    notes = [
+        a["text"]
+        for chart in at.get("plotly_chart")
+        for a in json.loads(chart.proto.spec)["layout"].get("annotations", [])
+    ]
+    assert not [n for n in notes if "yet" in n]
+    assert sum(n.endswith(figures.NO_LAYER_STATS) for n in notes) == 2  # SA and per-layer maps
+    assert any(n.startswith("no gradient norm: ") and "monitored layers" in n for n in notes)
