@@ -242,27 +242,20 @@ def test_runs_to_evaluate_looks_again_at_an_ended_run_whose_alerts_a_silence_hel
     assert looked_at() == {run}
     cursor = store.eval_cursors(db, [run])[run]
     told = {**_alert(step=40), "last_notified_step": 50}
-    done = store.commit_evaluation(
-        db,
-        run,
-        expected_step=50,
-        last_step=50,
-        state={},
-        writes=[store.AlertWrite(ids[0], told)],
-        expected_at=cursor.updated_at,
-    )
-    assert done == ids and looked_at() == set()
-    # a second scheduler that read the same cursor stores (and queues) nothing
-    stale = store.commit_evaluation(
-        db,
-        run,
-        expected_step=50,
-        last_step=50,
-        state={},
-        writes=[store.AlertWrite(ids[0], told)],
-        expected_at=cursor.updated_at,
-    )
-    assert stale is None
+
+    def commit():  # as a scheduler that read this cursor
+        return store.commit_evaluation(
+            db,
+            run,
+            expected_step=50,
+            last_step=50,
+            state={},
+            writes=[store.AlertWrite(ids[0], told)],
+            expected_at=cursor.updated_at,
+        )
+
+    assert commit() == ids and looked_at() == set()
+    assert commit() is None  # a second scheduler that read the same cursor stores nothing
 
 
 def test_heartbeats_and_recorded_test_deliveries(db):
