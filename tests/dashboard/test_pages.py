@@ -3,11 +3,12 @@ with alerts and a run full of NaN/Inf (Streamlit's AppTest: the real script, no 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.dashboard.markdown import shown
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 PAGES = ("runs", "run", "alerts", "health")
@@ -20,11 +21,6 @@ def _run(script: Path, query: dict | None = None) -> AppTest:
     for key, value in (query or {}).items():
         at.query_params[key] = value
     return at.run()
-
-
-def _shown(markdown: str) -> str:
-    """What a browser shows of Markdown that :func:`dashboard.format.md` escaped."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def _assert_clean(at: AppTest) -> None:
@@ -41,7 +37,7 @@ def test_page_renders(scenario_db, page):
     if page == "run" and uid:
         charts = at.get("plotly_chart")
         assert len(charts) >= 5, f"{scenario}: {len(charts)} charts"
-        assert _shown(at.title[0].value) == TITLES[scenario]
+        assert shown(at.title[0].value) == TITLES[scenario]
     if page == "runs" and scenario != "empty":
         assert at.dataframe, "the runs table is missing"
 
@@ -71,7 +67,7 @@ def test_unknown_run_in_the_link_falls_back_with_a_warning(real_dbs, monkeypatch
     monkeypatch.setenv("TRIPWIRE_DB_URL", real_dbs["live"][0])
     at = _run(DASHBOARD / "views" / "run.py", {"run": "no-such-run", "step": "x"})
     _assert_clean(at)
-    assert any("'no-such-run'" in _shown(w.value) for w in at.warning)
+    assert any("'no-such-run'" in shown(w.value) for w in at.warning)
 
 
 def test_run_link_by_name_and_alert_markers(real_dbs, monkeypatch):
@@ -175,7 +171,7 @@ def test_an_unreachable_database_is_one_clear_error(monkeypatch):
     at = _run(DASHBOARD / "app.py")
     assert not at.exception
     assert at.error and "Cannot use the database" in at.error[0].value
-    assert "pw-secret" not in _shown(at.error[0].value)
+    assert "pw-secret" not in shown(at.error[0].value)
 
 
 def test_the_update_ratio_heatmap_shows_what_the_collector_measured(real_dbs, monkeypatch):

@@ -30,6 +30,7 @@ from alerts.service import AlertService
 from storage import Database, redact_url, utcnow
 from storage import alerts as alert_store
 from tests.alerts.conftest import exploding_series, make_run, write_steps
+from tests.dashboard.markdown import shown
 from tests.pgserver import free_port
 from tests.reliability.helpers import TRIPWIRE, Webhook, wait_for
 from tripwire.cli import cli
@@ -76,7 +77,7 @@ def _page_text(at: AppTest) -> str:
             parts.append(str(getattr(element, "value", "")) + str(getattr(element, "label", "")))
     for frame in at.get("dataframe"):
         parts.append(frame.value.to_string())
-    return "\n".join(parts)
+    return shown("\n".join(parts))
 
 
 def _assert_no_secret(text: str) -> None:
