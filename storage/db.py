@@ -41,9 +41,26 @@ def resolve_url(url: str | None = None) -> str:
 def redact_url(url: str) -> str:
     """The URL with its password hidden, safe to print or log."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
-        return "<unparseable database URL>"
+        return _masked(url)
+    if "@" in (parsed.host or ""):  # a raw @ in the password: it would show a part of it
+        return _masked(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _masked(url: str) -> str:
+    """A URL that does not parse, with everything before its last ``@`` (credentials) hidden.
+
+    >>> _masked("postgresql+psycopg//tripwire:S3cret@db-host:5432/tripwire")
+    '***@db-host:5432/tripwire'
+    >>> _masked("postgresql://tripwire:p@ss:w#rd@127.0.0.1:5432/db")
+    'postgresql://***@127.0.0.1:5432/db'
+    """
+    if "@" not in url:
+        return repr(url)
+    scheme, sep, _ = url.partition("://")
+    return (scheme + sep if sep else "") + "***@" + url.rsplit("@", 1)[1]
 
 
 def utcnow() -> datetime:
@@ -87,12 +104,18 @@ class Database:
         only read: a typo in the path is an error, not a new empty database)."""
         self.url = resolve_url(url)
         try:
-            self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
-        except ArgumentError:
+            parsed = make_url(self.url)
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise BadDatabaseUrl(
-                f"not a database URL: {self.url!r} "
-                "(e.g. sqlite:///tripwire.db or postgresql://USER@HOST:5432/DB)"
+                f"not a database URL: {_masked(self.url)} (e.g. sqlite:///tripwire.db or "
+                "postgresql://USER:PASSWORD@HOST:5432/DB; percent-encode @ : / # in a password)"
             ) from None
+        if "@" in (parsed.host or ""):
+            raise BadDatabaseUrl(
+                f"{_masked(self.url)}: the user or password holds a raw '@'; percent-encode it "
+                "(@ is %40)"
+            )
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
         path = _sqlite_path(self.url)
         self._new_sqlite_file = path is not None and (not path.exists() or path.stat().st_size == 0)
         if path is not None and not create and not path.exists():

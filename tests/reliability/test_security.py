@@ -101,6 +101,25 @@ def test_the_database_password_never_reaches_command_output(command):
     assert DB_SECRET not in repr(Database(url)) and DB_SECRET not in redact_url(url)
 
 
+@pytest.mark.parametrize(
+    "credentials, host",
+    [
+        (f"tripwire:{DB_SECRET}", "db-host:5432"),  # below: the URL's "://" lost
+        (f"tripwire:p@{DB_SECRET}:w#rd", "127.0.0.1:5432"),  # raw @ : # in the password
+        (f"tripwire:p@{DB_SECRET}", "127.0.0.1:5432"),
+        (f"tripwire:{DB_SECRET}", "127.0.0.1:54x32"),  # a port that is not a number
+    ],
+)
+def test_a_malformed_database_url_is_one_line_without_its_password(credentials, host):
+    scheme = "postgresql+psycopg//" if host.startswith("db-host") else "postgresql+psycopg://"
+    url = f"{scheme}{credentials}@{host}/tripwire"
+    result = CliRunner().invoke(cli, ["db", "status", "--db", url])
+    assert result.exit_code == 1 and result.output.startswith("error: "), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    _assert_no_secret(result.output)
+    assert DB_SECRET not in redact_url(url)
+
+
 def test_notifier_secrets_never_reach_output_logs_or_records(sqlite_url, tmp_path, caplog):
     env = _secret_env(_closed_port())
     config_file = tmp_path / "tripwire.toml"
