@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 db_option = click.option(
@@ -54,3 +56,16 @@ class UserError(click.ClickException):
 
     def show(self, file=None) -> None:  # noqa: ANN001
         click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+def _interrupt(_signum, _frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``docker stop``, systemd) stops a long-running command like Ctrl-C does: the
+    dashboard's Streamlit child goes too, the scheduler says it stopped."""
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (e.g. invoked from a test runner's thread)
+        pass

@@ -70,8 +70,9 @@ def test_services_dependencies_and_health_checks(compose):
     assert set(services) == {"postgres", "migrate", "scheduler", "dashboard", "mailpit"}
     pg = services["postgres"]
     assert pg["volumes"] == ["pgdata:/var/lib/postgresql/data"] and "pgdata" in compose["volumes"]
-    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
-    assert services["migrate"]["command"] == ["tripwire", "db", "upgrade"]
+    # over TCP, as the services connect: the first start's server listens on its socket only
+    assert "pg_isready -h 127.0.0.1" in " ".join(pg["healthcheck"]["test"])
+    assert services["migrate"]["command"] == ["tripwire", "db", "upgrade", "--wait", "60"]
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     for name in ("scheduler", "dashboard"):
@@ -183,7 +184,7 @@ def test_the_stack_commands_run_natively_against_postgresql(compose, pg_url, tmp
         scheduler.terminate()  # what `docker compose stop` sends (through init)
         out, _ = scheduler.communicate(timeout=30)
         db.dispose()
-    assert "tripwire scheduler:" in out
+    assert "tripwire scheduler: stopped" in out  # SIGTERM stops it like Ctrl-C
 
     port = free_port()
     command = [TRIPWIRE, *services["dashboard"]["command"][1:]]
@@ -231,3 +232,21 @@ def test_the_retention_command_in_the_deployment_guide_runs_in_the_scheduler_ser
         [TRIPWIRE, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "no runs to delete", done.stderr
+
+
+def test_the_migration_waits_for_a_database_that_is_still_starting(compose, throwaway_pg):
+    """On a first start PostgreSQL may pass its health check before it takes TCP connections:
+    the one-shot migration waits for it instead of failing the stack."""
+    command = [TRIPWIRE, *compose["services"]["migrate"]["command"][1:]]
+    env = {**os.environ, "TRIPWIRE_DB_URL": throwaway_pg.url}
+    migrate = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "waiting for the database" in migrate.stderr.readline()  # nothing listens yet
+        throwaway_pg.start()
+        out, err = migrate.communicate(timeout=90)
+    finally:
+        migrate.kill()
+    assert migrate.returncode == 0, err
+    assert "schema upgraded" in out

@@ -10,7 +10,13 @@ import click
 
 from storage.alerts import SEVERITIES
 from tripwire import jsonout
-from tripwire.options import UserError, config_option, db_option, interval_option
+from tripwire.options import (
+    UserError,
+    config_option,
+    db_option,
+    interval_option,
+    stop_on_sigterm,
+)
 
 HINT = "pip install 'tripwire[alerts]'"
 
@@ -81,6 +87,7 @@ def scheduler_command(db_url: str | None, config_path: str | None, interval, onc
         scheduler = build_scheduler(service, interval_s=interval)
     except ImportError as exc:
         raise UserError(str(exc)) from None
+    stop_on_sigterm()
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):

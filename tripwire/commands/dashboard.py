@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 
 import click
 
-from tripwire.options import UserError, config_option, db_option, interval_option
+from tripwire.options import (
+    UserError,
+    config_option,
+    db_option,
+    interval_option,
+    stop_on_sigterm,
+)
 
 HINT = "pip install 'tripwire[dashboard]'"
 
@@ -51,18 +56,6 @@ def _database(db_url: str | None):
     return db
 
 
-def _interrupt(_signum, _frame) -> None:  # noqa: ANN001
-    raise KeyboardInterrupt
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (``docker stop``, systemd) stops like Ctrl-C, so the Streamlit child goes too."""
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread (e.g. invoked from a test runner's thread)
-        pass
-
-
 def _serve(server, db_url: str, host: str, port: int, config_path: str | None):
     from storage import redact_url
 
@@ -101,7 +94,7 @@ def dashboard_command(db_url: str | None, config_path: str | None, host: str, po
 
         load_config_or_exit(config_path)
     db = _database(db_url)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     process = _serve(server, db.url, host, port, config_path)
     try:
         code = process.wait()
@@ -132,7 +125,7 @@ def up_command(db_url: str | None, config_path: str | None, interval, host: str,
     db = _database(db_url)
     service = AlertService(db, config, routes)
     every = interval or config.engine.interval_s
-    _stop_on_sigterm()
+    stop_on_sigterm()
     process = _serve(server, db.url, host, port, config_path)
     stop = threading.Event()
     thread = threading.Thread(

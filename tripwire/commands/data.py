@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import datetime, timedelta
 
 import click
@@ -22,10 +23,29 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @db_option
-def db_upgrade(db_url: str | None) -> None:
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0, max=3600),
+    default=0,
+    metavar="SECONDS",
+    help="Retry a database that does not answer yet for up to this long (a server starting).",
+)
+def db_upgrade(db_url: str | None, wait_s: float) -> None:
     """Create or upgrade the schema to this version of Tripwire (Alembic migrations)."""
+    from storage import StoreUnavailable
+
     db = Database(db_url)
-    before, after = db.upgrade()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            before, after = db.upgrade()
+            break
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                raise
+            click.echo(f"waiting for the database: {exc}", err=True)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     target = redact_url(db.url)
     if before == after:
         click.echo(f"{target}: schema already at {after}")
