@@ -68,7 +68,7 @@ def build(db: Database, layers: int, checks: int, every: int, batch: int = 40_00
     loss = 6 * np.exp(-np.arange(steps) / (steps / 5)) + 1.5
     loss[explode:] += np.linspace(0, 20, steps - explode)
     loss += rng.normal(0, 0.02, steps)
-    loss[explode + 500] = math.nan
+    loss[min(explode + 500, steps - 1)] = math.nan
     t0 = time.perf_counter()
     for lo in range(0, steps, batch):
         rows = []
@@ -127,6 +127,24 @@ def build(db: Database, layers: int, checks: int, every: int, batch: int = 40_00
         runs.touch(s, run_id, last_step=steps - 1, at=utcnow())
         runs.finish(s, run_id, status="finished", at=utcnow())
     return run_id
+
+
+def built_run(db: Database, layers: int, checks: int, every: int) -> int:
+    """The run of that size in ``db``: reused when a build finished it, else built (again)."""
+    uid = f"uid-{RUN_NAME}-{layers}x{checks}"
+    try:
+        found = runs.find_run(db, uid)
+        if found.status != "finished":  # a build cut short: start again
+            runs.delete_runs(db, [found.id])
+            raise RunNotFound(uid)
+        print(f"reusing {uid}")
+        return found.id
+    except RunNotFound:
+        print(f"building {layers} layers × {checks} checks (every {every} steps) ...")
+        t = time.perf_counter()
+        run_id = build(db, layers, checks, every)
+        print(f"built in {time.perf_counter() - t:.0f} s")
+        return run_id
 
 
 def page_queries(db: Database, run_id: int) -> dict:
@@ -272,17 +290,8 @@ def main() -> None:
     )
     db = Database(url)
     db.upgrade()
-    uid = f"uid-{RUN_NAME}-{args.layers}x{args.checks}"
-    try:
-        run_id = runs.find_run(db, uid).id
-        print(f"reusing {uid}")
-    except RunNotFound:
-        print(
-            f"building {args.layers} layers × {args.checks} checks (every {args.every} steps) ..."
-        )
-        t = time.perf_counter()
-        run_id = build(db, args.layers, args.checks, args.every)
-        print(f"built in {time.perf_counter() - t:.0f} s")
+    run_id = built_run(db, args.layers, args.checks, args.every)
+    uid = runs.get_run(db, run_id).uid
     scalar_rows, stat_rows = stats.count_rows(db, run_id)
     print(f"rows: {scalar_rows:,} scalars, {stat_rows:,} layer statistics")
     loads = [page_queries(db, run_id) for _ in range(args.repeats)]

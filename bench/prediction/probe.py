@@ -15,8 +15,8 @@ the learning rate times the curvature along the last update.
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 import torch
 
@@ -69,5 +69,11 @@ def probe(spec: RunSpec) -> None:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.prediction.probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", choices=sorted(BY_NAME))
+    for name in parser.parse_args().runs:
         probe(BY_NAME[name])

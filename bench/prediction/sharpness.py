@@ -22,8 +22,8 @@ lines end with the ratio judged as an alert would be (:func:`judge`); the last l
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 
 import torch
 
@@ -212,8 +212,17 @@ def summary(outcomes: list[RunOutcome]) -> str:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.prediction.sharpness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="*", metavar="RUN", help="suite runs, or all")
+    names = parser.parse_args().runs or DEFAULT_RUNS
+    unknown = [n for n in names if n not in BY_NAME and names != ["all"]]
+    if unknown:
+        parser.error(f"unknown runs {', '.join(unknown)}; valid: all, {', '.join(sorted(BY_NAME))}")
     outcomes = []
-    names = sys.argv[1:] or DEFAULT_RUNS
     for run in [spec.name for spec in SUITE] if names == ["all"] else names:
         spec = BY_NAME[run]
         losses, ratios = trace(spec)

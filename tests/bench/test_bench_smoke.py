@@ -154,3 +154,21 @@ def test_device_parity_counts_only_the_sync_warnings(monkeypatch):
     assert len(syncs) == 2
     with device_parity._syncs_counted("cpu", enabled=True) as syncs:
         assert syncs is None
+
+
+def test_dashboard_scale_builds_a_small_run_and_never_reuses_one_cut_short(tmp_path, capsys):
+    from bench import dashboard_scale
+    from storage import Database, runs, stats
+
+    db = Database(f"sqlite:///{tmp_path / 'scale.db'}")
+    db.upgrade()
+    first = dashboard_scale.built_run(db, layers=5, checks=20, every=10)  # shorter than 500 steps
+    assert stats.count_rows(db, first) == (3 * 200, 5 * 20)
+    assert dashboard_scale.built_run(db, layers=5, checks=20, every=10) == first  # reused
+    with db.session() as s:  # a build killed before it finished leaves a running run
+        runs.finish(s, first, status="running", at=runs.get_run(db, first).started_at)
+    again = dashboard_scale.built_run(db, layers=5, checks=20, every=10)
+    assert runs.get_run(db, again).status == "finished"
+    assert stats.count_rows(db, again) == (3 * 200, 5 * 20)  # built again, not doubled
+    printed = capsys.readouterr().out
+    assert printed.count("building") == 2 and printed.count("reusing") == 1
