@@ -38,7 +38,8 @@ def section(
     return f"""
 Does an alert fire before the loss explodes, how early, and how often does it cry wolf?
 Reproduce: `python -m bench.prediction` (replays the recorded runs in
-`bench/prediction/recorded/`; `--retrain` trains them again, about 11 minutes on one CPU thread;
+`bench/prediction/recorded/`; `--retrain` trains them again: the same 24 trainings as
+`python -m bench.prediction.retrained`, 1 min 22 s on one thread of an AMD EPYC on 2026-11-30;
 `--no-write` prints without touching this file). `python -m bench.prediction.probe RUN` trains a
 run again and prints its largest attention logit, output logit and two edge-of-stability
 diagnostics every 10 steps. `python -m bench.prediction.held` trains every stable run again with
@@ -343,6 +344,22 @@ surprise over 30 steps against its lowest earlier value): before their explosion
 GPT runs peak at 1.71–1.91 and the stable GPT runs reach 1.74–2.02; on the MLP `mlp-sgd-const`
 reaches 3.21 against its twin's 1.63, but `mlp-sgd-safe` reaches 4.38, above four of the six
 divergent MLP runs (1.80–5.89).
+
+Two more looks on 2026-11-30 (throwaway scripts, nothing shipped or tuned). *Activations
+growing with depth* (the recordings' `act_norm_mean` per layer): in the two constant-rate SGD
+explosions the deep layers' inputs outgrow the middle layers' shortly before the loss goes (the
+largest ratio of a deeper layer's input norm to a shallower one's, first layer aside, is ≤1.13
+until step 310 and then 1.41 at 320 in `mlp-sgd-const`, 1.53 at 320 and 4.65 at 330 in
+`-const-hi`), but that is 6 and 19 steps ahead, and the level itself means nothing across runs:
+the stable `mlp-sgd-hold` climbs from 1.2 to 1.7 and both Adam MLPs reach 3.5 by step 150. *The
+gradient along each layer's top singular pair* (`u1ᵀ G v1`, trained again with a probe that
+computes it every step; on this session's older AMD EPYC `mlp-sgd-const` trained on and `-hi`
+exploded at 360): its share of the gradient (`|u1ᵀ G v1| / ‖G‖`, median layer) stays at
+0.013–0.034 in `mlp-sgd-const-hi` and 0.019–0.040 in its twin, its sign flips from one step to
+the next on 34–58 % of steps in one and 31–60 % in the other (no growing period-2 oscillation), and its size against
+steps 100–150 stays within 0.53–1.31 until the explosion (twin 0.45–1.16); in `gpt-head-ramp`
+the share is 0.033–0.069 against its twin's 0.024–0.069 and the size 0.51–1.61 until step 260,
+while the twin reaches 2.18 later and trains on.
 
 **Nor does the curvature reach the optimizer's limit ahead of time.** The textbook account of a
 step too large: training is stable while the top eigenvalue of the loss's Hessian stays under

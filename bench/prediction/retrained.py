@@ -6,7 +6,7 @@ trains every suite run again into a scratch database (the recordings are not tou
 as ``python -m bench.prediction`` does, and writes the tables to their own section. A run meant
 to diverge whose loss did not explode here is reported as *not exploded* and counts neither way.
 
-python -m bench.prediction.retrained              # about 4 minutes on one thread
+python -m bench.prediction.retrained              # 1 min 22 s on one thread (AMD EPYC, 2026-11-30)
 python -m bench.prediction.retrained --no-write   # print only
 """
 
