@@ -49,6 +49,24 @@ def redact_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def db_argument(url: str) -> str:
+    """``--db`` for a command line a user can run as printed: the URL itself, or, when it holds
+    a password (which is never printed), a placeholder that says so.
+
+    >>> db_argument("sqlite:///runs.db")
+    "--db 'sqlite:///runs.db'"
+    >>> db_argument("postgresql+psycopg://tripwire:S3cret@db:5432/tripwire")
+    '--db URL (postgresql+psycopg://tripwire:***@db:5432/tripwire, with its password)'
+    """
+    try:
+        secret = make_url(url).password is not None
+    except Exception:
+        secret = True
+    if secret:
+        return f"--db URL ({redact_url(url)}, with its password)"
+    return f"--db '{url}'"
+
+
 def _masked(url: str) -> str:
     """A URL that does not parse, with everything before its last ``@`` (credentials) hidden.
 
@@ -193,7 +211,7 @@ class Database:
         if current is None and self.is_sqlite and (self._new_sqlite_file or self._is_empty()):
             self.upgrade()
             return
-        fix = f"tripwire db upgrade --db '{redact_url(self.url)}'"
+        fix = f"tripwire db upgrade {db_argument(self.url)}"
         if current is None:
             raise SchemaOutOfDate(f"the database has no Tripwire schema; create it with: {fix}")
         if not migrate.is_known(current):

@@ -92,6 +92,12 @@ def redact(url: str) -> str:
 
     >>> redact("https://hooks.slack.com/services/T0/B0/XYZ")
     'https://hooks.slack.com/…'
+    >>> redact("http://user:pw@127.0.0.1:18099/hook?token=XYZ")
+    'http://127.0.0.1:18099/…'
     """
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}/…"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: leave it out
+        port = ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"

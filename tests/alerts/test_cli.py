@@ -105,7 +105,8 @@ def test_notify_test_sends_through_every_notifier_and_records(runner, sqlite_db,
     server.close()
     assert result.exit_code == 0, result.output
     assert "[tripwire] Tripwire test message" in result.output  # the console notifier
-    assert "WebhookNotifier('webhook' → http://127.0.0.1/…): sent" in result.output
+    port = server.url.split(":")[2].split("/")[0]
+    assert f"WebhookNotifier('webhook' → http://127.0.0.1:{port}/…): sent" in result.output
     assert "SECRET" not in result.output
     assert json.loads(server.requests[-1]["body"])["event"] == "test"
     notes = {n.notifier: n for n in store.list_notifications(sqlite_db)}

@@ -120,6 +120,16 @@ def test_a_malformed_database_url_is_one_line_without_its_password(credentials, 
     assert DB_SECRET not in redact_url(url)
 
 
+def test_a_printed_fix_says_where_the_password_goes_instead_of_masking_it():
+    from storage.db import db_argument
+
+    url = f"postgresql+psycopg://tripwire:{DB_SECRET}@db-host:5432/tripwire"
+    hint = db_argument(url)  # as in "run: tripwire db upgrade --db URL (...)"
+    assert hint.startswith("--db URL (") and "with its password" in hint
+    _assert_no_secret(hint)
+    assert db_argument("sqlite:///runs.db") == "--db 'sqlite:///runs.db'"  # runnable as printed
+
+
 def test_notifier_secrets_never_reach_output_logs_or_records(sqlite_url, tmp_path, caplog):
     env = _secret_env(_closed_port())
     config_file = tmp_path / "tripwire.toml"

@@ -9,6 +9,7 @@ import time
 import click
 
 from storage import Database, redact_url
+from storage.db import db_argument
 from tripwire.options import config_option, db_option
 
 
@@ -140,8 +141,8 @@ def demo_command(
     )
     click.echo(
         f"Collector: {monitor.checks} checks of {len(monitor.layers)} layers, {monitor.errors} internal errors.\n"
-        f"Look at it:  tripwire runs --db '{redact_url(db.url)}'\n"
-        f"             tripwire export --run {name} --what layers --db '{redact_url(db.url)}'"
+        f"Look at it:  tripwire runs {db_argument(db.url)}\n"
+        f"             tripwire export --run {name} --what layers {db_argument(db.url)}"
     )
     if dashboard is not None:
         click.echo(f"Dashboard still serving at http://{host}:{port} - press Ctrl-C to stop.")
