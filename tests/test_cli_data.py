@@ -208,6 +208,11 @@ def test_a_run_name_with_a_newline_stays_on_its_line_and_output_needs_its_direct
         "export", "--run", "lr3e-3\nseed1", "-o", str(tmp_path / "no" / "x.csv"), "--db", sqlite_url
     )
     assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: --output: no directory")
+    nowhere = tripwire(
+        "export", "--run", "lr3e-3\nseed1", "--format", "parquet", "-o", str(tmp_path / "no" / "x"),
+        "--db", sqlite_url,
+    )  # fmt: skip
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("error: --output: no directory")
 
 
 def test_runs_delete_asks_first_then_deletes_the_named_run(sqlite_url, tmp_path):

@@ -264,10 +264,13 @@ def delete_command(
 @click.option("--project", default=None, help="Look the run up in this project only.")
 def export_command(db_url, run_name, what, fmt, output, project) -> None:
     """Write a run's scalars, layer statistics or alerts, in the contract's column names."""
+    if fmt == "parquet" and output is None:
+        raise UserError("--format parquet needs --output FILE")
+    folder = os.path.dirname(os.path.abspath(output)) if output is not None else None
+    if folder is not None and not os.path.isdir(folder):
+        raise UserError(f"--output: no directory {folder}")
     frame = export_frame(run_name, what, db=db_url, project=project)
     if fmt == "parquet":
-        if output is None:
-            raise UserError("--format parquet needs --output FILE")
         if "sa_hist" in frame:
             frame["sa_hist"] = frame["sa_hist"].map(lambda h: None if h is None else list(h))
         try:
@@ -275,8 +278,6 @@ def export_command(db_url, run_name, what, fmt, output, project) -> None:
         except ImportError as exc:
             raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
         return
-    if output is not None and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise UserError(f"--output: no directory {os.path.dirname(os.path.abspath(output))}")
     if fmt == "json":
         text = jsonout.dumps(frame.to_dict(orient="records"))
     else:
