@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import importlib
-from numbers import Number
 from types import ModuleType
 
-import torch
+import numpy as np
+
+from collector.scalars import as_scalar
 
 
 def require(module: str, pip_name: str, feature: str) -> ModuleType:
@@ -26,11 +27,19 @@ def require(module: str, pip_name: str, feature: str) -> ModuleType:
 
 
 def numeric(values: dict | None) -> dict:
-    """The entries a Monitor can store: numbers and one-element tensors (bools left out)."""
+    """The entries of a framework's log a Monitor can store, by the Monitor's own rule
+    (:func:`collector.scalars.as_scalar`: one number), bools left out; the rest (strings, lists)
+    is passed over in silence, as frameworks log such things too.
+
+    >>> import torch
+    >>> numeric({"loss": 2.5, "epoch": torch.tensor([1.0]), "done": True, "tags": ["a"]})
+    {'loss': 2.5, 'epoch': tensor([1.])}
+    """
     out = {}
     for key, value in (values or {}).items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[str(key)] = value.detach()
-        elif isinstance(value, Number) and not isinstance(value, bool):
-            out[str(key)] = value
+        if isinstance(value, (bool, np.bool_)):
+            continue
+        number = as_scalar(value)
+        if number is not None:
+            out[str(key)] = number
     return out
