@@ -126,7 +126,8 @@ class Monitor:
                 "ranks": "each rank writes its own run" if per_rank else "rank 0 writes for all",
             }
         self.project = project
-        self.errors = 0
+        self.errors = 0  # counted by the training and the writer thread: only via _count_error()
+        self._errors_lock = threading.Lock()
         self.checks = 0
         self.layers = select_layers(model, include=layers, exclude=exclude)
         if not self.layers:
@@ -381,7 +382,7 @@ class Monitor:
             if number is not None:
                 kept[key] = number
                 continue
-            self.errors += 1
+            self._count_error()
             hint = (
                 f"log {key}.mean() for one number"
                 if several(value)
@@ -548,6 +549,10 @@ class Monitor:
 
         self._writer.put("scalars", rows)
 
+    def _count_error(self) -> None:
+        with self._errors_lock:  # `+=` reads, then writes: without the GIL two threads lose counts
+            self.errors += 1
+
     def _poll_alerts(self, run_db_id: int) -> None:
         """Runs in the writer thread after each write: has a critical alert fired for this run?"""
         from storage import alerts as alert_store  # the alert tables' queries
@@ -559,10 +564,10 @@ class Monitor:
 
     def _writer_failed(self) -> None:
         """Runs in the writer thread after a failure it logged (once) itself."""
-        self.errors += 1
+        self._count_error()
 
     def _failed(self) -> None:
-        self.errors += 1
+        self._count_error()
         if not self._error_logged:
             self._error_logged = True
             log.exception(
