@@ -244,6 +244,10 @@ def _p95(values: list[float]) -> float:
     return values[min(len(values) - 1, int(0.95 * len(values)))] if values else math.nan
 
 
+SVD_EVERY = 10
+"""Steps between the power-iteration comparison's checks."""
+
+
 def power_vs_svd(size: Size, device: str, steps: int, every: int, iters=(4, 8, 16)) -> dict:
     """Train on text for ``steps`` steps; at each check compare warm power iteration (each of
     ``iters`` iterations, each with its own warm state) against a full SVD of the same matrix."""
@@ -426,7 +430,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", default="small,medium")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--svd-steps", type=int, default=101)
+    parser.add_argument(
+        "--svd-steps",
+        type=int,
+        default=101,
+        help=f"training steps of the power-iteration comparison, a check every {SVD_EVERY} "
+        f"(at least {SVD_EVERY + 1}: the first check is cold, a warm one must follow)",
+    )
     parser.add_argument("--log-calls", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -436,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    if args.svd_steps < SVD_EVERY + 1:
+        parser.error(f"--svd-steps must be at least {SVD_EVERY + 1} (got {args.svd_steps})")
     torch.set_num_threads(args.threads)
     if args.gpu_path:
         from collector import batched
@@ -453,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "size": size,
                     "breakdown": seconds,
                     "ops": ops,
-                    "svd": power_vs_svd(size, args.device, args.svd_steps, 10),
+                    "svd": power_vs_svd(size, args.device, args.svd_steps, SVD_EVERY),
                 }
             )
         logs = log_cost(args.log_calls, tmp)

@@ -124,6 +124,13 @@ def test_check_cost_parts_and_svd_comparison():
     assert all(us > 0 for us in out["log"].values())
 
 
+def test_check_cost_refuses_svd_steps_without_a_warm_check(capsys):
+    with pytest.raises(SystemExit) as exited:
+        check_cost.main(["--svd-steps", str(check_cost.SVD_EVERY), "--no-write"])
+    assert exited.value.code == 2
+    assert "--svd-steps must be at least 11" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("scheduler", [False, True])
 def test_storage_throughput_on_sqlite(scheduler):
     argv = ["--layers", "3", "--checks", "4", "--size-checks", "4", "--no-pg", "--no-write"]
