@@ -54,6 +54,12 @@ class Message:
     payload: dict = field(default_factory=dict)
 
 
+def _json_number(value: float | None) -> float | str | None:
+    """A number as the JSON payload carries it: NaN and ±Inf, which JSON has no numbers for, as
+    ``"nan"``, ``"inf"``, ``"-inf"`` (the command line's JSON does the same); None stays null."""
+    return value if value is None or math.isfinite(value) else str(value)
+
+
 def _fmt(value) -> str:  # noqa: ANN001
     if value is None:
         return "n/a"
@@ -124,8 +130,8 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         "step": step,
         "fired_step": first.fired_step,
         "layers": layers,
-        "loss": _fmt(loss) if loss is not None and not math.isfinite(loss) else loss,
-        "score": first.score if first.score is None or math.isfinite(first.score) else None,
+        "loss": _json_number(loss),
+        "score": _json_number(first.score),
         "messages": details,
         "alert_ids": [a.id for a in alerts],
         "link": link,

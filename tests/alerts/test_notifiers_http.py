@@ -73,7 +73,9 @@ def http_server():
         s.close()
 
 
-def alert_message(event: str = "firing", severity: str = "warning"):
+def alert_message(
+    event: str = "firing", severity: str = "warning", loss: float = 2.71, score: float = 0.8
+):
     run = Run(7, "uid7", "team", "gpt-lr3e-3", "running", datetime(2025, 1, 1))
     alert = Alert(
         id=1,
@@ -87,9 +89,9 @@ def alert_message(event: str = "firing", severity: str = "warning"):
         last_step=260,
         created_at=datetime(2025, 1, 1),
         updated_at=datetime(2025, 1, 1),
-        score=0.8,
+        score=score,
         message="SA signs of blocks.1.mlp.fc collapsed: imbalance 0.91 against its normal 0.12",
-        details={"loss": 2.71},
+        details={"loss": loss},
         fired_step=260,
         resolved_step=300 if event == "resolved" else None,
     )
@@ -118,6 +120,14 @@ def test_webhook_retries_429_and_500_then_succeeds(http_server):
     assert body["run"] == "gpt-lr3e-3" and body["step"] == 260 and body["loss"] == 2.71
     assert body["layers"] == ["blocks.1.mlp.fc"]
     assert body["link"] == "https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc"
+
+
+def test_webhook_payload_writes_non_finite_numbers_as_strings_like_the_command_line(http_server):
+    server = http_server([200])
+    message = alert_message(loss=float("nan"), score=float("inf"))
+    assert send_with_retry(WebhookNotifier(server.url), message, FAST) == (1, None)
+    body = json.loads(server.requests[-1]["body"])
+    assert body["loss"] == "nan" and body["score"] == "inf"  # not null: null means "none"
 
 
 def test_webhook_does_not_retry_a_client_error_and_hides_the_secret(http_server):
