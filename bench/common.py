@@ -7,6 +7,7 @@ Ratios are taken between medians of the same run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import random
@@ -20,6 +21,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def command_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m MODULE``, whose ``--help`` shows ``doc`` (the module docstring)
+    as written: its example commands keep their lines."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def interleave(

@@ -8,7 +8,6 @@ python -m bench.prediction --runs gpt-lr-ramp,gpt-lr-ramp-safe   # a subset, pri
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from alerts.config import Config, Rule, parse_config
 from alerts.predictors import PREDICTORS
+from bench.common import command_parser
 from bench.prediction.calibrated import score_calibrated
 from bench.prediction.candidates import CANDIDATES, EAGER, EAGER_TUNED, TUNED
 from bench.prediction.evaluate import backtest, loss_series, score_suite
@@ -97,7 +97,7 @@ def figures(db: Database, config: Config) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prediction", description=__doc__)
+    parser = command_parser("bench.prediction", __doc__)
     parser.add_argument("--runs", help="comma-separated run names (default: the whole suite)")
     parser.add_argument("--retrain", action="store_true", help="train and re-record every run")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")

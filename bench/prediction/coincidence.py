@@ -11,13 +11,13 @@ step the ``k``-th opens) and prints the benchmark's tables for it.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from alerts.backtest import BacktestAlert
 from alerts.config import Config
+from bench.common import command_parser
 from bench.prediction.evaluate import Score, backtest, outcome
 from bench.prediction.record import ensure_recorded
 from bench.prediction.report import per_run, summary
@@ -87,9 +87,7 @@ def score(db: Database, suite: list = SUITE) -> dict[str, Score]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.prediction.coincidence", description=__doc__
-    )
+    parser = command_parser("bench.prediction.coincidence", __doc__)
     parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'bench.db'}")

@@ -18,7 +18,6 @@ python -m bench.prediction.fresh --second-cpu # on another CPU: its tables in th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -30,7 +29,7 @@ from pathlib import Path
 from alerts.config import Config, parse_config
 from alerts.predictors import PREDICTORS
 from alerts.predictors.base import Observation
-from bench.common import emit, machine
+from bench.common import command_parser, emit, machine
 from bench.prediction.__main__ import DEFAULT_SET, EAGER_SET, sent_rules
 from bench.prediction.calibrated import score_calibrated_on
 from bench.prediction.candidates import EAGER
@@ -288,7 +287,7 @@ compares the two. Reproduce: `python -m bench.prediction.fresh --second-cpu`.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prediction.fresh", description=__doc__)
+    parser = command_parser("bench.prediction.fresh", __doc__)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--db", help="database URL to keep the runs in (reused when present)")
     parser.add_argument(

@@ -14,13 +14,12 @@ python -m bench.prediction.held --fresh fresh-qkv-0.2-s2,fresh-lr-0.06-s3   # fr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import statistics
 import sys
 
-from bench.common import emit
+from bench.common import command_parser, emit
 from bench.prediction.fresh import fresh_runs
 from bench.prediction.runs import STABLE, SUITE, RunSpec, train
 from tripwire.demo_training import explosion_step
@@ -83,7 +82,7 @@ an AMD EPYC (family 25, model 1) in a later session all 11 train on as well, the
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prediction.held", description=__doc__)
+    parser = command_parser("bench.prediction.held", __doc__)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument(
         "--fresh",

@@ -19,7 +19,6 @@ python -m bench.prediction.llama --no-write   # print only
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from alerts.config import Config
-from bench.common import emit, machine
+from bench.common import command_parser, emit, machine
 from bench.prediction.__main__ import (
     ALL_ENABLED,
     DEFAULT_SET,
@@ -260,7 +259,7 @@ def _run_id(db: Database, spec: RunSpec) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prediction.llama", description=__doc__)
+    parser = command_parser("bench.prediction.llama", __doc__)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--db", help="database URL to keep the runs in (reused when present)")
     args = parser.parse_args(argv)

@@ -15,11 +15,11 @@ the learning rate times the curvature along the last update.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
+from bench.common import command_parser
 from bench.prediction.runs import BY_NAME, RunSpec, train
 from tripwire.demo_training import explosion_step
 
@@ -69,11 +69,7 @@ def probe(spec: RunSpec) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.prediction.probe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("bench.prediction.probe", __doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN", choices=sorted(BY_NAME))
     for name in parser.parse_args().runs:
         probe(BY_NAME[name])

@@ -12,14 +12,13 @@ python -m bench.prediction.retrained --no-write   # print only
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
 from alerts.config import Config, parse_config
-from bench.common import emit, machine
+from bench.common import command_parser, emit, machine
 from bench.prediction.__main__ import (
     ALL_ENABLED,
     DEFAULT_SET,
@@ -83,9 +82,7 @@ others within 10 steps.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.prediction.retrained", description=__doc__
-    )
+    parser = command_parser("bench.prediction.retrained", __doc__)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

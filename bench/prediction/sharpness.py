@@ -22,13 +22,13 @@ lines end with the ratio judged as an alert would be (:func:`judge`); the last l
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
 from alerts.backtest import BacktestAlert
 from alerts.engine import DEFAULT_RESOLVE_AFTER
+from bench.common import command_parser
 from bench.prediction.evaluate import MIN_LEAD, RunOutcome, Score, outcome
 from bench.prediction.runs import (
     BY_NAME,
@@ -212,11 +212,7 @@ def summary(outcomes: list[RunOutcome]) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.prediction.sharpness",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("bench.prediction.sharpness", __doc__)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="suite runs, or all")
     names = parser.parse_args().runs or DEFAULT_RUNS
     unknown = [n for n in names if n not in BY_NAME and names != ["all"]]

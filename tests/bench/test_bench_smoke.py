@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,26 @@ def test_write_section_replaces_only_its_own(tmp_path):
     text = doc.read_text()
     assert "keep me" in text and "new" in text and "old" not in text
     assert text.index("## Prediction") < text.index("## Overhead") < text.index("## Check cost")
+
+
+PREDICTION_COMMANDS = [
+    "bench.prediction",
+    *(
+        f"bench.prediction.{name}"
+        for name in ("coincidence", "fresh", "held", "llama", "retrained", "probe", "sharpness")
+    ),
+]
+
+
+@pytest.mark.parametrize("module", PREDICTION_COMMANDS)
+def test_prediction_commands_help_keeps_their_example_lines(module):
+    doc = importlib.import_module(module if module != "bench.prediction" else module + ".__main__")
+    examples = [line.strip() for line in doc.__doc__.splitlines() if line.startswith("python -m")]
+    shown = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"usage: python -m {module}" in shown
+    assert all(line in shown.splitlines() for line in examples), shown
 
 
 def test_overhead_runs_every_variant(monkeypatch, tmp_path):
