@@ -47,6 +47,7 @@ def calibrate_command(
     alert fires (non_finite, loss_exploded) is refused; a predictor whose signal the runs did
     not log is left as it is.
 
+    \b
         tripwire calibrate --runs gpt-small-a,gpt-small-b --config gpt-small.toml
     """
     try:
