@@ -137,7 +137,7 @@ PREDICTORS: dict[str, Predictor] = {
         severity="critical",
         for_checks=1,
         params=non_finite.PARAMS,
-        summary="NaN or Inf in the loss, gradient norms or weights",
+        summary="NaN or Inf in the loss or the weights (gradients when asked)",
     ),
     "stalled": Predictor(
         "stalled",
