@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,12 +97,27 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _set_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the file in WAL mode (it stays so). Processes opening a new file at once all switch
+    it, and SQLite answers "database is locked" to the losers at once, without waiting out the
+    busy timeout: wait here instead."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -112,7 +129,7 @@ class Database:
     Driver errors leave this class as :class:`StoreUnavailable`.
 
     >>> db = Database("sqlite:///tripwire.db")      # doctest: +SKIP
-    >>> db.ensure_schema()                          # upgrades a brand-new SQLite file only
+    >>> db.ensure_schema()                          # creates a new SQLite file's schema only
     >>> with db.session() as s:
     ...     ...
     """
@@ -135,7 +152,6 @@ class Database:
             )
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         path = _sqlite_path(self.url)
-        self._new_sqlite_file = path is not None and (not path.exists() or path.stat().st_size == 0)
         if path is not None and not create and not path.exists():
             raise BadDatabaseUrl(
                 f"no database at {path.resolve()}: name one with --db or $TRIPWIRE_DB_URL, "
@@ -190,26 +206,40 @@ class Database:
             raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
         return current, migrate.head_revision()
 
-    def upgrade(self) -> tuple[str | None, str]:
-        """Apply every pending migration; returns (revision before, revision after)."""
+    @contextmanager
+    def _schema_change(self) -> Iterator[Connection]:
+        """One transaction that changes the schema; driver errors → StoreUnavailable.
+
+        On SQLite it takes the write lock first: pysqlite runs DDL outside any transaction, so
+        two processes creating one new file at once (trainers started together) interleaved
+        their migrations ("table projects already exists"). Now the second waits for the first
+        (the busy timeout) and then finds the schema made.
+        """
         try:
             with self.engine.begin() as conn:
-                before = migrate.current_revision(conn)
-                if before is not None and not migrate.is_known(before):
-                    raise SchemaOutOfDate(_newer_message(before))
-                migrate.upgrade(conn)
-                after = migrate.current_revision(conn)
+                if self.is_sqlite:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield conn
         except (OperationalError, DBAPIError) as exc:
             raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Apply every pending migration; returns (revision before, revision after)."""
+        with self._schema_change() as conn:
+            before = migrate.current_revision(conn)
+            if before is not None and not migrate.is_known(before):
+                raise SchemaOutOfDate(_newer_message(before))
+            migrate.upgrade(conn)
+            after = migrate.current_revision(conn)
         return before, after
 
     def ensure_schema(self) -> None:
-        """Refuse an out-of-date schema, except that a brand-new SQLite file is created on the spot."""
+        """Refuse an out-of-date schema, except that a SQLite file without tables is created on
+        the spot."""
         current, head = self.schema_status()
+        if current is None and self.is_sqlite:
+            current = self._create_if_empty()
         if current == head:
-            return
-        if current is None and self.is_sqlite and (self._new_sqlite_file or self._is_empty()):
-            self.upgrade()
             return
         fix = f"tripwire db upgrade {db_argument(self.url)}"
         if current is None:
@@ -220,9 +250,14 @@ class Database:
             f"the database schema is out of date ({current}, head {head}); run: {fix}"
         )
 
-    def _is_empty(self) -> bool:
-        with self.engine.connect() as conn:
-            return not inspect(conn).get_table_names()
+    def _create_if_empty(self) -> str | None:
+        """Create the schema in this SQLite file if it has no tables; returns its revision then
+        (None: the file holds tables of something else). Another process may have created it
+        meanwhile: it is judged again under the write lock."""
+        with self._schema_change() as conn:
+            if migrate.current_revision(conn) is None and not inspect(conn).get_table_names():
+                migrate.upgrade(conn)
+            return migrate.current_revision(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -25,6 +25,44 @@ def test_brand_new_sqlite_file_is_created_on_first_use(tmp_path):
     assert db.schema_status()[0] == head_revision()
 
 
+def _ensure_schema_when_told(url: str, go, results) -> None:
+    go.wait(30)
+    try:
+        Database(url).ensure_schema()
+        results.put(None)
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        results.put(repr(exc))
+
+
+@pytest.mark.parametrize("file_exists", [False, True])
+def test_processes_started_together_on_a_new_sqlite_file_all_get_the_schema(tmp_path, file_exists):
+    # A sweep starts its trainers at once on the default file: each found no schema and ran the
+    # migrations at the same time ("table projects already exists", or "no Tripwire schema" for
+    # one that saw another's tables half made).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        path = tmp_path / f"sweep-{round_}.db"
+        if file_exists:
+            path.touch()
+        go, results = context.Event(), context.Queue()
+        processes = [
+            context.Process(
+                target=_ensure_schema_when_told, args=(f"sqlite:///{path}", go, results)
+            )
+            for _ in range(4)
+        ]
+        for p in processes:
+            p.start()
+        go.set()
+        errors = [results.get(timeout=60) for _ in processes]
+        for p in processes:
+            p.join(30)
+        assert errors == [None] * 4
+        assert Database(f"sqlite:///{path}").schema_status()[0] == head_revision()
+
+
 def test_postgres_without_schema_is_refused_with_the_fix_command(pg_url):
     db = Database(pg_url)
     with pytest.raises(SchemaOutOfDate, match="tripwire db upgrade --db"):
