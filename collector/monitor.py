@@ -149,6 +149,7 @@ class Monitor:
         self._closed = False
         self._error_logged = False
         self._fired: list | None = None  # set by the writer thread
+        self._firing_before: set[int] | None = None  # alert ids, set at the first poll
         self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -554,10 +555,18 @@ class Monitor:
             self.errors += 1
 
     def _poll_alerts(self, run_db_id: int) -> None:
-        """Runs in the writer thread after each write: has a critical alert fired for this run?"""
+        """Runs in the writer thread after each write: has a critical alert fired for this run?
+
+        The critical alerts already firing at the first poll fired before this monitor started:
+        they stopped the attempt that a resumed run (``run_id=``, from a checkpoint) goes back
+        on, and would halt it again at once. They do not count; one that fires later does.
+        """
         from storage import alerts as alert_store  # the alert tables' queries
 
         firing = alert_store.firing_alerts(self.db, run_db_id, severity="critical")
+        if self._firing_before is None:
+            self._firing_before = {a.id for a in firing}
+        firing = [a for a in firing if a.id not in self._firing_before]
         if firing:
             with self._alarm_lock:
                 self._fired = firing

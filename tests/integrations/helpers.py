@@ -116,12 +116,14 @@ def scalar_table(url: str, run_name: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def fire_critical_alert(url: str, run_id: int, step: int = 0) -> None:
+def fire_critical_alert(
+    url: str, run_id: int, step: int = 0, predictor: str = "non_finite"
+) -> None:
     """What the alert engine writes when a critical alert fires for the run."""
     alert = {
-        "predictor": "non_finite",
+        "predictor": predictor,
         "layer": None,
-        "fingerprint": f"{run_id}/non_finite",
+        "fingerprint": f"{run_id}/{predictor}",
         "severity": "critical",
         "state": "firing",
         "score": 1.0,
@@ -134,11 +136,14 @@ def fire_critical_alert(url: str, run_id: int, step: int = 0) -> None:
         "hold_count": 1,
         "last_notified_step": None,
     }
+    db = Database(url)
+    cursor = alert_store.eval_cursors(db, [run_id]).get(run_id)  # one fired before
     alert_store.commit_evaluation(
-        Database(url),
+        db,
         run_id,
-        expected_step=None,
+        expected_step=None if cursor is None else cursor.last_step,
         last_step=step,
         state={},
         writes=[alert_store.AlertWrite(None, alert)],
+        expected_at=None if cursor is None else cursor.updated_at,
     )

@@ -68,3 +68,33 @@ def test_halt_on_alert_raises_from_log_in_a_plain_loop(sqlite_url, tmp_path):
     assert step == 2  # polled after step 1's write, raised by the next log()
     monitor.close()
     assert runs.find_run(Database(sqlite_url), "halt").status == "finished"
+
+
+def test_a_resumed_run_is_not_halted_again_by_the_alert_that_stopped_it(sqlite_url, tmp_path):
+    # halt_on_alert stops the run so that it can go back to a checkpoint; resumed there
+    # (run_id=), the alert of the blow-up, still firing, halted it again at its first write.
+    model = TinyNet()
+    options = dict(db=sqlite_url, every=2, halt_on_alert=True, spool_dir=tmp_path)
+    with pytest.raises(collector.LossExplosionPredicted):
+        with collector.watch(model, run="resumed", **options) as first:
+            for step in range(10):
+                model(torch.randn(2, 12)).sum().backward()
+                first.log(step, loss=float("nan") if step >= 4 else 1.0)
+                first.flush()
+                if step == 4:
+                    fire_critical_alert(sqlite_url, first.run_db_id, step=4)
+                model.zero_grad()
+    monitor = collector.watch(model, run="resumed", run_id=first.uid, **options)
+    for step in range(2, 8):  # from the checkpoint at step 2
+        model(torch.randn(2, 12)).sum().backward()
+        monitor.log(step, loss=1.0)
+        monitor.flush()
+        model.zero_grad()
+    fire_critical_alert(sqlite_url, monitor.run_db_id, step=8, predictor="loss_exploded")
+    with pytest.raises(collector.LossExplosionPredicted, match="loss_exploded$"):
+        for step in range(8, 12):  # a blow-up of this attempt still halts it
+            model(torch.randn(2, 12)).sum().backward()
+            monitor.log(step, loss=1.0)
+            monitor.flush()
+            model.zero_grad()
+    monitor.close()
