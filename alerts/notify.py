@@ -57,6 +57,7 @@ def plan(
     inhibited_from: int | None,
     repeat_every_steps: int,
     routes: list[Route],
+    changed: set[int],
 ) -> tuple[dict[int, list[tuple[str, str]]], list[Event]]:
     """Decide the notifications of one run after a tick.
 
@@ -64,6 +65,8 @@ def plan(
     told alert's ``last_notified_step``: an alert kept quiet while silenced or inhibited is
     told once that ends, if it is still firing; a resolution that comes while its run is
     inhibited is not told (the loss blew up: the forecast did not go away, it came true).
+    ``changed`` holds the ``id()`` of the alerts that fired or resolved in this tick: one kept
+    quiet is reported as an event then, not again at every tick while it stays quiet.
     """
     deliveries: dict[int, list[tuple[str, str]]] = {}
     events: list[Event] = []
@@ -95,6 +98,8 @@ def plan(
                     (r.notifier.name, kind) for r in targets
                 )
             told = told or why is None or why == "no notifier accepts it"
+            if not told and id(alert) not in changed:
+                continue  # kept quiet since an earlier tick: no news
             events.append(
                 Event(
                     kind,

@@ -174,6 +174,7 @@ class AlertService:
             inhibited_from=evaluator.inhibited_from(),
             repeat_every_steps=self.config.engine.repeat_every_steps,
             routes=self.routes,
+            changed={id(a) for kind, a in evaluator.transitions if kind in ("firing", "resolved")},
         )
         dirty = [a for a in candidates if a.dirty]
         if cursor is not None and last == start and not dirty:

@@ -217,6 +217,32 @@ def test_silence_holds_notifications_until_it_expires(sqlite_db, clock):
     assert store.active_silences(sqlite_db, clock.now, run) == []
 
 
+def test_an_alert_kept_quiet_is_reported_once_not_at_every_tick(sqlite_db, clock):
+    # The scheduler logs every event: a silenced or inhibited alert reported again at each
+    # tick (every 10 s, for as long as it stays quiet) filled its log with the same line.
+    svc, rec = service(sqlite_db, clock)
+    silenced = make_run(sqlite_db)
+    store.silence_run(sqlite_db, silenced, until=clock.now + timedelta(minutes=1))
+    write_steps(sqlite_db, silenced, {s: {"loss": float("nan")} for s in range(5)})
+    wrecked = make_run(sqlite_db, layers=["fc", "ln_out"])
+    scalars, layers = exploding_series(steps=300, blowup=200)
+    write_steps(sqlite_db, wrecked, scalars, layers)
+    first = svc.tick()
+    assert ("firing", "silenced") in {(e.kind, e.suppressed) for e in first}
+    assert ("firing", "inhibited") in {(e.kind, e.suppressed) for e in first}
+    for _ in range(3):
+        clock.advance(10)
+        assert svc.tick() == []
+    write_steps(sqlite_db, silenced, {5: {"loss": float("nan")}})  # new data, nothing new
+    clock.advance(10)
+    assert svc.tick() == []
+    clock.advance(30)  # the silence ends: told now, once
+    told = svc.tick()
+    assert [(e.run_id, e.predictor, e.kind, e.notified) for e in told] == [
+        (silenced, "non_finite", "firing", True)
+    ]
+
+
 def test_restart_resumes_and_sends_nothing_twice(sqlite_db, clock):
     scalars, layers = exploding_series(steps=300, blowup=200)
     run = make_run(sqlite_db, layers=["fc", "ln_out"])
