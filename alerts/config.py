@@ -275,6 +275,12 @@ def parse_config(data: dict) -> Config:
                 raise _unknown(where, "key", [*common, *sorted(defaults)])
             _check_param(where, defaults[key], value)
             _check_names(where, key, value)
+            if key in PREDICTORS[name].minimums:
+                lowest, why = PREDICTORS[name].minimums[key]
+                if value < lowest:
+                    raise ConfigError(
+                        f"{where}: must be at least {lowest:g}: {why} (got {value!r})"
+                    )
     return config
 
 

@@ -158,9 +158,14 @@ class AlertService:
             last = min(limit, start + self.config.engine.max_steps_per_tick)
             for obs in observations.load(self.db, run_id, start, last):
                 evaluator.feed(obs)
+        at_step = max(last, run.last_step or 0, 0)
         if stalled_rule is not None:
             for verdict in PREDICTORS["stalled"].fn(run, now, stalled_rule.params):
-                evaluator.apply(stalled_rule, verdict, max(last, run.last_step or 0, 0))
+                evaluator.apply(stalled_rule, verdict, at_step)
+        progress_rule = self.rules.get("no_progress")
+        if progress_rule is not None:
+            for verdict in PREDICTORS["no_progress"].fn(run, progress_rule.params):
+                evaluator.apply(progress_rule, verdict, at_step)
         touched = evaluator.touched()
         seen = {id(a) for a in touched}
         candidates = touched + [a for a in evaluator.open.values() if id(a) not in seen]

@@ -41,6 +41,7 @@ class SqlRun(Base):
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    logged_at: Mapped[datetime | None]  # the trainer's newest log() that was written
     last_step: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(String(2000))
     __table_args__ = (

@@ -55,6 +55,8 @@ class Run:
     ended_at: datetime | None = None
     heartbeat_at: datetime | None = None
     last_step: int | None = None
+    logged_at: datetime | None = None
+    """When the trainer logged the newest step written (its clock); None before any."""
     error: str | None = None
 
     @property

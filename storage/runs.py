@@ -33,6 +33,7 @@ def as_run(row: SqlRun, project: str) -> Run:
         heartbeat_at=row.heartbeat_at,
         last_step=row.last_step,
         error=row.error,
+        logged_at=row.logged_at,
     )
 
 
@@ -89,6 +90,7 @@ def ensure_run(
         existing.status = "running"
         existing.ended_at = None
         existing.heartbeat_at = utcnow()
+        existing.logged_at = None  # until the resumed trainer logs (loading a checkpoint is slow)
         if sa_bin_edges is not None and existing.sa_bin_edges is None:
             existing.sa_bin_edges = sa_bin_edges
         return existing.id
@@ -125,8 +127,16 @@ def ensure_layers(session: Session, run_id: int, layers: list[dict]) -> dict[str
     return known
 
 
-def touch(session: Session, run_id: int, *, last_step: int | None, at: datetime) -> None:
-    """Record that the run is alive (heartbeat) and how far it got; one UPDATE.
+def touch(
+    session: Session,
+    run_id: int,
+    *,
+    last_step: int | None,
+    at: datetime,
+    logged_at: datetime | None = None,
+) -> None:
+    """Record that the run is alive (heartbeat), how far it got and when it last logged a step
+    (``logged_at``, the newest of the steps just written, kept if older); one UPDATE.
 
     On the table, not the ORM class: the writer runs this in every commit, and the ORM's bulk
     update path (synchronising loaded objects) costs more than the UPDATE itself.
@@ -136,6 +146,9 @@ def touch(session: Session, run_id: int, *, last_step: int | None, at: datetime)
     if last_step is not None:
         further = run.last_step.is_(None) | (run.last_step < last_step)
         values["last_step"] = case((further, last_step), else_=run.last_step)
+    if logged_at is not None:
+        newer = run.logged_at.is_(None) | (run.logged_at < logged_at)
+        values["logged_at"] = case((newer, logged_at), else_=run.logged_at)
     session.execute(update(SqlRun.__table__).where(run.id == run_id).values(**values))
 
 

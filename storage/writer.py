@@ -270,9 +270,11 @@ class BatchWriter:
                 scalars.clear()
                 layer_rows.clear()
 
+            logged = None  # the newest wall time of the steps written now
             for kind, payload in records:
                 if kind == "scalars" and payload:  # replayed records count for last_step too
                     self._last_step = max([self._last_step or 0] + [r["step"] for r in payload])
+                    logged = max([logged or 0.0] + [r.get("wall_time") or 0.0 for r in payload])
                 if kind == "scalars" and run_id is not None:
                     scalars += payload
                     written += len(payload)
@@ -300,7 +302,13 @@ class BatchWriter:
                     )
             write_data()
             if run_id is not None:
-                runs.touch(session, run_id, last_step=self._last_step, at=_to_datetime(time.time()))
+                runs.touch(
+                    session,
+                    run_id,
+                    last_step=self._last_step,
+                    at=_to_datetime(time.time()),
+                    logged_at=_to_datetime(logged) if logged else None,
+                )
         self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written
 

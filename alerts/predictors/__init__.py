@@ -2,7 +2,7 @@
 
 >>> from alerts.predictors import PREDICTORS, get_predictor
 >>> sorted(PREDICTORS)
-['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_exploded', 'loss_spike', 'non_finite', 'rank_collapse', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
+['attention_logits', 'diverging', 'grad_norm_spike', 'log_z_drift', 'loss_exploded', 'loss_spike', 'no_progress', 'non_finite', 'rank_collapse', 'sa_collapse', 'sa_growth', 'sa_shift', 'sigma_surge', 'stalled', 'update_size', 'weight_growth']
 >>> get_predictor("sa_collapse").severity
 'info'
 
@@ -145,7 +145,18 @@ PREDICTORS: dict[str, Predictor] = {
         severity="warning",
         for_checks=1,
         params=stalled.PARAMS,
+        minimums=stalled.MINIMUMS,
         summary="a running run that stopped reporting (wall time; live only)",
+        wall_time=True,
+        resolve_after=1,
+    ),
+    "no_progress": Predictor(
+        "no_progress",
+        stalled.no_progress,
+        severity="warning",
+        for_checks=1,
+        params=stalled.NO_PROGRESS_PARAMS,
+        summary="a running run that still reports but logs no new step (wall time; live only)",
         wall_time=True,
         resolve_after=1,
     ),
@@ -170,7 +181,7 @@ def get_predictor(name: str) -> Predictor:
     >>> get_predictor("sa_colapse")
     Traceback (most recent call last):
     ...
-    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_exploded, loss_spike, non_finite, rank_collapse, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
+    alerts.predictors.UnknownPredictor: unknown predictor 'sa_colapse'; valid: attention_logits, diverging, grad_norm_spike, log_z_drift, loss_exploded, loss_spike, no_progress, non_finite, rank_collapse, sa_collapse, sa_growth, sa_shift, sigma_surge, stalled, update_size, weight_growth
     """
     try:
         return PREDICTORS[name]

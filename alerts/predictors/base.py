@@ -65,6 +65,8 @@ class Predictor:
     """Judges wall-clock time, not data (``stalled``): live only, never replayed."""
     enabled: bool = True
     """Evaluated unless ``tripwire.toml`` says otherwise; experimental predictors ship off."""
+    minimums: Mapping[str, tuple[float, str]] = field(default_factory=dict)
+    """The lowest value a numeric parameter may be set to, and why (beyond ``>= 0``)."""
 
 
 def finite(value: float | None) -> bool:

@@ -111,6 +111,10 @@ def test_a_full_file_loads_and_overrides_defaults(tmp_path):
             "predictors.loss_spike.severity: Input should be 'info', 'warning' or 'critical'",
         ),
         ({"predictors": {"loss_spike": {"for_checks": 0}}}, "predictors.loss_spike.for_checks"),
+        (  # a live trainer's heartbeats come 15 s apart: under a minute a live run flaps
+            {"predictors": {"stalled": {"after_s": 10}}},
+            "predictors.stalled.after_s: must be at least 60: a live trainer reports every 15 s",
+        ),
         (
             {"predictors": {"rank_collapse": {"falling": "yes"}}},
             "predictors.rank_collapse.falling: must be true or false",

@@ -124,6 +124,7 @@ monitor._writer.heartbeat_interval = 0.2
 train(model, monitor, range(0, {steps}))
 monitor.flush()
 print("ready", flush=True)
+time.sleep({pause_s})  # hung: the writer thread keeps reporting, no step is logged
 step = {steps}
 while {forever}:  # keeps training until killed
     train(model, monitor, range(step, step + 1))
@@ -135,11 +136,24 @@ print(json.dumps({{"errors": monitor.errors, "write_failures": monitor._writer.w
 
 
 def start_trainer(
-    db_url: str, run: str, spool_dir: Path, steps: int = 20, *, forever: bool = True
+    db_url: str,
+    run: str,
+    spool_dir: Path,
+    steps: int = 20,
+    *,
+    forever: bool = True,
+    pause_s: float = 0.0,
 ) -> subprocess.Popen:
-    """A separate Python process training with the collector (``forever``: until killed)."""
+    """A separate Python process training with the collector (``forever``: until killed),
+    pausing ``pause_s`` seconds after its first ``steps`` steps, alive but logging nothing."""
     code = TRAINER.format(
-        root=str(ROOT), run=run, db=db_url, spool=str(spool_dir), steps=steps, forever=forever
+        root=str(ROOT),
+        run=run,
+        db=db_url,
+        spool=str(spool_dir),
+        steps=steps,
+        forever=forever,
+        pause_s=pause_s,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
     return subprocess.Popen(

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from storage import Database, migrate, rollup, runs, series, stats
-from storage._models import SqlLayerStat, SqlLayerStatBucket
+from storage._models import SqlLayerStat, SqlLayerStatBucket, SqlRun
 from storage.db import utcnow
 from storage.writer import BatchWriter
 
@@ -36,7 +36,19 @@ def _rows(steps, seed=0, layers=LAYERS):
 
 
 def _new_run(s, uid="r", every=EVERY):
-    run_id = runs.ensure_run(s, uid=uid, project="p", name=uid, started_at=utcnow(), every=every)
+    """A run as revision 0001 stores it (the ORM's runs table has columns added since)."""
+    run_id = s.scalar(
+        SqlRun.__table__.insert()
+        .values(
+            uid=uid,
+            project_id=runs.project_id(s, "p"),
+            name=uid,
+            status="running",
+            started_at=utcnow(),
+            every=every,
+        )
+        .returning(SqlRun.__table__.c.id)
+    )
     ids = runs.ensure_layers(s, run_id, [{"name": n, "position": i} for i, n in enumerate(LAYERS)])
     return run_id, ids
 

@@ -2,6 +2,7 @@
 
 import json
 import time
+from datetime import timezone
 
 from storage import Database, runs, stats
 from storage.writer import BatchWriter, read_spool
@@ -229,3 +230,25 @@ def test_an_unexpected_failure_of_a_write_is_counted_and_later_batches_are_writt
     writer.close(10)
     assert [p.step for p in stats.scalar_series(db, run.id)] == [0, 1, 2]
     assert writer.errors == 1
+
+
+def test_the_run_keeps_when_its_trainer_last_logged_and_a_resume_forgets_it(db, tmp_path):
+    writer = BatchWriter(db, "logged", spool_dir=tmp_path)
+    writer.put(*_start("logged"))
+    logged = 1_700_000_000.0  # the trainer's clock at its newest log()
+    writer.put("scalars", [{"step": 0, "key": "loss", "value": 1.0, "wall_time": logged - 5}])
+    writer.put("scalars", [{"step": 1, "key": "loss", "value": 1.0, "wall_time": logged}])
+    assert writer.flush(30)
+    run = runs.find_run(db, "logged")
+    assert run.logged_at.replace(tzinfo=timezone.utc).timestamp() == logged
+    assert run.heartbeat_at > run.logged_at  # it reported since
+    writer.put("scalars", [{"step": 0, "key": "loss", "value": 2.0, "wall_time": logged - 60}])
+    assert writer.flush(30)  # an older step, replayed late, leaves it
+    assert runs.find_run(db, "logged").logged_at == run.logged_at
+    writer.close()
+
+    resumed = BatchWriter(db, "logged", spool_dir=tmp_path)
+    resumed.put(*_start("logged"))
+    assert resumed.flush(30)  # not logged yet: a checkpoint can take long to load
+    assert runs.find_run(db, "logged").logged_at is None
+    resumed.close()
