@@ -50,3 +50,38 @@ def test_the_readme_api_example_records_a_run(tmp_path, monkeypatch):
     assert run.status == "finished" and run.last_step == 24 and run.config == {"lr": 3e-3}
     assert [layer.name for layer in runs.layers(db, run.id)] == ["hidden", "out"]
     assert stats.count_rows(db, run.id)[1] == 2 * 3  # two layers, checks at steps 0, 10, 20
+
+
+def _sigterm_recipe() -> str:
+    text = README.read_text(encoding="utf-8")
+    return re.search(r"`(signal\.signal\(signal\.SIGTERM, .*?)`", text).group(1)
+
+
+def test_the_readme_sigterm_recipe_marks_a_preempted_run_failed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    script = f"""
+import signal, sys, time, torch, collector
+from torch import nn
+model = nn.Linear(4, 4)
+monitor = collector.watch(model, run="preempted", db={url!r}, spool_dir={str(tmp_path)!r})
+{_sigterm_recipe()}
+print("ready", flush=True)
+for step in range(100_000):
+    model(torch.randn(2, 4)).sum().backward()
+    monitor.log(step, loss=1.0)
+    time.sleep(0.01)
+"""
+    root = README.parent
+    trainer = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE)
+    try:
+        assert trainer.stdout.readline().strip() == b"ready"
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(30) == 128 + signal.SIGTERM
+    finally:
+        trainer.kill()
+    run = runs.find_run(Database(url), "preempted")
+    assert (run.status, run.error) == ("failed", "preempted")
