@@ -1,8 +1,10 @@
-"""``tripwire scheduler``: the alert service on an APScheduler 3 interval job.
+"""``tripwire scheduler``: the alert service on two APScheduler 3 interval jobs.
 
-One job evaluates all live runs per tick; ``coalesce`` folds missed ticks into one,
-``max_instances=1`` never lets two ticks overlap, and a tick later than the misfire grace
-time is skipped rather than run late.
+One job evaluates all live runs per tick and queues their notifications, the other sends the
+queue: a notifier that hangs (each message held ``max_attempts`` × ``timeout_s``) delays the
+notifications, not the evaluation. For each, ``coalesce`` folds missed ticks into one,
+``max_instances=1`` never lets two ticks overlap, and a tick later than the misfire grace time
+is skipped rather than run late.
 """
 
 from __future__ import annotations
@@ -26,14 +28,22 @@ def _import_apscheduler():
     return BlockingScheduler, BackgroundScheduler
 
 
-def safe_tick(service: AlertService) -> None:
-    """One tick that logs instead of raising (the database may be down for a while)."""
+def safe_evaluate(service: AlertService) -> None:
+    """One evaluation that logs instead of raising (the database may be down for a while)."""
     try:
-        events = service.tick()
+        events = service.evaluate()
         for event in events:
             log.info("%s %s %s step %s", event.kind, event.predictor, event.run, event.step)
     except Exception as exc:
         log.error("alert tick failed: %s", exc)
+
+
+def safe_deliver(service: AlertService) -> None:
+    """Send the queued notifications; logs instead of raising."""
+    try:
+        service.deliver()
+    except Exception as exc:
+        log.error("sending notifications failed: %s", exc)
 
 
 def build_scheduler(
@@ -43,7 +53,8 @@ def build_scheduler(
     misfire_grace_s: float | None = None,
     blocking: bool = True,
 ):
-    """An APScheduler scheduler running ``service.tick`` every ``interval_s`` seconds.
+    """An APScheduler scheduler running ``service.evaluate`` and ``service.deliver`` every
+    ``interval_s`` seconds, each on its own.
 
     A blocking one's ``start()`` returns only when stopped (Ctrl-C). Tripwire logs one INFO
     line per alert event (``tripwire.alerts``); APScheduler's own loggers are quieted to
@@ -61,17 +72,22 @@ def build_scheduler(
     engine = service.config.engine
     interval = interval_s or engine.interval_s
     scheduler = (blocking_cls if blocking else background_cls)(timezone=timezone.utc)
-    scheduler.add_job(
-        safe_tick,
-        "interval",
-        args=[service],
-        seconds=interval,
-        id="tripwire-alerts",
-        name="evaluate live runs",
-        coalesce=True,
-        max_instances=1,
-        misfire_grace_time=max(1, int(misfire_grace_s or engine.misfire_grace_s)),
-        next_run_time=datetime.now(timezone.utc),
-        replace_existing=True,
+    jobs = (
+        (safe_evaluate, "tripwire-alerts", "evaluate live runs"),
+        (safe_deliver, "tripwire-notifications", "send notifications"),
     )
+    for job, job_id, name in jobs:
+        scheduler.add_job(
+            job,
+            "interval",
+            args=[service],
+            seconds=interval,
+            id=job_id,
+            name=name,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(misfire_grace_s or engine.misfire_grace_s)),
+            next_run_time=datetime.now(timezone.utc),
+            replace_existing=True,
+        )
     return scheduler

@@ -179,8 +179,9 @@ def test_apscheduler_job_ticks_writes_heartbeats_and_logs_events_not_ticks(sqlit
     write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)}, at=utcnow())
     service = AlertService(sqlite_db, parse_config({}), [])
     scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
-    (job,) = scheduler.get_jobs()
-    assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 30
+    jobs = scheduler.get_jobs()
+    assert {job.id for job in jobs} == {"tripwire-alerts", "tripwire-notifications"}
+    assert all(j.coalesce and j.max_instances == 1 and j.misfire_grace_time == 30 for j in jobs)
     scheduler.start()
     try:
         deadline = time.monotonic() + 20

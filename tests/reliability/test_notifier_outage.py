@@ -83,3 +83,28 @@ def test_outage_is_retried_recorded_and_never_stops_evaluation(db):
         assert beat is not None and beat[1]["errors"] == 0
     finally:
         hook.close()
+
+
+def test_a_hanging_notifier_delays_notifications_not_evaluation(db):
+    # Deliveries ran inside the tick: each message to an endpoint that never answers held the
+    # whole scheduler for max_attempts x timeout_s, and no run was evaluated meanwhile.
+    import time
+
+    from alerts.scheduler import build_scheduler
+
+    hook = Webhook(delay_s=30)  # accepts the request, answers after the sender gave up
+    config = parse_config({**CONFIG, "retry": {"max_attempts": 1, "timeout_s": 8.0}})
+    service = AlertService(db, config, [WebhookNotifier(hook.url, timeout_s=8.0)])
+    scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
+    first = _exploding_run(db, "first")
+    scheduler.start()
+    try:
+        assert hook.received.wait(20)  # the first run's message is being held
+        second = _exploding_run(db, "second")
+        deadline = time.monotonic() + 4.0  # half the hold: evaluated while it lasts
+        while not alert_store.list_alerts(db, run_id=second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alert_store.list_alerts(db, run_id=second), "evaluation waited for the notifier"
+    finally:
+        hook.close()
+        scheduler.shutdown(wait=True)  # the held delivery times out and is recorded
