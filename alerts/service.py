@@ -208,17 +208,39 @@ class AlertService:
         return events
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
-        """Tick every ``interval_s`` seconds until ``stop`` is set, then tick once more.
+        """Evaluate every ``interval_s`` seconds until ``stop`` is set, then once more; a second
+        thread sends the notifications on the same interval (a notifier that hangs delays only
+        them), and sends what the last evaluation queued before this returns.
 
-        For a background thread (``tripwire demo``); errors are logged, never raised. The
-        final tick evaluates the data written just before ``stop`` was set.
+        For a background thread (``tripwire demo``, ``tripwire up``); errors are logged, never
+        raised. The last evaluation reads the data written just before ``stop`` was set.
         """
+        evaluated = threading.Event()  # set once the last evaluation is done
+        sender = threading.Thread(
+            target=self._send_until, args=(interval_s, evaluated), name="tripwire-notifications"
+        )
+        sender.start()
+        try:
+            while True:
+                stopping = stop.is_set()
+                try:
+                    self.evaluate()
+                except Exception:
+                    log.exception("alert tick failed")
+                if stopping:
+                    return
+                stop.wait(interval_s)
+        finally:
+            evaluated.set()
+            sender.join()
+
+    def _send_until(self, interval_s: float, evaluated: threading.Event) -> None:
         while True:
-            stopping = stop.is_set()
+            last = evaluated.is_set()
             try:
-                self.tick()
+                self.deliver()
             except Exception:
-                log.exception("alert tick failed")
-            if stopping:
+                log.exception("sending notifications failed")
+            if last:
                 return
-            stop.wait(interval_s)
+            evaluated.wait(interval_s)

@@ -85,9 +85,11 @@ def test_outage_is_retried_recorded_and_never_stops_evaluation(db):
         hook.close()
 
 
-def test_a_hanging_notifier_delays_notifications_not_evaluation(db):
+@pytest.mark.parametrize("driver", ["tripwire scheduler", "run_forever"])
+def test_a_hanging_notifier_delays_notifications_not_evaluation(db, driver):
     # Deliveries ran inside the tick: each message to an endpoint that never answers held the
     # whole scheduler for max_attempts x timeout_s, and no run was evaluated meanwhile.
+    import threading
     import time
 
     from alerts.scheduler import build_scheduler
@@ -95,9 +97,15 @@ def test_a_hanging_notifier_delays_notifications_not_evaluation(db):
     hook = Webhook(delay_s=30)  # accepts the request, answers after the sender gave up
     config = parse_config({**CONFIG, "retry": {"max_attempts": 1, "timeout_s": 8.0}})
     service = AlertService(db, config, [WebhookNotifier(hook.url, timeout_s=8.0)])
-    scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
+    if driver == "run_forever":  # tripwire up and tripwire demo
+        stop = threading.Event()
+        thread = threading.Thread(target=service.run_forever, args=(0.2, stop))
+        start, finish = thread.start, lambda: (stop.set(), thread.join())
+    else:
+        scheduler = build_scheduler(service, interval_s=0.2, blocking=False)
+        start, finish = scheduler.start, lambda: scheduler.shutdown(wait=True)
     first = _exploding_run(db, "first")
-    scheduler.start()
+    start()
     try:
         assert hook.received.wait(20)  # the first run's message is being held
         second = _exploding_run(db, "second")
@@ -107,4 +115,5 @@ def test_a_hanging_notifier_delays_notifications_not_evaluation(db):
         assert alert_store.list_alerts(db, run_id=second), "evaluation waited for the notifier"
     finally:
         hook.close()
-        scheduler.shutdown(wait=True)  # the held delivery times out and is recorded
+        finish()  # the held delivery times out and is recorded
+    assert _notes(db, first)[0].status == "failed"
