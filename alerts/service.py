@@ -217,30 +217,29 @@ class AlertService:
         """
         evaluated = threading.Event()  # set once the last evaluation is done
         sender = threading.Thread(
-            target=self._send_until, args=(interval_s, evaluated), name="tripwire-notifications"
+            target=_repeat,
+            args=(self.deliver, interval_s, evaluated, "sending notifications failed"),
+            name="tripwire-notifications",
         )
         sender.start()
         try:
-            while True:
-                stopping = stop.is_set()
-                try:
-                    self.evaluate()
-                except Exception:
-                    log.exception("alert tick failed")
-                if stopping:
-                    return
-                stop.wait(interval_s)
+            _repeat(self.evaluate, interval_s, stop, "alert tick failed")
         finally:
             evaluated.set()
             sender.join()
 
-    def _send_until(self, interval_s: float, evaluated: threading.Event) -> None:
-        while True:
-            last = evaluated.is_set()
-            try:
-                self.deliver()
-            except Exception:
-                log.exception("sending notifications failed")
-            if last:
-                return
-            evaluated.wait(interval_s)
+
+def _repeat(
+    work: Callable[[], object], interval_s: float, stop: threading.Event, failed: str
+) -> None:
+    """Call ``work`` every ``interval_s`` seconds until ``stop`` is set, then once more; a
+    failure is logged as ``failed``, never raised."""
+    while True:
+        stopping = stop.is_set()
+        try:
+            work()
+        except Exception:
+            log.exception(failed)
+        if stopping:
+            return
+        stop.wait(interval_s)
