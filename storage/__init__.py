@@ -13,6 +13,7 @@ the plain dataclasses of :mod:`storage.entities`.
 from storage.db import DEFAULT_URL, Database, redact_url, resolve_url, utcnow
 from storage.entities import LAYER_STATISTICS, STEP_STATISTICS, Layer, LayerStat, Run, ScalarPoint
 from storage.errors import (
+    AmbiguousRun,
     BadDatabaseUrl,
     RunNotFound,
     SchemaOutOfDate,
@@ -21,6 +22,7 @@ from storage.errors import (
 )
 
 __all__ = [
+    "AmbiguousRun",
     "BadDatabaseUrl",
     "DEFAULT_URL",
     "LAYER_STATISTICS",

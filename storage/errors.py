@@ -23,3 +23,8 @@ class SchemaOutOfDate(StorageError):
 
 class RunNotFound(StorageError, LookupError):
     """No run matches the given name or id."""
+
+
+class AmbiguousRun(RunNotFound):
+    """A run name used in several projects, given without a project: naming one of them would
+    be a guess (and ``runs delete`` or ``silence`` would act on another team's run)."""

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from storage._models import SqlLayer, SqlProject, SqlRun
 from storage.db import Database, utcnow
 from storage.entities import Layer, Run
-from storage.errors import RunNotFound
+from storage.errors import AmbiguousRun, RunNotFound
 from storage.upsert import insert_ignore
 
 
@@ -174,8 +174,19 @@ def get_run(db: Database, run_id: int) -> Run:
         return as_run(*found)
 
 
+def get_runs(db: Database, run_ids: list[int]) -> list[Run]:
+    """The runs with these ids (those that exist), in no particular order."""
+    if not run_ids:
+        return []
+    with db.session() as s:
+        rows = s.execute(_runs_query().where(SqlRun.id.in_(list(run_ids)))).all()
+        return [as_run(*row) for row in rows]
+
+
 def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
     """The run with this uid, else the newest run with this name (in ``project`` if given).
+
+    A name used in several projects needs ``project`` (or the uid): :class:`AmbiguousRun`.
 
     >>> find_run(db, "gpt-small-lr3e-3")       # doctest: +SKIP
     Run(id=3, name='gpt-small-lr3e-3', status='finished', ...)
@@ -187,6 +198,19 @@ def find_run(db: Database, name_or_uid: str, project: str | None = None) -> Run:
         by_uid = s.execute(query.where(SqlRun.uid == name_or_uid)).first()
         if by_uid is not None:
             return as_run(*by_uid)
+        if project is None:
+            projects = s.scalars(
+                select(SqlProject.name)
+                .join(SqlRun, SqlRun.project_id == SqlProject.id)
+                .where(SqlRun.name == name_or_uid)
+                .distinct()
+                .order_by(SqlProject.name)
+            ).all()
+            if len(projects) > 1:
+                raise AmbiguousRun(
+                    f"run name {name_or_uid!r} is used in projects {', '.join(projects)}: "
+                    "name the project (--project) or give the run's id"
+                )
         by_name = s.execute(
             query.where(SqlRun.name == name_or_uid).order_by(
                 SqlRun.started_at.desc(), SqlRun.id.desc()

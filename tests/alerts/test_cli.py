@@ -126,7 +126,7 @@ def test_silence_and_unsilence(runner, exploded):
     out = runner.invoke(
         cli, ["silence", "boom", "--for", "2h", "--reason", "known", "--db", exploded.url]
     )
-    assert out.exit_code == 0 and "silenced run boom until" in out.output
+    assert out.exit_code == 0 and "silenced run boom (project default) until" in out.output
     from storage import runs, utcnow
 
     run = runs.find_run(exploded, "boom")
@@ -139,6 +139,29 @@ def test_silence_and_unsilence(runner, exploded):
     assert both.exit_code == 1 and "takes no --for" in both.output
     out = runner.invoke(cli, ["silence", "boom", "--remove", "--db", exploded.url])
     assert "removed 1 silence(s)" in out.output
+
+
+def test_commands_that_name_a_run_refuse_a_name_two_projects_use(runner, sqlite_db):
+    from storage import runs, utcnow
+
+    ours = make_run(sqlite_db, "baseline", project="alpha")
+    theirs = make_run(sqlite_db, "baseline", project="beta")
+    url = sqlite_db.url
+    for args in (
+        ["silence", "baseline"],
+        ["evaluate", "--run", "baseline"],
+        ["calibrate", "--runs", "baseline", "--dry-run"],
+    ):
+        out = runner.invoke(cli, [*args, "--db", url])
+        assert out.exit_code == 1, (args, out.output)
+        assert "used in projects alpha, beta" in out.output, (args, out.output)
+    assert not store.active_silences(sqlite_db, utcnow())
+    out = runner.invoke(cli, ["silence", "baseline", "--project", "alpha", "--db", url])
+    assert out.exit_code == 0 and "(project alpha)" in out.output, out.output
+    assert [s.run_id for s in store.active_silences(sqlite_db, utcnow())] == [ours]
+    out = runner.invoke(cli, ["evaluate", "--run", "baseline", "--project", "beta", "--db", url])
+    assert out.exit_code == 0, out.output
+    assert runs.find_run(sqlite_db, "baseline", "beta").id == theirs
 
 
 @pytest.mark.parametrize("command", ["scheduler", "up"])

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from storage import Database, SchemaOutOfDate, runs, stats
+from storage import Database, RunNotFound, SchemaOutOfDate, runs, stats
 from storage.db import utcnow
 from storage.migrate import head_revision
 
@@ -138,6 +138,19 @@ def test_find_run_prefers_uid_then_newest_name(db):
         runs.ensure_run(s, uid="u2", project="p", name="same", started_at=utcnow())
     assert runs.find_run(db, "same").uid == "u2"
     assert runs.find_run(db, "u1").uid == "u1"
+
+
+def test_a_name_used_in_two_projects_needs_the_project(db):
+    # Two teams on one database both call their run "baseline": taking the newest would
+    # export, silence or delete the other team's run.
+    with db.session() as s:
+        runs.ensure_run(s, uid="a1", project="alpha", name="baseline", started_at=utcnow())
+        runs.ensure_run(s, uid="b1", project="beta", name="baseline", started_at=utcnow())
+    with pytest.raises(RunNotFound, match="used in projects alpha, beta"):
+        runs.find_run(db, "baseline")
+    assert runs.find_run(db, "baseline", "alpha").uid == "a1"
+    assert runs.find_run(db, "baseline", "beta").uid == "b1"
+    assert runs.find_run(db, "a1").uid == "a1"
 
 
 def test_two_writers_creating_the_same_new_project_at_once_both_succeed(db):

@@ -113,9 +113,15 @@ def _event_line(event) -> str:  # noqa: ANN001
     show_default=True,
     help="Leave out weaker alerts ('warning' leaves out the dashboard-only 'info' ones).",
 )
+@click.option("--project", default=None, help="Only runs of this project.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of alerts.")
 def evaluate_command(
-    db_url: str | None, config_path: str | None, run_name, min_severity: str, as_json: bool
+    db_url: str | None,
+    config_path: str | None,
+    run_name,
+    min_severity: str,
+    project: str | None,
+    as_json: bool,
 ) -> None:  # noqa: ANN001
     """Replay stored runs through the predictors (a backtest) and list the alerts.
 
@@ -127,7 +133,10 @@ def evaluate_command(
     from storage import runs
 
     db = _database(db_url, create=False)
-    targets = [runs.find_run(db, run_name)] if run_name else runs.list_runs(db)
+    if run_name:
+        targets = [runs.find_run(db, run_name, project)]
+    else:
+        targets = runs.list_runs(db, project=project)
     weakest = SEVERITY_RANK[min_severity]
     found = []
     for run in reversed(targets):  # oldest first
@@ -212,7 +221,10 @@ def _duration(text: str) -> timedelta:
 )
 @click.option("--reason", default=None, help="Why (shown on the dashboard).")
 @click.option("--remove", is_flag=True, help="Remove the run's silences instead.")
-def silence_command(db_url: str | None, run_name: str, duration, reason, remove: bool) -> None:  # noqa: ANN001
+@click.option("--project", default=None, help="Look the run up in this project only.")
+def silence_command(
+    db_url: str | None, run_name: str, duration, reason, remove: bool, project
+) -> None:  # noqa: ANN001
     """Hold back a run's notifications (alerts are still evaluated and stored)."""
     if remove and (duration or reason):
         raise UserError("--remove lifts every silence of the run: it takes no --for or --reason")
@@ -222,10 +234,10 @@ def silence_command(db_url: str | None, run_name: str, duration, reason, remove:
     from storage import runs, utcnow
 
     db = _database(db_url, create=False)
-    run = runs.find_run(db, run_name)
+    run = runs.find_run(db, run_name, project)
     if remove:
         removed = store.unsilence_run(db, run.id)
-        click.echo(f"removed {removed} silence(s) of run {run.name}")
+        click.echo(f"removed {removed} silence(s) of run {run.name} (project {run.project})")
         return
     until = utcnow() + _duration(duration) if duration is not None else None
     try:
@@ -234,7 +246,7 @@ def silence_command(db_url: str | None, run_name: str, duration, reason, remove:
         user = None
     store.silence_run(db, run.id, until=until, reason=reason, created_by=user)
     when = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "until removed"
-    click.echo(f"silenced run {run.name} {when}")
+    click.echo(f"silenced run {run.name} (project {run.project}) {when}")
 
 
 def register(cli: click.Group) -> None:

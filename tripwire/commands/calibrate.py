@@ -34,9 +34,15 @@ from tripwire.options import UserError, db_option
     type=click.FloatRange(min=0),
     help="Headroom over the highest level each signal held on the healthy runs.",
 )
+@click.option("--project", default=None, help="Look the runs up in this project only.")
 @click.option("--dry-run", is_flag=True, help="Print the thresholds; write nothing.")
 def calibrate_command(
-    db_url: str | None, run_names: str, config_path: str | None, margin: float, dry_run: bool
+    db_url: str | None,
+    run_names: str,
+    config_path: str | None,
+    margin: float,
+    project: str | None,
+    dry_run: bool,
 ) -> None:
     """Learn per-model thresholds from runs you mark as healthy and write them to FILE.
 
@@ -72,7 +78,7 @@ def calibrate_command(
     if not names:
         raise UserError("--runs: give at least one run name")
     try:
-        healthy = [runs.find_run(db, name) for name in names]
+        healthy = [runs.find_run(db, name, project) for name in names]
     except RunNotFound as exc:
         raise UserError(str(exc)) from None
 
