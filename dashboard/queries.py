@@ -71,29 +71,38 @@ def projects(url: str) -> list[str]:
     return runs.list_projects(database(url))
 
 
+def _choice(r) -> dict:  # noqa: ANN001
+    return {
+        "id": r.id,
+        "uid": r.uid,
+        "name": r.name,
+        "project": r.project,
+        "status": r.status,
+        "started_at": r.started_at,
+    }
+
+
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def run_choices(url: str, limit: int = 500) -> list[dict]:
     """(id, uid, name, project, status, started_at) of recent runs, for pickers."""
-    return [
-        {
-            "id": r.id,
-            "uid": r.uid,
-            "name": r.name,
-            "project": r.project,
-            "status": r.status,
-            "started_at": r.started_at,
-        }
-        for r in runs.list_runs(database(url), limit=limit)
-    ]
+    return [_choice(r) for r in runs.list_runs(database(url), limit=limit)]
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def runs_by_id(url: str, run_ids: tuple[int, ...]) -> dict[int, dict]:
+    """id → the :func:`run_choices` dict of these runs, however old: for labelling their
+    alerts and silences, which may belong to runs past the pickers' newest few hundred."""
+    return {r.id: _choice(r) for r in runs.get_runs(database(url), list(run_ids))}
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def find_run(url: str, name_or_uid: str) -> dict | None:
-    """The run with this uid or name as a plain dict, or None."""
+    """The run with this uid or name as a plain dict, or None (also for a name used in several
+    projects)."""
     try:
         return asdict(runs.find_run(database(url), name_or_uid))
-    except Exception as exc:  # RunNotFound; a bad URL surfaces elsewhere
-        if type(exc).__name__ == "RunNotFound":
+    except Exception as exc:  # RunNotFound, AmbiguousRun; a bad URL surfaces elsewhere
+        if type(exc).__name__ in ("RunNotFound", "AmbiguousRun"):
             return None
         raise
 

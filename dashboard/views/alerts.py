@@ -13,8 +13,6 @@ url = queries.db_url()
 st.title("Alerts")
 
 choices = queries.run_choices(url)
-names = {c["id"]: c["name"] for c in choices}
-uids = {c["id"]: c["uid"] for c in choices}
 labels = {c["id"]: fmt.run_label(c) for c in choices}  # names repeat: a resumed run, a 2nd train()
 
 c1, c2, c3, c4 = st.columns(4)
@@ -34,6 +32,10 @@ rows = queries.alerts(
     None if severity == "(all)" else severity,
     None if predictor == "(all)" else predictor,
 )
+# The runs of these alerts, also those older than the pickers' newest few hundred.
+known = queries.runs_by_id(url, tuple(sorted({a.run_id for a in rows})))
+names = {i: f"{r['name']} · {r['project']}" for i, r in known.items()}  # two teams' "baseline"
+gone = {"name": "", "project": "", "uid": ""}  # deleted since the alerts were read
 records = figures.timeline_rows(rows, names)
 st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), theme=None, key="timeline")
 
@@ -43,14 +45,15 @@ if rows:
             {
                 "severity": a.severity,
                 "state": a.state,
-                "run": names.get(a.run_id, str(a.run_id)),
+                "run": known.get(a.run_id, gone)["name"],
+                "project": known.get(a.run_id, gone)["project"],
                 "predictor": a.predictor,
                 "layer": a.layer or "",
                 "step": a.fired_step if a.fired_step is not None else a.first_step,
                 "resolved step": a.resolved_step,
                 "message": a.message or "",
                 "updated (UTC)": a.updated_at,
-                "open": f"run?run={uids.get(a.run_id, a.run_id)}&step="
+                "open": f"run?run={known.get(a.run_id, gone)['uid']}&step="
                 f"{a.fired_step if a.fired_step is not None else a.first_step}",
             }
             for a in rows
@@ -80,6 +83,8 @@ if choices:
             st.success(f"Silenced {fmt.md(labels[target])} until {until:%Y-%m-%d %H:%M} UTC.")
 
 active = queries.silences(url)
+silenced = queries.runs_by_id(url, tuple(sorted({s.run_id for s in active})))
+labels = {**{i: fmt.run_label(r) for i, r in silenced.items()}, **labels}
 if active:
     for silence in active:
         left, right = st.columns([4, 1])

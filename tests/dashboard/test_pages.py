@@ -318,6 +318,57 @@ def test_runs_of_one_name_can_be_told_apart_in_every_picker(tmp_path, monkeypatc
         assert len(runs) == len(set(runs)) == 2
 
 
+def test_alerts_name_their_runs_project_also_of_runs_past_the_pickers(tmp_path, monkeypatch):
+    # Two teams both call a run "baseline"; a sweep of newer runs then pushes both past the
+    # newest few hundred the pickers list.
+    import json
+    from datetime import timedelta
+
+    from sample_runs import add_alerts
+
+    from storage import runs
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "teams")
+    old = utcnow() - timedelta(days=1)
+    ids = []
+    for project in ("alpha", "beta"):
+        with db.session() as s:
+            ids.append(
+                runs.ensure_run(
+                    s, uid=f"uid-{project}", project=project, name="baseline", started_at=old
+                )
+            )
+    for run_id in ids:
+        add_alerts(db, run_id, 299)
+    with db.session() as s:
+        for i in range(600):
+            runs.ensure_run(
+                s, uid=f"sweep-{i}", project="sweep", name=f"lr-{i}", started_at=utcnow()
+            )
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "alerts.py")
+    _assert_clean(at)
+    table = at.dataframe[0].value
+    assert set(zip(table["run"], table["project"], strict=True)) == {
+        ("baseline", "alpha"),
+        ("baseline", "beta"),
+    }
+    assert {link.split("&")[0] for link in table["open"]} == {
+        "run?run=uid-alpha",
+        "run?run=uid-beta",
+    }
+    (timeline,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    lanes = {y for trace in timeline["data"] for y in trace["y"] if y}
+    assert {lane.split(" · sa_collapse")[0] for lane in lanes if "sa_collapse" in lane} == {
+        "baseline · alpha",
+        "baseline · beta",
+    }
+    silenced = [m.value for m in at.markdown if m.value.startswith("Silenced:")]
+    assert len(silenced) == 2 and all("baseline · " in m for m in silenced), silenced
+    assert any("alpha" in m for m in silenced) and any("beta" in m for m in silenced)
+
+
 def test_a_finished_run_without_monitored_layers_says_why_its_charts_are_empty(
     tmp_path, monkeypatch
 ):
