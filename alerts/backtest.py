@@ -20,7 +20,7 @@ from alerts.engine import RunEvaluator
 from alerts.lifecycle import AlertState
 from alerts.predictors import PREDICTORS
 from storage.db import Database
-from storage.entities import Run
+from storage.entities import DEFAULT_PROJECT, Run
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class BacktestAlert:
     first_step: int
     resolved_step: int | None
     loss: float | None
+    project: str = DEFAULT_PROJECT
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +66,7 @@ def evaluate_run(
 def _to_result(run: Run, alert: AlertState) -> BacktestAlert:
     return BacktestAlert(
         run=run.name,
+        project=run.project,
         run_uid=run.uid,
         predictor=alert.predictor,
         severity=alert.severity,

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
-from storage.entities import Alert, Run
+from storage.entities import Alert, Run, run_label
 
 EVENT_TITLES = {
     "firing": "FIRING",
@@ -96,7 +96,10 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         shown = ", ".join(layers[:5]) + (f" (+{len(layers) - 5} more)" if len(layers) > 5 else "")
         where = f" on {shown}"
     title = EVENT_TITLES.get(event, event.upper())
-    subject = f"[tripwire] {title} {first.severity}: {first.predictor} on run {run.name}"
+    subject = (
+        f"[tripwire] {title} {first.severity}: {first.predictor} on run "
+        f"{run_label(run.name, run.project)}"
+    )
     # The loss and score are those of the step that fired: say so on a resolved message.
     when = f" (fired at step {first.fired_step})" if event == "resolved" else ""
     loss_label = "loss when it fired" if event == "resolved" else "loss"

@@ -8,6 +8,7 @@ from alerts.config import SEVERITY_RANK
 from alerts.lifecycle import AlertState
 from alerts.notifiers import Route
 from alerts.predictors import INHIBITORS
+from storage.entities import DEFAULT_PROJECT, run_label
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class Event:
     message: str
     notified: bool
     suppressed: str | None = None
+    project: str = DEFAULT_PROJECT
+
+    @property
+    def run_label(self) -> str:
+        """The run as one line of text names it (:func:`storage.entities.run_label`)."""
+        return run_label(self.run, self.project)
 
 
 def suppression(
@@ -112,6 +119,7 @@ def plan(
                     alert.message or "",
                     notified=not why,
                     suppressed=why,
+                    project=project,
                 )
             )
         if told:

@@ -33,7 +33,7 @@ def safe_evaluate(service: AlertService) -> None:
     try:
         events = service.evaluate()
         for event in events:
-            log.info("%s %s %s step %s", event.kind, event.predictor, event.run, event.step)
+            log.info("%s %s %s step %s", event.kind, event.predictor, event.run_label, event.step)
     except Exception as exc:
         log.error("alert tick failed: %s", exc)
 

@@ -38,6 +38,19 @@ LAYER_STATISTICS = (
 """Per-layer, per-check statistic names of the data contract (plus the histogram ``sa_hist``)."""
 
 
+DEFAULT_PROJECT = "default"
+
+
+def run_label(name: str, project: str) -> str:
+    """How a run is named in one line of text: ``project/name``, or ``name`` alone in the
+    default project (two teams' runs may share a name).
+
+    >>> run_label("baseline", "alpha"), run_label("baseline", "default")
+    ('alpha/baseline', 'baseline')
+    """
+    return name if project == DEFAULT_PROJECT else f"{project}/{name}"
+
+
 @dataclass(frozen=True)
 class Run:
     id: int

@@ -164,6 +164,21 @@ def test_commands_that_name_a_run_refuse_a_name_two_projects_use(runner, sqlite_
     assert runs.find_run(sqlite_db, "baseline", "beta").id == theirs
 
 
+def test_alert_lines_name_the_project_of_a_run_outside_the_default_one(runner, sqlite_db):
+    # Two teams' "baseline" runs read the same in the scheduler's log and evaluate's list.
+    for project in ("alpha", "beta", "default"):
+        run = make_run(sqlite_db, "baseline", project=project)
+        write_steps(sqlite_db, run, {s: {"loss": float("nan")} for s in range(3)})
+    url = sqlite_db.url
+    listed = runner.invoke(cli, ["evaluate", "--db", url]).output
+    ticked = runner.invoke(cli, ["scheduler", "--once", "--db", url]).output
+    for label in ("alpha/baseline", "beta/baseline"):
+        assert f"{label}\tstep 0\tcritical\tnon_finite" in listed, listed
+        assert f"firing critical non_finite run={label} step=0" in ticked, ticked
+    assert any(line.startswith("baseline\tstep 0") for line in listed.splitlines())  # default
+    assert "run=baseline step=0" in ticked
+
+
 @pytest.mark.parametrize("command", ["scheduler", "up"])
 @pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf", "1e300", "soon"])
 def test_a_bad_interval_is_refused_before_anything_runs(runner, sqlite_db, command, interval):

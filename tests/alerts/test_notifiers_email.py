@@ -104,7 +104,7 @@ def smtp():
 
 
 def _check_content(msg):
-    assert msg["Subject"] == "[tripwire] FIRING warning: sa_collapse on run gpt-lr3e-3"
+    assert msg["Subject"] == "[tripwire] FIRING warning: sa_collapse on run team/gpt-lr3e-3"
     assert (
         msg["From"] == "tripwire@example.com" and msg["To"] == "oncall@example.com, ml@example.com"
     )

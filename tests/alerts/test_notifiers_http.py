@@ -155,7 +155,7 @@ def test_slack_posts_blocks_and_retries(http_server):
     attempts, error = send_with_retry(SlackNotifier(server.url), alert_message(), FAST)
     assert (attempts, error) == (2, None)
     payload = json.loads(server.requests[-1]["body"])
-    assert payload["text"] == "[tripwire] FIRING warning: sa_collapse on run gpt-lr3e-3"
+    assert payload["text"] == "[tripwire] FIRING warning: sa_collapse on run team/gpt-lr3e-3"
     block = html.unescape(payload["blocks"][0]["text"]["text"])  # Slack decodes &amp; &lt; &gt;
     assert "blocks.1.mlp.fc" in block and "step: 260" in block and "loss: 2.71" in block
     assert "https://dash.example.com/run?run=uid7&step=260&layer=blocks.1.mlp.fc" in block

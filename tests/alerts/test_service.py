@@ -312,9 +312,9 @@ def test_routing_by_severity_and_project(sqlite_db, clock):
         finish_run(sqlite_db, rid)
     svc.tick()
     assert sorted(critical_only.subjects) == [
-        "[tripwire] FIRING critical: loss_exploded on run ml-run",
-        "[tripwire] FIRING critical: loss_exploded on run other-run",
-        "[tripwire] FIRING critical: non_finite on run ml-run",
-        "[tripwire] FIRING critical: non_finite on run other-run",
+        "[tripwire] FIRING critical: loss_exploded on run ml/ml-run",
+        "[tripwire] FIRING critical: loss_exploded on run other/other-run",
+        "[tripwire] FIRING critical: non_finite on run ml/ml-run",
+        "[tripwire] FIRING critical: non_finite on run other/other-run",
     ]
-    assert everything.subjects and all(s.endswith("on run ml-run") for s in everything.subjects)
+    assert everything.subjects and all(s.endswith("on run ml/ml-run") for s in everything.subjects)

@@ -9,6 +9,7 @@ from datetime import timedelta
 import click
 
 from storage.alerts import SEVERITIES
+from storage.entities import run_label
 from tripwire import jsonout
 from tripwire.options import (
     UserError,
@@ -97,7 +98,7 @@ def scheduler_command(db_url: str | None, config_path: str | None, interval, onc
 def _event_line(event) -> str:  # noqa: ANN001
     layer = f" {event.layer}" if event.layer else ""
     told = "" if event.notified else f" ({event.suppressed})"
-    return f"{event.kind} {event.severity} {event.predictor}{layer} run={event.run} step={event.step}{told}"
+    return f"{event.kind} {event.severity} {event.predictor}{layer} run={event.run_label} step={event.step}{told}"
 
 
 @click.command("evaluate")
@@ -149,7 +150,9 @@ def evaluate_command(
         return
     for a in found:
         layer = a.layer or "-"
-        click.echo(f"{a.run}\tstep {a.step}\t{a.severity}\t{a.predictor}\t{layer}\t{a.message}")
+        click.echo(
+            f"{run_label(a.run, a.project)}\tstep {a.step}\t{a.severity}\t{a.predictor}\t{layer}\t{a.message}"
+        )
 
 
 @click.group("notify")
