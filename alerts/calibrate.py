@@ -69,19 +69,24 @@ def persistent_max(scores: Iterable[float], for_checks: int) -> float:
     return best
 
 
-def healthy_scores(db: Database, run: Run, rule: Rule) -> list[list[float]]:
-    """The rule's predictor scores over ``run``, one series per layer (or one for the run)."""
-    spec = PREDICTORS[rule.name]
-    memory: dict = {}
-    series: dict[str | None, list[float]] = {}
-    last, _ = observations.horizon(db, run), None
-    if last is None:
-        return []
-    for obs in observations.load(db, run.id, -1, last):
-        for verdict in spec.fn(obs, memory, rule.params):
-            score = verdict.score if math.isfinite(verdict.score) else 0.0
-            series.setdefault(verdict.layer, []).append(score)
-    return list(series.values())
+def healthy_scores(
+    db: Database, run: Run, rules: Mapping[str, Rule], *, chunk_steps: int = 20_000
+) -> dict[str, list[list[float]]]:
+    """Each rule's predictor scores over ``run``, one series per layer (or one for the run):
+    one replay for all of them, ``chunk_steps`` steps of observations in memory at a time."""
+    last = observations.horizon(db, run)
+    memories: dict[str, dict] = {name: {} for name in rules}
+    series: dict[str, dict[str | None, list[float]]] = {name: {} for name in rules}
+    start = -1
+    while last is not None and start < last:
+        upto = min(last, start + chunk_steps)
+        for obs in observations.load(db, run.id, start, upto):
+            for name, rule in rules.items():
+                for verdict in PREDICTORS[name].fn(obs, memories[name], rule.params):
+                    score = verdict.score if math.isfinite(verdict.score) else 0.0
+                    series[name].setdefault(verdict.layer, []).append(score)
+        start = upto
+    return {name: list(by_layer.values()) for name, by_layer in series.items()}
 
 
 def learn(
@@ -89,12 +94,12 @@ def learn(
 ) -> dict[str, Threshold]:
     """Thresholds for every enabled, calibratable predictor from the healthy ``runs``; a
     predictor whose signal the runs never logged (no score at all) is left out."""
+    rules = {n: r for n, r in config.enabled_rules().items() if n in THRESHOLD_PARAMS}
+    replayed = [healthy_scores(db, run, rules) for run in runs]
     out = {}
-    for name, rule in config.enabled_rules().items():
-        if name not in THRESHOLD_PARAMS:
-            continue
+    for name, rule in rules.items():
         param, cap = THRESHOLD_PARAMS[name]
-        series = [scores for run in runs for scores in healthy_scores(db, run, rule) if scores]
+        series = [scores for by_rule in replayed for scores in by_rule[name] if scores]
         if not series:
             continue
         peak = max(persistent_max(scores, rule.for_checks) for scores in series)

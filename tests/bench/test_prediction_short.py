@@ -92,3 +92,18 @@ def test_calibrating_on_healthy_mlps_keeps_the_gradient_spike_rule_a_spike_rule(
     assert learned["grad_norm_spike"].value == default
     assert learned["weight_growth"].value != PREDICTORS["weight_growth"].params["max_rate"]
     assert "attention_logits" not in learned  # an MLP logs no attention logit: nothing to learn
+
+
+def test_calibration_replays_a_run_once_for_every_rule_in_chunks_that_change_nothing(tmp_path):
+    from alerts.calibrate import THRESHOLD_PARAMS, healthy_scores
+    from bench.prediction.calibrated import base_config
+    from storage import runs as run_store
+
+    db = Database(f"sqlite:///{tmp_path / 'cal.db'}")
+    db.upgrade()
+    replay(load_export(BY_NAME["gpt-qkv-ramp-qknorm"]), db)
+    run = run_store.find_run(db, "gpt-qkv-ramp-qknorm")
+    rules = {n: r for n, r in base_config().enabled_rules().items() if n in THRESHOLD_PARAMS}
+    whole = healthy_scores(db, run, rules)
+    assert set(whole) == set(rules) and whole["attention_logits"][0]  # a score every check
+    assert healthy_scores(db, run, rules, chunk_steps=7) == whole  # memory carries over
