@@ -77,6 +77,15 @@ def alerts_cell(row: dict) -> str:
     return badge
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` things, in the singular for one.
+
+    >>> count(1, "run"), count(3, "alert")
+    ('1 run', '3 alerts')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def number(value: float | None, digits: int = 4) -> str:
     """A number for display; NaN and ±Inf spelled out, None empty."""
     if value is None:

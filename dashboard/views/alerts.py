@@ -65,7 +65,7 @@ if rows:
         width="stretch",
         column_config={"open": st.column_config.LinkColumn("open", display_text="run ↗")},
     )
-    st.caption(f"{len(rows)} alerts")
+    st.caption(fmt.count(len(rows), "alert"))
 else:
     st.info("No alerts match.")
 

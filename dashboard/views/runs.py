@@ -57,7 +57,7 @@ def runs_table() -> None:
     live_now = sum(r["status"] == "running" for r in rows)
     silent = fmt.duration(queries.stalled_after_s())
     st.caption(
-        f"{len(rows)} runs · {live_now} live · select a row to open it"
+        f"{fmt.count(len(rows), 'run')} · {live_now} live · select a row to open it"
         + (" · refreshing every few seconds" if live_now else "")
         + f" · stalled: running, silent over {silent}"
     )

@@ -276,6 +276,7 @@ def test_the_runs_page_calls_a_run_stalled_when_the_stalled_rule_would(tmp_path,
     monkeypatch.chdir(tmp_path)  # no tripwire.toml here
     status, caption = shown()
     assert status == "stalled" and caption.endswith("stalled: running, silent over 5m 00s")
+    assert caption.startswith("1 run · 0 live")  # one run, not "1 runs"; a stalled one is not live
     monkeypatch.setenv("TRIPWIRE_CONFIG", str(patient))
     status, caption = shown()
     assert status == "running" and caption.endswith("stalled: running, silent over 1h 00m")
