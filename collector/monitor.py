@@ -399,8 +399,10 @@ class Monitor:
                 describe(value),
                 hint,
             )
-        self._pending.append((step, time.time(), kept))
+        wall = time.time()
+        self._pending.append((step, wall, kept))
         self._last_step = step
+        self._writer.logged_at = wall  # progress is reported before the rows (sent at checks)
 
     def _prepare(self, step: int) -> None:
         self._sampler.discard()  # rows from a pass that was not a check step's first
@@ -612,6 +614,7 @@ class _SilentWriter:
     run_id = None
     spooled = False
     spool_path = None
+    logged_at = None
 
     def put(self, kind: str, payload) -> None:
         pass

@@ -105,6 +105,10 @@ class BatchWriter:
         self._put_count = 0
         self._done_count = 0
         self._last_step: int | None = None
+        self.logged_at: float | None = None
+        """When the producer last logged a step (Unix seconds, its clock), set by it: the run's
+        ``logged_at`` follows it at every write and heartbeat, while the step's rows may still
+        wait in the producer (the collector sends scalars at its checks)."""
         self._last_beat = 0.0
         self._retry_at = 0.0
         self._retry_delay = 0.5
@@ -272,6 +276,8 @@ class BatchWriter:
 
             logged = None  # the newest wall time of the steps written now
             for kind, payload in records:
+                if kind == "start":  # a resume: the earlier attempt's times (replayed) do not count
+                    logged = None
                 if kind == "scalars" and payload:  # replayed records count for last_step too
                     self._last_step = max([self._last_step or 0] + [r["step"] for r in payload])
                     logged = max([logged or 0.0] + [r.get("wall_time") or 0.0 for r in payload])
@@ -302,12 +308,13 @@ class BatchWriter:
                     )
             write_data()
             if run_id is not None:
+                newest = max(logged or 0.0, self.logged_at or 0.0)
                 runs.touch(
                     session,
                     run_id,
                     last_step=self._last_step,
                     at=_to_datetime(time.time()),
-                    logged_at=_to_datetime(logged) if logged else None,
+                    logged_at=_to_datetime(newest) if newest else None,
                 )
         self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written

@@ -9,7 +9,7 @@ from alerts.config import parse_config
 from alerts.notifiers import WebhookNotifier
 from alerts.service import AlertService
 from storage import Database, RunNotFound, runs
-from tests.reliability.helpers import Webhook, start_trainer, wait_for
+from tests.reliability.helpers import Webhook, start_trainer, tiny_model, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -65,4 +65,29 @@ def test_a_hung_trainer_is_flagged_once_and_resolved_when_it_trains_again(sqlite
                 trainer.kill()
                 trainer.wait(10)
         hook.close()
+        db.dispose()
+
+
+def test_a_healthy_run_that_checks_rarely_is_not_flagged(sqlite_url, tmp_path):
+    # The collector sends a step's scalars at its next check: with every=1000 the rows of a
+    # healthy run lag its progress by up to 1000 steps, but its progress does not.
+    import time
+
+    import collector
+
+    db = Database(sqlite_url)
+    db.upgrade()
+    model = tiny_model()
+    monitor = collector.watch(model, run="rare", db=sqlite_url, every=1000, spool_dir=tmp_path)
+    monitor._writer.heartbeat_interval = 0.2
+    service = AlertService(db, parse_config({"predictors": {"no_progress": {"after_s": 1.0}}}), [])
+    try:
+        for step in range(12):
+            train(model, monitor, range(step, step + 1))
+            time.sleep(0.25)
+        wait_for(lambda: _idle_s(db, "rare") < 0.5, 5, "a heartbeat to report the progress")
+        assert runs.find_run(db, "rare").last_step == 0  # the rows of steps 1-11 wait
+        assert [e for e in service.tick() if e.predictor == "no_progress"] == []
+    finally:
+        monitor.close()
         db.dispose()

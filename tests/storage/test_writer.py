@@ -247,8 +247,17 @@ def test_the_run_keeps_when_its_trainer_last_logged_and_a_resume_forgets_it(db, 
     assert runs.find_run(db, "logged").logged_at == run.logged_at
     writer.close()
 
+    # The first attempt left a spooled row; the resumed writer replays it before its start.
+    (tmp_path / "logged.jsonl").write_text(
+        _spool_lines([("scalars", [{"step": 2, "key": "loss", "value": 1.0, "wall_time": logged}])])
+    )
     resumed = BatchWriter(db, "logged", spool_dir=tmp_path)
     resumed.put(*_start("logged"))
     assert resumed.flush(30)  # not logged yet: a checkpoint can take long to load
-    assert runs.find_run(db, "logged").logged_at is None
+    assert runs.find_run(db, "logged").logged_at is None  # the replayed row's time is the past's
+    resumed.logged_at = logged + 3600  # what the collector sets at each log(), rows or not
+    resumed.put("scalars", [])
+    assert resumed.flush(30)
+    found = runs.find_run(db, "logged").logged_at.replace(tzinfo=timezone.utc).timestamp()
+    assert found == logged + 3600
     resumed.close()
