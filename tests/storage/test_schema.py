@@ -19,6 +19,32 @@ def test_migrations_upgrade_an_empty_database_to_head(db_url):
     db.dispose()
 
 
+def test_downgrading_the_newest_migration_keeps_every_run_and_its_rows(db_url):
+    # On SQLite a batch migration copies a table and drops the old one: with foreign keys on,
+    # dropping runs took every run's scalars and layers with it.
+    from alembic import command
+
+    from storage.migrate import _config
+
+    db = Database(db_url)
+    db.upgrade()
+    with db.session() as s:
+        run_id = runs.ensure_run(s, uid="kept", project="p", name="kept", started_at=utcnow())
+        runs.ensure_layers(s, run_id, [{"name": "fc", "position": 0}])
+        stats.write_scalars(s, run_id, [{"step": 0, "key": "loss", "value": 1.0, "wall_time": 0}])
+    with db.engine.begin() as conn:
+        command.downgrade(_config(conn), "-1")
+    with db.engine.connect() as conn:
+        counts = [
+            conn.exec_driver_sql(f"select count(*) from {table}").scalar()
+            for table in ("runs", "layers", "scalars")
+        ]
+    assert counts == [1, 1, 1]
+    db.upgrade()
+    assert db.schema_status() == (head_revision(), head_revision())
+    db.dispose()
+
+
 def test_brand_new_sqlite_file_is_created_on_first_use(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
     db.ensure_schema()

@@ -23,5 +23,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
+    # In place (SQLite 3.35+): a batch "move and copy" drops the old runs table, and with
+    # foreign keys on that cascades to every run's rows.
+    with op.batch_alter_table("runs", recreate="never") as batch:
         batch.drop_column("logged_at")
