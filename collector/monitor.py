@@ -149,7 +149,8 @@ class Monitor:
         self._closed = False
         self._error_logged = False
         self._fired: list | None = None  # set by the writer thread
-        self._firing_before: set[int] | None = None  # alert ids, set at the first poll
+        # A resumed run's critical alerts firing at its first poll (ids); a new run has none.
+        self._firing_before: set[int] | None = None if run_id else set()
         self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -559,9 +560,10 @@ class Monitor:
     def _poll_alerts(self, run_db_id: int) -> None:
         """Runs in the writer thread after each write: has a critical alert fired for this run?
 
-        The critical alerts already firing at the first poll fired before this monitor started:
-        they stopped the attempt that a resumed run (``run_id=``, from a checkpoint) goes back
-        on, and would halt it again at once. They do not count; one that fires later does.
+        For a resumed run (``run_id=``, from a checkpoint) the critical alerts already firing at
+        the first poll fired before this monitor started: they stopped the attempt it goes back
+        on, and would halt it again at once. They do not count while they stay open (even if
+        this attempt blows up the same way before they resolve); one that fires later does.
         """
         from storage import alerts as alert_store  # the alert tables' queries
 

@@ -98,3 +98,34 @@ def test_a_resumed_run_is_not_halted_again_by_the_alert_that_stopped_it(sqlite_u
             monitor.flush()
             model.zero_grad()
     monitor.close()
+
+
+def test_a_new_run_whose_first_alert_poll_failed_is_still_halted(sqlite_url, tmp_path, monkeypatch):
+    # Only a resumed run ignores the alerts it finds firing; a new one found this one firing at
+    # its first poll that went through (the one before found the database away).
+    from storage import StoreUnavailable
+    from storage import alerts as alert_store
+
+    real, calls = alert_store.firing_alerts, []
+
+    def away_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailable("the database is away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(alert_store, "firing_alerts", away_once)
+    model = TinyNet()
+    monitor = collector.watch(
+        model, run="new", db=sqlite_url, every=2, halt_on_alert=True, spool_dir=tmp_path
+    )
+    with pytest.raises(collector.LossExplosionPredicted, match="non_finite"):
+        for step in range(10):
+            model(torch.randn(2, 12)).sum().backward()
+            monitor.log(step, loss=1.0)
+            if step == 0:
+                monitor.flush()  # written; its poll fails
+                fire_critical_alert(sqlite_url, monitor.run_db_id)
+            monitor.flush()
+            model.zero_grad()
+    monitor.close()
