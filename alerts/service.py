@@ -95,9 +95,6 @@ class AlertService:
         notifier that hangs delays only the notifications."""
         started = time.perf_counter()
         now = self.clock()
-        # A delivery left `sending` by a killed process may or may not have gone out: recorded
-        # as failed (never sent twice) once it is old enough not to be another scheduler's.
-        store.fail_interrupted(self.db, older_than=now - timedelta(minutes=5))
         engine = self.config.engine
         run_ids = store.runs_to_evaluate(
             self.db, now=now, finished_grace_s=engine.finished_grace_s, inhibitors=INHIBITORS
@@ -129,6 +126,10 @@ class AlertService:
 
     def deliver(self) -> list[Outcome]:
         """Send the queued notifications (also those left by a previous process)."""
+        # A delivery left `sending` by a killed process may or may not have gone out: recorded
+        # as failed (never sent twice) once it is old enough not to be another scheduler's.
+        # Here, not in evaluate(): this process sends nothing else meanwhile.
+        store.fail_interrupted(self.db, older_than=self.clock() - timedelta(minutes=5))
         return deliver_queued(
             self.db,
             self.notifiers,

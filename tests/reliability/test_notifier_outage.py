@@ -3,12 +3,14 @@ every run is still evaluated."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from alerts.config import parse_config
 from alerts.notifiers import WebhookNotifier
 from alerts.service import AlertService
-from storage import Database
+from storage import Database, utcnow
 from storage import alerts as alert_store
 from tests.alerts.conftest import exploding_series, make_run, write_steps
 from tests.reliability.helpers import Webhook
@@ -96,7 +98,11 @@ def test_a_hanging_notifier_delays_notifications_not_evaluation(db, driver):
 
     hook = Webhook(delay_s=30)  # accepts the request, answers after the sender gave up
     config = parse_config({**CONFIG, "retry": {"max_attempts": 1, "timeout_s": 8.0}})
-    service = AlertService(db, config, [WebhookNotifier(hook.url, timeout_s=8.0)])
+
+    def later():  # the scheduler's clock: the message it holds was queued long ago
+        return utcnow() + timedelta(minutes=10)
+
+    service = AlertService(db, config, [WebhookNotifier(hook.url, timeout_s=8.0)], clock=later)
     if driver == "run_forever":  # tripwire up and tripwire demo
         stop = threading.Event()
         thread = threading.Thread(target=service.run_forever, args=(0.2, stop))
@@ -113,6 +119,9 @@ def test_a_hanging_notifier_delays_notifications_not_evaluation(db, driver):
         while not alert_store.list_alerts(db, run_id=second) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert alert_store.list_alerts(db, run_id=second), "evaluation waited for the notifier"
+        # ...and did not take the message in flight for one a killed scheduler left `sending`
+        held = [n for n in _notes(db, first) if n.status != "queued"]
+        assert [n.status for n in held] == ["sending"], held
     finally:
         hook.close()
         finish()  # the held delivery times out and is recorded
