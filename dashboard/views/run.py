@@ -20,7 +20,14 @@ if not choices:
 ref = params.get("run")
 run = queries.find_run(url, ref) if ref else None
 if ref and run is None:
-    st.warning(f"No run named or with uid {fmt.md(repr(ref))}; showing the newest run.")
+    projects = sorted({c["project"] for c in choices if c["name"] == ref})
+    if len(projects) > 1:  # two teams' "baseline": a link by name cannot tell which
+        st.warning(
+            f"Run name {fmt.md(repr(ref))} is used in projects {fmt.md(', '.join(projects))}: "
+            "pick the run in the sidebar (links by uid name one); showing the newest run."
+        )
+    else:
+        st.warning(f"No run named or with uid {fmt.md(repr(ref))}; showing the newest run.")
 run = run or queries.find_run(url, choices[0]["uid"])
 
 labels = {c["uid"]: fmt.run_label(c) for c in choices}

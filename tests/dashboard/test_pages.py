@@ -392,3 +392,20 @@ def test_a_finished_run_without_monitored_layers_says_why_its_charts_are_empty(
     assert not [n for n in notes if "yet" in n]
     assert sum(n.endswith(figures.NO_LAYER_STATS) for n in notes) == 2  # SA and per-layer maps
     assert any(n.startswith("no gradient norm: ") and "monitored layers" in n for n in notes)
+
+
+def test_a_link_by_a_name_two_projects_use_says_so(tmp_path, monkeypatch):
+    from storage import runs
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "two-teams")
+    for project in ("alpha", "beta"):
+        with db.session() as s:
+            runs.ensure_run(
+                s, uid=f"uid-{project}", project=project, name="baseline", started_at=utcnow()
+            )
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "baseline"})
+    _assert_clean(at)
+    (warning,) = [shown(w.value) for w in at.warning if "baseline" in w.value]
+    assert "is used in projects alpha, beta" in warning and "No run named" not in warning
