@@ -52,6 +52,14 @@ def test_importing_the_collector_imports_no_framework():
     assert out.stdout.strip() == "[]"
 
 
+def _step(model: nn.Module, monitor, step: int, loss: float = 1.0) -> None:  # noqa: ANN001
+    """One training step; the flush makes the writer poll the alerts after its write."""
+    model(torch.randn(2, 12)).sum().backward()
+    monitor.log(step, loss=loss)
+    monitor.flush()
+    model.zero_grad()
+
+
 def test_halt_on_alert_raises_from_log_in_a_plain_loop(sqlite_url, tmp_path):
     model = TinyNet()
     monitor = collector.watch(
@@ -59,12 +67,9 @@ def test_halt_on_alert_raises_from_log_in_a_plain_loop(sqlite_url, tmp_path):
     )
     with pytest.raises(collector.LossExplosionPredicted, match="non_finite"):
         for step in range(10):
-            model(torch.randn(2, 12)).sum().backward()
-            monitor.log(step, loss=1.0)
-            monitor.flush()  # the writer polls the alerts after each write
+            _step(model, monitor, step)
             if step == 0:
                 fire_critical_alert(sqlite_url, monitor.run_db_id)
-            model.zero_grad()
     assert step == 2  # polled after step 1's write, raised by the next log()
     monitor.close()
     assert runs.find_run(Database(sqlite_url), "halt").status == "finished"
@@ -78,25 +83,16 @@ def test_a_resumed_run_is_not_halted_again_by_the_alert_that_stopped_it(sqlite_u
     with pytest.raises(collector.LossExplosionPredicted):
         with collector.watch(model, run="resumed", **options) as first:
             for step in range(10):
-                model(torch.randn(2, 12)).sum().backward()
-                first.log(step, loss=float("nan") if step >= 4 else 1.0)
-                first.flush()
+                _step(model, first, step, loss=float("nan") if step >= 4 else 1.0)
                 if step == 4:
                     fire_critical_alert(sqlite_url, first.run_db_id, step=4)
-                model.zero_grad()
     monitor = collector.watch(model, run="resumed", run_id=first.uid, **options)
     for step in range(2, 8):  # from the checkpoint at step 2
-        model(torch.randn(2, 12)).sum().backward()
-        monitor.log(step, loss=1.0)
-        monitor.flush()
-        model.zero_grad()
+        _step(model, monitor, step)
     fire_critical_alert(sqlite_url, monitor.run_db_id, step=8, predictor="loss_exploded")
     with pytest.raises(collector.LossExplosionPredicted, match="loss_exploded$"):
         for step in range(8, 12):  # a blow-up of this attempt still halts it
-            model(torch.randn(2, 12)).sum().backward()
-            monitor.log(step, loss=1.0)
-            monitor.flush()
-            model.zero_grad()
+            _step(model, monitor, step)
     monitor.close()
 
 
@@ -121,11 +117,7 @@ def test_a_new_run_whose_first_alert_poll_failed_is_still_halted(sqlite_url, tmp
     )
     with pytest.raises(collector.LossExplosionPredicted, match="non_finite"):
         for step in range(10):
-            model(torch.randn(2, 12)).sum().backward()
-            monitor.log(step, loss=1.0)
+            _step(model, monitor, step)  # the first write's poll fails
             if step == 0:
-                monitor.flush()  # written; its poll fails
                 fire_critical_alert(sqlite_url, monitor.run_db_id)
-            monitor.flush()
-            model.zero_grad()
     monitor.close()
