@@ -165,13 +165,10 @@ class AlertService:
             for obs in observations.load(self.db, run_id, start, last):
                 evaluator.feed(obs)
         at_step = max(last, run.last_step or 0, 0)
-        if stalled_rule is not None:
-            for verdict in PREDICTORS["stalled"].fn(run, now, stalled_rule.params):
-                evaluator.apply(stalled_rule, verdict, at_step)
-        progress_rule = self.rules.get("no_progress")
-        if progress_rule is not None:
-            for verdict in PREDICTORS["no_progress"].fn(run, progress_rule.params):
-                evaluator.apply(progress_rule, verdict, at_step)
+        for name, rule in self.rules.items():
+            if PREDICTORS[name].wall_time:  # judged on the run now, not on its steps
+                for verdict in PREDICTORS[name].fn(run, now, rule.params):
+                    evaluator.apply(rule, verdict, at_step)
         touched = evaluator.touched()
         seen = {id(a) for a in touched}
         candidates = touched + [a for a in evaluator.open.values() if id(a) not in seen]

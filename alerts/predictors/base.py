@@ -62,7 +62,8 @@ class Predictor:
     resolve_after: int | None = None
     """Clear evaluations before a firing alert resolves (None: the engine's default)."""
     wall_time: bool = False
-    """Judges wall-clock time, not data (``stalled``): live only, never replayed."""
+    """Judges wall-clock time, not data (``stalled``, ``no_progress``): live only, never
+    replayed; ``fn(run, now, params)`` with the run's :class:`storage.entities.Run`."""
     enabled: bool = True
     """Evaluated unless ``tripwire.toml`` says otherwise; experimental predictors ship off."""
     minimums: Mapping[str, tuple[float, str]] = field(default_factory=dict)

@@ -47,14 +47,15 @@ NO_PROGRESS_PARAMS = {"after_s": 1800.0}
 """Seconds without a new step, while the trainer still reports, after which a run is flagged."""
 
 
-def no_progress(run: Run, params: Mapping[str, Any]) -> list[Verdict]:
+def no_progress(run: Run, now: datetime, params: Mapping[str, Any]) -> list[Verdict]:
     """A running run whose trainer kept reporting for ``after_s`` seconds after it logged its
-    newest step. A trainer that died stops reporting: that is ``stalled``.
+    newest step. A trainer that died stops reporting: that is ``stalled``. Both times are the
+    trainer's clock; ``now``, the scheduler's, is not used (the two clocks may differ).
 
     >>> from datetime import timedelta
     >>> t = datetime(2025, 1, 1)
     >>> run = Run(1, "u", "p", "r", "running", t, heartbeat_at=t + timedelta(hours=1), logged_at=t)
-    >>> no_progress(run, NO_PROGRESS_PARAMS)[0].message
+    >>> no_progress(run, t + timedelta(hours=1), NO_PROGRESS_PARAMS)[0].message
     'no new step for 3600 s (last step None) while the trainer kept reporting: hung, or busy with something long (an evaluation, a checkpoint)'
     """
     after = float(params["after_s"])
