@@ -144,12 +144,16 @@ def touch(
     run = SqlRun.__table__.c
     values: dict = {"heartbeat_at": at}
     if last_step is not None:
-        further = run.last_step.is_(None) | (run.last_step < last_step)
-        values["last_step"] = case((further, last_step), else_=run.last_step)
+        values["last_step"] = _at_least(run.last_step, last_step)
     if logged_at is not None:
-        newer = run.logged_at.is_(None) | (run.logged_at < logged_at)
-        values["logged_at"] = case((newer, logged_at), else_=run.logged_at)
+        values["logged_at"] = _at_least(run.logged_at, logged_at)
     session.execute(update(SqlRun.__table__).where(run.id == run_id).values(**values))
+
+
+def _at_least(column, value):
+    """``column`` raised to ``value`` where that is more, or where it is NULL (SQL's GREATEST
+    is MAX on SQLite and gives NULL there for a NULL argument)."""
+    return case((column.is_(None) | (column < value), value), else_=column)
 
 
 def finish(
