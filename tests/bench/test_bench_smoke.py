@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from bench import check_cost, common, device_parity, overhead, storage_throughput
+from bench import check_cost, common, device_parity, host_memory, overhead, storage_throughput
 from collector.layers import select_layers
 from tests import needs
 
@@ -109,6 +109,22 @@ def test_memory_probe_reports_host_memory():
     probe = overhead.memory_probe("tiny", "tripwire", "cpu", steps=4, every=2)
     assert isinstance(probe["setup"], int) and isinstance(probe["training"], int)  # RSS can shrink
     assert probe["device_peak"] is None
+
+
+def test_host_memory_names_the_op_that_grew_the_resident_set():
+    mode = host_memory.RssByOp()
+    with mode:
+        small = torch.ones(16)
+        big = torch.ones(64 * host_memory.MiB // 4)  # written, so resident: 64 MiB
+    assert big.sum() > 0 and small.sum() == 16
+    (row,) = mode.rows
+    assert row[0] > 32 * host_memory.MiB and ("ones" in row[1] or "full" in row[1])
+
+
+def test_host_memory_runs_a_watched_loop(capsys):
+    result = host_memory.main(["--device", "cpu", "--size", "tiny", "--top", "3"])
+    assert set(result["kinds"]) == {"RssAnon", "RssFile", "RssShmem"}
+    assert "tiny GPT on cpu: collector.watch" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["tiny", "llama-tiny"])
