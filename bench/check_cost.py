@@ -331,7 +331,10 @@ def log_cost(calls: int, tmp: Path) -> dict:
         model, run="log-cost", db=f"sqlite:///{tmp / 'log.db'}", every=10**9, spool_dir=str(tmp)
     ) as monitor:
         loss = torch.tensor(2.5)
-        monitor.log(0, loss=loss, lr=1e-3)  # step 0 is a check step; the rest are not
+        model(
+            torch.randn(2, 8)
+        )  # step 0 is a check step, with an input to sample; the rest are not
+        monitor.log(0, loss=loss, lr=1e-3)
         for label, value in (("loss tensor, lr float", loss), ("loss float, lr float", 2.5)):
             steps = iter(range(1, 10**9))
             out[label] = (
