@@ -35,7 +35,12 @@ class InputSampler:
 
     Between checks no hook is registered, so ordinary steps pay nothing. After ``arm()``, each
     layer's first forward call (the first micro-batch under gradient accumulation) is sampled
-    and its hook removes itself.
+    and its hook removes itself. With ``root`` (the watched model), the end of its first forward
+    pass disarms the layers that did not run in it (an unused branch, nn.MultiheadAttention's
+    ``out_proj``, whose weight is used without calling it): later micro-batches and the
+    recomputation of activation checkpointing are not sampled. A loop that never calls
+    ``root`` itself (a Lightning ``training_step`` calling submodules) stays armed until
+    every layer was sampled or ``take()``.
 
     Layers fed the same tensor (the q, k and v projections of a block, a gated MLP's gate and
     up projections) share one sample of it: its rows are drawn and held once, and the check
@@ -47,18 +52,26 @@ class InputSampler:
     ``take()`` is dropped with a warning, so a stale input never reaches the statistics.
 
     ``torch.compile``d modules ignore hooks registered after compilation, so while armed the
-    compiler's stance is ``force_eager``: the sampled forward pass runs eagerly (once per check,
-    until every layer was sampled); compiled code is reused afterwards, nothing recompiles.
+    compiler's stance is ``force_eager``: the sampled forward pass runs eagerly (once per check);
+    compiled code is reused afterwards, nothing recompiles.
 
-    >>> sampler = InputSampler(layers, sample_size=1024)   # doctest: +SKIP
-    >>> sampler.arm(); model(x); rows = sampler.take()      # {layer name: (k, in) tensor}
+    >>> sampler = InputSampler(layers, sample_size=1024, root=model)   # doctest: +SKIP
+    >>> sampler.arm(); model(x); rows = sampler.take()   # {layer name: (k, in) tensor}
     """
 
-    def __init__(self, layers: list[MonitoredLayer], sample_size: int = 1024, seed: int = 0):
+    def __init__(
+        self,
+        layers: list[MonitoredLayer],
+        sample_size: int = 1024,
+        seed: int = 0,
+        root: torch.nn.Module | None = None,
+    ):
         self.layers = layers
         self.sample_size = sample_size
+        self.root = root
         self._generators = _Generators(seed)
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._root_handle: torch.utils.hooks.RemovableHandle | None = None
         self._rows: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
         self._by_input: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
@@ -77,11 +90,16 @@ class InputSampler:
                 self._handles[layer.name] = layer.module.register_forward_hook(
                     self._hook_for(layer.name)
                 )
+        if self.root is not None and self._handles and self._root_handle is None:
+            self._root_handle = self.root.register_forward_hook(self._root_ran)
 
     def disarm(self) -> None:
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+        if self._root_handle is not None:
+            self._root_handle.remove()
+            self._root_handle = None
         self._restore_stance()
 
     def take(self) -> dict[str, torch.Tensor]:
@@ -135,9 +153,14 @@ class InputSampler:
                 if handle is not None:
                     handle.remove()
                 if not self._handles:
-                    self._restore_stance()
+                    self.disarm()
 
         return hook
+
+    def _root_ran(self, module, inputs, output) -> None:  # noqa: ANN001, ARG002
+        """The root's forward pass ended, after those of its layers: the ones it did not run
+        are not sampled at this check."""
+        self.disarm()
 
     def _force_eager(self) -> None:
         # Only where dynamo is already loaded: importing it just to set a stance costs seconds.

@@ -137,7 +137,7 @@ class Monitor:
             )
         if self.ranks.combines_inputs:  # the sample is split over the ranks' inputs
             sample_size = math.ceil(sample_size / self.ranks.world)
-        self._sampler = InputSampler(self.layers, sample_size=sample_size, seed=seed)
+        self._sampler = InputSampler(self.layers, sample_size=sample_size, seed=seed, root=model)
         output = _output_module(model, output_layer)
         self._log_z = OutputLogZ(output, sample_size, seed) if output is not None else None
         attention = attention_modules(model) if attention_logits else []
@@ -456,8 +456,31 @@ class Monitor:
         if self.layers:
             # The rows are built on the writer thread, once the device has copied them back:
             # the training thread does not wait for the check it launched.
-            self._writer.put("layer_stats", lambda: _dated(check.result()[0], step, wall))
+            self._writer.put("layer_stats", lambda: self._layer_rows(check, step, wall))
         self.checks += 1
+
+    def _layer_rows(self, check: PendingCheck, step: int, wall: float) -> list[dict]:
+        """A check's layer rows, read back on the writer thread; warns once of layers that got
+        no input where others did (in distributed training: on no rank, once combined)."""
+        layer_rows = check.result()[0]
+        missing = [row["layer"] for row in layer_rows if row["sa_hist"] is None]
+        if missing and len(missing) < len(layer_rows):
+            names = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
+            self._warn_once(
+                "layers-without-rows",
+                "tripwire: %s got no input at step %d while other layers did: their SA "
+                "statistics are missing from the check (norms and sigma1 are still recorded; "
+                "warned once per run). A module whose weight is used without calling it "
+                "(nn.MultiheadAttention's out_proj) never gets its input, and a layer that did "
+                "not run in the step's first forward pass (an unused branch, an expert no token "
+                "was routed to) gets none that step; collector.watch(..., exclude=[...]) leaves "
+                "such layers out",
+                names,
+                step,
+            )
+        return _dated(layer_rows, step, wall)
 
     def _note_cost(self, started: float, cost: float) -> None:
         """Warn once when checks keep taking more than ``COSTLY_SHARE`` of the training time

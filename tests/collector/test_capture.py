@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from collector import capture
 from collector.capture import InputSampler
@@ -98,3 +100,81 @@ def test_an_input_modified_in_place_between_two_layers_is_sampled_again():
     rows = sampler.take()
 
     assert _is_row_of(rows["a"], x) and _is_row_of(rows["b"], 5 * x)
+
+
+class Branches(nn.Module):
+    """``b`` inside an activation-checkpointed segment (re-run by the backward pass), ``unused``
+    never run in training (an auxiliary head)."""
+
+    def __init__(self, reentrant: bool | None = None) -> None:
+        super().__init__()
+        self.a, self.b, self.unused = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.reentrant = reentrant
+
+    def segment(self, h):
+        return torch.relu(self.b(h))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.reentrant is None:
+            return self.segment(h)
+        return checkpoint(self.segment, h, use_reentrant=self.reentrant)
+
+
+def _hooked(model: nn.Module) -> bool:
+    return any(module._forward_hooks for module in model.modules())
+
+
+@pytest.mark.parametrize("reentrant", [None, True, False])
+def test_the_end_of_the_roots_forward_disarms_the_layers_it_did_not_run(reentrant):
+    model = Branches(reentrant)
+    calls = []
+    model.b.register_forward_pre_hook(lambda *_: calls.append(1))
+    sampler = InputSampler(select_layers(model), sample_size=16, root=model)
+    sampler.arm()
+    x = torch.randn(64, 8, requires_grad=True)
+    model(x).sum().backward()
+    after_backward = sampler.armed, _hooked(model)
+    model(2 * x).sum().backward()  # the next micro-batch
+    rows = sampler.take()
+
+    assert after_backward == (False, False)  # `unused` kept them armed until take()
+    assert len(calls) == (2 if reentrant is None else 4)  # the backward did re-run b
+    assert set(rows) == {"a", "b"}
+    assert _is_row_of(rows["a"], x) and not _is_row_of(rows["a"], 2 * x)
+    with torch.no_grad():
+        assert _is_row_of(rows["b"], torch.relu(model.a(x)))
+    assert not _hooked(model)
+
+
+def test_a_root_whose_forward_is_not_called_stays_armed_until_every_layer_ran():
+    # A Lightning training_step calls submodules: the root's forward never runs.
+    model = Branches()
+    sampler = InputSampler(select_layers(model), sample_size=16, root=model)
+    sampler.arm()
+    model.a(torch.randn(4, 8))
+    model.b(torch.randn(4, 8))
+    assert sampler.armed and model.unused._forward_hooks
+    model.unused(torch.randn(4, 8))
+    assert not sampler.armed and not _hooked(model)  # the root's hook went with the last layer
+    assert set(sampler.take()) == {"a", "b", "unused"}
+
+    sampler.arm()
+    model.a(torch.randn(4, 8))
+    assert set(sampler.take()) == {"a"} and not _hooked(model)
+
+
+def test_a_ddp_wrapped_root_is_disarmed_when_the_inner_modules_forward_ends():
+    # watch() unwraps DDP: the root is the inner module, whose forward DDP's calls.
+    dist = pytest.importorskip("torch.distributed")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = Branches()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        sampler = InputSampler(select_layers(model), sample_size=16, root=model)
+        sampler.arm()
+        ddp(torch.randn(4, 8)).sum().backward()
+        assert not sampler.armed and not _hooked(model)
+        assert set(sampler.take()) == {"a", "b"}
+    finally:
+        dist.destroy_process_group()

@@ -243,6 +243,41 @@ def test_an_input_modified_in_place_after_its_forward_is_left_out_not_misread(sq
     )
 
 
+class EncoderAndHeads(nn.Module):
+    """An nn.TransformerEncoderLayer (its ``self_attn.out_proj`` weight is used without calling
+    the module) and six heads the training pass does not run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.heads = nn.ModuleList(nn.Linear(16, 4) for _ in range(6))
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+def test_layers_that_got_no_input_while_others_did_are_warned_of_once(sqlite_url, tmp_path, caplog):
+    for name, model, width in (("all-ran", TinyNet(), 12), ("some-did-not", EncoderAndHeads(), 16)):
+        with collector.watch(model, run=name, db=sqlite_url, every=1, spool_dir=tmp_path) as m:
+            for step in range(3):
+                model(torch.randn(2, 5, width)).square().mean().backward()
+                m.log(step, loss=1.0)
+
+    warned = [r.getMessage() for r in caplog.records if "got no input" in r.getMessage()]
+    assert len(warned) == 1  # once, for the second run
+    assert warned[0].startswith(
+        "tripwire: encoder.self_attn.out_proj, heads.0, heads.1, heads.2, heads.3 and 2 more "
+        "got no input at step 0 while other layers did"
+    )
+    assert "exclude=" in warned[0]
+    db = Database(sqlite_url)
+    rows = stats.layer_stats(db, runs.find_run(db, "some-did-not").id)
+    assert {r.layer for r in rows if r.sa_hist is not None} == {
+        "encoder.linear1",
+        "encoder.linear2",
+    }
+
+
 def test_the_output_layers_log_z_is_stored_on_check_steps(sqlite_url, tmp_path):
     model = TinyNet()
     monitor = collector.watch(
