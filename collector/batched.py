@@ -161,10 +161,10 @@ def power_iteration_stack(
     :func:`collector.spectral.power_iteration` for each matrix: ``WARM_ITERS`` iterations when
     every ``v`` is given, else ``COLD_ITERS`` for all (warm ones only get more accurate); a zero
     or non-finite ``v`` restarts from the cold vector; a warm ``v1`` keeps the sign of its
-    ``v``; a NaN weight gives σ1 NaN, an infinite one Inf. Weights of different shapes are
-    zero-padded into one stack. Returns ``(sigma1, v1)`` of shapes ``(G,)`` and ``(G, in)``,
-    fp32, where ``in`` is the widest weight's: row ``i`` of ``v1`` is zero beyond weight ``i``'s
-    width.
+    ``v``; a zero weight gives σ1 0 and v1 0 (it has none), a NaN weight σ1 NaN, an infinite
+    one Inf. Weights of different shapes are zero-padded into one stack. Returns
+    ``(sigma1, v1)`` of shapes ``(G,)`` and ``(G, in)``, fp32, where ``in`` is the widest
+    weight's: row ``i`` of ``v1`` is zero beyond weight ``i``'s width.
 
     >>> w = torch.diag(torch.tensor([3.0, 1.0]))
     >>> sigma1, v1 = power_iteration_stack([w, 2 * w], [None, None])
@@ -188,21 +188,19 @@ def power_iteration_stack(
     # Row vectors times Wᵀ as a transposed view: on a CPU, a batched matrix × column vector is
     # slow, and a contiguous copy of Wᵀ cost more than the products saved (bench/check_cost.py).
     wt = w.transpose(1, 2)
-    start = v
     v = v.unsqueeze(1)  # (G, 1, in): row vectors through the loop, no reshapes per iteration
     for _ in range(iters):
         # Alternating u/v steps: the iterates of WᵀW without squaring σ (overflow in fp32).
         u = _unit_rows(torch.bmm(v, wt))  # W v
         v = _unit_rows(torch.bmm(u, w))  # Wᵀ u
     v = v.squeeze(1)
-    # A zero matrix zeroes v (σ1 = 0): keep the start vector, as the per-layer code does.
-    v = torch.where(torch.linalg.vector_norm(v, dim=1, keepdim=True) == 0, start, v)
     if any(given):
         flip = (v * v_prev).sum(dim=1, keepdim=True) < 0
         if not all(given):
             flip &= _on_device(tuple(given), w.device).unsqueeze(1)
         v = torch.where(flip, -v, v)
     sigma1 = torch.linalg.vector_norm(torch.bmm(v.unsqueeze(1), wt).squeeze(1), dim=1)
+    v = torch.where(sigma1.unsqueeze(1) == 0, 0.0, v)  # a zero matrix: v1 = 0, as per layer
     flat = w.flatten(1)  # amax/amin, not aminmax: its per-row CPU kernel is ~15x slower
     amax = torch.maximum(-flat.amin(dim=1), flat.amax(dim=1))  # ≤ σ1; NaN stays NaN, Inf Inf
     return torch.where(torch.isfinite(amax), sigma1, amax), v
@@ -339,13 +337,14 @@ def _stacked_passes(
     samples: list[torch.Tensor], users: list[list[int]], v1: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_sample_passes` of ``g`` samples of one shape at once, the ``i``-th feeding the
-    layers ``users[i]``: ``(g·(m + 1), k + 1)`` (zero directions pad the samples that feed
-    fewer than ``m`` layers), ``(g, k)`` and ``(g,)``."""
+    layers ``users[i]``: ``(g·(m + 1), k + 1)`` (the samples that feed fewer than ``m`` layers
+    repeat a direction, never picked), ``(g, k)`` and ``(g,)``."""
     x = torch.stack(samples).float()  # (g, k, in)
     m = max(len(u) for u in users)
-    zero = x.new_zeros(x.shape[-1]) if any(len(u) < m for u in users) else None
-    vs = [v for u in users for v in [v1[layer] for layer in u] + [zero] * (m - len(u))]
-    v = _unit_rows(torch.stack(vs).float().view(len(users), m, -1))  # (g, m, in)
+    # (g, m, in); a sample's first v1 repeated pads its directions; a zero v1 gives NaN SA
+    vs = [v1[layer] for u in users for layer in u + [u[0]] * (m - len(u))]
+    v = torch.stack(vs).float().view(len(users), m, -1)
+    v = v / torch.linalg.vector_norm(v, dim=2, keepdim=True)
     directions = torch.cat([v, x.mean(dim=1, keepdim=True)], dim=1)  # (g, m + 1, in)
     on_mean = torch.bmm(directions, directions[:, -1:, :].transpose(1, 2))  # (g, m + 1, 1)
     block = torch.cat([torch.bmm(directions, x.transpose(1, 2)), on_mean], 2)
@@ -383,8 +382,7 @@ def _sa_stack(
     norms, projections, act_max = _row_passes(rows, v1)  # (G, k), (G, 2, k + 1), (G,)
     dots, on_mean = projections[:, 0, :-1], projections[:, 1, :-1]
     mean_v, mean_sq = projections[:, 0, -1:], projections[:, 1, -1:]
-    # ||x - m||² expanded; rounding can leave a tiny negative where a row equals the mean.
-    c_norms = (norms.square() - 2 * on_mean + mean_sq).clamp_min(0).sqrt()
+    c_norms = spectral.centred_norms(norms, on_mean, mean_sq)  # ||x - m||, expanded
     c_abs_mean, c_imbalance = spectral.centred_sa(c_norms, dots - mean_v)
 
     g = norms.shape[0]
@@ -452,7 +450,7 @@ def layer_table(
         spectra.index_copy_(0, where, torch.stack([sigma1, drift], dim=1))
         for j, i in enumerate(group):
             v1_of[i] = v1[j, : weights[i].shape[1]]  # without the padding
-            state_v[names[i]] = v1_of[i]  # a NaN v1 is replaced by a cold start at the next check
+            state_v[names[i]] = v1_of[i]  # a NaN or zero v1: a cold start at the next check
     # inputs: layers whose sample fits, all widths at once, stacked by sample size
     by_rows: dict[int, list[int]] = defaultdict(list)
     for i, name in enumerate(names):

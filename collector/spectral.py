@@ -37,6 +37,12 @@ SA_COLUMNS = (
 )
 """The scalar statistics :func:`sa_statistics` returns besides the histogram, in table order."""
 
+CENTRED_TOL = 64 * torch.finfo(torch.float32).eps
+"""A row whose squared centred norm is at most this fraction of its squared norm counts as equal
+to the rows' mean: it has no centred SA (:func:`centred_norms`). 64 ε is ~9x the rounding the
+expansion was seen to leave; a centred norm under ``sqrt(64 ε)`` = 0.28 % of the row's is lost in
+that rounding (its square off by 10 % or more), so its centred SA could not be trusted anyway."""
+
 _COLD_SEED = 0
 _SA_BINS_ON: dict[torch.device, torch.Tensor] = {}
 
@@ -84,8 +90,10 @@ def power_iteration(
     dimensions are flattened to ``(shape[0], -1)``.
 
     Returns ``(sigma1, v1, u1)``: a 0-dim fp32 tensor and unit vectors of length ``in`` and
-    ``out`` with ``W v1 = sigma1 u1``. A zero matrix gives ``sigma1 = 0`` and ``u1 = 0``; a NaN
-    weight gives ``sigma1 = NaN``, an infinite one ``sigma1 = Inf`` (its vectors are then NaN).
+    ``out`` with ``W v1 = sigma1 u1``. A zero matrix has no singular vectors: it gives
+    ``sigma1 = 0`` and ``v1 = u1 = 0`` (the SA statistics and v drift against such a ``v1`` are
+    NaN, and a warm start from it is a cold one); a NaN weight gives ``sigma1 = NaN``, an
+    infinite one ``sigma1 = Inf`` (its vectors are then NaN).
 
     Example:
         >>> w = torch.diag(torch.tensor([3.0, 1.0]))
@@ -114,6 +122,7 @@ def power_iteration(
     wv = w @ v
     sigma1 = torch.linalg.vector_norm(wv)
     u = torch.where(sigma1 == 0, torch.zeros_like(wv), wv / sigma1)
+    v = torch.where(sigma1 == 0, 0.0, v)  # not the start vector the iterations kept
     # A NaN anywhere makes σ1 NaN and an Inf makes it Inf (σ1 ≥ max |w_ij|); the iterates alone
     # would turn an Inf into NaN through Inf - Inf.
     amax = w.abs().amax() if w.numel() else torch.zeros((), device=w.device)
@@ -197,8 +206,11 @@ def sa_statistics(
     share (after a LayerNorm or a GELU) is taken out.
 
     Non-finite inputs propagate: a row with NaN makes the SA statistics NaN and is left out of
-    the histogram. No rows with SA give NaN SA statistics and a zero histogram. Custom
-    ``bin_edges`` should live on the rows' device (the default is cached per device).
+    the histogram. No rows with SA give NaN SA statistics and a zero histogram, and so does a
+    zero ``v1`` (a zero matrix's, see :func:`power_iteration`; ``act_max`` and ``act_norm_mean``
+    are still measured). Fewer than two rows, or rows all equal, have no centred SA
+    (:func:`centred_norms`). Custom ``bin_edges`` should live on the rows' device (the default is
+    cached per device).
 
     Example:
         >>> stats = sa_statistics(torch.randn(1024, 64) + 1.0, torch.ones(64))
@@ -215,7 +227,7 @@ def sa_statistics(
         return {**stats, "sa_hist": torch.zeros(n_bins, dtype=torch.int64, device=dev)}
 
     v = v1.detach().to(dev, torch.float32)
-    v = v / torch.linalg.vector_norm(v)
+    v = v / torch.linalg.vector_norm(v)  # a zero v1: 0/0, NaN SA
     norms = torch.linalg.vector_norm(x, dim=1)
     has_sa = norms != 0  # a NaN norm counts: its SA is NaN and must show
     sa = ((x @ v) / norms).clamp(-1.0, 1.0)  # |cos| can exceed 1 by rounding
@@ -258,9 +270,29 @@ def centred_parts(
     [[1.0, 1.0], [-1.0, 1.0]]
     """
     mean = x.mean(dim=0)
-    # ||x - m||² expanded; rounding can leave a tiny negative where a row equals the mean.
-    squared = norms.square() - 2 * (x @ mean) + mean.dot(mean)
-    return squared.clamp_min(0).sqrt(), dots - mean.dot(v)
+    return centred_norms(norms, x @ mean, mean.dot(mean)), dots - mean.dot(v)
+
+
+def centred_norms(
+    norms: torch.Tensor, on_mean: torch.Tensor, mean_sq: torch.Tensor
+) -> torch.Tensor:
+    """``||x - m||`` of rows ``x`` (over the last dimension) and their mean ``m``, from their
+    ``norms``, their products ``on_mean`` with ``m`` and ``mean_sq = m·m``: the square expanded.
+
+    The expansion cancels where a row equals the mean (one row, or rows all equal): it leaves
+    up to ~7 ε||x||² of rounding in fp32 (measured on widths 8 to 262144) instead of 0, a
+    centred row of noise whose SA would count (one row gave D = 1, full collapse). A squared
+    centred norm at most ``CENTRED_TOL`` ||x||² counts as 0 (no centred SA), and so does one
+    row whatever the rounding (a matmul in TF32 rounds 8192x coarser).
+
+    >>> x = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    >>> centred_norms(x.norm(dim=1), x @ x[0], x[0].dot(x[0])).tolist()
+    [0.0, 0.0]
+    """
+    if norms.shape[-1] < 2:  # one row is its mean
+        return torch.zeros_like(norms)
+    squared = norms.square() - 2 * on_mean + mean_sq
+    return torch.where(squared <= CENTRED_TOL * norms.square(), 0.0, squared).sqrt()
 
 
 def centred_sa(norms: torch.Tensor, dots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

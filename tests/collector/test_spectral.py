@@ -131,12 +131,16 @@ def test_low_precision_weights_are_computed_in_fp32(dtype):
     assert abs(sigma1.item() - s_ref) / s_ref < 1e-5
 
 
-def test_zero_matrix_gives_zero_sigma_without_raising():
+def test_zero_matrix_gives_zero_sigma_and_no_singular_vectors():
+    # A zero matrix (LoRA's B at init) has no v1: the start vector must not pass for one.
     for v in (None, torch.ones(48)):
         sigma1, v1, u1 = power_iteration(torch.zeros(32, 48), v=v)
         assert sigma1.item() == 0.0
-        assert torch.all(u1 == 0)
-        assert torch.isfinite(v1).all() and abs(v1.norm().item() - 1) < 1e-6
+        assert torch.all(u1 == 0) and torch.all(v1 == 0)
+    # the next check, once the weight has moved, starts cold from that v1 and finds σ1
+    w = low_rank_plus_noise(32, 48, torch.Generator().manual_seed(6))
+    sigma1, _, _ = power_iteration(w, v=v1, iters=COLD_ITERS)
+    assert abs(sigma1.item() - top_singular(w)[0]) / top_singular(w)[0] < 1e-5
 
 
 def test_non_finite_weights_are_reported_faithfully():
@@ -366,6 +370,56 @@ def test_empty_and_all_zero_inputs_give_nan_statistics():
     for name in ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean"):
         assert math.isnan(zeros[name].item())
     assert zeros["act_max"].item() == 0.0 and zeros["act_norm_mean"].item() == 0.0
+
+
+def test_a_zero_matrix_gets_no_sa_statistics_and_no_drift():
+    gen = torch.Generator().manual_seed(10)
+    rows = torch.randn(64, 16, generator=gen) + 0.5
+    _, v1, _ = power_iteration(torch.zeros(8, 16))
+    stats = sa_statistics(rows, v1)
+    assert stats["sa_hist"].sum().item() == 0
+    for name in ("sa_pos", "sa_imbalance", "sa_mean", "sa_abs_mean", "sa_c_abs_mean"):
+        assert math.isnan(stats[name].item()), name
+    assert math.isnan(stats["sa_c_imbalance"].item())
+    # the inputs are still measured
+    other = sa_statistics(rows, torch.randn(16, generator=gen))
+    assert stats["act_max"].item() == other["act_max"].item()
+    assert stats["act_norm_mean"].item() == other["act_norm_mean"].item()
+    assert math.isnan(v_drift(v1, torch.randn(16, generator=gen)).item())
+    assert math.isnan(v_drift(torch.randn(16, generator=gen), v1).item())
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 5])
+@pytest.mark.parametrize("width", [8, 32, 256])
+def test_rows_all_equal_have_no_centred_sa(n_rows, width):
+    # One row (batch size 1, an MoE expert given one token), or rows all equal: centred on their
+    # mean they are zero. Rounding used to leave a tiny centred norm and a centred SA of 0, so
+    # sa_c_imbalance read 1.0 (full collapse) on ~40 % of these seeds.
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.relu(torch.randn(1, width, generator=gen)).repeat(n_rows, 1)
+        if seed % 2:
+            x = 1e3 * x + 5.0
+        stats = sa_statistics(x, torch.randn(width, generator=gen))
+        assert math.isnan(stats["sa_c_abs_mean"].item()), seed
+        assert math.isnan(stats["sa_c_imbalance"].item()), seed
+        assert not math.isnan(stats["sa_imbalance"].item())  # the rows themselves have an SA
+
+
+def test_rows_varying_slightly_about_a_large_mean_keep_their_centred_sa():
+    # Centred norms of 1 % of the rows' norms are well above the rounding the tolerance drops.
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(64, generator=gen)
+    noise = torch.randn(200, 64, generator=gen)
+    x = base + 0.01 * base.norm() * noise / noise.norm(dim=1, keepdim=True)
+    v1 = torch.randn(64, generator=gen)
+    stats = sa_statistics(x, v1)
+    centred = (x - x.mean(dim=0)).double()
+    sa = centred @ (v1 / v1.norm()).double() / centred.norm(dim=1)
+    assert stats["sa_c_abs_mean"].item() == pytest.approx(sa.abs().mean().item(), rel=1e-2)
+    assert stats["sa_c_imbalance"].item() == pytest.approx(
+        abs(2 * (sa > 0).double().mean().item() - 1), abs=0.02
+    )
 
 
 def test_non_finite_inputs_propagate():
