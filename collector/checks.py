@@ -62,7 +62,8 @@ def run_check(
 
     Returns ``(layer_rows, global_scalars)``: one dict per layer with the contract's statistic
     names (``None`` where not measured: no input sample this step) and ``sa_hist``, and
-    ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers. ``step`` (the
+    ``{"grad_norm": ..., "weight_norm": ...}`` over the monitored layers' distinct weights (a
+    weight shared by two layers counts once, as in ``clip_grad_norm_``). ``step`` (the
     training step of this check) dates the weight sketches behind ``update_ratio``; without it
     the update ratio is not measured.
 
@@ -106,16 +107,22 @@ class PendingCheck:
     """One check's statistics on their way to the host (see :func:`start_check`)."""
 
     def __init__(
-        self, layers, copy: ToHost, measured: list[bool] | None, grads_present: list[bool]
+        self,
+        layers,
+        copy: ToHost,
+        measured: list[bool] | None,
+        grads_present: list[bool],
+        distinct: list[bool],
     ):
         """``measured=None``: which layers were measured comes back with the table, as its
-        last column (when ranks combine their samples, only the device knows)."""
-        self._parts = (layers, copy, measured, grads_present)
+        last column (when ranks combine their samples, only the device knows). ``distinct``:
+        whether each layer's weight is the first of its kind (see :func:`_distinct`)."""
+        self._parts = (layers, copy, measured, grads_present, distinct)
         self._result: tuple[list[dict], dict] | None = None
 
     @classmethod
     def done(cls, layer_rows: list[dict], totals: dict) -> PendingCheck:
-        check = cls([], ToHost([]), [], [])
+        check = cls([], ToHost([]), [], [], [])
         check._result = (layer_rows, totals)
         return check
 
@@ -123,11 +130,11 @@ class PendingCheck:
         """``(layer_rows, global_scalars)`` as :func:`run_check` returns them; waits for the
         host copy the first time."""
         if self._result is None:
-            layers, copy, measured, grads_present = self._parts
+            layers, copy, measured, grads_present, distinct = self._parts
             table, hists = copy.lists()
             if measured is None:
                 measured = [row.pop() > 0 for row in table]
-            self._result = _rows(layers, table, hists, measured, grads_present)
+            self._result = _rows(layers, table, hists, measured, grads_present, distinct)
         return self._result
 
 
@@ -148,6 +155,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     else:
         weight_norms, grad_norms = weight_and_grad_norms(params)
     grads_present = [p.grad is not None for p in params]
+    distinct = _distinct(params)
     matrices = [layer.matrix(p) for layer, p in zip(layers, params, strict=True)]  # out × in
     names = [layer.name for layer in layers]
 
@@ -172,7 +180,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
             + extra,
             dim=1,
         )
-        return PendingCheck(layers, ToHost([table, hists]), measured, grads_present)
+        return PendingCheck(layers, ToHost([table, hists]), measured, grads_present, distinct)
 
     n_bins = bin_edges.numel() - 1
     spectra, sa_stats, samples = [], [], []
@@ -214,7 +222,7 @@ def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:
     # sync point: one host transfer per device for the whole check.
     table = torch.stack([t.cpu() if t.device.type != "cpu" else t for t in per_layer]).tolist()
     hist_table = torch.stack([h.cpu() for h in hists]).tolist()
-    return PendingCheck.done(*_rows(layers, table, hist_table, measured, grads_present))
+    return PendingCheck.done(*_rows(layers, table, hist_table, measured, grads_present, distinct))
 
 
 def _combined(
@@ -281,8 +289,22 @@ def _batchable(matrices: list[torch.Tensor]) -> bool:
     return all(m.device == device and m.dim() == 2 for m in matrices)
 
 
-def _rows(layers, table, hist_table, measured, grads_present) -> tuple[list[dict], dict]:
-    """The per-layer rows and global norms from the host copy of a check's table."""
+def _distinct(params: list[torch.Tensor]) -> list[bool]:
+    """Whether each parameter is the first in ``params`` that is this very tensor: a weight
+    shared by several layers (tied, or one layer under two names) enters the global norms once.
+    Decided at the check, on the training thread: FSDP2 swaps the modules' parameters at each
+    forward, so the writer thread could see another tensor."""
+    seen: set[int] = set()
+    first = []
+    for p in params:
+        first.append(id(p) not in seen)
+        seen.add(id(p))
+    return first
+
+
+def _rows(layers, table, hist_table, measured, grads_present, distinct) -> tuple[list[dict], dict]:
+    """The per-layer rows (one per layer) and the global norms (over distinct weights) from the
+    host copy of a check's table."""
     out = []
     for layer, values, hist, has_rows, has_grad in zip(
         layers, table, hist_table, measured, grads_present, strict=True
@@ -297,9 +319,10 @@ def _rows(layers, table, hist_table, measured, grads_present) -> tuple[list[dict
         row["layer"] = layer.name
         row["sa_hist"] = hist
         out.append(row)
-    finite_grads = [r["grad_norm"] for r in out if r["grad_norm"] is not None]
+    counted = [row for row, first in zip(out, distinct, strict=True) if first]
+    finite_grads = [r["grad_norm"] for r in counted if r["grad_norm"] is not None]
     totals = {
-        "weight_norm": _global([r["weight_norm"] for r in out]),
+        "weight_norm": _global([r["weight_norm"] for r in counted]),
         "grad_norm": _global(finite_grads) if finite_grads else None,
     }
     return out, totals

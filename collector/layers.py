@@ -4,9 +4,13 @@ transposed linear layer of GPT-2) by default, filtered by name patterns."""
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.parameter import is_lazy
+
+log = logging.getLogger("tripwire.collector")
 
 
 @dataclass(frozen=True)
@@ -58,25 +62,37 @@ def select_layers(
 
     A layer is kept if its name matches any ``include`` pattern (all layers when none is given)
     and no ``exclude`` pattern. Layers whose weight is empty are skipped: they have no spectrum.
+    So are lazy layers (``nn.LazyLinear``) that have not run yet, with one warning: their shape
+    is unknown until the first forward pass.
 
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    >>> [layer.name for layer in select_layers(model, exclude="1*")]
+    >>> [layer.name for layer in select_layers(model, exclude="2")]
     ['0']
     """
     include = [include] if isinstance(include, str) else list(include or [])
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
-    chosen = []
+    chosen, lazy = [], []
     for name, module in model.named_modules():
         if not (isinstance(module, types) or _is_conv1d(module)):
             continue
         if getattr(module, "weight", None) is None:
             continue
-        if module.weight.dim() != 2 or module.weight.numel() == 0:
-            continue
         if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in exclude):
             continue
+        if is_lazy(module.weight):
+            lazy.append(name or "<root>")
+            continue
+        if module.weight.dim() != 2 or module.weight.numel() == 0:
+            continue
         chosen.append(MonitoredLayer(name=name or "<root>", position=len(chosen), module=module))
+    if lazy:
+        log.warning(
+            "tripwire: %d lazy layer(s) not initialised yet are not monitored (%s): run one "
+            "forward pass before watch(), or call watch() after the first batch",
+            len(lazy),
+            ", ".join(lazy[:5]) + (", ..." if len(lazy) > 5 else ""),
+        )
     return chosen
