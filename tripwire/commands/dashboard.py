@@ -95,11 +95,13 @@ def dashboard_command(db_url: str | None, config_path: str | None, host: str, po
         load_config_or_exit(config_path)
     db = _database(db_url)
     stop_on_sigterm()
-    process = _serve(server, db.url, host, port, config_path)
-    try:
+    process = None
+    try:  # Ctrl-C or SIGTERM while it starts stops it as cleanly as later (_serve stops it)
+        process = _serve(server, db.url, host, port, config_path)
         code = process.wait()
     except KeyboardInterrupt:
-        server.stop(process)
+        if process is not None:
+            server.stop(process)
         return
     if code:
         raise UserError(f"the dashboard stopped with exit status {code}")
@@ -126,21 +128,24 @@ def up_command(db_url: str | None, config_path: str | None, interval, host: str,
     service = AlertService(db, config, routes)
     every = interval or config.engine.interval_s
     stop_on_sigterm()
-    process = _serve(server, db.url, host, port, config_path)
     stop = threading.Event()
     thread = threading.Thread(
         target=service.run_forever, args=(every, stop), name="tripwire-scheduler", daemon=True
     )
-    thread.start()
-    click.echo(f"Scheduler: every {every:g} s; notifiers: {', '.join(service.notifiers)}")
-    try:
+    process = None
+    try:  # a SIGTERM right after the server started must not leave it running alone
+        process = _serve(server, db.url, host, port, config_path)
+        thread.start()
+        click.echo(f"Scheduler: every {every:g} s; notifiers: {', '.join(service.notifiers)}")
         code = process.wait()
     except KeyboardInterrupt:
         code = 0
     finally:
         stop.set()
-        server.stop(process)
-        thread.join(timeout=30)
+        if process is not None:
+            server.stop(process)
+        if thread.is_alive():
+            thread.join(timeout=30)
     if code:
         raise UserError(f"the dashboard stopped with exit status {code}")
 
