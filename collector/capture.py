@@ -13,6 +13,9 @@ from collector.layers import MonitoredLayer
 from collector.logits import log_z
 from collector.spectral import sample_rows
 
+# True while dynamo traces (torch >= 2.3); older versions get no hooks in compiled code anyway.
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
 
 class _Generators:
     """One generator per device, seeded alike and made on first use: sampling indices are drawn
@@ -35,12 +38,9 @@ class InputSampler:
 
     Between checks no hook is registered, so ordinary steps pay nothing. After ``arm()``, each
     layer's first forward call (the first micro-batch under gradient accumulation) is sampled
-    and its hook removes itself. With ``root`` (the watched model), the end of its first forward
-    pass disarms the layers that did not run in it (an unused branch, nn.MultiheadAttention's
-    ``out_proj``, whose weight is used without calling it): later micro-batches and the
-    recomputation of activation checkpointing are not sampled. A loop that never calls
-    ``root`` itself (a Lightning ``training_step`` calling submodules) stays armed until
-    every layer was sampled or ``take()``.
+    and its hook removes itself; a layer that does not run (an unused branch,
+    nn.MultiheadAttention's ``out_proj``, whose weight is used without calling it) keeps its
+    hook until ``take()``.
 
     Layers fed the same tensor (the q, k and v projections of a block, a gated MLP's gate and
     up projections) share one sample of it: its rows are drawn and held once, and the check
@@ -51,9 +51,11 @@ class InputSampler:
     anyway. Its version counter is remembered, and a sample that was modified in place before
     ``take()`` is dropped with a warning, so a stale input never reaches the statistics.
 
-    ``torch.compile``d modules ignore hooks registered after compilation, so while armed the
-    compiler's stance is ``force_eager``: the sampled forward pass runs eagerly (once per check);
-    compiled code is reused afterwards, nothing recompiles.
+    ``torch.compile``d modules ignore hooks registered after compilation, so from ``arm()`` the
+    compiler's stance is ``force_eager`` until the forward pass of ``root`` (the watched model)
+    ends, or every layer was sampled: the sampled forward pass runs eagerly (once per check);
+    compiled code is reused afterwards, nothing recompiles. Code compiled while a layer is still
+    armed traces its hook as doing nothing.
 
     >>> sampler = InputSampler(layers, sample_size=1024, root=model)   # doctest: +SKIP
     >>> sampler.arm(); model(x); rows = sampler.take()   # {layer name: (k, in) tensor}
@@ -94,7 +96,7 @@ class InputSampler:
             self._root_handle = self.root.register_forward_hook(self._root_ran)
 
     def disarm(self) -> None:
-        for handle in self._handles.values():
+        for handle in list(self._handles.values()):  # nn.DataParallel's replicas pop them too
             handle.remove()
         self._handles.clear()
         if self._root_handle is not None:
@@ -142,6 +144,8 @@ class InputSampler:
 
     def _hook_for(self, name: str):
         def hook(module, inputs, output):  # noqa: ANN001, ARG001
+            if _compiling():  # dynamo tracing with the hook still registered: trace nothing
+                return
             try:
                 x = inputs[0] if inputs else None
                 if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] > 0:
@@ -158,9 +162,14 @@ class InputSampler:
         return hook
 
     def _root_ran(self, module, inputs, output) -> None:  # noqa: ANN001, ARG002
-        """The root's forward pass ended, after those of its layers: the ones it did not run
-        are not sampled at this check."""
-        self.disarm()
+        """The root's forward pass ended, after those of its layers: compiled code may run
+        again. A layer it did not run stays armed for a call outside it (``head(model(x))``)."""
+        if _compiling():
+            return
+        handle, self._root_handle = self._root_handle, None
+        if handle is not None:
+            handle.remove()
+        self._restore_stance()
 
     def _force_eager(self) -> None:
         # Only where dynamo is already loaded: importing it just to set a stance costs seconds.

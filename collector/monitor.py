@@ -474,9 +474,9 @@ class Monitor:
                 "statistics are missing from the check (norms and sigma1 are still recorded; "
                 "warned once per run). A module whose weight is used without calling it "
                 "(nn.MultiheadAttention's out_proj) never gets its input, and a layer that did "
-                "not run in the step's first forward pass (an unused branch, an expert no token "
-                "was routed to) gets none that step; collector.watch(..., exclude=[...]) leaves "
-                "such layers out",
+                "not run on the step (an unused branch, an expert no token was routed to), or "
+                "only inside compiled code after the step's first forward pass, gets none that "
+                "step; collector.watch(..., exclude=[...]) leaves such layers out",
                 names,
                 step,
             )

@@ -126,7 +126,7 @@ def _hooked(model: nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("reentrant", [None, True, False])
-def test_the_end_of_the_roots_forward_disarms_the_layers_it_did_not_run(reentrant):
+def test_a_check_samples_each_layers_first_call_and_a_layer_not_run_stays_armed(reentrant):
     model = Branches(reentrant)
     calls = []
     model.b.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -134,16 +134,19 @@ def test_the_end_of_the_roots_forward_disarms_the_layers_it_did_not_run(reentran
     sampler.arm()
     x = torch.randn(64, 8, requires_grad=True)
     model(x).sum().backward()
-    after_backward = sampler.armed, _hooked(model)
+    hooked = [name for name, module in model.named_modules() if module._forward_hooks]
     model(2 * x).sum().backward()  # the next micro-batch
+    head_input = torch.randn(4, 8)
+    model.unused(head_input)  # called outside the root's forward, as in head(model(x))
     rows = sampler.take()
 
-    assert after_backward == (False, False)  # `unused` kept them armed until take()
+    assert hooked == ["unused"]  # the root's own hook went when its forward pass ended
     assert len(calls) == (2 if reentrant is None else 4)  # the backward did re-run b
-    assert set(rows) == {"a", "b"}
+    assert set(rows) == {"a", "b", "unused"}
     assert _is_row_of(rows["a"], x) and not _is_row_of(rows["a"], 2 * x)
     with torch.no_grad():
-        assert _is_row_of(rows["b"], torch.relu(model.a(x)))
+        assert _is_row_of(rows["b"], torch.relu(model.a(x)))  # not the recomputation's
+    assert _is_row_of(rows["unused"], head_input)
     assert not _hooked(model)
 
 
@@ -164,7 +167,7 @@ def test_a_root_whose_forward_is_not_called_stays_armed_until_every_layer_ran():
     assert set(sampler.take()) == {"a"} and not _hooked(model)
 
 
-def test_a_ddp_wrapped_root_is_disarmed_when_the_inner_modules_forward_ends():
+def test_a_ddp_wrapped_roots_hook_fires_when_the_inner_modules_forward_ends():
     # watch() unwraps DDP: the root is the inner module, whose forward DDP's calls.
     dist = pytest.importorskip("torch.distributed")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -174,7 +177,8 @@ def test_a_ddp_wrapped_root_is_disarmed_when_the_inner_modules_forward_ends():
         sampler = InputSampler(select_layers(model), sample_size=16, root=model)
         sampler.arm()
         ddp(torch.randn(4, 8)).sum().backward()
-        assert not sampler.armed and not _hooked(model)
-        assert set(sampler.take()) == {"a", "b"}
+        hooked = [name for name, module in model.named_modules() if module._forward_hooks]
+        assert hooked == ["unused"]  # the root's hook fired: the inner module's forward ended
+        assert set(sampler.take()) == {"a", "b"} and not _hooked(model)
     finally:
         dist.destroy_process_group()
