@@ -99,7 +99,7 @@ def start_check(
     """
     if not layers:
         return PendingCheck.done([], {})
-    with _without_autocast(layers[0].weight.device):
+    with _without_autocast(layers[0].weight.device), _full_fp32_matmuls():
         return _start_check(layers, rows, state, bin_edges, ranks, step)
 
 
@@ -145,6 +145,23 @@ def _without_autocast(device: torch.device):
         return torch.autocast(device.type, enabled=False)
     except RuntimeError:  # a device type autocast does not know: nothing to turn off
         return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _full_fp32_matmuls():
+    """A check's matrix products in full fp32 even where the loop allows TF32
+    (``torch.set_float32_matmul_precision("high")``, ``allow_tf32``: nanoGPT, Trainer's
+    ``tf32=True``), which keeps 10 mantissa bits: σ1 and the SA projections to ~1e-3, and the
+    centred norms' cancellation far above :data:`collector.spectral.CENTRED_TOL`."""
+    precision = torch.get_float32_matmul_precision()
+    if precision == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def _start_check(layers, rows, state, bin_edges, ranks, step) -> PendingCheck:

@@ -381,6 +381,33 @@ def test_a_check_inside_autocast_still_computes_in_fp32(monkeypatch, batched_pat
             assert same or (math.isnan(value) and math.isnan(row_want[key])), key
 
 
+@pytest.mark.parametrize("batched_path", [True, False], ids=["stacked", "per-layer"])
+def test_a_check_multiplies_in_full_fp32_where_the_loop_allows_tf32(monkeypatch, batched_path):
+    # TF32 keeps 10 mantissa bits: σ1 and the SA projections to ~1e-3, and the centred norms'
+    # cancellation far above CENTRED_TOL (all-equal rows would get a centred SA again).
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Precisions(TorchDispatchMode):
+        seen: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default):
+                self.seen.add(torch.get_float32_matmul_precision())
+            return func(*args, **(kwargs or {}))
+
+    model = _model()
+    layers = select_layers(model)
+    rows = _rows(model, layers, torch.randn(4, 32, 16, generator=torch.Generator().manual_seed(1)))
+    torch.set_float32_matmul_precision("high")
+    try:
+        with Precisions() as mode:
+            _check(model, layers, SpectralState(), rows, batched_path, monkeypatch, step=0)
+        assert torch.get_float32_matmul_precision() == "high"  # the loop's setting is back
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert mode.seen == {"highest"}
+
+
 def _as_two_ranks(monkeypatch, combine):
     """``combine(rank)`` run as rank 1, then as rank 0 of a two-rank job whose all-reduces add
     rank 1's tensors (take their maximum for ``max``); rank 0's result."""
