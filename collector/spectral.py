@@ -38,10 +38,11 @@ SA_COLUMNS = (
 """The scalar statistics :func:`sa_statistics` returns besides the histogram, in table order."""
 
 CENTRED_TOL = 64 * torch.finfo(torch.float32).eps
-"""A row whose squared centred norm is at most this fraction of its squared norm counts as equal
-to the rows' mean: it has no centred SA (:func:`centred_norms`). 64 ε is ~9x the rounding the
-expansion was seen to leave; a centred norm under ``sqrt(64 ε)`` = 0.28 % of the row's is lost in
-that rounding (its square off by 10 % or more), so its centred SA could not be trusted anyway."""
+"""Rows whose squared centred norms are all at most this fraction of their squared norms count
+as all equal: they have no centred SA (:func:`centred_norms`). 64 ε is ~9x the rounding the
+expansion was seen to leave where rows are equal. Judged per sample, not per row: a row close to
+the mean among rows that vary keeps its centred SA (its sign is what ``sa_c_imbalance`` counts,
+and rounding in its norm averages out of ``sa_c_abs_mean``)."""
 
 _COLD_SEED = 0
 _SA_BINS_ON: dict[torch.device, torch.Tensor] = {}
@@ -281,9 +282,11 @@ def centred_norms(
 
     The expansion cancels where a row equals the mean (one row, or rows all equal): it leaves
     up to ~7 ε||x||² of rounding in fp32 (measured on widths 8 to 262144) instead of 0, a
-    centred row of noise whose SA would count (one row gave D = 1, full collapse). A squared
-    centred norm at most ``CENTRED_TOL`` ||x||² counts as 0 (no centred SA), and so does one
-    row whatever the rounding (a matmul in TF32 rounds 8192x coarser).
+    centred row of noise whose SA would count (one row gave D = 1, full collapse). Where every
+    row's squared centred norm is at most ``CENTRED_TOL`` ||x||², the rows count as all equal
+    and their centred norms as 0 (no centred SA); so does one row, whatever the rounding. Rows
+    that vary by less than ~0.3 % of their norm (a common offset ~300x their spread) are
+    therefore read as all equal.
 
     >>> x = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
     >>> centred_norms(x.norm(dim=1), x @ x[0], x[0].dot(x[0])).tolist()
@@ -292,7 +295,8 @@ def centred_norms(
     if norms.shape[-1] < 2:  # one row is its mean
         return torch.zeros_like(norms)
     squared = norms.square() - 2 * on_mean + mean_sq
-    return torch.where(squared <= CENTRED_TOL * norms.square(), 0.0, squared).sqrt()
+    equal = (squared <= CENTRED_TOL * norms.square()).all(dim=-1, keepdim=True)
+    return torch.where(equal, 0.0, squared.clamp_min(0)).sqrt()
 
 
 def centred_sa(norms: torch.Tensor, dots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

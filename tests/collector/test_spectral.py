@@ -422,6 +422,22 @@ def test_rows_varying_slightly_about_a_large_mean_keep_their_centred_sa():
     )
 
 
+def test_rows_near_their_mean_among_rows_that_vary_keep_their_centred_sa():
+    # A large common offset (un-normalised features, saturated gates): every row's centred norm
+    # is a small fraction of its norm, some below CENTRED_TOL. Judged row by row they were
+    # dropped and biased sa_c_imbalance (0.0140 against 0.0117 at offset 300).
+    gen = torch.Generator().manual_seed(0)
+    x = 300.0 + torch.randn(1024, 64, generator=gen)
+    v1 = torch.randn(64, generator=gen)
+    stats = sa_statistics(x, v1)
+    centred = x.double() - x.double().mean(dim=0)
+    sa = centred @ (v1 / v1.norm()).double() / centred.norm(dim=1)
+    assert stats["sa_c_abs_mean"].item() == pytest.approx(sa.abs().mean().item(), rel=1e-2)
+    assert stats["sa_c_imbalance"].item() == pytest.approx(
+        abs(2 * (sa > 0).double().mean().item() - 1), abs=1e-3
+    )
+
+
 def test_non_finite_inputs_propagate():
     rows = torch.randn(20, 8)
     rows[3, 2] = math.inf
