@@ -98,10 +98,12 @@ def test_gpu_script_runs_its_steps_quickly_on_the_cpu(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    steps = ["overhead", "overhead-bf16", "check-cost", "parity"]
+    steps = ["overhead", "overhead-bf16", "check-cost", "parity", "overhead-llama", "host-memory"]
     assert [line.split(":")[0] for line in proc.stdout.splitlines()] == steps
     assert all(": exit 0 after" in line for line in proc.stdout.splitlines()), proc.stdout
     assert "## Device parity (cpu)" in (tmp_path / "parity.log").read_text()
+    assert "**llama-tiny**" in (tmp_path / "overhead-llama.log").read_text()
+    assert "tiny GPT on cpu: collector.watch" in (tmp_path / "host-memory.log").read_text()
     assert common.DOCS.read_text(encoding="utf-8") == docs  # QUICK writes nothing
 
 
