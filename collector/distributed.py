@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - depends on the torch build
     DTensor = Replicate = None
 
 # Columns of the per-layer SA table that is summed over ranks (the histogram follows them).
-_N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT, _C_ABS, _C_IMB = range(9)
-_SA_SUMS = 9
+_N_SA, _POS, _MEAN, _ABS, _N_ROWS, _NORM, _NAN_ACT, _C_ABS, _C_IMB, _N_C = range(10)
+_SA_SUMS = 10
 _SA_COL = {name: i for i, name in enumerate(SA_COLUMNS)}
 
 
@@ -135,9 +135,15 @@ class Ranks:
         for col, name in ((_POS, "sa_pos"), (_MEAN, "sa_mean"), (_ABS, "sa_abs_mean")):
             sums[:, col] = weighted[:, _SA_COL[name]]
         # Each rank centres its own batch; the centred statistics are averaged over ranks by
-        # row count (a per-batch quantity: the union of the batches has no single centre).
-        sums[:, _C_ABS] = weighted[:, _SA_COL["sa_c_abs_mean"]]
-        sums[:, _C_IMB] = weighted[:, _SA_COL["sa_c_imbalance"]]
+        # row count (a per-batch quantity: the union of the batches has no single centre). A
+        # rank whose rows have an SA but no centred one (one row, rows all equal) leaves them to
+        # the others; a NaN input still makes them NaN.
+        centred = has_sa & ~(
+            sa[:, _SA_COL["sa_c_imbalance"]].isnan() & ~sa[:, _SA_COL["sa_pos"]].isnan()
+        )
+        sums[:, _N_C] = torch.where(centred, n_sa, 0.0)
+        for col, name in ((_C_ABS, "sa_c_abs_mean"), (_C_IMB, "sa_c_imbalance")):
+            sums[:, col] = torch.where(centred, weighted[:, _SA_COL[name]], 0.0)
         sums[:, _N_ROWS] = n_rows
         sums[:, _NORM] = torch.where(sampled, sa[:, _SA_COL["act_norm_mean"]] * n_rows, 0.0)
         act_max = sa[:, _SA_COL["act_max"]]
@@ -149,9 +155,10 @@ class Ranks:
         maxima = self._all_reduce(maxima, "max")
 
         # column by column: indexing with a list would copy it to the device, a sync point
-        sa_pos, sa_mean, sa_abs_mean, c_abs, c_imbalance = (
-            sums[:, col] / sums[:, _N_SA] for col in (_POS, _MEAN, _ABS, _C_ABS, _C_IMB)
+        sa_pos, sa_mean, sa_abs_mean = (
+            sums[:, col] / sums[:, _N_SA] for col in (_POS, _MEAN, _ABS)
         )
+        c_abs, c_imbalance = (sums[:, col] / sums[:, _N_C] for col in (_C_ABS, _C_IMB))
         act_max = torch.where(sums[:, _NAN_ACT] > 0, math.nan, maxima)
         combined = {
             "sa_pos": sa_pos,

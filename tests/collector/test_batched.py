@@ -439,9 +439,15 @@ def _union_oracle(samples, name, v1):
     union = spectral.sa_statistics(torch.cat(parts), v1)
     for centred in ("sa_c_abs_mean", "sa_c_imbalance"):
         weights = [float((torch.linalg.vector_norm(x, dim=-1) != 0).sum()) for x in parts]
-        values = [float(spectral.sa_statistics(x, v1)[centred]) for x in parts]
+        stats = [spectral.sa_statistics(x, v1) for x in parts]
+        values = [float(st[centred]) for st in stats]
+        # a rank whose rows have an SA but no centred one (one row) leaves it to the others
+        weights = [
+            0.0 if math.isnan(v) and not math.isnan(float(st["sa_pos"])) else w
+            for w, v, st in zip(weights, values, stats, strict=True)
+        ]
         union[centred] = torch.tensor(
-            sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+            sum(w * v for w, v in zip(weights, values, strict=True) if w) / sum(weights)
         )
     return union
 
@@ -462,6 +468,7 @@ def test_ddp_combines_the_statistics_of_both_ranks_rows(monkeypatch, path):
     samples[1][names[0]] = samples[1][names[0]].clone()
     samples[1][names[0]][0] = 0.0  # a row without an SA: counts for act_norm_mean, not for SA
     samples[1].pop(names[1])  # a layer rank 1 did not sample
+    samples[1][names[3]] = samples[1][names[3]][:1]  # one row on rank 1: no centred SA there
     for rank_rows in samples:
         rank_rows.pop(names[4])  # and one no rank sampled
     state_v: dict = {}
@@ -516,6 +523,7 @@ def test_ddp_combines_the_statistics_of_both_ranks_rows(monkeypatch, path):
             )
         assert (hists[i] - expected["sa_hist"]).abs().sum() <= 2  # rounding at bin edges
     assert math.isnan(table[2, spectral.SA_COLUMNS.index("act_max")])
+    assert not math.isnan(table[3, spectral.SA_COLUMNS.index("sa_c_imbalance")])  # rank 0's
     assert int(hists[1].sum()) == samples[0][names[1]].shape[0]  # rank 0's rows alone
 
 
