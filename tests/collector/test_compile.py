@@ -11,6 +11,16 @@ from storage import Database, runs, stats
 from tests import needs
 
 
+def _fresh_dynamo():
+    """torch._dynamo with no compiled code, no counts and the default stance (a monitor of an
+    earlier test that was dropped while armed leaves force_eager behind)."""
+    dynamo = needs.module("torch._dynamo")
+    torch.compiler.set_stance("default")
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    return dynamo
+
+
 class NotAllRun(nn.Module):
     """Two monitored layers whose forward is never called: ``attn.out_proj`` (nn.MultiheadAttention
     uses its weight without calling it) and ``unused`` (a head the training pass skips)."""
@@ -29,11 +39,7 @@ class NotAllRun(nn.Module):
 
 
 def test_only_the_first_micro_batch_of_a_check_step_runs_eagerly(sqlite_url, tmp_path):
-    dynamo = needs.module("torch._dynamo")
-    # A monitor of an earlier test that was dropped while armed leaves force_eager behind.
-    torch.compiler.set_stance("default")
-    dynamo.reset()
-    dynamo.utils.counters.clear()
+    dynamo = _fresh_dynamo()
     torch.manual_seed(0)
     model = NotAllRun()
     compiled = torch.compile(model, backend="eager")
@@ -84,10 +90,7 @@ class SometimesExtra(nn.Module):
 def test_code_compiled_while_a_layer_is_armed_traces_its_hook_as_nothing(sqlite_url, tmp_path):
     # A layer the check step's first micro-batch did not run stays armed (for a call outside
     # the model's forward pass) after the eager window closed, so the compiler can meet it.
-    dynamo = needs.module("torch._dynamo")
-    torch.compiler.set_stance("default")
-    dynamo.reset()
-    dynamo.utils.counters.clear()
+    dynamo = _fresh_dynamo()
     torch.manual_seed(0)
     model = SometimesExtra()
     compiled = torch.compile(model, backend="eager")

@@ -55,6 +55,21 @@ def tiny_llama(**config) -> nn.Module:
     return LlamaForCausalLM(LlamaConfig(**(shape | config)))
 
 
+def train_llama(model: nn.Module, monitor, steps: int = 5, runnable=None) -> None:
+    """AdamW on random token batches of :func:`tiny_llama`'s vocabulary; ``monitor.log`` after
+    backward. ``runnable``: what the loop calls (a compiled ``model``), else ``model``."""
+    runnable = model if runnable is None else runnable
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        ids = torch.randint(0, 64, (2, 8), generator=gen)
+        loss = runnable(input_ids=ids, labels=ids).loss
+        loss.backward()
+        monitor.log(step, loss=loss)
+        opt.step()
+        opt.zero_grad()
+
+
 def batches(n: int, batch: int = 8, seed: int = 0):
     """``n`` global batches of (batch, 4 tokens, 12 features) and their labels."""
     gen = torch.Generator().manual_seed(seed)

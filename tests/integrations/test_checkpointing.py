@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 import collector
 from storage import Database, runs, stats
 from tests import needs
-from tests.integrations.helpers import STAT_NAMES, layer_table, tiny_llama, train
+from tests.integrations.helpers import STAT_NAMES, layer_table, tiny_llama, train, train_llama
 
 
 class CheckpointedNet(nn.Module):
@@ -67,16 +67,8 @@ def test_hugging_face_gradient_checkpointing_changes_nothing_stored(sqlite_url, 
             enable = getattr(model, "activation_checkpointing_enable", None)
             (enable or model.gradient_checkpointing_enable)()
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        gen = torch.Generator().manual_seed(1)
         with collector.watch(model, run=name, db=sqlite_url, every=2, spool_dir=tmp_path) as m:
-            for step in range(5):
-                ids = torch.randint(0, 64, (2, 8), generator=gen)
-                loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                m.log(step, loss=loss)
-                opt.step()
-                opt.zero_grad()
+            train_llama(model, m)
         db = Database(sqlite_url)
         series = stats.scalar_series(db, runs.find_run(db, name).id, ["attn_logit_max", "log_z"])
         stored[name] = ({(p.key, p.step): p.value for p in series}, layer_table(sqlite_url, name))

@@ -7,7 +7,14 @@ import torch
 
 import collector
 from tests import needs
-from tests.integrations.helpers import STAT_NAMES, TinyNet, layer_table, tiny_llama, train
+from tests.integrations.helpers import (
+    STAT_NAMES,
+    TinyNet,
+    layer_table,
+    tiny_llama,
+    train,
+    train_llama,
+)
 
 
 def test_a_compiled_model_gives_the_statistics_of_the_eager_one(sqlite_url, tmp_path):
@@ -48,16 +55,8 @@ def test_a_compiled_hugging_face_model_gives_the_attention_logits_of_the_eager_o
         torch.manual_seed(0)
         model = tiny_llama(num_attention_heads=4)  # 2 key-value heads: grouped queries
         runnable = torch.compile(model, backend="eager") if compiled else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        gen = torch.Generator().manual_seed(1)
         with collector.watch(runnable, run=name, db=sqlite_url, every=2, spool_dir=tmp_path) as m:
-            for step in range(5):
-                ids = torch.randint(0, 64, (2, 8), generator=gen)
-                loss = runnable(input_ids=ids, labels=ids).loss
-                loss.backward()
-                m.log(step, loss=loss)
-                opt.step()
-                opt.zero_grad()
+            train_llama(model, m, runnable=runnable)
         db = Database(sqlite_url)
         series = stats.scalar_series(db, runs.find_run(db, name).id, ["attn_logit_max"])
         stored[name] = {p.step: p.value for p in series}
