@@ -11,6 +11,10 @@ steps from one initialisation on fixed random tokens, checked every 10 steps, in
   as docs/integrations.md tells a plain loop to do;
 - ``fp16 GradScaler without unscale_``: the same without it (what the docs warn against);
 - ``compiled``: ``torch.compile(model)`` with its default backend (inductor on a GPU);
+- ``TF32 allowed``: ``torch.set_float32_matmul_precision("high")`` for the whole loop,
+  as nanoGPT and Trainer's ``tf32=True`` set; the check turns it off for its own products, so
+  σ1 at step 0 should still match the CPU to fp32 rounding (the forward pass, and with it the
+  activation statistics, runs in TF32);
 - ``DDP rank 0 (all-reduces left out)``: fp32, with the ranks of a two-rank DDP job as rank 0
   sees them and a single process standing in for both: the combined SA table and the ranks'
   flag table computed and read on the device (the statistics are this rank's own).
@@ -58,6 +62,7 @@ class Setup:
     unscale: bool = True  # ``scaler.unscale_(optimizer)`` before ``monitor.log``
     compiled: bool = False  # ``torch.compile(model)``, default backend
     ddp: bool = False  # the check as DDP's rank 0 makes it (bench.common.rank_0_of_2)
+    tf32: bool = False  # torch.set_float32_matmul_precision("high") for the whole loop
 
 
 SETUPS = {
@@ -66,6 +71,7 @@ SETUPS = {
     "fp16 GradScaler": Setup(dtype=torch.float16, scaler=True),
     "fp16 GradScaler without unscale_": Setup(dtype=torch.float16, scaler=True, unscale=False),
     "compiled": Setup(compiled=True),
+    "TF32 allowed": Setup(tf32=True),
     "DDP rank 0 (all-reduces left out)": Setup(ddp=True),
 }
 
@@ -75,6 +81,15 @@ STEPS, EVERY = 21, 10
 def train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict:
     """Train the small GPT under ``setup`` as run ``name``; its stored layer statistics, the
     monitor's errors and the seconds it took."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if setup.tf32 else "highest")
+    try:
+        return _train(name, setup, device, db_url, spool)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _train(name: str, setup: Setup, device: str, db_url: str, spool: str) -> dict:
     import collector
     from storage import Database, runs, stats
 
