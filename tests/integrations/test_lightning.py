@@ -60,9 +60,22 @@ def _loader(batch_size: int, n: int = 48):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
 
 
-def _fit(callbacks, *, batch_size=4, **settings):
+class HeadOutsideForward(TinyModule):
+    """``forward`` is the backbone; ``training_step`` applies the head to ``self(x)``."""
+
+    def forward(self, x):
+        return torch.relu(self.fc1(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.fc2(self(x)).reshape(-1, 3), y.reshape(-1))
+        self.losses.append(loss.item())
+        return loss
+
+
+def _fit(callbacks, *, batch_size=4, module_class=TinyModule, **settings):
     torch.manual_seed(0)
-    module = TinyModule()
+    module = module_class()
     options = {
         "accelerator": "cpu",
         "devices": 1,
@@ -120,6 +133,16 @@ def test_gradient_accumulation_checks_once_per_step_on_the_first_micro_batch(sql
     loss = scalar_table(sqlite_url, "accumulated")["loss"]
     assert loss[0] == pytest.approx(sum(module.losses[:3]) / 3, rel=1e-6)
     assert loss[1] == pytest.approx(sum(module.losses[3:6]) / 3, rel=1e-6)
+
+
+def test_a_head_applied_outside_the_modules_forward_is_sampled_too(sqlite_url, tmp_path):
+    # The end of forward() ends the check's eager window; the head, called after it, still
+    # gets its first micro-batch's input.
+    callback = TripwireCallback(run="head", db=sqlite_url, every=1, spool_dir=tmp_path)
+    _fit([callback], module_class=HeadOutsideForward, batch_size=2, accumulate_grad_batches=2)
+    rows = layer_table(sqlite_url, "head")
+    assert set(rows) == {(s, n) for s in range(4) for n in ("fc1", "fc2")}
+    assert all(sum(row.sa_hist) == 2 * TOKENS for row in rows.values())  # one micro-batch
 
 
 def test_an_epochs_last_shorter_accumulation_window_stores_its_mean_loss(sqlite_url, tmp_path):
