@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from storage.entities import listed
+
 log = logging.getLogger("tripwire.collector")
 
 
@@ -93,6 +95,6 @@ def select_layers(
             "tripwire: %d lazy layer(s) not initialised yet are not monitored (%s): run one "
             "forward pass before watch(), or call watch() after the first batch",
             len(lazy),
-            ", ".join(lazy[:5]) + (", ..." if len(lazy) > 5 else ""),
+            listed(lazy),
         )
     return chosen

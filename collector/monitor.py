@@ -26,6 +26,7 @@ from collector.layers import select_layers
 from collector.scalars import as_scalar, describe, several
 from collector.spectral import SA_BINS
 from storage import Database, SchemaOutOfDate, StoreUnavailable
+from storage.entities import listed
 from storage.writer import BatchWriter
 
 log = logging.getLogger("tripwire.collector")
@@ -465,9 +466,6 @@ class Monitor:
         layer_rows = check.result()[0]
         missing = [row["layer"] for row in layer_rows if row["sa_hist"] is None]
         if missing and len(missing) < len(layer_rows):
-            names = ", ".join(missing[:5]) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
             self._warn_once(
                 "layers-without-rows",
                 "tripwire: %s got no input at step %d while other layers did: their SA "
@@ -477,7 +475,7 @@ class Monitor:
                 "not run on the step (an unused branch, an expert no token was routed to), or "
                 "only inside compiled code after the step's first forward pass, gets none that "
                 "step; collector.watch(..., exclude=[...]) leaves such layers out",
-                names,
+                listed(missing),
                 step,
             )
         return _dated(layer_rows, step, wall)

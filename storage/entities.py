@@ -51,6 +51,16 @@ def run_label(name: str, project: str) -> str:
     return name if project == DEFAULT_PROJECT else f"{project}/{name}"
 
 
+def listed(items: list[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``items`` in one line of text, and how many more there are.
+
+    >>> listed(["a", "b"]), listed(list("abcdefg"))
+    ('a, b', 'a, b, c, d, e and 2 more')
+    """
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 @dataclass(frozen=True)
 class Run:
     id: int

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts.predictors.base import Observation, Verdict
+from storage.entities import listed
 
 PARAMS = {
     "scalar_keys": ["loss"],
@@ -55,7 +56,7 @@ def non_finite(obs: Observation, memory: dict, params: Mapping[str, Any]) -> lis
                     bad_sources.add(LAYERS)
     if bad:
         memory["bad"] = sorted(bad_sources)
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        shown = listed(bad)
         return [
             Verdict(
                 True,

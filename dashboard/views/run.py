@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import figures, insights, queries
 from dashboard import format as fmt
+from storage.entities import listed
 
 url = queries.db_url()
 params = st.query_params
@@ -172,11 +173,8 @@ def body() -> None:
         ("First non-finite", nonfinite),
     ):
         if found:
-            listed = ", ".join(
-                f"{fmt.md(name, code=True)} at step {step}" for name, step in found[:5]
-            )
-            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-            st.caption(f"{label}: {listed}{more}.")
+            shown = listed([f"{fmt.md(name, code=True)} at step {step}" for name, step in found])
+            st.caption(f"{label}: {shown}.")
     if sa_grid.steps and not collapses:
         st.caption("No layer's SA signs collapsed against its own baseline.")
 
