@@ -7,6 +7,9 @@ step before) over a window of 30 steps, divided by the lowest such value since s
 prints, per run, the largest ratio from step 100 up to 5 steps before the explosion (divergent),
 the control's change (control) or the end (stable), and where it was reached. A usable signal
 would put every divergent run above every stable one of its architecture.
+
+It also prints the other classic sign, a rising lag-1 autocorrelation of the same surprise over
+the same window (mean removed), and where it was largest.
 """
 
 from __future__ import annotations
@@ -52,6 +55,28 @@ def flicker(loss: list[float]) -> list[float]:
     return out
 
 
+def autocorrelation(loss: list[float]) -> list[float]:
+    """Per step, the lag-1 autocorrelation of the loss surprise over the last ``WINDOW`` steps
+    (NaN where the window is not whole and finite, or flat)."""
+    surprise, ema = [], loss[0]
+    for value in loss:
+        surprise.append(value - ema)
+        if math.isfinite(value):
+            ema = 0.9 * ema + 0.1 * value
+    out = []
+    for step in range(len(loss)):
+        window = surprise[max(0, step - WINDOW + 1) : step + 1]
+        if len(window) < WINDOW or not all(map(math.isfinite, window)):
+            out.append(math.nan)
+            continue
+        mean = statistics.fmean(window)
+        d = [x - mean for x in window]
+        spread = sum(x * x for x in d)
+        lagged = sum(a * b for a, b in zip(d[:-1], d[1:], strict=True))
+        out.append(lagged / spread if spread > 0 else math.nan)
+    return out
+
+
 def scored_until(spec: RunSpec, loss: list[float]) -> int:
     """The last step whose flicker counts: 5 before the explosion, the control's change, or the
     end."""
@@ -63,13 +88,23 @@ def scored_until(spec: RunSpec, loss: list[float]) -> int:
 
 
 def main() -> None:
-    print(f"{'run':22s} {'kind':9s} {'arch':4s}  largest ratio  at step")
+    print(
+        f"{'run':22s} {'kind':9s} {'arch':4s}  largest ratio  at step  largest autocorr.  at step"
+    )
     for spec in SUITE:
         loss = losses(spec)
-        ratios = flicker(loss)[SCORED_FROM : scored_until(spec, loss) + 1]
-        finite = [(r, SCORED_FROM + i) for i, r in enumerate(ratios) if math.isfinite(r)]
-        peak, step = max(finite)
-        print(f"{spec.name:22s} {spec.kind:9s} {spec.arch:4s}  {peak:13.2f}  {step:7d}")
+        last = scored_until(spec, loss)
+        peaks = []
+        for series in (flicker(loss), autocorrelation(loss)):
+            scored = series[SCORED_FROM : last + 1]
+            peaks.append(
+                max((r, SCORED_FROM + i) for i, r in enumerate(scored) if math.isfinite(r))
+            )
+        (ratio, at), (corr, corr_at) = peaks
+        print(
+            f"{spec.name:22s} {spec.kind:9s} {spec.arch:4s}  {ratio:13.2f}  {at:7d}"
+            f"  {corr:17.3f}  {corr_at:7d}"
+        )
 
 
 if __name__ == "__main__":
