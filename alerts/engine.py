@@ -83,15 +83,48 @@ class RunEvaluator:
             context=self._context(),
         )
         alert = after or before
-        if alert is not None and alert.dirty and id(alert) not in self._touched_ids:
-            self._touched_ids.add(id(alert))
-            self._touched.append(alert)
+        if alert is not None and alert.dirty:
+            self._touch(alert)
         if after is None:
             self.open.pop(key, None)
         else:
             self.open[key] = after
         if transition in ("firing", "resolved") and alert is not None:
             self.transitions.append((transition, alert))
+
+    def end_from(self, step: int) -> None:
+        """End the open alerts that fired (or, pending, began) at ``step`` or later: the run
+        went back to a checkpoint before them, and its resumed attempt replaces those steps.
+        A firing one resolves where it was last judged (and is told, as any resolution, saying
+        why); a pending one is dropped.
+
+        >>> from alerts.config import Config
+        >>> ev = RunEvaluator(run_id=1, rules=Config().enabled_rules(), memory={}, open_alerts=[])
+        >>> ev.feed(Observation(300, {"loss": float("nan")}))
+        >>> ev.end_from(200)
+        >>> [(a.predictor, a.state, a.resolved_step) for a in ev.touched()]
+        [('non_finite', 'resolved', 300)]
+        """
+        for key, alert in list(self.open.items()):
+            began = alert.fired_step if alert.state == "firing" else alert.first_step
+            if began is None or began < step:
+                continue
+            del self.open[key]
+            alert.dirty = True
+            self._touch(alert)
+            if alert.state == "pending":
+                alert.dropped = True
+                continue
+            alert.state = "resolved"
+            alert.resolved_step = alert.last_step
+            alert.clear_count = 0
+            alert.details = {**alert.details, "rewound_to": step}
+            self.transitions.append(("resolved", alert))
+
+    def _touch(self, alert: AlertState) -> None:
+        if id(alert) not in self._touched_ids:
+            self._touched_ids.add(id(alert))
+            self._touched.append(alert)
 
     def _context(self) -> dict:
         ctx = self.memory["context"]

@@ -109,6 +109,12 @@ def render(event: str, alerts: list[Alert], run: Run, dashboard_url: str | None)
         f"step: {step}{when}   {loss_label}: {_fmt(loss)}   score: {_fmt(first.score)}",
     ]
     details = [a.message for a in alerts[:5] if a.message]
+    rewound_to = (first.details or {}).get("rewound_to") if event == "resolved" else None
+    if rewound_to is not None:
+        details.append(
+            f"ended: the run went back to step {rewound_to} (resumed from a checkpoint), and "
+            "the steps this alert was about were replaced"
+        )
     lines += [f"- {d}" for d in details]
     if link:
         lines.append(f"dashboard: {link}")

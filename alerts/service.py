@@ -149,6 +149,11 @@ class AlertService:
         run = runs.get_run(self.db, run_id)
         start = cursor.last_step if cursor is not None else -1
         memory = copy.deepcopy(cursor.state) if cursor is not None else {}
+        # A resumed run went back to a checkpoint (storage.runs.rewind): the predictors' memory
+        # is rebuilt from the steps it kept, and alerts about the steps it replaced end.
+        rewound_to = memory.get("rewound_to")
+        if rewound_to is not None:
+            memory = self._memory_upto(run_id, start)
         evaluator = RunEvaluator(
             run_id,
             self.rules,
@@ -156,6 +161,8 @@ class AlertService:
             [AlertState.from_entity(a) for a in opened],
             resolve_after=self.config.engine.resolve_after,
         )
+        if rewound_to is not None:
+            evaluator.end_from(rewound_to)
         stalled_rule = self.rules.get("stalled")
         stalled_after = stalled_rule.params["after_s"] if stalled_rule else None
         limit = observations.horizon(self.db, run, now=now, stalled_after_s=stalled_after)
@@ -185,7 +192,7 @@ class AlertService:
             changed={id(a) for kind, a in evaluator.transitions if kind in ("firing", "resolved")},
         )
         dirty = [a for a in candidates if a.dirty]
-        if cursor is not None and last == start and not dirty:
+        if cursor is not None and last == start and not dirty and rewound_to is None:
             return events
         writes = [
             store.AlertWrite(a.id, a.row(), delete=a.dropped, notify=deliveries.get(id(a), []))
@@ -204,6 +211,16 @@ class AlertService:
             log.info("run %s was evaluated by another scheduler meanwhile; skipped", run_id)
             return []
         return events
+
+    def _memory_upto(self, run_id: int, last_step: int) -> dict:
+        """The predictors' memory after the run's steps up to ``last_step``, replayed from the
+        database (the engine is pure: this is the memory the live evaluation had there)."""
+        scratch = RunEvaluator(run_id, self.rules, {}, [])
+        chunk = max(1, self.config.engine.max_steps_per_tick)
+        for after in range(-1, last_step, chunk):
+            for obs in observations.load(self.db, run_id, after, min(after + chunk, last_step)):
+                scratch.feed(obs)
+        return scratch.memory
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
         """Evaluate every ``interval_s`` seconds until ``stop`` is set, then once more; a second

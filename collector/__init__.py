@@ -54,7 +54,9 @@ def watch(
         exclude: glob patterns of layer names to leave out.
         sample_size: input rows (tokens) sampled per layer per check for spectral alignment.
         tags: free-form labels.
-        run_id: resume the run with this id (``monitor.uid``) instead of starting a new one.
+        run_id: resume the run with this id (``monitor.uid``) instead of starting a new one;
+            what it stored from the first step this monitor sees on is replaced (a resume from
+            an earlier checkpoint).
         halt_on_alert: raise :class:`LossExplosionPredicted` from ``log()`` once a critical
             alert fires for this run (needs the alert scheduler running against the same DB).
         spool_dir: where rows wait while the database is unreachable

@@ -152,6 +152,7 @@ class Monitor:
         self._fired: list | None = None  # set by the writer thread
         # A resumed run's critical alerts firing at its first poll (ids); a new run has none.
         self._firing_before: set[int] | None = None if run_id else set()
+        self._resumed = run_id is not None  # until its first step: see _rewind_to()
         self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -221,6 +222,7 @@ class Monitor:
             return
         self._settle_flags()
         try:
+            self._rewind_to(int(step))
             self._prepare(int(step))
         except Exception:
             self._failed()
@@ -379,6 +381,7 @@ class Monitor:
     def _record(self, step: int, values: dict, caller: str = "log") -> None:
         """Keep step ``step``'s values: each one number (:func:`collector.scalars.as_scalar`);
         any other is left out, warned of once per key and counted in ``errors``."""
+        self._rewind_to(step)
         kept = {}
         for key, value in values.items():
             number = as_scalar(value)
@@ -415,7 +418,16 @@ class Monitor:
             for probe in self._probes:
                 probe.arm()
 
+    def _rewind_to(self, step: int) -> None:
+        """A resumed run's first step (logged, recorded, checked or prepared): what the run
+        stored from there on was the earlier attempt's, past the checkpoint this one went back
+        to; the writer removes it before this attempt's rows (:func:`storage.runs.rewind`)."""
+        if self._resumed:
+            self._resumed = False
+            self._writer.put("rewind", {"from_step": step})
+
     def _check(self, step: int, grad_norm: bool = True) -> None:
+        self._rewind_to(step)
         started = _clock()
         rows = self._sampler.take()
         ranks = self.ranks if self.ranks.reduces else None
@@ -583,8 +595,9 @@ class Monitor:
 
         For a resumed run (``run_id=``, from a checkpoint) the critical alerts already firing at
         the first poll fired before this monitor started: they stopped the attempt it goes back
-        on, and would halt it again at once. They do not count while they stay open (even if
-        this attempt blows up the same way before they resolve); one that fires later does.
+        on, and would halt it again at once. They do not count while they stay open; one that
+        fires later does (the scheduler ends those that fired past the step this attempt went
+        back to, so a blow-up of this attempt is a new alert).
         """
         from storage import alerts as alert_store  # the alert tables' queries
 

@@ -7,7 +7,15 @@ from datetime import datetime
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from storage._models import SqlLayer, SqlProject, SqlRun
+from storage._models import (
+    SqlEvalCursor,
+    SqlLayer,
+    SqlLayerStat,
+    SqlLayerStatBucket,
+    SqlProject,
+    SqlRun,
+    SqlScalar,
+)
 from storage.db import Database, utcnow
 from storage.entities import Layer, Run
 from storage.errors import AmbiguousRun, RunNotFound
@@ -154,6 +162,55 @@ def _at_least(column, value):
     """``column`` raised to ``value`` where that is more, or where it is NULL (SQL's GREATEST
     is MAX on SQLite and gives NULL there for a NULL argument)."""
     return case((column.is_(None) | (column < value), value), else_=column)
+
+
+def rewind(session: Session, run_id: int, from_step: int) -> tuple[int, int | None]:
+    """Forget what the run stored at ``from_step`` and after: a resumed attempt that went back
+    to a checkpoint replaces the steps the earlier one wrote past it. Returns how many logged
+    steps were removed and the last of them (``(0, None)``: nothing to replace).
+
+    Removes the scalars, the layer statistics and their rollup buckets, lowers ``last_step``,
+    and moves the alert engine's cursor back (its memory is rebuilt from the steps before
+    ``from_step``, see :mod:`alerts.service`); alerts and notifications stay as history.
+
+    >>> with db.session() as s:                                     # doctest: +SKIP
+    ...     rewind(s, run_id, 1000)
+    (350, 1349)
+    """
+    scalars, stats = SqlScalar.__table__.c, SqlLayerStat.__table__.c
+    buckets, cursor = SqlLayerStatBucket.__table__.c, SqlEvalCursor.__table__.c
+    removed, last = session.execute(
+        select(func.count(func.distinct(scalars.step)), func.max(scalars.step)).where(
+            scalars.run_id == run_id, scalars.step >= from_step
+        )
+    ).one()
+    session.execute(
+        delete(SqlScalar.__table__).where(scalars.run_id == run_id, scalars.step >= from_step)
+    )
+    session.execute(
+        delete(SqlLayerStat.__table__).where(stats.run_id == run_id, stats.step >= from_step)
+    )
+    # A bucket holding a removed check is open again: readers take it from the raw rows.
+    session.execute(
+        delete(SqlLayerStatBucket.__table__).where(
+            buckets.run_id == run_id, buckets.step_max >= from_step
+        )
+    )
+    kept = session.scalar(
+        select(func.max(scalars.step)).where(scalars.run_id == run_id, scalars.step < from_step)
+    )
+    run = SqlRun.__table__.c
+    session.execute(
+        update(SqlRun.__table__)
+        .where(run.id == run_id, run.last_step >= from_step)
+        .values(last_step=kept)
+    )
+    session.execute(
+        update(SqlEvalCursor.__table__)
+        .where(cursor.run_id == run_id, cursor.last_step >= from_step)
+        .values(last_step=from_step - 1, state={"rewound_to": from_step}, updated_at=utcnow())
+    )
+    return int(removed or 0), last
 
 
 def finish(

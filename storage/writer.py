@@ -10,6 +10,8 @@ Records are ``(kind, payload)`` pairs:
 - ``("layers", [{"name", "position", "kind", "shape"}, ...])``
 - ``("scalars", [{"step", "key", "value", "wall_time"}, ...])``
 - ``("layer_stats", [{"layer", "step", "wall_time", <statistics>, "sa_hist"}, ...])``
+- ``("rewind", {"from_step"})``: a resumed run went back to a checkpoint; what the run stored
+  at ``from_step`` and after is removed (:func:`storage.runs.rewind`) before its new rows
 - ``("finish", {"status", "at", "error"})``
 
 A payload may also be a function that returns it: the writer thread calls it when it takes the
@@ -258,6 +260,7 @@ class BatchWriter:
         """Write records in order in one transaction; caches change only once it committed."""
         run_id, layer_ids, written = self.run_id, dict(self._layer_ids), 0
         width = self._bucket_width
+        rewound: list[tuple[int, int, int]] = []  # (from step, steps removed, last removed)
         with self.db.session() as session:
             # Consecutive data records go to the database as one bulk insert per table: the
             # statement overhead is paid per batch, not per check.
@@ -301,6 +304,13 @@ class BatchWriter:
                     continue  # cannot happen: the start record always comes first
                 elif kind == "layers":
                     layer_ids = runs.ensure_layers(session, run_id, payload)
+                elif kind == "rewind":
+                    start = int(payload["from_step"])
+                    removed, last = runs.rewind(session, run_id, start)
+                    if removed:
+                        rewound.append((start, removed, last))
+                    if self._last_step is not None and self._last_step >= start:
+                        self._last_step = start - 1 if start > 0 else None
                 elif kind == "finish":
                     at = _to_datetime(payload["at"])
                     runs.finish(
@@ -318,6 +328,15 @@ class BatchWriter:
                 )
         self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written
+        for start, removed, last in rewound:
+            log.warning(
+                "tripwire: run %s resumed at step %d: the %d steps the earlier attempt stored "
+                "from there (up to step %d) are replaced by this attempt's",
+                self.run_uid,
+                start,
+                removed,
+                last,
+            )
 
     # -- the spool file -------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class _Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def _train(tmp_path, callbacks, **overrides):
+def _train(tmp_path, callbacks, resume_from=None, **overrides):
     settings = {
         "output_dir": str(tmp_path / "out"),
         "run_name": "tiny-llama",
@@ -61,7 +61,7 @@ def _train(tmp_path, callbacks, **overrides):
     }
     args = TrainingArguments(**(settings | overrides))
     trainer = Trainer(model=_model(), args=args, train_dataset=_Tokens(), callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     return trainer
 
 
@@ -167,3 +167,20 @@ def test_auto_finds_the_output_layer_of_a_hugging_face_model_inside_another_modu
     scalars = scalar_table(sqlite_url, "wrapped")
     assert scalars["log_z"][0] == pytest.approx(expected, rel=1e-5)
     assert scalars["attn_logit_max"][0] > 0  # the attention modules are found inside it too
+
+
+def test_resume_from_checkpoint_replaces_the_steps_past_it(sqlite_url, tmp_path):
+    first = TripwireCallback(db=sqlite_url, every=2, spool_dir=tmp_path)
+    _train(tmp_path, [first], max_steps=8, save_strategy="steps", save_steps=4, logging_steps=1)
+    uid = first.monitor.uid
+    assert set(scalar_table(sqlite_url, "tiny-llama")["loss"]) == set(range(1, 9))
+
+    # Back to checkpoint-4, on to step 6 only: steps 7 and 8 were the first attempt's.
+    resumed = TripwireCallback(db=sqlite_url, every=2, spool_dir=tmp_path, run_id=uid)
+    checkpoint = str(tmp_path / "out" / "checkpoint-4")
+    _train(tmp_path, [resumed], max_steps=6, logging_steps=1, resume_from=checkpoint)
+    assert resumed.monitor.errors == 0
+    run = runs.find_run(Database(sqlite_url), uid)
+    assert run.status == "finished" and run.last_step == 6
+    assert set(scalar_table(sqlite_url, "tiny-llama")["loss"]) == set(range(1, 7))
+    assert {step for step, _ in layer_table(sqlite_url, "tiny-llama")} == {2, 4, 6}

@@ -1,0 +1,179 @@
+"""Going back to a checkpoint: the halt → restore → resume loop that halt_on_alert is for.
+
+A run blows up, the alert halts it, the trainer restores its checkpoint and resumes the run
+(``run_id=``) from there with a fix. The steps the first attempt stored past the checkpoint are
+replaced by the resumed attempt's, and the scheduler's alerts about them end. Real training,
+the real scheduler service, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+
+import pytest
+import torch
+from sqlalchemy import select
+from torch import nn
+
+import collector
+from alerts import observations
+from alerts.config import parse_config
+from alerts.engine import RunEvaluator
+from alerts.notifiers import ConsoleNotifier, Route
+from alerts.service import AlertService
+from storage import alerts as alert_store
+from storage import runs, series, stats
+from storage._models import SqlLayerStatBucket
+
+CHECKPOINT = 20
+EVERY = 1  # rollup buckets of 16 steps: the first attempt seals the checkpoint's
+
+
+class Recorder(ConsoleNotifier):
+    def __init__(self) -> None:
+        super().__init__("log", stream=io.StringIO())
+        self.messages = []
+
+    def send(self, message):
+        self.messages.append(message)
+        super().send(message)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+
+
+def _train(model, optimizer, monitor, steps, *, lr, tick, checkpoint=None) -> dict[int, float]:
+    """Train on a fixed regression task; returns the logged losses. The scheduler ticks after
+    every step's write (as it would every few seconds beside a real trainer)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 8, generator=gen)
+    y = x.sum(dim=1, keepdim=True) / 8**0.5
+    losses = {}
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr(step)
+        batch = torch.randint(0, 256, (128,), generator=torch.Generator().manual_seed(step))
+        loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.log(step, loss=loss)
+        losses[step] = loss.item()
+        optimizer.step()
+        if checkpoint is not None and step == CHECKPOINT - 1:
+            checkpoint.update(model=copy.deepcopy(model.state_dict()))
+        monitor.flush()
+        tick()
+    return losses
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN
+
+
+def test_a_run_resumed_from_a_checkpoint_replaces_what_it_stored_past_it(db, tmp_path):
+    config = parse_config({"engine": {"resolve_after": 2}})
+    notifier = Recorder()
+    service = AlertService(db, config, [Route(notifier)])
+    options = dict(db=db.url, every=EVERY, halt_on_alert=True, spool_dir=tmp_path)
+
+    # The first attempt: the learning rate is raised 2000-fold at step 30 (a typo in a schedule) and the loss blows up;
+    # a critical alert fires and halts it.
+    model, checkpoint = _model(), {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(collector.LossExplosionPredicted):
+        with collector.watch(model, run="rewind", **options) as first:
+            _train(
+                model,
+                optimizer,
+                first,
+                range(60),
+                lr=lambda s: 0.05 if s < 30 else 100.0,
+                tick=service.tick,
+                checkpoint=checkpoint,
+            )
+    run = runs.find_run(db, first.uid)
+    halted_at = run.last_step
+    assert halted_at > CHECKPOINT + 10
+    blowups = alert_store.firing_alerts(db, run.id)
+    assert blowups and all(a.fired_step >= 30 for a in blowups)
+
+    # The resumed attempt goes back to the checkpoint and keeps the learning rate as it was.
+    model.load_state_dict(checkpoint["model"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with collector.watch(model, run="rewind", run_id=first.uid, **options) as second:
+        resumed = _train(
+            model, optimizer, second, range(CHECKPOINT, 26), lr=lambda s: 0.05, tick=service.tick
+        )
+        # What is stored from the checkpoint on is the resumed attempt's, and nothing past it.
+        run = runs.find_run(db, first.uid)
+        assert run.last_step == 25 < halted_at
+        loss = {p.step: p.value for p in stats.scalar_series(db, run.id, ["loss"])}
+        assert sorted(loss) == list(range(26))
+        with db.session() as session:  # nor in the rollup: its bucket is open again
+            rolled = session.scalars(
+                select(SqlLayerStatBucket.step_max).where(SqlLayerStatBucket.run_id == run.id)
+            ).all()
+        assert rolled and max(rolled) < CHECKPOINT
+        # On to the end of the bucket the checkpoint is in and into the next one.
+        resumed |= _train(
+            model, optimizer, second, range(26, 40), lr=lambda s: 0.05, tick=service.tick
+        )
+    service.tick()
+
+    run = runs.find_run(db, first.uid)
+    assert run.last_step == 39
+    loss = {p.step: p.value for p in stats.scalar_series(db, run.id, ["loss"])}
+    assert sorted(loss) == list(range(40)) and all(math.isfinite(v) for v in loss.values())
+    assert {s: loss[s] for s in resumed} == pytest.approx(resumed, rel=1e-6)
+    checked = sorted({r.step for r in stats.layer_stats(db, run.id, with_hist=False)})
+    assert checked == list(range(0, 40, EVERY))
+    # The layer × step rollup was recomputed over the replaced checks (the first attempt's
+    # exploded gradients at steps 31-34 would top its columns): it reads as the raw rows.
+    grid = series.layer_matrices(db, run.id, ["grad_norm"], max_steps=2)["grad_norm"]
+    assert grid.bucketed and grid.steps == [0, 32]
+    rows = stats.layer_stats(db, run.id, with_hist=False)
+    for layer, z in zip(grid.layers, grid.z, strict=True):
+        for j, (lo, hi) in enumerate([(0, 32), (32, 40)]):
+            raw = max(r.grad_norm for r in rows if r.layer == layer and lo <= r.step < hi)
+            assert z[j] == pytest.approx(raw)
+
+    # The alerts about the replaced steps ended, and on-call was told why.
+    ended = {a.id: a for a in alert_store.list_alerts(db, run_id=run.id)}
+    for blowup in blowups:
+        assert ended[blowup.id].state == "resolved"
+        assert ended[blowup.id].details["rewound_to"] == CHECKPOINT
+    told = [m for m in notifier.messages if m.event == "resolved"]
+    assert sorted(m.payload["predictor"] for m in told) == sorted(a.predictor for a in blowups)
+    assert all(f"went back to step {CHECKPOINT}" in m.text for m in told)
+    assert not alert_store.firing_alerts(db, run.id)
+
+    # The predictors' memory is what evaluating the stored steps from the start gives: rebuilt
+    # from the kept steps, not the abandoned attempt's and not started afresh at the checkpoint.
+    (cursor,) = alert_store.eval_cursors(db, [run.id]).values()
+    fresh = RunEvaluator(run.id, config.enabled_rules(), {}, [])
+    for obs in observations.load(db, run.id, -1, cursor.last_step):
+        fresh.feed(obs)
+    assert cursor.last_step >= CHECKPOINT and "rewound_to" not in cursor.state
+    assert _same(cursor.state, fresh.memory)
+
+
+def test_a_resumed_run_that_continues_past_its_last_step_replaces_nothing(db, tmp_path, caplog):
+    model = _model()
+    options = dict(db=db.url, every=EVERY, spool_dir=tmp_path)
+    with collector.watch(model, run="continued", **options) as first:
+        for step in range(10):
+            first.log(step, loss=1.0 + step)
+    with collector.watch(model, run="continued", run_id=first.uid, **options) as second:
+        for step in range(10, 14):
+            second.log(step, loss=1.0)
+    run = runs.find_run(db, first.uid)
+    loss = [p.value for p in stats.scalar_series(db, run.id, ["loss"])]
+    assert loss == [1.0 + s for s in range(10)] + [1.0] * 4
+    assert "replaced" not in caplog.text
