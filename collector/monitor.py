@@ -108,6 +108,9 @@ class Monitor:
             raise ValueError(f"every must be at least 1, got {every}")
         if sample_size < 1:
             raise ValueError(f"sample_size must be at least 1, got {sample_size}")
+        for what, name in [("run", run), ("project", project), *(("tag", t) for t in tags or [])]:
+            if name is not None and "\x00" in str(name):
+                raise ValueError(f"the {what} name {name!r} holds a NUL character: not storable")
         self.ranks = detect(per_rank)
         self.model = model = unwrap(model)
         self.every = every
@@ -384,6 +387,16 @@ class Monitor:
         self._rewind_to(step)
         kept = {}
         for key, value in values.items():
+            if "\x00" in key:  # PostgreSQL cannot store it, and it would hold up the run's rows
+                self._count_error()
+                self._warn_once(
+                    f"nul:{key}",
+                    "tripwire: %s(%r=...) at step %d: a name with a NUL character is not stored",
+                    caller,
+                    key,
+                    step,
+                )
+                continue
             number = as_scalar(value)
             if number is not None:
                 kept[key] = number

@@ -15,6 +15,7 @@ from storage.entities import LAYER_STATISTICS, STEP_STATISTICS, Layer, LayerStat
 from storage.errors import (
     AmbiguousRun,
     BadDatabaseUrl,
+    RowsRejected,
     RunNotFound,
     SchemaOutOfDate,
     StorageError,
@@ -30,6 +31,7 @@ __all__ = [
     "Database",
     "Layer",
     "LayerStat",
+    "RowsRejected",
     "Run",
     "RunNotFound",
     "ScalarPoint",

@@ -12,11 +12,18 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import migrate
-from storage.errors import BadDatabaseUrl, SchemaOutOfDate, StoreUnavailable
+from storage.errors import BadDatabaseUrl, RowsRejected, SchemaOutOfDate, StoreUnavailable
 
 DEFAULT_URL = "sqlite:///tripwire.db"
 """The embedded default: a SQLite file in the working directory."""
@@ -183,11 +190,16 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on error, driver errors → StoreUnavailable."""
+        """One unit of work: commits on success, rolls back on error. Driver errors become
+        :class:`RowsRejected` where the database refused the data (retrying cannot help), else
+        :class:`StoreUnavailable`."""
         session = self._sessions()
         try:
             yield session
             session.commit()
+        except (DataError, IntegrityError) as exc:
+            session.rollback()
+            raise RowsRejected(f"{redact_url(self.url)}: {_first_line(exc)}") from exc
         except (OperationalError, DBAPIError) as exc:
             session.rollback()
             raise StoreUnavailable(f"{redact_url(self.url)}: {_first_line(exc)}") from exc

@@ -17,6 +17,14 @@ class StoreUnavailable(StorageError):
     """
 
 
+class RowsRejected(StorageError):
+    """The database refused what was written: a value it cannot store (PostgreSQL refuses a NUL
+    character in text), or a row whose run is gone (deleted meanwhile).
+
+    Retrying the same rows cannot help; the batched writer sets them aside and goes on.
+    """
+
+
 class SchemaOutOfDate(StorageError):
     """The database schema is older (or newer) than this version of Tripwire expects."""
 

@@ -158,6 +158,16 @@ def touch(
     session.execute(update(SqlRun.__table__).where(run.id == run_id).values(**values))
 
 
+def _storable(text: str | None, limit: int) -> str | None:
+    r"""Free text as a column can hold it: at most ``limit`` characters, a NUL character (which
+    PostgreSQL refuses, in an exception's message for one) written as ``\x00``.
+
+    >>> _storable("bad\x00byte", 2000)
+    'bad\\x00byte'
+    """
+    return (text or None) and text.replace("\x00", "\\x00")[:limit]
+
+
 def _at_least(column, value):
     """``column`` raised to ``value`` where that is more, or where it is NULL (SQL's GREATEST
     is MAX on SQLite and gives NULL there for a NULL argument)."""
@@ -220,7 +230,7 @@ def finish(
     session.execute(
         update(SqlRun)
         .where(SqlRun.id == run_id)
-        .values(status=status, ended_at=at, heartbeat_at=at, error=(error or None) and error[:2000])
+        .values(status=status, ended_at=at, heartbeat_at=at, error=_storable(error, 2000))
     )
 
 
@@ -332,8 +342,8 @@ def delete_runs(db: Database, run_ids: list[int]) -> int:
     notifications, silences) in one transaction; returns how many runs were deleted.
 
     The schema's foreign keys cascade. A trainer still writing to a deleted run has its rows
-    refused by those keys; they pile up in its local spool file (as if the database were
-    down), so ``tripwire runs delete`` refuses runs that still report.
+    refused by those keys (its writer sets them aside in ``<run uid>.jsonl.rejected``), so
+    ``tripwire runs delete`` refuses runs that still report.
 
     >>> delete_runs(db, [find_run(db, "scratch-lr1").id])   # doctest: +SKIP
     1

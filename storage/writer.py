@@ -20,7 +20,10 @@ not wait). One that raises is logged and its record dropped.
 
 The thread never dies: a write that fails for another reason than an unreachable database is
 logged (the first time), counted in ``errors`` (and ``on_error``), and its records are spooled
-and retried like those of an outage. A spool line that does not decode (the torn last line of a
+and retried like those of an outage. Where the database refused the rows themselves
+(:class:`RowsRejected`: a value it cannot store, a run deleted meanwhile), the records are
+written one by one instead; those it refuses are kept in ``<run uid>.jsonl.rejected`` beside
+the spool, and the rest goes on. A spool line that does not decode (the torn last line of a
 write cut short by a kill or a full disk) is skipped with a warning; once the rest is replayed,
 such lines are kept in ``<run uid>.jsonl.bad`` beside the spool.
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 from storage import rollup, runs, stats
 from storage.db import Database
-from storage.errors import StoreUnavailable
+from storage.errors import RowsRejected, StoreUnavailable
 
 log = logging.getLogger("tripwire.writer")
 
@@ -216,7 +219,10 @@ class BatchWriter:
             return
         try:
             replayed, bad = self._read_spool()
-            self._commit(replayed + batch)
+            try:
+                self._commit(replayed + batch)
+            except RowsRejected:
+                self._commit_apart(replayed + batch)
         except StoreUnavailable as exc:
             self.write_failures += 1
             self.unreachable = True
@@ -255,6 +261,24 @@ class BatchWriter:
         self._spool(batch)
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self.retry_max_interval)
+
+    def _commit_apart(self, records: list) -> None:
+        """Write records one transaction each, after the database refused them together: those
+        it refuses alone (and those of a run it refused to start) are set aside in
+        :func:`rejected_path`. Raises :class:`StoreUnavailable` if it goes away meanwhile."""
+        for kind, payload in records:
+            try:
+                if self.run_id is None and kind != "start":
+                    raise RowsRejected("the run's start was refused")
+                self._commit([(kind, payload)])
+            except RowsRejected as exc:
+                self._spool([(kind, payload)], rejected_path(self.spool_path))
+                self._failed(
+                    "the database refused a %s record (%s); kept in %s, the rest goes on",
+                    kind,
+                    exc,
+                    rejected_path(self.spool_path),
+                )
 
     def _commit(self, records: list) -> None:
         """Write records in order in one transaction; caches change only once it committed."""
@@ -340,14 +364,15 @@ class BatchWriter:
 
     # -- the spool file -------------------------------------------------------------------------
 
-    def _spool(self, records: list) -> None:
+    def _spool(self, records: list, path: Path | None = None) -> None:
         if not records:
             return
+        path = path or self.spool_path
         # NaN/Infinity allowed: json round-trips them
         text = "".join(json.dumps([kind, payload]) + "\n" for kind, payload in records)
         try:
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.spool_path.open("a+b") as f:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a+b") as f:
                 end = f.seek(0, os.SEEK_END)
                 if end:
                     f.seek(end - 1)
@@ -357,9 +382,7 @@ class BatchWriter:
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, TypeError, ValueError):  # a full disk; a payload json cannot write
-            self._failed(
-                "%d records could not be spooled to %s; lost", len(records), self.spool_path
-            )
+            self._failed("%d records could not be spooled to %s; lost", len(records), path)
 
     def _read_spool(self) -> tuple[list, list[str]]:
         if not self.spooled:
@@ -409,6 +432,15 @@ def bad_lines_path(spool_path: Path) -> Path:
     PosixPath('spool/3f2a.jsonl.bad')
     """
     return spool_path.with_name(spool_path.name + ".bad")
+
+
+def rejected_path(spool_path: Path) -> Path:
+    """Where the records the database refused are kept (spool lines: JSON, one per line).
+
+    >>> rejected_path(Path("spool/3f2a.jsonl"))
+    PosixPath('spool/3f2a.jsonl.rejected')
+    """
+    return spool_path.with_name(spool_path.name + ".rejected")
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
