@@ -92,34 +92,65 @@ class RunEvaluator:
         if transition in ("firing", "resolved") and alert is not None:
             self.transitions.append((transition, alert))
 
-    def end_from(self, step: int) -> None:
-        """End the open alerts that fired (or, pending, began) at ``step`` or later: the run
-        went back to a checkpoint before them, and its resumed attempt replaces those steps.
-        A firing one resolves where it was last judged (and is told, as any resolution, saying
-        why); a pending one is dropped.
+    def rewind(self, step: int, kept: dict[tuple[str, str | None], AlertState]) -> None:
+        """Go back to ``step``: the run was resumed from a checkpoint there, and its new attempt
+        replaces the steps from ``step`` on. ``kept`` holds the alerts open after the steps
+        before it (the :attr:`open` of an evaluator fed only those).
+
+        An open alert that fired (or, pending, began) at ``step`` or later ends: a firing one
+        resolves where it was last judged, and is told so, saying why, if its firing was told;
+        a pending one is dropped. One that began earlier takes the progress ``kept`` has for it
+        (holds and clears counted on the replaced steps no longer count), and an alert open in
+        ``kept`` alone is open again.
 
         >>> from alerts.config import Config
         >>> ev = RunEvaluator(run_id=1, rules=Config().enabled_rules(), memory={}, open_alerts=[])
         >>> ev.feed(Observation(300, {"loss": float("nan")}))
-        >>> ev.end_from(200)
+        >>> ev.rewind(200, kept={})
         >>> [(a.predictor, a.state, a.resolved_step) for a in ev.touched()]
         [('non_finite', 'resolved', 300)]
         """
         for key, alert in list(self.open.items()):
             began = alert.fired_step if alert.state == "firing" else alert.first_step
-            if began is None or began < step:
-                continue
-            del self.open[key]
-            alert.dirty = True
-            self._touch(alert)
-            if alert.state == "pending":
-                alert.dropped = True
-                continue
-            alert.state = "resolved"
-            alert.resolved_step = alert.last_step
-            alert.clear_count = 0
-            alert.details = {**alert.details, "rewound_to": step}
-            self.transitions.append(("resolved", alert))
+            if began is not None and began >= step:
+                self._end(key, alert, step)
+            elif key in kept:
+                self._take_progress(alert, kept[key])
+            elif alert.state == "pending":
+                self._end(key, alert, step)
+        for key, alert in kept.items():
+            if key not in self.open:
+                self.open[key] = alert
+                alert.dirty = True
+                self._touch(alert)
+                if alert.state == "firing":
+                    self.transitions.append(("firing", alert))
+
+    def _end(self, key: tuple[str, str | None], alert: AlertState, step: int) -> None:
+        del self.open[key]
+        alert.dirty = True
+        self._touch(alert)
+        if alert.state == "pending":
+            alert.dropped = True
+            return
+        alert.state = "resolved"
+        alert.resolved_step = alert.last_step
+        alert.clear_count = 0
+        alert.details = {**alert.details, "rewound_to": step}
+        self.transitions.append(("resolved", alert))
+
+    def _take_progress(self, alert: AlertState, progress: AlertState) -> None:
+        if alert.state == "pending" and progress.state == "firing":
+            alert.state, alert.fired_step = "firing", progress.fired_step
+            alert.score, alert.message = progress.score, progress.message
+            alert.details = dict(progress.details)
+            self.transitions.append(("firing", alert))
+        alert.hold_count, alert.clear_count = progress.hold_count, progress.clear_count
+        alert.last_step = progress.last_step
+        if alert.last_notified_step is not None:  # told at a replaced step: repeats count from here
+            alert.last_notified_step = min(alert.last_notified_step, alert.last_step)
+        alert.dirty = True
+        self._touch(alert)
 
     def _touch(self, alert: AlertState) -> None:
         if id(alert) not in self._touched_ids:

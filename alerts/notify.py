@@ -89,8 +89,8 @@ def plan(
         elif alert.state == "resolved":
             if alert.last_notified_step is not None:
                 kinds = ["resolved"]  # held back too while silenced or inhibited
-            elif alert.fired_step is not None:
-                kinds = ["firing", "resolved"]
+            elif alert.fired_step is not None and "rewound_to" not in alert.details:
+                kinds = ["firing", "resolved"]  # not one never told that a resume ended
         told = False
         for kind in kinds:
             step = alert.resolved_step if kind == "resolved" else alert.fired_step

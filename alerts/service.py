@@ -150,10 +150,11 @@ class AlertService:
         start = cursor.last_step if cursor is not None else -1
         memory = copy.deepcopy(cursor.state) if cursor is not None else {}
         # A resumed run went back to a checkpoint (storage.runs.rewind): the predictors' memory
-        # is rebuilt from the steps it kept, and alerts about the steps it replaced end.
+        # and the open alerts' progress are rebuilt from the steps it kept.
         rewound_to = memory.get("rewound_to")
         if rewound_to is not None:
-            memory = self._memory_upto(run_id, start)
+            kept = self._replay_upto(run_id, start)
+            memory = kept.memory
         evaluator = RunEvaluator(
             run_id,
             self.rules,
@@ -162,7 +163,7 @@ class AlertService:
             resolve_after=self.config.engine.resolve_after,
         )
         if rewound_to is not None:
-            evaluator.end_from(rewound_to)
+            evaluator.rewind(rewound_to, kept.open)
         stalled_rule = self.rules.get("stalled")
         stalled_after = stalled_rule.params["after_s"] if stalled_rule else None
         limit = observations.horizon(self.db, run, now=now, stalled_after_s=stalled_after)
@@ -212,15 +213,17 @@ class AlertService:
             return []
         return events
 
-    def _memory_upto(self, run_id: int, last_step: int) -> dict:
-        """The predictors' memory after the run's steps up to ``last_step``, replayed from the
-        database (the engine is pure: this is the memory the live evaluation had there)."""
-        scratch = RunEvaluator(run_id, self.rules, {}, [])
+    def _replay_upto(self, run_id: int, last_step: int) -> RunEvaluator:
+        """An evaluator fed the run's steps up to ``last_step`` from the database: its memory
+        and open alerts are what the live evaluation had there (the engine is pure)."""
+        scratch = RunEvaluator(
+            run_id, self.rules, {}, [], resolve_after=self.config.engine.resolve_after
+        )
         chunk = max(1, self.config.engine.max_steps_per_tick)
         for after in range(-1, last_step, chunk):
             for obs in observations.load(self.db, run_id, after, min(after + chunk, last_step)):
                 scratch.feed(obs)
-        return scratch.memory
+        return scratch
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
         """Evaluate every ``interval_s`` seconds until ``stop`` is set, then once more; a second

@@ -33,6 +33,7 @@ def watch(
     sample_size: int = 1024,
     tags: list[str] | None = None,
     run_id: str | None = None,
+    resume_from: int | None = None,
     halt_on_alert: bool = False,
     spool_dir: str | None = None,
     seed: int = 0,
@@ -54,9 +55,11 @@ def watch(
         exclude: glob patterns of layer names to leave out.
         sample_size: input rows (tokens) sampled per layer per check for spectral alignment.
         tags: free-form labels.
-        run_id: resume the run with this id (``monitor.uid``) instead of starting a new one;
-            what it stored from the first step this monitor sees on is replaced (a resume from
-            an earlier checkpoint).
+        run_id: resume the run with this id (``monitor.uid``) instead of starting a new one.
+        resume_from: with ``run_id``, the step this attempt starts at, when it went back to a
+            checkpoint: what the run stored from this step on (the earlier attempt's steps past
+            the checkpoint) is replaced by this attempt's, and the scheduler ends the alerts
+            that fired on those steps. Without it, steps already stored keep their values.
         halt_on_alert: raise :class:`LossExplosionPredicted` from ``log()`` once a critical
             alert fires for this run (needs the alert scheduler running against the same DB).
         spool_dir: where rows wait while the database is unreachable
@@ -97,6 +100,7 @@ def watch(
         sample_size=sample_size,
         tags=tags,
         run_id=run_id,
+        resume_from=resume_from,
         halt_on_alert=halt_on_alert,
         spool_dir=spool_dir,
         seed=seed,

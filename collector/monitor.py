@@ -103,7 +103,12 @@ class Monitor:
         per_rank: bool = False,
         output_layer: str | None = "auto",
         attention_logits: bool = True,
+        resume_from: int | None = None,
     ):
+        if resume_from is not None and (run_id is None or int(resume_from) < 0):
+            raise ValueError(
+                f"resume_from={resume_from!r} needs run_id= (the run to resume) and a step >= 0"
+            )
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         if sample_size < 1:
@@ -155,7 +160,6 @@ class Monitor:
         self._fired: list | None = None  # set by the writer thread
         # A resumed run's critical alerts firing at its first poll (ids); a new run has none.
         self._firing_before: set[int] | None = None if run_id else set()
-        self._resumed = run_id is not None  # until its first step: see _rewind_to()
         self._alarm: list | None = None  # agreed by all ranks at a check (distributed only)
         self._alarm_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -166,7 +170,9 @@ class Monitor:
         self.db: Database | None = None
         self._writer: BatchWriter | _SilentWriter = _SilentWriter()
         if self.ranks.writes:
-            self._open_store(db, spool_dir, project=project, config=config, tags=tags)
+            self._open_store(
+                db, spool_dir, project=project, config=config, tags=tags, resume_from=resume_from
+            )
         self._prepare(0)  # the first step may be a check step
         _live_monitors.add(self)
 
@@ -225,7 +231,6 @@ class Monitor:
             return
         self._settle_flags()
         try:
-            self._rewind_to(int(step))
             self._prepare(int(step))
         except Exception:
             self._failed()
@@ -343,7 +348,14 @@ class Monitor:
     # -- internals --------------------------------------------------------------------------------
 
     def _open_store(
-        self, db: str | None, spool_dir: str | None, *, project: str, config, tags
+        self,
+        db: str | None,
+        spool_dir: str | None,
+        *,
+        project: str,
+        config,
+        tags,
+        resume_from: int | None,
     ) -> None:
         """Connect, start the writer thread and register the run (on the ranks that write)."""
         self.db = Database(db)
@@ -380,11 +392,12 @@ class Monitor:
                 "layers": [layer.spec() for layer in self.layers],
             },
         )
+        if resume_from is not None:
+            self._writer.put("rewind", {"from_step": int(resume_from)})
 
     def _record(self, step: int, values: dict, caller: str = "log") -> None:
         """Keep step ``step``'s values: each one number (:func:`collector.scalars.as_scalar`);
         any other is left out, warned of once per key and counted in ``errors``."""
-        self._rewind_to(step)
         kept = {}
         for key, value in values.items():
             if "\x00" in key:  # PostgreSQL cannot store it, and it would hold up the run's rows
@@ -431,16 +444,7 @@ class Monitor:
             for probe in self._probes:
                 probe.arm()
 
-    def _rewind_to(self, step: int) -> None:
-        """A resumed run's first step (logged, recorded, checked or prepared): what the run
-        stored from there on was the earlier attempt's, past the checkpoint this one went back
-        to; the writer removes it before this attempt's rows (:func:`storage.runs.rewind`)."""
-        if self._resumed:
-            self._resumed = False
-            self._writer.put("rewind", {"from_step": step})
-
     def _check(self, step: int, grad_norm: bool = True) -> None:
-        self._rewind_to(step)
         started = _clock()
         rows = self._sampler.take()
         ranks = self.ranks if self.ranks.reduces else None

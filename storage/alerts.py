@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import Text, bindparam, delete, exists, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -167,7 +167,8 @@ def runs_to_evaluate(
     """Ids of runs the live engine should look at.
 
     Running runs, plus ended runs whose last data has not been evaluated yet: those with a
-    cursor behind their last step, or without a cursor that ended less than
+    cursor behind their last step or moved back by a resume (:func:`storage.runs.rewind`, its
+    alerts about the replaced steps still to end), or without a cursor that ended less than
     ``finished_grace_s`` ago (older history is not back-filled with notifications). Plus ended
     runs with a firing alert never told (``last_notified_step`` null: held back by a silence)
     that nothing keeps quiet any more: no silence in force at ``now``, and not a weaker
@@ -207,6 +208,7 @@ def runs_to_evaluate(
                 (SqlEvalCursor.run_id.is_not(None))
                 & (SqlRun.last_step.is_not(None))
                 & (SqlEvalCursor.last_step < SqlRun.last_step),
+                type_coerce(SqlEvalCursor.state, Text).like('%"rewound_to"%'),
                 (SqlEvalCursor.run_id.is_(None)) & (SqlRun.ended_at >= since),
                 held_back & ~silenced,
             )

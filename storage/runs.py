@@ -180,8 +180,9 @@ def rewind(session: Session, run_id: int, from_step: int) -> tuple[int, int | No
     steps were removed and the last of them (``(0, None)``: nothing to replace).
 
     Removes the scalars, the layer statistics and their rollup buckets, lowers ``last_step``,
-    and moves the alert engine's cursor back (its memory is rebuilt from the steps before
-    ``from_step``, see :mod:`alerts.service`); alerts and notifications stay as history.
+    and moves the alert engine's cursor back (its memory and open alerts are rebuilt from the
+    steps before ``from_step``, see :mod:`alerts.service`); alerts and notifications stay as
+    history.
 
     >>> with db.session() as s:                                     # doctest: +SKIP
     ...     rewind(s, run_id, 1000)
@@ -215,11 +216,22 @@ def rewind(session: Session, run_id: int, from_step: int) -> tuple[int, int | No
         .where(run.id == run_id, run.last_step >= from_step)
         .values(last_step=kept)
     )
+    # The cursor always changes, so that a scheduler that read the replaced steps before this
+    # cannot store its result after it (commit_evaluation checks updated_at); one evaluated
+    # past from_step rebuilds its memory from the steps kept.
+    now, table = utcnow(), SqlEvalCursor.__table__
     session.execute(
-        update(SqlEvalCursor.__table__)
+        update(table)
         .where(cursor.run_id == run_id, cursor.last_step >= from_step)
-        .values(last_step=from_step - 1, state={"rewound_to": from_step}, updated_at=utcnow())
+        .values(last_step=from_step - 1, state={"rewound_to": from_step}, updated_at=now)
     )
+    session.execute(
+        update(table)
+        .where(cursor.run_id == run_id, cursor.last_step < from_step)
+        .values(updated_at=now)
+    )
+    cursor_row = {"run_id": run_id, "last_step": -1, "state": {}, "updated_at": now}
+    insert_ignore(session, SqlEvalCursor, [cursor_row])  # a scheduler starting meanwhile
     return int(removed or 0), last
 
 

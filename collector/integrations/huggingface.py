@@ -33,7 +33,9 @@ class TripwireCallback(transformers.TrainerCallback):
     ...). With ``halt_on_alert=True`` a critical alert makes Trainer save a checkpoint and stop
     (``control.should_save`` and ``control.should_training_stop``), on every rank at the same
     step. ``log_on_checks`` asks Trainer to log on check steps, so that the loss, learning rate
-    and ``grad_norm`` exist at every step with layer statistics.
+    and ``grad_norm`` exist at every step with layer statistics. Given ``run_id=`` (the run's
+    uid), ``trainer.train(resume_from_checkpoint=...)`` continues that run and replaces what it
+    stored past the checkpoint (``resume_from`` of :func:`collector.watch`, set for you).
 
     >>> from transformers import Trainer
     >>> from collector.integrations.huggingface import TripwireCallback
@@ -76,6 +78,9 @@ class TripwireCallback(transformers.TrainerCallback):
                 "grad_norm": "Trainer's, over all parameters, before clipping",
             },
         }
+        options = dict(self.watch_options)
+        if options.get("run_id") and state.global_step > 0:  # resume_from_checkpoint
+            options.setdefault("resume_from", state.global_step + 1)
         self.monitor = collector.watch(
             model,
             run=self.run or args.run_name or Path(args.output_dir or "trainer").name,
@@ -84,7 +89,7 @@ class TripwireCallback(transformers.TrainerCallback):
             every=self.every,
             config=config,
             halt_on_alert=self.halt_on_alert,
-            **self.watch_options,
+            **options,
         )
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -83,6 +83,12 @@ def _step_of(alert) -> int:
     return alert.fired_step if alert.fired_step is not None else alert.first_step
 
 
+def _replaced_at(alert) -> int | None:
+    """The step the run went back to, for an alert about steps a resumed attempt replaced."""
+    rewound_to = (alert.details or {}).get("rewound_to")
+    return rewound_to if rewound_to is not None and _step_of(alert) >= rewound_to else None
+
+
 def step_range() -> tuple[int | None, int | None]:
     """The sidebar's step-range slider as (start, end), None for an open end. Its maximum is the
     run's last step, read again on every refresh; a range that ended at the last step keeps
@@ -122,10 +128,12 @@ def body() -> None:
     cols[4].metric("duration", fmt.duration(info.get("duration_s")) or "—")
 
     run_alerts = queries.alerts(url, run_id)
-    shown_alerts = [
+    shown_alerts = [  # not on the curve a resumed attempt drew over the steps they were about
         a
         for a in run_alerts
-        if (start is None or _step_of(a) >= start) and (end is None or _step_of(a) <= end)
+        if (start is None or _step_of(a) >= start)
+        and (end is None or _step_of(a) <= end)
+        and _replaced_at(a) is None
     ]
     frames = [queries.scalars(url, run_id, scalar_keys, start, end, version)]
     if overlay:
@@ -218,7 +226,9 @@ def body() -> None:
                 [
                     {
                         "severity": a.severity,
-                        "state": a.state,
+                        "state": a.state
+                        if _replaced_at(a) is None
+                        else f"{a.state}: the run went back to step {_replaced_at(a)}",
                         "predictor": a.predictor,
                         "layer": a.layer or "",
                         "first step": a.first_step,

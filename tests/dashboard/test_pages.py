@@ -409,3 +409,27 @@ def test_a_link_by_a_name_two_projects_use_says_so(tmp_path, monkeypatch):
     _assert_clean(at)
     (warning,) = [shown(w.value) for w in at.warning if "baseline" in w.value]
     assert "is used in projects alpha, beta" in warning and "No run named" not in warning
+
+
+def test_alerts_about_steps_a_resume_replaced_are_not_drawn_on_the_new_curve(tmp_path, monkeypatch):
+    import math
+
+    from alerts.config import parse_config
+    from alerts.notifiers import ConsoleNotifier, Route
+    from alerts.service import AlertService
+    from tests.integrations.test_rewind import _ended, _start, _steps, _write
+
+    db = _sample_db(tmp_path, monkeypatch, "resumed")
+    service = AlertService(db, parse_config({}), [Route(ConsoleNotifier())])
+    blowup = _steps(range(30), loss=lambda s: math.nan if s >= 25 else 1.0)
+    _write(db, "resumed", [_start("resumed"), blowup, _ended()], tmp_path)
+    service.tick()
+    fine = _steps(range(20, 40), loss=lambda s: 1.0)
+    _write(db, "resumed", [_start("resumed"), ("rewind", {"from_step": 20}), fine], tmp_path)
+    service.tick()
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "resumed"})
+    _assert_clean(at)
+    assert "non_finite" not in at.get("plotly_chart")[0].proto.spec
+    (state,) = at.dataframe[0].value["state"]
+    assert state == "resolved: the run went back to step 20"

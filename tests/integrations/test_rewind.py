@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 import collector
 from alerts import observations
+from alerts.backtest import evaluate_run
 from alerts.config import parse_config
 from alerts.engine import RunEvaluator
 from alerts.notifiers import ConsoleNotifier, Route
@@ -27,6 +29,7 @@ from alerts.service import AlertService
 from storage import alerts as alert_store
 from storage import runs, series, stats
 from storage._models import SqlLayerStatBucket
+from storage.writer import BatchWriter
 
 CHECKPOINT = 20
 EVERY = 1  # rollup buckets of 16 steps: the first attempt seals the checkpoint's
@@ -107,7 +110,8 @@ def test_a_run_resumed_from_a_checkpoint_replaces_what_it_stored_past_it(db, tmp
     # The resumed attempt goes back to the checkpoint and keeps the learning rate as it was.
     model.load_state_dict(checkpoint["model"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    with collector.watch(model, run="rewind", run_id=first.uid, **options) as second:
+    resumed = dict(run_id=first.uid, resume_from=CHECKPOINT)
+    with collector.watch(model, run="rewind", **resumed, **options) as second:
         resumed = _train(
             model, optimizer, second, range(CHECKPOINT, 26), lr=lambda s: 0.05, tick=service.tick
         )
@@ -164,16 +168,184 @@ def test_a_run_resumed_from_a_checkpoint_replaces_what_it_stored_past_it(db, tmp
     assert _same(cursor.state, fresh.memory)
 
 
-def test_a_resumed_run_that_continues_past_its_last_step_replaces_nothing(db, tmp_path, caplog):
+def test_without_resume_from_a_resumed_run_keeps_what_it_stored(db, tmp_path, caplog):
+    # As W&B keeps a resumed run's history: an integration's own step counter (Accelerate's
+    # tracker counts from 0 in each process) must not wipe the run.
     model = _model()
     options = dict(db=db.url, every=EVERY, spool_dir=tmp_path)
     with collector.watch(model, run="continued", **options) as first:
         for step in range(10):
             first.log(step, loss=1.0 + step)
     with collector.watch(model, run="continued", run_id=first.uid, **options) as second:
-        for step in range(10, 14):
+        second.record(0, eval_loss=0.5)
+        for step in range(8, 14):
             second.log(step, loss=1.0)
     run = runs.find_run(db, first.uid)
     loss = [p.value for p in stats.scalar_series(db, run.id, ["loss"])]
     assert loss == [1.0 + s for s in range(10)] + [1.0] * 4
     assert "replaced" not in caplog.text
+
+
+def test_resume_from_needs_the_run_to_resume(db):
+    with pytest.raises(ValueError, match="needs run_id"):
+        collector.watch(nn.Linear(2, 2), db=db.url, resume_from=10)
+
+
+# -- the scheduler around a rewind (records written as the collector writes them) --------------
+
+
+def _write(db, uid: str, records: list, tmp_path) -> None:
+    writer = BatchWriter(db, uid, spool_dir=tmp_path, flush_interval=0.05)
+    for kind, payload in records:
+        writer.put(kind, payload)
+    assert writer.flush()
+    writer.close()
+
+
+def _start(uid: str) -> tuple:
+    run = {"uid": uid, "project": "p", "name": f"run-{uid}", "started_at": time.time(), "every": 1}
+    return ("start", {"run": run, "layers": []})
+
+
+def _steps(steps, **series) -> tuple:
+    rows = [
+        {"step": s, "key": key, "value": value(s), "wall_time": time.time()}
+        for s in steps
+        for key, value in series.items()
+    ]
+    return ("scalars", rows)
+
+
+def _ended(status: str = "failed") -> tuple:
+    return ("finish", {"status": status, "at": time.time(), "error": None})
+
+
+def _told(notifier) -> list[tuple]:
+    return [(m.event, m.payload["predictor"], m.payload["step"]) for m in notifier.messages]
+
+
+@pytest.mark.parametrize("evaluated_before", [True, False])
+def test_a_scheduler_tick_that_read_the_replaced_steps_stores_nothing(
+    db, tmp_path, monkeypatch, evaluated_before
+):
+    # The resumed attempt's rewind lands while a tick evaluates the first attempt's steps.
+    notifier = Recorder()
+    nan_at_25 = {"loss": lambda s: math.nan if s == 25 else 1.0}
+    _write(db, "race", [_start("race"), _steps(range(30), **nan_at_25), _ended()], tmp_path)
+    if evaluated_before:  # up to step 9: the cursor is behind the checkpoint
+        lagging = parse_config({"engine": {"max_steps_per_tick": 10}})
+        AlertService(db, lagging, [Route(Recorder())]).tick()
+    service = AlertService(db, parse_config({}), [Route(notifier)])
+    real_load, resumed = observations.load, []
+
+    def load_then_resume(*args):
+        out = real_load(*args)
+        if not resumed:
+            resumed.append(True)
+            fine = _steps(range(20, 23), loss=lambda s: 1.0)
+            _write(db, "race", [_start("race"), ("rewind", {"from_step": 20}), fine], tmp_path)
+        return out
+
+    monkeypatch.setattr(observations, "load", load_then_resume)
+    service.tick()
+    monkeypatch.setattr(observations, "load", real_load)
+    # The resumed attempt blows up at step 24: that must be told, and nothing about step 25.
+    _write(
+        db,
+        "race",
+        [_start("race"), _steps(range(23, 41), loss=lambda s: math.nan if s == 24 else 1.0)],
+        tmp_path,
+    )
+    for _ in range(3):
+        service.tick()
+    assert [t for t in _told(notifier) if t[0] == "firing"] == [("firing", "non_finite", 24)]
+
+
+def test_a_resumed_attempt_that_ends_before_its_first_step_still_ends_the_old_alerts(db, tmp_path):
+    notifier = Recorder()
+    service = AlertService(db, parse_config({}), [Route(notifier)])
+    nan_from_25 = {"loss": lambda s: math.nan if s >= 25 else 1.0}
+    _write(db, "ended", [_start("ended"), _steps(range(30), **nan_from_25), _ended()], tmp_path)
+    service.tick()
+    # Resumed at 20, the attempt fails at once (an out-of-memory error at its first step).
+    _write(db, "ended", [_start("ended"), ("rewind", {"from_step": 20}), _ended()], tmp_path)
+    service.tick()
+    run = runs.find_run(db, "ended")
+    assert not alert_store.firing_alerts(db, run.id)
+    assert _told(notifier) == [("firing", "non_finite", 25), ("resolved", "non_finite", 29)]
+    assert "rewound_to" not in alert_store.eval_cursors(db, [run.id])[run.id].state
+
+
+def test_a_weaker_alert_inhibition_kept_quiet_stays_untold_when_a_resume_ends_it(db, tmp_path):
+    config = parse_config({"predictors": {"attention_logits": {"min_growth": 0.0}}})
+    notifier = Recorder()
+    service = AlertService(db, config, [Route(notifier)])
+    first = {
+        "loss": lambda s: math.nan if s >= 25 else 1.0,
+        "attn_logit_max": lambda s: 100.0 if s >= 26 else 10.0,
+    }
+    _write(db, "quiet", [_start("quiet"), _steps(range(30), **first), _ended()], tmp_path)
+    service.tick()
+    assert _told(notifier) == [("firing", "non_finite", 25)]
+    fine = _steps(range(20, 24), loss=lambda s: 1.0, attn_logit_max=lambda s: 10.0)
+    _write(db, "quiet", [_start("quiet"), ("rewind", {"from_step": 20}), fine], tmp_path)
+    service.tick()
+    assert _told(notifier)[1:] == [("resolved", "non_finite", 29)]
+
+
+def test_after_a_resume_the_live_alerts_are_those_of_the_stored_steps(db, tmp_path):
+    # A pending alert that began before the checkpoint must not keep the holds it counted on
+    # the replaced steps: the live scheduler agrees with a backtest of what is stored.
+    config = parse_config(
+        {"predictors": {"attention_logits": {"min_growth": 0.0, "for_checks": 4}}}
+    )
+    notifier = Recorder()
+    service = AlertService(db, config, [Route(notifier)])
+    high_from_18 = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if s >= 18 else 10.0}
+    _write(db, "held", [_start("held"), _steps(range(21), **high_from_18), _ended()], tmp_path)
+    service.tick()
+    high_at_20 = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if s == 20 else 10.0}
+    rewind = ("rewind", {"from_step": 20})
+    _write(
+        db,
+        "held",
+        [_start("held"), rewind, _steps(range(20, 30), **high_at_20), _ended("finished")],
+        tmp_path,
+    )
+    for _ in range(3):
+        service.tick()
+    run = runs.find_run(db, "held")
+    assert evaluate_run(db, run, config) == []
+    assert _told(notifier) == []
+
+
+def test_an_alert_open_at_the_checkpoint_that_resolved_on_replaced_steps_fires_again(db, tmp_path):
+    config = parse_config({"predictors": {"attention_logits": {"min_growth": 0.0}}})
+    notifier = Recorder()
+    service = AlertService(db, config, [Route(notifier)])
+    episode = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if 15 <= s <= 22 else 10.0}
+    _write(db, "again", [_start("again"), _steps(range(30), **episode), _ended()], tmp_path)
+    service.tick()
+    assert _told(notifier) == [
+        ("firing", "attention_logits", 15),
+        ("resolved", "attention_logits", 25),
+    ]
+    # Back to step 20, where it was still firing; this attempt stays high to step 24.
+    still_high = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if s <= 24 else 10.0}
+    rewind = ("rewind", {"from_step": 20})
+    _write(
+        db,
+        "again",
+        [_start("again"), rewind, _steps(range(20, 35), **still_high), _ended()],
+        tmp_path,
+    )
+    service.tick()
+    assert _told(notifier)[
+        2:
+    ] == [  # a new alert, told again: RESOLVED at 25 was about a replaced step
+        ("firing", "attention_logits", 15),
+        ("resolved", "attention_logits", 27),
+    ]
+    run = runs.find_run(db, "again")
+    backtest = [(a.predictor, a.step, a.resolved_step) for a in evaluate_run(db, run, config)]
+    assert backtest == [("attention_logits", 15, 27)]
