@@ -105,10 +105,8 @@ class Monitor:
         attention_logits: bool = True,
         resume_from: int | None = None,
     ):
-        if resume_from is not None and (run_id is None or int(resume_from) < 0):
-            raise ValueError(
-                f"resume_from={resume_from!r} needs run_id= (the run to resume) and a step >= 0"
-            )
+        if resume_from is not None and run_id is None:
+            raise ValueError(f"resume_from={resume_from!r} needs run_id= (the run to resume)")
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         if sample_size < 1:
@@ -173,6 +171,8 @@ class Monitor:
             self._open_store(
                 db, spool_dir, project=project, config=config, tags=tags, resume_from=resume_from
             )
+        if resume_from is not None:
+            self.resume_from(resume_from)
         self._prepare(0)  # the first step may be a check step
         _live_monitors.add(self)
 
@@ -272,6 +272,18 @@ class Monitor:
             self._record(int(step), values, caller="record")
         except Exception:
             self._failed()
+
+    def resume_from(self, step: int) -> None:
+        """Replace what this resumed run stored from ``step`` on: it went back to a checkpoint
+        and goes on from ``step``. Call it before logging that step (``watch(resume_from=)``
+        does; integrations whose framework restores the step later call it then).
+
+        >>> monitor = collector.watch(model, run_id=uid)                # doctest: +SKIP
+        >>> monitor.resume_from(trainer.global_step)                    # doctest: +SKIP
+        """
+        if int(step) < 0:
+            raise ValueError(f"resume_from needs a step >= 0, got {step}")
+        self._writer.put("rewind", {"from_step": int(step)})
 
     def take_alarm(self) -> list | None:
         """The critical alerts that fired for this run since the last call, else None.
@@ -392,8 +404,6 @@ class Monitor:
                 "layers": [layer.spec() for layer in self.layers],
             },
         )
-        if resume_from is not None:
-            self._writer.put("rewind", {"from_step": int(resume_from)})
 
     def _record(self, step: int, values: dict, caller: str = "log") -> None:
         """Keep step ``step``'s values: each one number (:func:`collector.scalars.as_scalar`);

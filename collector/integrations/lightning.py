@@ -30,7 +30,9 @@ class TripwireCallback(pl.Callback):
     The run is named ``run`` or after the logger's name and version (else the module's class),
     and its config holds the module's ``hparams``, the Trainer's settings and ``config``. Other
     keyword arguments go to :func:`collector.watch`. With ``halt_on_alert=True`` a critical
-    alert sets ``trainer.should_stop`` on every rank at the same step.
+    alert sets ``trainer.should_stop`` on every rank at the same step. Given ``run_id=`` (the
+    run's uid), ``trainer.fit(..., ckpt_path=...)`` continues that run and replaces what it
+    stored past the checkpoint (:meth:`collector.Monitor.resume_from`, called for you).
 
     >>> import lightning as L
     >>> from collector.integrations.lightning import TripwireCallback
@@ -79,6 +81,12 @@ class TripwireCallback(pl.Callback):
             **self.watch_options,
         )
         self._step, self._loss, self._micro_batches = None, None, 0
+
+    def on_train_start(self, trainer, pl_module):
+        # fit(ckpt_path=...) restores global_step after on_fit_start, before this.
+        resumed = self.watch_options.get("run_id") and "resume_from" not in self.watch_options
+        if self.monitor is not None and resumed and trainer.global_step > 0:
+            self.monitor.resume_from(trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.monitor is not None and trainer.global_step != self._step:

@@ -73,7 +73,7 @@ class HeadOutsideForward(TinyModule):
         return loss
 
 
-def _fit(callbacks, *, batch_size=4, module_class=TinyModule, **settings):
+def _fit(callbacks, *, batch_size=4, module_class=TinyModule, ckpt_path=None, **settings):
     torch.manual_seed(0)
     module = module_class()
     options = {
@@ -86,7 +86,7 @@ def _fit(callbacks, *, batch_size=4, module_class=TinyModule, **settings):
         "enable_model_summary": False,
     }
     trainer = L.Trainer(callbacks=callbacks, **(options | settings))
-    trainer.fit(module, _loader(batch_size))
+    trainer.fit(module, _loader(batch_size), ckpt_path=ckpt_path)
     return trainer, module
 
 
@@ -201,3 +201,22 @@ def test_ddp_spawn_on_two_cpu_processes_writes_one_run(sqlite_url, tmp_path):
     rows = layer_table(sqlite_url, "ddp")
     assert {s for s, _ in rows} == {0, 2}
     assert sum(rows[(0, "fc1")].sa_hist) == 2 * 4 * TOKENS  # both ranks' batches
+
+
+def test_fit_from_a_checkpoint_replaces_the_steps_stored_past_it(sqlite_url, tmp_path):
+    first = TripwireCallback(db=sqlite_url, every=2, spool_dir=tmp_path)
+    trainer, _ = _fit([first], max_steps=2)
+    checkpoint = tmp_path / "step2.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    uid = first.monitor.uid
+    options = dict(db=sqlite_url, every=2, spool_dir=tmp_path, run_id=uid)
+    _fit([TripwireCallback(**options)], max_steps=6, ckpt_path=checkpoint)  # on to step 5
+    assert set(scalar_table(sqlite_url, "TinyModule")["loss"]) == set(range(6))
+    # Back to the checkpoint once more, on to step 3 only: steps 4 and 5 were the last attempt's.
+    resumed = TripwireCallback(**options)
+    _fit([resumed], max_steps=4, ckpt_path=checkpoint)
+    assert resumed.monitor.errors == 0
+    run = runs.find_run(Database(sqlite_url), uid)
+    assert run.status == "finished" and run.last_step == 3
+    assert set(scalar_table(sqlite_url, "TinyModule")["loss"]) == set(range(4))
+    assert {step for step, _ in layer_table(sqlite_url, "TinyModule")} == {0, 2}
