@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from alerts import observations
@@ -150,10 +151,22 @@ class AlertService:
         start = cursor.last_step if cursor is not None else -1
         memory = copy.deepcopy(cursor.state) if cursor is not None else {}
         # A resumed run went back to a checkpoint (storage.runs.rewind): the predictors' memory
-        # and the open alerts' progress are rebuilt from the steps it kept.
+        # and the open alerts' progress are rebuilt from the steps it kept, replayed up to
+        # max_steps_per_tick a tick; its new steps are judged once that is done.
         rewound_to = memory.get("rewound_to")
         if rewound_to is not None:
-            kept = self._replay_upto(run_id, start)
+            kept, progress = self._replay_kept(run_id, start, memory.get("replayed"))
+            if progress is not None:
+                store.commit_evaluation(
+                    self.db,
+                    run_id,
+                    expected_step=start,
+                    last_step=start,
+                    state={"rewound_to": rewound_to, "replayed": progress},
+                    writes=[],
+                    expected_at=cursor.updated_at,
+                )
+                return []
             memory = kept.memory
         evaluator = RunEvaluator(
             run_id,
@@ -213,17 +226,28 @@ class AlertService:
             return []
         return events
 
-    def _replay_upto(self, run_id: int, last_step: int) -> RunEvaluator:
-        """An evaluator fed the run's steps up to ``last_step`` from the database: its memory
-        and open alerts are what the live evaluation had there (the engine is pure)."""
+    def _replay_kept(
+        self, run_id: int, last_step: int, progress: dict | None
+    ) -> tuple[RunEvaluator, dict | None]:
+        """An evaluator fed the run's steps up to ``last_step`` from the database, going on from
+        ``progress`` (what an earlier tick replayed): its memory and open alerts are what the
+        live evaluation had there (the engine is pure). Replays ``max_steps_per_tick`` steps at
+        most; returns the progress to store when that was not enough, else None."""
+        progress = progress or {"at": -1, "memory": {}, "alerts": []}
         scratch = RunEvaluator(
-            run_id, self.rules, {}, [], resolve_after=self.config.engine.resolve_after
+            run_id,
+            self.rules,
+            progress["memory"],
+            [AlertState(**alert) for alert in progress["alerts"]],
+            resolve_after=self.config.engine.resolve_after,
         )
-        chunk = max(1, self.config.engine.max_steps_per_tick)
-        for after in range(-1, last_step, chunk):
-            for obs in observations.load(self.db, run_id, after, min(after + chunk, last_step)):
-                scratch.feed(obs)
-        return scratch
+        upto = min(last_step, progress["at"] + self.config.engine.max_steps_per_tick)
+        for obs in observations.load(self.db, run_id, progress["at"], upto):
+            scratch.feed(obs)
+        if upto == last_step:
+            return scratch, None
+        alerts = [asdict(alert) for alert in scratch.open.values()]
+        return scratch, {"at": upto, "memory": scratch.memory, "alerts": alerts}
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
         """Evaluate every ``interval_s`` seconds until ``stop`` is set, then once more; a second

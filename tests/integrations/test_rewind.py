@@ -319,13 +319,24 @@ def test_after_a_resume_the_live_alerts_are_those_of_the_stored_steps(db, tmp_pa
     assert _told(notifier) == []
 
 
-def test_an_alert_open_at_the_checkpoint_that_resolved_on_replaced_steps_fires_again(db, tmp_path):
-    config = parse_config({"predictors": {"attention_logits": {"min_growth": 0.0}}})
+@pytest.mark.parametrize("steps_per_tick", [20_000, 4])  # 4: the replay takes five ticks
+def test_an_alert_open_at_the_checkpoint_that_resolved_on_replaced_steps_fires_again(
+    db, tmp_path, steps_per_tick
+):
+    engine = {"max_steps_per_tick": steps_per_tick}
+    config = parse_config(
+        {"predictors": {"attention_logits": {"min_growth": 0.0}}, "engine": engine}
+    )
     notifier = Recorder()
     service = AlertService(db, config, [Route(notifier)])
+
+    def ticks() -> None:
+        for _ in range(40 // steps_per_tick + 2):
+            service.tick()
+
     episode = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if 15 <= s <= 22 else 10.0}
     _write(db, "again", [_start("again"), _steps(range(30), **episode), _ended()], tmp_path)
-    service.tick()
+    ticks()
     assert _told(notifier) == [
         ("firing", "attention_logits", 15),
         ("resolved", "attention_logits", 25),
@@ -333,19 +344,15 @@ def test_an_alert_open_at_the_checkpoint_that_resolved_on_replaced_steps_fires_a
     # Back to step 20, where it was still firing; this attempt stays high to step 24.
     still_high = {"loss": lambda s: 1.0, "attn_logit_max": lambda s: 100.0 if s <= 24 else 10.0}
     rewind = ("rewind", {"from_step": 20})
-    _write(
-        db,
-        "again",
-        [_start("again"), rewind, _steps(range(20, 35), **still_high), _ended()],
-        tmp_path,
-    )
+    again = [_start("again"), rewind, _steps(range(20, 35), **still_high), _ended()]
+    _write(db, "again", again, tmp_path)
     service.tick()
-    assert _told(notifier)[
-        2:
-    ] == [  # a new alert, told again: RESOLVED at 25 was about a replaced step
-        ("firing", "attention_logits", 15),
-        ("resolved", "attention_logits", 27),
-    ]
     run = runs.find_run(db, "again")
+    cursor = alert_store.eval_cursors(db, [run.id])[run.id]
+    assert ("replayed" in cursor.state) == (steps_per_tick < CHECKPOINT)  # replay under way
+    ticks()
+    # A new alert, told again: its RESOLVED at step 25 was about a replaced step.
+    told = _told(notifier)[2:]
+    assert told == [("firing", "attention_logits", 15), ("resolved", "attention_logits", 27)]
     backtest = [(a.predictor, a.step, a.resolved_step) for a in evaluate_run(db, run, config)]
     assert backtest == [("attention_logits", 15, 27)]
