@@ -150,23 +150,11 @@ class AlertService:
         run = runs.get_run(self.db, run_id)
         start = cursor.last_step if cursor is not None else -1
         memory = copy.deepcopy(cursor.state) if cursor is not None else {}
-        # A resumed run went back to a checkpoint (storage.runs.rewind): the predictors' memory
-        # and the open alerts' progress are rebuilt from the steps it kept, replayed up to
-        # max_steps_per_tick a tick; its new steps are judged once that is done.
         rewound_to = memory.get("rewound_to")
         if rewound_to is not None:
-            kept, progress = self._replay_kept(run_id, start, memory.get("replayed"))
-            if progress is not None:
-                store.commit_evaluation(
-                    self.db,
-                    run_id,
-                    expected_step=start,
-                    last_step=start,
-                    state={"rewound_to": rewound_to, "replayed": progress},
-                    writes=[],
-                    expected_at=cursor.updated_at,
-                )
-                return []
+            kept = self._replay_kept(run_id, cursor)
+            if kept is None:
+                return []  # the replay goes on at the next tick
             memory = kept.memory
         evaluator = RunEvaluator(
             run_id,
@@ -226,14 +214,13 @@ class AlertService:
             return []
         return events
 
-    def _replay_kept(
-        self, run_id: int, last_step: int, progress: dict | None
-    ) -> tuple[RunEvaluator, dict | None]:
-        """An evaluator fed the run's steps up to ``last_step`` from the database, going on from
-        ``progress`` (what an earlier tick replayed): its memory and open alerts are what the
-        live evaluation had there (the engine is pure). Replays ``max_steps_per_tick`` steps at
-        most; returns the progress to store when that was not enough, else None."""
-        progress = progress or {"at": -1, "memory": {}, "alerts": []}
+    def _replay_kept(self, run_id: int, cursor: store.EvalCursor) -> RunEvaluator | None:
+        """After a resumed run went back to a checkpoint (:func:`storage.runs.rewind`): an
+        evaluator fed the steps it kept, up to the cursor, from the database; its memory and
+        open alerts are what the live evaluation had there (the engine is pure). It replays
+        ``max_steps_per_tick`` steps a tick, going on from the progress an earlier tick stored
+        in the cursor; None while that is not done (this tick's progress is stored)."""
+        progress = cursor.state.get("replayed") or {"at": -1, "memory": {}, "alerts": []}
         scratch = RunEvaluator(
             run_id,
             self.rules,
@@ -241,13 +228,23 @@ class AlertService:
             [AlertState(**alert) for alert in progress["alerts"]],
             resolve_after=self.config.engine.resolve_after,
         )
-        upto = min(last_step, progress["at"] + self.config.engine.max_steps_per_tick)
+        upto = min(cursor.last_step, progress["at"] + self.config.engine.max_steps_per_tick)
         for obs in observations.load(self.db, run_id, progress["at"], upto):
             scratch.feed(obs)
-        if upto == last_step:
-            return scratch, None
+        if upto == cursor.last_step:
+            return scratch
         alerts = [asdict(alert) for alert in scratch.open.values()]
-        return scratch, {"at": upto, "memory": scratch.memory, "alerts": alerts}
+        progress = {"at": upto, "memory": scratch.memory, "alerts": alerts}
+        store.commit_evaluation(
+            self.db,
+            run_id,
+            expected_step=cursor.last_step,
+            last_step=cursor.last_step,
+            state={"rewound_to": cursor.state["rewound_to"], "replayed": progress},
+            writes=[],
+            expected_at=cursor.updated_at,
+        )
+        return None
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
         """Evaluate every ``interval_s`` seconds until ``stop`` is set, then once more; a second
