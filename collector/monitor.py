@@ -371,11 +371,13 @@ class Monitor:
     ) -> None:
         """Connect, start the writer thread and register the run (on the ranks that write)."""
         self.db = Database(db)
+        schema_checked = True
         try:
             self.db.ensure_schema()  # refuses an out-of-date schema, with the command that fixes it
         except SchemaOutOfDate:
             raise
         except StoreUnavailable as exc:
+            schema_checked = False  # the writer checks it once the database answers
             log.warning(
                 "tripwire: database unavailable at start (%s); spooling until it returns", exc
             )
@@ -385,6 +387,7 @@ class Monitor:
             spool_dir=spool_dir,
             on_written=self._poll_alerts if self.halt_on_alert else None,
             on_error=self._writer_failed,
+            schema_checked=schema_checked,
         )
         self._writer.put(
             "start",

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from storage import rollup, runs, stats
 from storage.db import Database
-from storage.errors import RowsRejected, StoreUnavailable
+from storage.errors import RowsRejected, SchemaOutOfDate, StoreUnavailable
 
 log = logging.getLogger("tripwire.writer")
 
@@ -83,10 +83,13 @@ class BatchWriter:
         on_error: Callable[[], None] | None = None,
         run_id: int | None = None,
         layer_ids: dict[str, int] | None = None,
+        schema_checked: bool = True,
     ):
         """``run_id`` and ``layer_ids`` continue a run already in the database without a
         ``start`` record (replaying a spool file whose start was written before it).
-        ``on_error`` is called on the writer thread after each failure counted in ``errors``."""
+        ``on_error`` is called on the writer thread after each failure counted in ``errors``.
+        ``schema_checked=False`` (the database was down when the trainer started): its schema is
+        checked before the first write, and rows are spooled while it is not this version's."""
         self.db = db
         self.run_uid = run_uid
         self.spool_path = Path(spool_dir or DEFAULT_SPOOL_DIR) / f"{run_uid}.jsonl"
@@ -96,6 +99,7 @@ class BatchWriter:
         self.on_written = on_written
         self.on_error = on_error
         self.run_id: int | None = run_id
+        self._schema_checked = schema_checked
         self.rows_written = 0
         self.write_failures = 0  # writes that found the database unreachable
         self.unreachable = False  # the last write found the database unreachable
@@ -218,6 +222,7 @@ class BatchWriter:
             self._spool(batch)
             return
         try:
+            self._check_schema()
             replayed, bad = self._read_spool()
             try:
                 self._commit(replayed + batch)
@@ -255,6 +260,18 @@ class BatchWriter:
                 pass  # the rows are written; it is called again after the next write
             except Exception:
                 self._failed("the on_written callback failed")
+
+    def _check_schema(self) -> None:
+        """Before the first write of a trainer that started while the database was down: a
+        schema of another version (a newer Tripwire's, one not upgraded yet) is not written
+        into; the rows wait in the spool as during an outage, with the fix in the warning."""
+        if self._schema_checked:
+            return
+        try:
+            self.db.ensure_schema()
+        except SchemaOutOfDate as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        self._schema_checked = True
 
     def _retry_later(self, batch: list) -> None:
         """Spool ``batch`` and back off before the next attempt."""
