@@ -94,7 +94,10 @@ class SqlLayerStat(Base):
     sa_c_imbalance: Mapped[float | None] = mapped_column(FaithfulFloat)
     update_ratio: Mapped[float | None] = mapped_column(FaithfulFloat)
     sa_hist: Mapped[list | None] = mapped_column(Counts)
-    __table_args__ = (Index("ix_layer_stats_run_step", "run_id", "step"),)
+    __table_args__ = (
+        Index("ix_layer_stats_run_step", "run_id", "step"),
+        Index("ix_layer_stats_layer", "layer_id"),  # a layer's delete cascades by it
+    )
 
 
 class SqlLayerStatBucket(Base):
@@ -119,6 +122,7 @@ class SqlLayerStatBucket(Base):
     stable_rank_max: Mapped[float | None] = mapped_column(FaithfulFloat)
     sa_imbalance_min: Mapped[float | None] = mapped_column(FaithfulFloat)
     sa_imbalance_max: Mapped[float | None] = mapped_column(FaithfulFloat)
+    __table_args__ = (Index("ix_layer_stat_buckets_layer", "layer_id"),)
 
 
 class SqlAlert(Base):

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from storage.errors import SchemaOutOfDate
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -33,7 +35,17 @@ def is_known(revision: str) -> bool:
 
 
 def current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The database's revision (None: no Tripwire schema). Raises :class:`SchemaOutOfDate` when
+    its version table holds several, as a dump restored over a migrated database leaves it."""
+    context = MigrationContext.configure(connection)
+    heads = context.get_current_heads()
+    if len(heads) > 1:
+        raise SchemaOutOfDate(
+            f"the database's alembic_version table holds several revisions ({', '.join(heads)}): "
+            "a backup was restored over an existing schema; restore it into an empty database "
+            "(docs/deployment.md, 'Back up and restore')"
+        )
+    return heads[0] if heads else None
 
 
 def upgrade(connection: Connection, revision: str = "head") -> None:
