@@ -114,6 +114,9 @@ class Monitor:
         for what, name in [("run", run), ("project", project), *(("tag", t) for t in tags or [])]:
             if name is not None and "\x00" in str(name):
                 raise ValueError(f"the {what} name {name!r} holds a NUL character: not storable")
+        for what, name, longest in [("run", run, 512), ("project", project, 255)]:
+            if name is not None and len(name) > longest:
+                raise ValueError(f"the {what} name is {len(name)} characters long, over {longest}")
         self.ranks = detect(per_rank)
         self.model = model = unwrap(model)
         self.every = every
@@ -283,6 +286,7 @@ class Monitor:
         """
         if int(step) < 0:
             raise ValueError(f"resume_from needs a step >= 0, got {step}")
+        self._flush_scalars()  # values logged before go first, or they would land after it
         self._writer.put("rewind", {"from_step": int(step)})
 
     def take_alarm(self) -> list | None:

@@ -199,6 +199,9 @@ def runs_to_evaluate(
     silenced = exists().where(
         SqlSilence.run_id == SqlRun.id, or_(SqlSilence.until.is_(None), SqlSilence.until > now)
     )
+    state = type_coerce(SqlEvalCursor.state, Text)
+    # The cursor a resume inserts for a run never evaluated (storage.runs.rewind) counts as none.
+    placeholder = (SqlEvalCursor.last_step == -1) & (state == "{}")
     query = (
         select(SqlRun.id)
         .outerjoin(SqlEvalCursor, SqlEvalCursor.run_id == SqlRun.id)
@@ -206,10 +209,11 @@ def runs_to_evaluate(
             or_(
                 SqlRun.status == "running",
                 (SqlEvalCursor.run_id.is_not(None))
+                & ~placeholder
                 & (SqlRun.last_step.is_not(None))
                 & (SqlEvalCursor.last_step < SqlRun.last_step),
-                type_coerce(SqlEvalCursor.state, Text).like('%"rewound_to"%'),
-                (SqlEvalCursor.run_id.is_(None)) & (SqlRun.ended_at >= since),
+                state.like('%"rewound_to"%'),
+                (SqlEvalCursor.run_id.is_(None) | placeholder) & (SqlRun.ended_at >= since),
                 held_back & ~silenced,
             )
         )

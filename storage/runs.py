@@ -230,8 +230,10 @@ def rewind(session: Session, run_id: int, from_step: int) -> tuple[int, int | No
         .where(cursor.run_id == run_id, cursor.last_step < from_step)
         .values(updated_at=now)
     )
+    # A scheduler evaluating the run for the first time meanwhile must not store its result
+    # either: this placeholder makes its insert conflict (runs_to_evaluate treats it as none).
     cursor_row = {"run_id": run_id, "last_step": -1, "state": {}, "updated_at": now}
-    insert_ignore(session, SqlEvalCursor, [cursor_row])  # a scheduler starting meanwhile
+    insert_ignore(session, SqlEvalCursor, [cursor_row])
     return int(removed or 0), last
 
 

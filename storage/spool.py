@@ -18,7 +18,13 @@ from pathlib import Path
 from storage import runs
 from storage.db import Database
 from storage.errors import RunNotFound, StorageError
-from storage.writer import DEFAULT_SPOOL_DIR, BatchWriter, bad_lines_path, read_spool
+from storage.writer import (
+    DEFAULT_SPOOL_DIR,
+    BatchWriter,
+    bad_lines_path,
+    read_spool,
+    rejected_path,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,16 @@ def spooled_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[SpoolFile]:
     return [_summary(p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
 
 
+def rejected_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[tuple[Path, int]]:
+    """The files of records the database refused (:func:`storage.writer.rejected_path`), each
+    with its number of records; replay never takes them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    paths = sorted(directory.glob("*.jsonl.rejected"), key=lambda p: p.stat().st_mtime)
+    return [(path, len(read_spool(path)[0])) for path in paths]
+
+
 def _summary(path: Path) -> SpoolFile:
     records, bad = read_spool(path)
     data = [payload for kind, payload in records if kind in ("scalars", "layer_stats")]
@@ -76,7 +92,8 @@ def replay(db: Database, spool: SpoolFile, timeout: float = 300.0) -> int:
     replay that is interrupted can simply run again); its lines that do not decode are then
     kept in ``spool.bad_path``. Raises :class:`SpoolNotReplayable` if the run is unknown to
     ``db`` and the file does not start it, and ``StoreUnavailable`` if the database cannot be
-    reached (the file is kept).
+    reached (the file is kept), and :class:`StorageError` naming the file the database's
+    refused records are kept in, once the rest is written.
     """
     try:
         run = runs.find_run(db, spool.run_uid)
@@ -98,4 +115,9 @@ def replay(db: Database, spool: SpoolFile, timeout: float = 300.0) -> int:
         writer.close(timeout)
     if writer.spooled:
         raise StorageError(f"{spool.path}: not every record could be written; it is kept")
+    if writer.rejected:
+        raise StorageError(
+            f"{writer.rows_written} rows written, but the database refused {writer.rejected} "
+            f"records: kept in {rejected_path(spool.path)}"
+        )
     return writer.rows_written

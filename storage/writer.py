@@ -105,6 +105,7 @@ class BatchWriter:
         self.unreachable = False  # the last write found the database unreachable
         self.errors = 0  # any other failure: a write that raised, a record not read back
         self.dropped = 0  # records whose payload function raised
+        self.rejected = 0  # records the database refused, kept in rejected_path()
         self._logged: set[str] = set()  # the failures logged once already
         self._bad_lines_warned = 0
         self._layer_ids: dict[str, int] = dict(layer_ids or {})
@@ -227,7 +228,11 @@ class BatchWriter:
             try:
                 self._commit(replayed + batch)
             except RowsRejected:
-                self._commit_apart(replayed + batch)
+                rest = self._commit_apart(replayed + batch)
+                if rest:  # the database went away midway: the spool keeps only what is left
+                    self._replace_spool(rest, bad)
+                    batch = []  # in the spool already
+                    raise StoreUnavailable("the database went away while writing apart") from None
         except StoreUnavailable as exc:
             self.write_failures += 1
             self.unreachable = True
@@ -279,23 +284,37 @@ class BatchWriter:
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self.retry_max_interval)
 
-    def _commit_apart(self, records: list) -> None:
+    def _commit_apart(self, records: list) -> list:
         """Write records one transaction each, after the database refused them together: those
-        it refuses alone (and those of a run it refused to start) are set aside in
-        :func:`rejected_path`. Raises :class:`StoreUnavailable` if it goes away meanwhile."""
-        for kind, payload in records:
+        it refuses alone (and every record of a run whose start it refused) are set aside in
+        :func:`rejected_path`. Returns the records not handled when it went away meanwhile."""
+        for i, (kind, payload) in enumerate(records):
             try:
-                if self.run_id is None and kind != "start":
-                    raise RowsRejected("the run's start was refused")
                 self._commit([(kind, payload)])
             except RowsRejected as exc:
-                self._spool([(kind, payload)], rejected_path(self.spool_path))
-                self._failed(
-                    "the database refused a %s record (%s); kept in %s, the rest goes on",
-                    kind,
-                    exc,
-                    rejected_path(self.spool_path),
-                )
+                self._reject(kind, payload, exc)
+            except StoreUnavailable:
+                return records[i:]
+        return []
+
+    def _reject(self, kind: str, payload, reason: Exception) -> None:
+        self.rejected += 1
+        self._spool([(kind, payload)], rejected_path(self.spool_path))
+        self._failed(
+            "the database refused a %s record (%s); kept in %s, the rest goes on",
+            kind,
+            reason,
+            rejected_path(self.spool_path),
+        )
+
+    def _replace_spool(self, records: list, bad: list[str]) -> None:
+        """The spool file, holding only ``records`` now (its undecodable lines set aside)."""
+        if bad:
+            _append_lines(bad_lines_path(self.spool_path), bad)
+        fresh = self.spool_path.with_name(self.spool_path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        self._spool(records, fresh)
+        os.replace(fresh, self.spool_path)  # a kill leaves the old file or the new one whole
 
     def _commit(self, records: list) -> None:
         """Write records in order in one transaction; caches change only once it committed."""
@@ -341,8 +360,8 @@ class BatchWriter:
                     run_id = runs.ensure_run(session, **spec)
                     width = None  # a resumed run keeps the width it was created with
                     layer_ids = runs.ensure_layers(session, run_id, payload.get("layers", []))
-                elif run_id is None:
-                    continue  # cannot happen: the start record always comes first
+                elif run_id is None:  # its start was refused (RowsRejected): so is this
+                    raise RowsRejected(f"a {kind} record of run {self.run_uid}, never started")
                 elif kind == "layers":
                     layer_ids = runs.ensure_layers(session, run_id, payload)
                 elif kind == "rewind":

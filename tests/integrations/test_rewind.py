@@ -356,3 +356,39 @@ def test_an_alert_open_at_the_checkpoint_that_resolved_on_replaced_steps_fires_a
     assert told == [("firing", "attention_logits", 15), ("resolved", "attention_logits", 27)]
     backtest = [(a.predictor, a.step, a.resolved_step) for a in evaluate_run(db, run, config)]
     assert backtest == [("attention_logits", 15, 27)]
+
+
+def test_a_resume_from_of_a_run_never_evaluated_does_not_back_fill_its_history(db, tmp_path):
+    # The scheduler first starts three days after the run and its resume ended: old history is
+    # not told, with resume_from as without (the cursor the rewind inserts counts as none).
+    from datetime import timedelta
+
+    from storage.db import utcnow
+
+    def attempt(steps, **resume) -> str:
+        options = dict(run="old", db=db.url, spool_dir=tmp_path, **resume)
+        with collector.watch(nn.Linear(2, 2), **options) as m:
+            for step in steps:
+                m.log(step, loss=math.nan if step == 10 else 1.0)
+        return m.uid
+
+    uid = attempt(range(50))
+    attempt(range(30, 36), run_id=uid, resume_from=30)
+    later = lambda: utcnow() + timedelta(days=3)  # noqa: E731
+    notifier = Recorder()
+    service = AlertService(db, parse_config({}), [Route(notifier)], clock=later)
+    assert service.tick() == [] and notifier.messages == []
+
+
+def test_resume_from_in_the_same_process_goes_after_the_values_logged_before_it(db, tmp_path):
+    # Caught LossExplosionPredicted, restored the checkpoint of step 30, kept the monitor.
+    with collector.watch(nn.Linear(2, 2), run="inproc", db=db.url, spool_dir=tmp_path) as m:
+        for step in range(50):
+            m.log(step, loss=100.0)
+        m.resume_from(30)
+        for step in range(30, 40):
+            m.log(step, loss=1.0)
+    run = runs.find_run(db, "inproc")
+    loss = {p.step: p.value for p in stats.scalar_series(db, run.id, ["loss"])}
+    assert run.last_step == 39 and sorted(loss) == list(range(40))
+    assert {loss[s] for s in range(30, 40)} == {1.0}

@@ -6,7 +6,7 @@ import click
 
 from storage import Database, redact_url
 from storage.errors import StorageError
-from storage.spool import replay, spooled_files
+from storage.spool import rejected_files, replay, spooled_files
 from storage.writer import DEFAULT_SPOOL_DIR
 from tripwire.options import UserError, db_option
 
@@ -28,15 +28,17 @@ def spool_group() -> None:
 @spool_group.command("list")
 @dir_option
 def spool_list(spool_dir: str) -> None:
-    """List spool files: run id, records, rows, steps, lines that do not decode."""
+    """List spool files: run id, records, rows, steps, lines that do not decode; and the files
+    of records the database refused."""
     files = spooled_files(spool_dir)
     if not files:
         click.echo(f"no spooled rows in {spool_dir}")
-        return
     for f in files:
         steps = "" if f.first_step is None else f"  steps {f.first_step}–{f.last_step}"
         bad = f", {f.unreadable} unreadable lines" if f.unreadable else ""
         click.echo(f"{f.run_uid}  {f.records} records, {f.rows} rows{bad}{steps}  ({f.path})")
+    for path, records in rejected_files(spool_dir):
+        click.echo(f"{records} records the database refused, not replayed: {path}")
 
 
 @spool_group.command("replay")
@@ -59,7 +61,7 @@ def spool_replay(db_url: str | None, spool_dir: str) -> None:
             rows = replay(db, f)
         except StorageError as exc:
             failed += 1
-            click.echo(f"{f.run_uid}: not replayed: {exc}", err=True)
+            click.echo(f"{f.run_uid}: not wholly replayed: {exc}", err=True)
             continue
         click.echo(f"{f.run_uid}: {rows} rows written to {redact_url(db.url)}")
         if f.unreadable:
@@ -68,7 +70,7 @@ def spool_replay(db_url: str | None, spool_dir: str) -> None:
                 err=True,
             )
     if failed:
-        raise UserError(f"{failed} of {len(files)} spool files were not replayed (kept)")
+        raise UserError(f"{failed} of {len(files)} spool files were not wholly replayed")
 
 
 def register(cli: click.Group) -> None:
