@@ -54,7 +54,9 @@ _OMITTED = _Omitted()
 class LossExplosionPredicted(RuntimeError):
     """Raised by ``Monitor.log`` (with ``halt_on_alert=True``) once a critical alert fires for the run.
 
-    Catch it to checkpoint and stop::
+    Catch it to checkpoint and stop, or to go back to a checkpoint from before ``alerts``'
+    first steps and resume the run there (``watch(..., run_id=, resume_from=)``; the README's
+    "Stop, go back, resume")::
 
         try:
             monitor.log(step, loss=loss)
