@@ -240,6 +240,7 @@ class AlertService:
             run_id,
             expected_step=cursor.last_step,
             last_step=cursor.last_step,
+            # the marker first: store.runs_to_evaluate finds it by the state's first characters
             state={"rewound_to": cursor.state["rewound_to"], "replayed": progress},
             writes=[],
             expected_at=cursor.updated_at,

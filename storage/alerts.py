@@ -13,7 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Text, bindparam, delete, exists, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    Text,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -34,6 +45,9 @@ SEVERITIES = ("info", "warning", "critical")
 """Alert severities, weakest first."""
 NOTIFICATION_STATUSES = ("queued", "sending", "sent", "failed")
 """``queued`` and ``sending`` are the delivery queue; ``sent`` and ``failed`` are outcomes."""
+REWIND_PREFIX = '{"rewound_to"'
+"""How a cursor's state begins while a resumed run's rewind waits for the scheduler: the key
+comes first (:func:`storage.runs.rewind` writes it alone, :mod:`alerts.service` keeps it first)."""
 
 
 def _to_alert(row: SqlAlert) -> Alert:
@@ -202,6 +216,10 @@ def runs_to_evaluate(
     state = type_coerce(SqlEvalCursor.state, Text)
     # The cursor a resume inserts for a run never evaluated (storage.runs.rewind) counts as none.
     placeholder = (SqlEvalCursor.last_step == -1) & (state == "{}")
+    # A rewind still to judge: its state starts with the key (storage.runs.rewind writes it
+    # first). A prefix, not a search: every tick reads this for every ended run, and a
+    # predictor memory is ~1 KB per layer (PostgreSQL reads only a slice of it for substr).
+    rewinding = func.substr(state, 1, len(REWIND_PREFIX)) == REWIND_PREFIX
     query = (
         select(SqlRun.id)
         .outerjoin(SqlEvalCursor, SqlEvalCursor.run_id == SqlRun.id)
@@ -212,7 +230,7 @@ def runs_to_evaluate(
                 & ~placeholder
                 & (SqlRun.last_step.is_not(None))
                 & (SqlEvalCursor.last_step < SqlRun.last_step),
-                state.like('%"rewound_to"%'),
+                rewinding,
                 (SqlEvalCursor.run_id.is_(None) | placeholder) & (SqlRun.ended_at >= since),
                 held_back & ~silenced,
             )

@@ -223,7 +223,7 @@ def rewind(session: Session, run_id: int, from_step: int) -> tuple[int, int | No
     session.execute(
         update(table)
         .where(cursor.run_id == run_id, cursor.last_step >= from_step)
-        .values(last_step=from_step - 1, state={"rewound_to": from_step}, updated_at=now)
+        .values(last_step=from_step - 1, state={"rewound_to": from_step}, updated_at=now)  # alone
     )
     session.execute(
         update(table)
