@@ -109,6 +109,8 @@ class Monitor:
     ):
         if resume_from is not None and run_id is None:
             raise ValueError(f"resume_from={resume_from!r} needs run_id= (the run to resume)")
+        if resume_from is not None:
+            resume_from = _resume_step(resume_from)  # refused before the run is registered
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         if sample_size < 1:
@@ -173,9 +175,7 @@ class Monitor:
         self.db: Database | None = None
         self._writer: BatchWriter | _SilentWriter = _SilentWriter()
         if self.ranks.writes:
-            self._open_store(
-                db, spool_dir, project=project, config=config, tags=tags, resume_from=resume_from
-            )
+            self._open_store(db, spool_dir, project=project, config=config, tags=tags)
         if resume_from is not None:
             self.resume_from(resume_from)
         self._prepare(0)  # the first step may be a check step
@@ -286,10 +286,9 @@ class Monitor:
         >>> monitor = collector.watch(model, run_id=uid)                # doctest: +SKIP
         >>> monitor.resume_from(trainer.global_step)                    # doctest: +SKIP
         """
-        if int(step) < 0:
-            raise ValueError(f"resume_from needs a step >= 0, got {step}")
+        step = _resume_step(step)
         self._flush_scalars()  # values logged before go first, or they would land after it
-        self._writer.put("rewind", {"from_step": int(step)})
+        self._writer.put("rewind", {"from_step": step})
 
     def take_alarm(self) -> list | None:
         """The critical alerts that fired for this run since the last call, else None.
@@ -373,7 +372,6 @@ class Monitor:
         project: str,
         config,
         tags,
-        resume_from: int | None,
     ) -> None:
         """Connect, start the writer thread and register the run (on the ranks that write)."""
         self.db = Database(db)
@@ -678,6 +676,12 @@ def _output_module(model: nn.Module, output_layer: str | None) -> nn.Module | No
         raise ValueError(
             f"output_layer {output_layer!r} is not a submodule of {type(model).__name__}"
         ) from None
+
+
+def _resume_step(step) -> int:  # noqa: ANN001
+    if int(step) < 0:
+        raise ValueError(f"resume_from needs a step >= 0, got {step}")
+    return int(step)
 
 
 class _SilentWriter:
