@@ -52,21 +52,20 @@ class SpoolNotReplayable(StorageError):
 
 def spooled_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[SpoolFile]:
     """Every non-empty spool file in ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    files = [p for p in directory.glob("*.jsonl") if p.stat().st_size > 0]
-    return [_summary(p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+    return [_summary(p) for p in _oldest_first(directory, "*.jsonl") if p.stat().st_size > 0]
 
 
 def rejected_files(directory: Path | str = DEFAULT_SPOOL_DIR) -> list[tuple[Path, int]]:
     """The files of records the database refused (:func:`storage.writer.rejected_path`), each
     with its number of records; replay never takes them."""
+    return [(p, len(read_spool(p)[0])) for p in _oldest_first(directory, "*.jsonl.rejected")]
+
+
+def _oldest_first(directory: Path | str, pattern: str) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    paths = sorted(directory.glob("*.jsonl.rejected"), key=lambda p: p.stat().st_mtime)
-    return [(path, len(read_spool(path)[0])) for path in paths]
+    return sorted(directory.glob(pattern), key=lambda p: p.stat().st_mtime)
 
 
 def _summary(path: Path) -> SpoolFile:
