@@ -5,7 +5,7 @@ step), NaN and ±Inf where they were (``df.loss.isna()`` finds the gaps, ``np.is
 
 >>> from storage.export import export_frame
 >>> df = export_frame("gpt-small-lr3e-3", what="layers")   # doctest: +SKIP
->>> df.columns[:4].tolist()
+>>> df.columns[:4].tolist()  # doctest: +SKIP
 ['run', 'step', 'layer', 'grad_norm']
 """
 
@@ -16,9 +16,9 @@ from sqlalchemy import select
 from storage import runs, stats
 from storage._models import SqlAlert
 from storage.db import Database
-from storage.entities import LAYER_STATISTICS, STEP_STATISTICS
+from storage.entities import LAYER_STATISTICS, STEP_STATISTICS, Run
 
-WHAT = ("scalars", "layers", "alerts")
+WHAT = ("scalars", "layers", "alerts", "run")
 
 
 def _pandas():
@@ -55,9 +55,9 @@ def _frame(rows: list[dict], columns: list[str], floats: list[str], ints: tuple[
     return pd.DataFrame(data, columns=columns)
 
 
-def scalars_frame(db: Database, run_id: int, run_name: str):
+def scalars_frame(db: Database, run: Run):
     """One row per step: ``run, step, wall_time, loss, lr, grad_norm, weight_norm, <user scalars>``."""
-    points = stats.scalar_series(db, run_id)
+    points = stats.scalar_series(db, run.id)
     keys = sorted(
         {p.key for p in points},
         key=lambda k: (
@@ -69,36 +69,36 @@ def scalars_frame(db: Database, run_id: int, run_name: str):
     by_step: dict[int, dict] = {}
     for p in points:
         row = by_step.setdefault(
-            p.step, {"run": run_name, "step": p.step, "wall_time": p.wall_time}
+            p.step, {"run": run.name, "step": p.step, "wall_time": p.wall_time}
         )
         row[p.key] = p.value
     columns = ["run", "step", "wall_time", *keys]
     return _frame([by_step[s] for s in sorted(by_step)], columns, floats=keys)
 
 
-def layers_frame(db: Database, run_id: int, run_name: str):
+def layers_frame(db: Database, run: Run):
     """One row per (step, layer): ``run, step, layer, <LAYER_STATISTICS>, sa_hist, wall_time``."""
     rows = [
-        {"run": run_name, "step": s.step, "layer": s.layer}
+        {"run": run.name, "step": s.step, "layer": s.layer}
         | {name: getattr(s, name) for name in LAYER_STATISTICS}
         | {"sa_hist": s.sa_hist, "wall_time": s.wall_time}
-        for s in stats.layer_stats(db, run_id)
+        for s in stats.layer_stats(db, run.id)
     ]
     columns = ["run", "step", "layer", *LAYER_STATISTICS, "sa_hist", "wall_time"]
     return _frame(rows, columns, floats=list(LAYER_STATISTICS))
 
 
-def alerts_frame(db: Database, run_id: int, run_name: str):
+def alerts_frame(db: Database, run: Run):
     """One row per alert: ``run, predictor, severity, step (fired), layer, message, state, ...``."""
     with db.session() as s:
         found = s.scalars(
             select(SqlAlert)
-            .where(SqlAlert.run_id == run_id)
+            .where(SqlAlert.run_id == run.id)
             .order_by(SqlAlert.first_step, SqlAlert.id)
         )
         rows = [
             {
-                "run": run_name,
+                "run": run.name,
                 "predictor": a.predictor,
                 "severity": a.severity,
                 "step": a.fired_step if a.fired_step is not None else a.first_step,
@@ -126,10 +126,42 @@ def alerts_frame(db: Database, run_id: int, run_name: str):
     return _frame(rows, columns, floats=["score"], ints=("step", "first_step", "resolved_step"))
 
 
+RUN_COLUMNS = [
+    "run", "id", "uid", "project", "status", "started_at", "ended_at", "last_step", "every",
+    "host", "tags", "config", "sa_bin_edges", "layers", "error",
+]  # fmt: skip
+
+
+def run_frame(db: Database, run: Run):
+    """One row: the run's identity, status and times, ``tags``, ``config``, ``sa_bin_edges`` (the
+    41 edges of ``sa_hist``'s bins) and ``layers`` (each monitored layer's ``name``, ``kind`` and
+    ``shape``, in model order)."""
+    layers = [{"name": x.name, "kind": x.kind, "shape": x.shape} for x in runs.layers(db, run.id)]
+    row = {
+        "run": run.name,
+        "id": run.id,
+        "uid": run.uid,
+        "project": run.project,
+        "status": run.status,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "last_step": run.last_step,
+        "every": run.every,
+        "host": run.host,
+        "tags": list(run.tags),
+        "config": dict(run.config),
+        "sa_bin_edges": run.sa_bin_edges,
+        "layers": layers,
+        "error": run.error,
+    }
+    return _frame([row], RUN_COLUMNS, floats=[], ints=("id", "last_step", "every"))
+
+
 def export_frame(
     run: str, what: str = "scalars", db: str | Database | None = None, project: str | None = None
 ):
-    """A run's ``scalars``, ``layers`` or ``alerts`` as a DataFrame (the newest run with that name).
+    """A run's ``scalars``, ``layers``, ``alerts`` or ``run`` (its metadata: one row) as a
+    DataFrame (the newest run with that name).
 
     >>> export_frame("demo", "scalars", db="sqlite:///tripwire.db").plot(x="step", y="loss")  # doctest: +SKIP
     """
@@ -138,5 +170,10 @@ def export_frame(
     database = db if isinstance(db, Database) else Database(db, create=False)
     database.ensure_schema()
     found = runs.find_run(database, run, project=project)
-    build = {"scalars": scalars_frame, "layers": layers_frame, "alerts": alerts_frame}[what]
-    return build(database, found.id, found.name)
+    build = {
+        "scalars": scalars_frame,
+        "layers": layers_frame,
+        "alerts": alerts_frame,
+        "run": run_frame,
+    }[what]
+    return build(database, found)

@@ -176,6 +176,54 @@ def test_export_uses_the_contract_column_names_in_every_format(sqlite_url, tmp_p
     assert nan_loss["step"] == 7 and isinstance(nan_loss["resolved_step"], int)  # not 10.0
 
 
+def test_export_run_gives_its_metadata_and_the_sa_bin_edges(sqlite_url, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    config = {"lr": 0.01, "optimizer": {"name": "sgd", "momentum": 0.9}, "warmup": float("nan")}
+    with collector.watch(
+        model, run="meta", project="cli", db=sqlite_url, every=5, spool_dir=tmp_path,
+        config=config, tags=["baseline", "seed0"],
+    ) as monitor:  # fmt: skip
+        for step in range(6):
+            loss = model(torch.randn(8, 6)).pow(2).mean()
+            loss.backward()
+            monitor.log(step, loss=loss)
+
+    as_json = tripwire(
+        "export", "--run", "meta", "--what", "run", "--format", "json", "--db", sqlite_url
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    (run,) = json.loads(as_json.stdout)
+    assert run["config"] == {
+        "lr": 0.01,
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+        "warmup": "nan",
+    }
+    assert run["tags"] == ["baseline", "seed0"] and run["status"] == "finished"
+    assert run["project"] == "cli" and run["last_step"] == 5 and run["every"] == 5
+    edges = run["sa_bin_edges"]
+    assert len(edges) == 41 and edges[0] == -1.0 and edges[-1] == 1.0
+    assert [(x["name"], x["kind"], x["shape"]) for x in run["layers"]] == [
+        ("0", "Linear", [16, 6]),
+        ("2", "Linear", [1, 16]),
+    ]
+
+    as_csv = tripwire("export", "--run", "meta", "--what", "run", "--db", sqlite_url)
+    (row,) = pd.read_csv(io.StringIO(as_csv.stdout)).to_dict(orient="records")
+    assert json.loads(row["config"]) == run["config"] and json.loads(row["tags"]) == run["tags"]
+    assert json.loads(row["sa_bin_edges"]) == edges
+
+    out = tmp_path / "run.parquet"
+    parquet = tripwire(
+        "export", "--run", "meta", "--what", "run", "--format", "parquet", "-o", str(out),
+        "--db", sqlite_url,
+    )  # fmt: skip
+    assert parquet.returncode == 0, parquet.stderr
+    (stored,) = pd.read_parquet(out).to_dict(orient="records")
+    assert json.loads(stored["config"]) == run["config"] and list(stored["tags"]) == run["tags"]
+    assert list(stored["sa_bin_edges"]) == edges
+
+
 def test_errors_are_one_line(sqlite_url, pg_url, tmp_path):
     for command in (["runs"], ["export", "--run", "x"], ["evaluate"], ["db", "status"]):
         typo = tripwire(*command, "--db", f"sqlite:///{tmp_path / 'typo' / 'runs.db'}")

@@ -17,7 +17,8 @@ from typing import Any
 
 def json_value(value: Any) -> Any:
     """``value`` as JSON can carry it: non-finite floats as strings, missing (None, pandas'
-    NA/NaT) as None, datetimes in ISO 8601, numpy scalars as Python numbers."""
+    NA/NaT) as None, datetimes in ISO 8601, numpy scalars as Python numbers; lists and dicts
+    item by item."""
     if value is None or type(value).__name__ in ("NAType", "NaTType"):
         return None
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy arrays
@@ -30,6 +31,8 @@ def json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (list, tuple)):
         return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
     return value
 
 

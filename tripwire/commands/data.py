@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -263,34 +264,54 @@ def delete_command(
 )
 @click.option("--project", default=None, help="Look the run up in this project only.")
 def export_command(db_url, run_name, what, fmt, output, project) -> None:
-    """Write a run's scalars, layer statistics or alerts, in the contract's column names."""
+    """Write a run's scalars, layer statistics, alerts or metadata (``--what run``: config, tags,
+    status, the SA bin edges, its layers), in the contract's column names."""
     if fmt == "parquet" and output is None:
         raise UserError("--format parquet needs --output FILE")
     folder = os.path.dirname(os.path.abspath(output)) if output is not None else None
     if folder is not None and not os.path.isdir(folder):
         raise UserError(f"--output: no directory {folder}")
     frame = export_frame(run_name, what, db=db_url, project=project)
-    if fmt == "parquet":
-        if "sa_hist" in frame:
-            frame["sa_hist"] = frame["sa_hist"].map(lambda h: None if h is None else list(h))
-        try:
-            frame.to_parquet(output, index=False)
-        except ImportError as exc:
-            raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
-        return
     if fmt == "json":
         text = jsonout.dumps(frame.to_dict(orient="records"))
     else:
-        if "sa_hist" in frame:
-            frame["sa_hist"] = frame["sa_hist"].map(
-                lambda h: "" if h is None else " ".join(map(str, h))
-            )
+        frame = _flat(frame, fmt)
+        if fmt == "parquet":
+            try:
+                frame.to_parquet(output, index=False)
+            except ImportError as exc:
+                raise UserError("parquet needs pyarrow: pip install 'tripwire[export]'") from exc
+            return
         text = frame.to_csv(index=False)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+NESTED = ("tags", "config", "sa_bin_edges", "layers")
+"""The ``run`` export's columns that hold lists or mappings."""
+
+
+def _flat(frame, fmt: str):
+    """``frame`` as CSV or Parquet can hold it: ``sa_hist`` as the counts (space-separated in
+    CSV, a list in Parquet), a run's nested values as JSON text (CSV), its ``config`` and
+    ``layers`` as JSON text in Parquet too (a mapping of any shape)."""
+    if "sa_hist" in frame:
+        if fmt == "csv":
+            frame["sa_hist"] = frame["sa_hist"].map(
+                lambda h: "" if h is None else " ".join(map(str, h))
+            )
+        else:
+            frame["sa_hist"] = frame["sa_hist"].map(lambda h: None if h is None else list(h))
+    text_columns = NESTED if fmt == "csv" else ("config", "layers")
+    for name in text_columns:
+        if name in frame:
+            frame[name] = frame[name].map(
+                lambda v: None if v is None else json.dumps(jsonout.json_value(v))
+            )
+    return frame
 
 
 def register(cli: click.Group) -> None:
