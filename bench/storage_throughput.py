@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -83,14 +84,18 @@ def start_record(uid: str, layers: list[str], every: int) -> tuple:
 
 @contextmanager
 def pg_schema(server_url: str):
-    """A URL whose connections use a fresh schema of the ``tripwire_bench`` database."""
+    """A URL whose connections use a fresh schema of the ``tripwire_bench`` database; the
+    database is dropped afterwards if this call created it (and nothing else uses it by then)."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
 
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        if not conn.scalar(text("select 1 from pg_database where datname = :n"), {"n": BENCH_DB}):
+        created = not conn.scalar(
+            text("select 1 from pg_database where datname = :n"), {"n": BENCH_DB}
+        )
+        if created:
             conn.execute(text(f'create database "{BENCH_DB}"'))
-    admin.dispose()
     base = server_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     schema = f"b_{uuid.uuid4().hex[:10]}"
     bench = create_engine(base, isolation_level="AUTOCOMMIT")
@@ -102,6 +107,13 @@ def pg_schema(server_url: str):
         with bench.connect() as conn:
             conn.execute(text(f'drop schema "{schema}" cascade'))
         bench.dispose()
+        if created:
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'drop database "{BENCH_DB}"'))
+            except DBAPIError as exc:  # another benchmark is using it: it stays for that one
+                print(f"kept database {BENCH_DB}: {exc.orig}", file=sys.stderr)
+        admin.dispose()
 
 
 def open_db(url: str):

@@ -182,6 +182,36 @@ def test_storage_throughput_on_sqlite(scheduler):
         assert result["scheduler"]["first_s"] > 0
 
 
+def test_storage_throughput_leaves_no_database_it_created(pg_server_url, monkeypatch):
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"tripwire_bench_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(storage_throughput, "BENCH_DB", name)
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+
+    def exists() -> bool:
+        with admin.connect() as conn:
+            return bool(
+                conn.scalar(text("select 1 from pg_database where datname = :n"), {"n": name})
+            )
+
+    try:
+        with storage_throughput.pg_schema(pg_server_url):
+            assert exists()
+        assert not exists()
+        with admin.connect() as conn:  # one that was there before stays
+            conn.execute(text(f'create database "{name}"'))
+        with storage_throughput.pg_schema(pg_server_url):
+            pass
+        assert exists()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'drop database if exists "{name}"'))
+        admin.dispose()
+
+
 def test_device_parity_counts_only_the_sync_warnings(monkeypatch):
     # No GPU here: torch's switch is stood in for, with the warnings it gives on a GPU.
     def set_mode(mode):
