@@ -123,6 +123,7 @@ class Monitor:
                 raise ValueError(f"the {what} name is {len(name)} characters long, over {longest}")
         self.ranks = detect(per_rank)
         self.model = model = unwrap(model)
+        _finish_earlier_monitors(model)
         self.every = every
         self.halt_on_alert = halt_on_alert
         self.uid = run_id or uuid.uuid4().hex
@@ -773,6 +774,21 @@ def _jsonable(value):
 
 
 _live_monitors: set[Monitor] = set()
+
+
+def _finish_earlier_monitors(model: nn.Module) -> None:
+    """Finish the runs still open on ``model`` in this process, as ``wandb.init`` finishes the
+    previous run: a notebook cell run again (or a loop interrupted, then started over) would
+    otherwise leave one ``running`` with its hooks armed, and the scheduler would report it as
+    hung half an hour later (its writer keeps beating)."""
+    for earlier in [m for m in _live_monitors if m.model is model]:
+        log.warning(
+            "tripwire: run %r was still open on this model; finished it at step %s "
+            "(close a monitor, or use `with collector.watch(...)`, before watching again)",
+            earlier.name,
+            earlier._last_step,
+        )
+        earlier.close()
 
 
 def _close_on_exit() -> None:

@@ -210,6 +210,28 @@ def test_hooks_are_armed_only_for_check_steps(sqlite_url, tmp_path):
     assert [s for s, a in enumerate(armed) if a] == [0, 10, 20]
 
 
+def test_watching_a_model_again_finishes_the_run_left_open_on_it(sqlite_url, tmp_path, caplog):
+    # A notebook: training interrupted during a check step's forward, the cell run again.
+    model = TinyNet()
+    first = collector.watch(model, run="cell", db=sqlite_url, every=5, spool_dir=tmp_path)
+    for step, (x, _) in enumerate(_batches(5)):
+        model(x).sum().backward()
+        first.log(step, loss=1.0)
+        model.zero_grad()
+    assert len(model.fc1._forward_hooks) == 1  # armed for the check at step 5, never reached
+    other = collector.watch(TinyNet(), run="other", db=sqlite_url, spool_dir=tmp_path)
+
+    second = collector.watch(model, run="cell-again", db=sqlite_url, every=5, spool_dir=tmp_path)
+    assert len(model.fc1._forward_hooks) == 1  # the new run's, for its step 0
+    assert "run 'cell' was still open on this model; finished it at step 4" in caplog.text
+    db = Database(sqlite_url)
+    assert runs.find_run(db, "cell").status == "finished"
+    second.close()
+    other.flush()
+    assert runs.find_run(db, "other").status == "running"  # another model's run is left alone
+    other.close()
+
+
 class ScratchNet(nn.Module):
     """Reuses fc2's input buffer in place after fc2 has read it (legal outside autograd)."""
 
