@@ -120,7 +120,7 @@ def runs_command(
 ) -> None:
     """List runs, newest first: status (running, finished, failed, stalled), last step and loss.
 
-    `tripwire runs delete` deletes runs.
+    `tripwire runs delete` deletes runs; `tripwire runs copy` copies them into another database.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -240,6 +240,57 @@ def delete_command(
         click.confirm(f"Delete {what}?", abort=True)
     deleted = runs.delete_runs(db, [r.id for r in chosen])
     click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''} from {redact_url(db.url)}")
+
+
+@runs_command.command("copy")
+@db_option
+@click.argument("names", nargs=-1, required=True, metavar="RUN...")
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    metavar="URL",
+    help="The database to copy into (a SQLite file is created if missing).",
+)
+@click.option("--project", default=None, help="Look the runs up in this project only.")
+def copy_command(
+    db_url: str | None, names: tuple[str, ...], target_url: str, project: str | None
+) -> None:
+    """Copy ended runs, with their statistics and alerts, into another database.
+
+    RUN is a run id or name (the newest run with that name) in the database of --db (or
+    TRIPWIRE_DB_URL). Each run is copied whole or not at all, with the same id, name, project
+    and times; its alerts come along but are not sent again. A run still running, or one the
+    target already holds, is refused.
+
+    \b
+      tripwire runs copy gpt-small-lr3e-3 --db sqlite:///tripwire.db \\
+          --to postgresql+psycopg://me@team-db:5432/tripwire
+    """
+    from storage import StorageError
+    from storage.copy import copy_run
+
+    source = Database(db_url, create=False)
+    source.ensure_schema()
+    target = Database(target_url)
+    target.ensure_schema()
+    chosen = list(
+        {run.id: run for run in (runs.find_run(source, n, project) for n in names)}.values()
+    )
+    failed = 0
+    for run in chosen:
+        try:
+            copied = copy_run(source, target, run)
+        except StorageError as exc:
+            failed += 1
+            click.echo(f"{printable(run.name)}: not copied: {exc}", err=True)
+            continue
+        click.echo(
+            f"{printable(run.name)}: copied {copied.scalars} scalars, {copied.layer_rows} layer "
+            f"rows and {copied.alerts} alerts to {redact_url(target.url)}"
+        )
+    if failed:
+        raise UserError(f"{failed} of {len(chosen)} runs were not copied")
 
 
 @click.command("export")

@@ -1,0 +1,118 @@
+"""Copy an ended run, with its statistics and alerts, into another Tripwire database: a run
+trained against a laptop's SQLite file, brought to the team's PostgreSQL.
+
+>>> from storage import Database
+>>> from storage.copy import copy_run
+>>> laptop, team = Database("sqlite:///tripwire.db"), Database(os.environ["TRIPWIRE_DB_URL"])  # doctest: +SKIP
+>>> copy_run(laptop, team, "gpt-small-lr3e-3")  # doctest: +SKIP
+Copied(name='gpt-small-lr3e-3', scalars=4000, layer_rows=1920, alerts=2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import insert, select, update
+
+from storage import rollup, runs, stats
+from storage._models import SqlAlert, SqlEvalCursor, SqlRun
+from storage.db import Database
+from storage.entities import Run
+from storage.errors import StorageError
+
+CHUNK_STEPS = 2000
+"""Steps read from the source and written at a time (memory stays bounded on long runs)."""
+
+_ALERT_COLUMNS = [c.name for c in SqlAlert.__table__.columns if c.name not in ("id", "run_id")]
+
+
+@dataclass(frozen=True)
+class Copied:
+    name: str
+    scalars: int
+    layer_rows: int
+    alerts: int
+
+
+def copy_run(source: Database, target: Database, run: Run) -> Copied:
+    """Copy ``run`` of ``source`` (same id, name, project, config, times and status) with its
+    scalars, layer statistics, alerts and the alert engine's cursor into ``target``, in one
+    transaction: a copy that fails leaves nothing behind. Deliveries (``notifications``) and
+    silences stay behind: the copy's alerts are not sent again.
+
+    Refuses a run still ``running`` (its trainer writes to ``source``) and one ``target``
+    already holds (delete it there to copy it again).
+    """
+    if run.status == "running":
+        raise StorageError(
+            f"run {run.name} is still running (or stalled) in the source; copy it once it ended"
+        )
+    scalars = layer_rows = 0
+    with target.session() as s:
+        if s.scalar(select(SqlRun.id).where(SqlRun.uid == run.uid)) is not None:
+            raise StorageError(
+                f"run {run.name} ({run.uid}) is already in the target database; "
+                "delete it there to copy it again"
+            )
+        run_id = runs.ensure_run(
+            s,
+            uid=run.uid,
+            project=run.project,
+            name=run.name,
+            started_at=run.started_at,
+            config=run.config,
+            tags=run.tags,
+            host=run.host,
+            pid=run.pid,
+            every=run.every,
+            sa_bin_edges=run.sa_bin_edges,
+        )
+        layers = runs.layers(source, run.id)
+        layer_ids = runs.ensure_layers(
+            s,
+            run_id,
+            [
+                {"name": x.name, "position": x.position, "kind": x.kind, "shape": x.shape}
+                for x in layers
+            ],
+        )
+        width = rollup.run_width(s, run_id)
+        last = max(
+            (step for step in stats.last_steps(source, run.id) if step is not None), default=-1
+        )
+        for after in range(-1, last, CHUNK_STEPS):
+            window = {"after_step": after, "upto_step": after + CHUNK_STEPS}
+            points = stats.scalar_series(source, run.id, **window)
+            stats.write_scalars(s, run_id, [asdict(p) for p in points])
+            rows = stats.layer_stats(source, run.id, **window)
+            stats.write_layer_stats(s, run_id, layer_ids, [asdict(r) for r in rows], width)
+            scalars, layer_rows = scalars + len(points), layer_rows + len(rows)
+        with source.session() as src:
+            alerts = [
+                {c: getattr(a, c) for c in _ALERT_COLUMNS} | {"run_id": run_id}
+                for a in src.scalars(select(SqlAlert).where(SqlAlert.run_id == run.id))
+            ]
+            cursor = src.get(SqlEvalCursor, run.id)
+            cursor_row = cursor and {
+                "run_id": run_id,
+                "last_step": cursor.last_step,
+                "state": cursor.state,
+                "updated_at": cursor.updated_at,
+            }
+        if alerts:
+            s.execute(insert(SqlAlert), alerts)
+        if cursor_row:
+            s.execute(insert(SqlEvalCursor), [cursor_row])
+        s.execute(
+            update(SqlRun)
+            .where(SqlRun.id == run_id)
+            .values(
+                status=run.status,
+                ended_at=run.ended_at,
+                heartbeat_at=run.heartbeat_at,
+                last_step=run.last_step,
+                logged_at=run.logged_at,
+                error=run.error,
+            )
+        )
+    return Copied(run.name, scalars, layer_rows, len(alerts))
