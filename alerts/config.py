@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 _SECRET_KEYS = {"url", "webhook_url", "password", "smtp_password", "token"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def parse_config(data: dict) -> Config:
@@ -255,6 +257,14 @@ def parse_config(data: dict) -> Config:
                 raise ConfigError(
                     f"notifiers[{i}].{key}: secrets are read from the environment only; "
                     "remove it from the file (see url_env, TRIPWIRE_SMTP_PASSWORD)"
+                )
+            url_env = notifier.get("url_env")
+            if isinstance(url_env, str) and not _ENV_NAME.fullmatch(url_env):
+                # Never echoed: it is most likely the URL itself, pasted in place of its variable.
+                raise ConfigError(
+                    f"notifiers[{i}].url_env: must name an environment variable (letters, "
+                    "digits, _), e.g. TRIPWIRE_PAGER_SLACK_URL, which holds the URL; secrets "
+                    "are read from the environment only"
                 )
     try:
         config = Config.model_validate(data)

@@ -90,6 +90,9 @@ class BatchWriter:
         ``on_error`` is called on the writer thread after each failure counted in ``errors``.
         ``schema_checked=False`` (the database was down when the trainer started): its schema is
         checked before the first write, and rows are spooled while it is not this version's."""
+        if "/" in run_uid or os.sep in run_uid or "\x00" in run_uid:
+            # It names the spool file: "../x" or "/abs/x" would write outside the spool folder.
+            raise ValueError(f"run id {run_uid!r}: may not hold a / (it names the spool file)")
         self.db = db
         self.run_uid = run_uid
         self.spool_path = Path(spool_dir or DEFAULT_SPOOL_DIR) / f"{run_uid}.jsonl"

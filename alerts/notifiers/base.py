@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
+import urllib.error
 from abc import ABC, abstractmethod
 from urllib.parse import urlsplit
 
@@ -51,6 +53,25 @@ def http_status_error(status: int, what: str, retry_after: float | None = None) 
     return NotifyError(f"{what}: HTTP {status}", recoverable=recoverable, retry_after=retry_after)
 
 
+def network_error(what: str, exc: BaseException) -> NotifyError:
+    """A request that got no HTTP answer: retried, except a certificate that fails
+    verification, which only a change of settings fixes. Shows the reason, never the URL.
+
+    >>> network_error("webhook https://example.com/…", ConnectionRefusedError(111, "refused"))
+    NotifyError('webhook https://example.com/…: [Errno 111] refused')
+    """
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return NotifyError(
+            f"{what}: TLS failed (certificate verify failed: {reason.verify_message})",
+            recoverable=False,
+        )
+    if isinstance(exc, (urllib.error.URLError, OSError)):
+        return NotifyError(f"{what}: {reason}", recoverable=True)
+    # Anything else may quote the request (http.client's InvalidURL quotes the path).
+    return NotifyError(f"{what}: {type(exc).__name__}", recoverable=True)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -60,6 +81,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def check_url(url: str, variable: str) -> str:
     """Accept https URLs, and http only to a loopback address; errors never show the URL.
+    Returns it without surrounding whitespace.
 
     >>> check_url("http://127.0.0.1:8080/hook", "TRIPWIRE_WEBHOOK_URL")
     'http://127.0.0.1:8080/hook'
@@ -68,17 +90,23 @@ def check_url(url: str, variable: str) -> str:
     ...
     ValueError: TRIPWIRE_WEBHOOK_URL: must be an https URL (http is allowed only to loopback addresses)
     """
+    url = url.strip()  # a secret mounted from a file often ends in a newline
+    if any(c.isspace() or not c.isprintable() for c in url):
+        # urllib would refuse it at every send, quoting the path that holds the secret token.
+        raise ValueError(f"{variable}: holds a space or control character; not a valid URL")
     parts = urlsplit(url)
     if not parts.hostname or parts.scheme not in ("http", "https"):
         raise ValueError(f"{variable}: not a valid http(s) URL")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"{variable}: must be an https URL (http is allowed only to loopback addresses)"
         )
     return url
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost`` or a loopback address), so that
+    what is sent to it never crosses a network."""
     if host == "localhost":
         return True
     try:

@@ -28,5 +28,15 @@ class ConsoleNotifier(Notifier):
     def send(self, message: Message) -> None:
         stream = self.stream or sys.stdout
         lines = message.text.splitlines()
-        stream.write("[tripwire] " + " | ".join(lines) + "\n")
+        stream.write("[tripwire] " + _visible(" | ".join(lines)) + "\n")
         stream.flush()
+
+
+def _visible(text: str) -> str:
+    r"""Control and format characters (a run name's ANSI escapes, a right-to-left override) as
+    their escapes, so that whoever names a run cannot drive the operator's terminal.
+
+    >>> print(_visible("gpt\x1b[2J\u202e"))
+    gpt\x1b[2J\u202e
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

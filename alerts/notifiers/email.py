@@ -7,7 +7,7 @@ import ssl
 from email.message import EmailMessage
 
 from alerts.message import Message
-from alerts.notifiers.base import Notifier, NotifyError
+from alerts.notifiers.base import Notifier, NotifyError, is_loopback
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
@@ -16,6 +16,8 @@ class EmailNotifier(Notifier):
     """Sends each message as a multipart (text + HTML) email.
 
     ``password`` comes from ``TRIPWIRE_SMTP_PASSWORD`` and never appears in ``repr`` or errors.
+    A login (``user``) without TLS is refused unless ``host`` is a loopback address: the
+    password would cross the network in clear text.
     ``ssl_context`` lets tests trust a self-signed certificate.
 
     >>> EmailNotifier("smtp.example.com", sender="t@example.com", to=["oncall@example.com"])
@@ -41,6 +43,11 @@ class EmailNotifier(Notifier):
             raise ValueError(f"TRIPWIRE_SMTP_TLS: must be one of starttls, ssl, none (got {tls!r})")
         if not to:
             raise ValueError("TRIPWIRE_EMAIL_TO: at least one recipient is needed")
+        if tls == "none" and user and not is_loopback(host):
+            raise ValueError(
+                f"TRIPWIRE_SMTP_TLS: 'none' would send the password unencrypted to {host}; "
+                "use starttls or ssl (a login without TLS is allowed only to a loopback address)"
+            )
         self.host = host
         self.port = port or DEFAULT_PORTS[tls]
         self.tls = tls

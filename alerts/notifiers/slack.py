@@ -7,9 +7,9 @@ import logging
 from alerts.message import Message
 from alerts.notifiers.base import (
     Notifier,
-    NotifyError,
     check_url,
     http_status_error,
+    network_error,
     parse_retry_after,
     redact,
 )
@@ -91,9 +91,7 @@ class SlackNotifier(Notifier):
         try:
             response = self._client.send(text=escape(message.subject), blocks=blocks)
         except Exception as exc:  # network errors: slack_sdk raises urllib's
-            raise NotifyError(
-                f"slack {redact(self._url)}: {type(exc).__name__}", recoverable=True
-            ) from None
+            raise network_error(f"slack {redact(self._url)}", exc) from None
         if response.status_code != 200:
             retry_after = parse_retry_after((response.headers or {}).get("Retry-After"))
             raise http_status_error(response.status_code, f"slack {redact(self._url)}", retry_after)

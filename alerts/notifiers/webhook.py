@@ -9,9 +9,9 @@ import urllib.request
 from alerts.message import Message
 from alerts.notifiers.base import (
     Notifier,
-    NotifyError,
     check_url,
     http_status_error,
+    network_error,
     parse_retry_after,
     redact,
 )
@@ -56,5 +56,4 @@ class WebhookNotifier(Notifier):
             retry_after = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             raise http_status_error(exc.code, f"webhook {redact(self._url)}", retry_after) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise NotifyError(f"webhook {redact(self._url)}: {reason}", recoverable=True) from None
+            raise network_error(f"webhook {redact(self._url)}", exc) from None

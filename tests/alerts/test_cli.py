@@ -122,6 +122,40 @@ def test_notify_test_fails_clearly(runner, sqlite_db, monkeypatch):
     assert "SECRET" not in result.output
 
 
+@pytest.mark.parametrize("command", [["notify", "test"], ["scheduler", "--once"], ["up"]])
+def test_a_url_written_into_url_env_is_refused_without_being_shown(
+    runner, sqlite_db, tmp_path, command
+):
+    # url_env names the variable that holds the URL; the URL pasted there is a secret in the file
+    path = tmp_path / "tripwire.toml"
+    path.write_text(
+        '[[notifiers]]\nkind = "slack"\nurl_env = "https://hooks.slack.com/services/T0/B0/S3cret"\n'
+    )
+    result = runner.invoke(cli, [*command, "--db", sqlite_db.url, "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "notifiers[0].url_env: must name an environment variable" in result.output
+    assert "S3cret" not in result.output and "hooks.slack.com" not in result.output
+
+
+@pytest.mark.parametrize("kind", ["webhook", "slack"])
+def test_a_url_with_a_space_or_control_character_is_refused_without_being_shown(
+    runner, sqlite_db, monkeypatch, caplog, kind
+):
+    # urllib's error for such a URL quotes its path, and the path holds the secret token
+    server = Recorder([])
+    variable = {"webhook": "TRIPWIRE_WEBHOOK_URL", "slack": "TRIPWIRE_SLACK_WEBHOOK_URL"}[kind]
+    monkeypatch.setenv(variable, server.url.replace("SECRET", "SEC RET"))
+    try:
+        result = runner.invoke(cli, ["notify", "test", "--db", sqlite_db.url])
+    finally:
+        server.close()
+    assert result.exit_code == 1, result.output
+    assert f"{variable}: holds a space or control character" in result.output
+    shown = result.output + caplog.text
+    shown += " ".join(n.error or "" for n in store.list_notifications(sqlite_db, limit=100))
+    assert "SEC RET" not in shown and "T000" not in shown
+
+
 def test_silence_and_unsilence(runner, exploded):
     out = runner.invoke(
         cli, ["silence", "boom", "--for", "2h", "--reason", "known", "--db", exploded.url]

@@ -327,3 +327,82 @@ def test_email_from_the_environment_names_the_missing_variable(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_routes(parse_config({}), env)
     assert str(err.value).startswith("TRIPWIRE_SMTP_TLS: must be one of starttls, ssl, none")
+
+
+PLAIN_LOGIN_ENV = {
+    "TRIPWIRE_SMTP_HOST": "smtp.example.com",
+    "TRIPWIRE_SMTP_TLS": "none",
+    "TRIPWIRE_SMTP_USER": "bot",
+    "TRIPWIRE_SMTP_PASSWORD": "SmtpS3cret",
+    "TRIPWIRE_EMAIL_FROM": "t@example.com",
+    "TRIPWIRE_EMAIL_TO": "a@example.com",
+}
+
+
+def test_a_login_without_tls_is_refused_except_to_loopback(smtp):
+    with pytest.raises(ConfigError) as err:
+        build_routes(parse_config({}), PLAIN_LOGIN_ENV)
+    assert str(err.value).startswith("TRIPWIRE_SMTP_TLS: 'none' would send the password")
+    assert "smtp.example.com" in str(err.value) and "SmtpS3cret" not in str(err.value)
+    in_file = {"notifiers": [{"kind": "email", "host": "mail.example.com", "tls": "none"}]}
+    with pytest.raises(ConfigError, match=r"^notifiers\[0\]: TRIPWIRE_SMTP_TLS: 'none'"):
+        build_routes(parse_config(in_file), PLAIN_LOGIN_ENV)
+    # Without a login (a relay such as Mailpit) or with TLS, it is built.
+    no_login = {**PLAIN_LOGIN_ENV, "TRIPWIRE_SMTP_USER": "", "TRIPWIRE_SMTP_PASSWORD": ""}
+    assert len(build_routes(parse_config({}), no_login)) == 2
+    assert len(build_routes(parse_config({}), {**PLAIN_LOGIN_ENV, "TRIPWIRE_SMTP_TLS": "ssl"})) == 2
+    # To a relay on this machine the password stays on this machine: the login goes through.
+    received = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        received.append(auth_data.password)
+        return AuthResult(success=True)
+
+    port = smtp(Mailbox(), authenticator=authenticator, auth_require_tls=False)
+    local = {**PLAIN_LOGIN_ENV, "TRIPWIRE_SMTP_HOST": "127.0.0.1", "TRIPWIRE_SMTP_PORT": str(port)}
+    (_, route) = build_routes(parse_config({}), local)
+    assert send_with_retry(route.notifier, alert_message(), FAST) == (1, None)
+    assert received == [b"SmtpS3cret"]
+
+
+def _outward_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def test_the_password_never_crosses_the_network_unencrypted():
+    """A server reached over the network that offers AUTH without TLS never sees the password."""
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no address but loopback")
+    received = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        received.append(auth_data.password)
+        return AuthResult(success=True)
+
+    with socket.socket() as probe:
+        probe.bind((outward, 0))
+        port = probe.getsockname()[1]
+    mailbox = Mailbox()
+    controller = Controller(
+        mailbox, hostname=outward, port=port, authenticator=authenticator, auth_require_tls=False
+    )
+    controller.start()
+    try:
+        try:
+            notifier = EmailNotifier(outward, port=port, tls="none", user="bot",
+                                     password="SmtpS3cret", sender="t@example.com",
+                                     to=["a@example.com"])  # fmt: skip
+            send_with_retry(notifier, alert_message(), FAST)
+        except ValueError as exc:
+            assert "TRIPWIRE_SMTP_TLS" in str(exc) and "SmtpS3cret" not in str(exc)
+    finally:
+        controller.stop()
+    assert received == [] and mailbox.messages == []

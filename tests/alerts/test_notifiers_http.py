@@ -204,3 +204,15 @@ def test_plain_http_only_to_loopback(url):
     with pytest.raises(ConfigError) as err:
         build_routes(parse_config({}), {"TRIPWIRE_WEBHOOK_URL": url})
     assert "TRIPWIRE_WEBHOOK_URL" in str(err.value) and url not in str(err.value)
+
+
+def test_a_url_ending_in_a_newline_is_used_without_it(http_server):
+    # A secret mounted from a file (Kubernetes, Docker secrets) often ends in a newline.
+    server = http_server([200, 200])
+    env = {
+        "TRIPWIRE_WEBHOOK_URL": server.url + "\n",
+        "TRIPWIRE_SLACK_WEBHOOK_URL": server.url + " ",
+    }
+    for route in build_routes(parse_config({}), env)[1:]:
+        assert send_with_retry(route.notifier, notify_test_message(None), FAST) == (1, None)
+    assert [r["path"] for r in server.requests] == ["/services/T000/B000/SECRET"] * 2

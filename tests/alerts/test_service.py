@@ -318,3 +318,16 @@ def test_routing_by_severity_and_project(sqlite_db, clock):
         "[tripwire] FIRING critical: non_finite on run other/other-run",
     ]
     assert everything.subjects and all(s.endswith("on run ml/ml-run") for s in everything.subjects)
+
+
+def test_a_run_name_sends_no_escape_sequence_to_the_operators_terminal(sqlite_db, clock):
+    # `docker compose logs -f scheduler`: whoever names a run must not clear the screen, retitle
+    # the window, hide a link behind text (OSC 8) or reverse the line for the one reading it.
+    svc, notifier = service(sqlite_db, clock, config=parse_config(ONLY_NON_FINITE))
+    name = "gpt\x1b[2J\x1b]0;pwned\x07\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\\u202e"
+    run = make_run(sqlite_db, name)
+    write_steps(sqlite_db, run, nan_at(3, {1}))
+    assert svc.tick()
+    out = notifier.stream.getvalue()
+    assert "non_finite" in out and "gpt\\x1b[2J\\x1b]0;pwned\\x07" in out and "\\u202e" in out
+    assert not [c for c in out if not c.isprintable() and c != "\n"], repr(out)

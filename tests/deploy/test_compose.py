@@ -114,6 +114,19 @@ def test_configuration_comes_from_env_and_every_variable_is_documented(compose):
             service_env(compose, name, {})  # no password, no stack
 
 
+def test_the_env_file_with_the_secrets_is_neither_committed_nor_built_into_the_image():
+    # `cp .env.example .env` puts POSTGRES_PASSWORD and the notifier secrets into the checkout,
+    # where `git add -A` or `docker compose build` would otherwise take them along.
+    def git_ignores(path: str) -> bool:
+        found = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
+        assert found.returncode in (0, 1), "git check-ignore failed"
+        return found.returncode == 0
+
+    assert git_ignores(".env"), ".env is not in .gitignore"
+    assert not git_ignores(".env.example")  # the template stays in the repository
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
 def test_the_server_image_needs_no_torch():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -4,6 +4,8 @@ import json
 import time
 from datetime import timezone
 
+import pytest
+
 from storage import Database, runs, stats
 from storage.writer import BatchWriter, read_spool
 
@@ -261,3 +263,20 @@ def test_the_run_keeps_when_its_trainer_last_logged_and_a_resume_forgets_it(db, 
     found = runs.find_run(db, "logged").logged_at.replace(tzinfo=timezone.utc).timestamp()
     assert found == logged + 3600
     resumed.close()
+
+
+@pytest.mark.parametrize("uid", ["../outside", "/tmp/tripwire-escape/evil", "a/b"])
+def test_a_run_id_cannot_put_its_spool_file_outside_the_spool_directory(tmp_path, uid):
+    # collector.watch(..., run_id=...) names the spool file: a path there wrote anywhere.
+    spool_dir, outside = tmp_path / "spool", tmp_path / "outside.jsonl"
+    uid = uid.replace("/tmp/tripwire-escape", str(tmp_path / "escape"))
+    down = Database("postgresql+psycopg://nobody@127.0.0.1:1/nothing")  # nothing listens there
+    try:
+        writer = BatchWriter(down, uid, spool_dir=spool_dir)
+    except ValueError as exc:
+        assert "run id" in str(exc)
+    else:
+        writer.put(*_start(uid))
+        writer.close(10)
+    assert not outside.exists() and not (tmp_path / "escape").exists()
+    assert [p.parent for p in tmp_path.rglob("*.jsonl")] in ([], [spool_dir])
