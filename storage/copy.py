@@ -10,7 +10,7 @@ Copied(name='gpt-small-lr3e-3', scalars=4000, layer_rows=1920, alerts=2)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
@@ -83,9 +83,9 @@ def copy_run(source: Database, target: Database, run: Run) -> Copied:
         for after in range(-1, last, CHUNK_STEPS):
             window = {"after_step": after, "upto_step": after + CHUNK_STEPS}
             points = stats.scalar_series(source, run.id, **window)
-            stats.write_scalars(s, run_id, [asdict(p) for p in points])
+            stats.write_scalars(s, run_id, [vars(p) for p in points])  # not asdict: it deep-copies
             rows = stats.layer_stats(source, run.id, **window)
-            stats.write_layer_stats(s, run_id, layer_ids, [asdict(r) for r in rows], width)
+            stats.write_layer_stats(s, run_id, layer_ids, [vars(r) for r in rows], width)
             scalars, layer_rows = scalars + len(points), layer_rows + len(rows)
         with source.session() as src:
             alerts = [
