@@ -205,10 +205,27 @@ def size_per_checks(url: str, layers: int, checks: int, every: int, spool: Path)
         for kind, payload in check_records((c + 1) * every, names, every, rng):
             writer.put(kind, payload)
     writer.flush(timeout=600)
-    writer.close()
     grown = size() - before
+    writer.put("finish", {"status": "finished", "at": time.time(), "error": None})
+    writer.close()  # an ended run: what copy_time copies
     db.dispose()
     return grown * 1000 / checks
+
+
+def copy_time(source_url: str, target_url: str) -> dict:
+    """Seconds ``tripwire runs copy`` takes to bring the one run of ``source_url`` (written by
+    :func:`size_per_checks`) into an empty database."""
+    from storage import runs
+    from storage.copy import copy_run
+
+    source, target = open_db(source_url), open_db(target_url)
+    (run,) = runs.list_runs(source)
+    t0 = time.perf_counter()
+    copied = copy_run(source, target, run)
+    seconds = time.perf_counter() - t0
+    source.dispose()
+    target.dispose()
+    return {"seconds": seconds, "rows": copied.scalars + copied.layer_rows}
 
 
 def scheduler_ticks(url: str, n_runs: int, layers: int, checks: int, ticks: int) -> dict:
@@ -274,6 +291,7 @@ def report(results: dict, args) -> str:
                 f"{w['writer_cpu_us_per_row']:.1f}",
                 "yes" if w["complete"] else "NO",
                 f"{r['size'] / 2**20:.1f}",
+                f"{r['copy']['seconds']:.1f} ({r['copy']['rows'] / r['copy']['seconds']:,.0f} rows/s)",
                 "" if t is None else f"{t['first_s']:.2f}",
                 "" if t is None else f"{fmt_ms(t['steady_s'])} (max {fmt_ms(t['steady_max_s'])})",
             ]
@@ -287,7 +305,8 @@ def report(results: dict, args) -> str:
         "queueing one check; *writer thread CPU* is the client's own work per row (the "
         "database server's work excluded). *Size*: growth per 1 000 checks of a "
         f"{args.layers}-layer model at every=10 (layer rows and the 10 000 steps' scalars, "
-        "indexes included). *Scheduler*: `AlertService(db).tick()` with "
+        "indexes included). *Copy*: `tripwire runs copy` of that run into an empty database "
+        "of the same kind. *Scheduler*: `AlertService(db).tick()` with "
         f"{args.runs} live runs of 17 layers, first tick catching up on {args.tick_checks} "
         f"checks per run, then the median of {args.ticks} ticks each after every run wrote one "
         "more check.\n\n"
@@ -300,6 +319,7 @@ def report(results: dict, args) -> str:
                 "writer thread CPU µs/row",
                 "all rows written",
                 "MiB per 1 000 checks",
+                f"copy of those {args.size_checks} checks, s",
                 "scheduler first tick s",
                 "scheduler tick ms",
             ],
@@ -328,9 +348,11 @@ def main(argv: list[str] | None = None) -> dict:
         for label, server in backends:
             with _url(server, tmp) as make_url:
                 t0 = time.perf_counter()
+                size_url = make_url("s")
                 r = {
                     "writer": writer_throughput(make_url("w"), args.layers, args.checks, 10, tmp),
-                    "size": size_per_checks(make_url("s"), args.layers, args.size_checks, 10, tmp),
+                    "size": size_per_checks(size_url, args.layers, args.size_checks, 10, tmp),
+                    "copy": copy_time(size_url, make_url("c")),
                 }
                 if not args.no_scheduler:
                     r["scheduler"] = scheduler_ticks(

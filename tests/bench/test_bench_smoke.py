@@ -178,6 +178,7 @@ def test_storage_throughput_on_sqlite(scheduler):
     )
     (result,) = storage_throughput.main(argv).values()
     assert result["writer"]["complete"] and result["size"] > 0
+    assert result["copy"]["rows"] == 4 * (3 + 40)  # 4 checks: 3 layer rows and 40 scalars each
     if scheduler:
         assert result["scheduler"]["first_s"] > 0
 
