@@ -29,7 +29,7 @@ from alerts.engine import RunEvaluator
 from alerts.lifecycle import AlertState
 from alerts.notifiers import ConsoleNotifier, Notifier, Route, build_routes
 from alerts.notify import Event, plan
-from alerts.predictors import INHIBITORS, PREDICTORS
+from alerts.predictors import INHIBITORS, LIVE_ONLY, PREDICTORS
 from storage import alerts as store
 from storage import runs
 from storage.db import Database, utcnow
@@ -98,7 +98,11 @@ class AlertService:
         now = self.clock()
         engine = self.config.engine
         run_ids = store.runs_to_evaluate(
-            self.db, now=now, finished_grace_s=engine.finished_grace_s, inhibitors=INHIBITORS
+            self.db,
+            now=now,
+            finished_grace_s=engine.finished_grace_s,
+            inhibitors=INHIBITORS,
+            live_only=LIVE_ONLY,
         )
         cursors = store.eval_cursors(self.db, run_ids)
         opened = store.open_alerts(self.db, run_ids)

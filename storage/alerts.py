@@ -176,7 +176,12 @@ def eval_cursors(db: Database, run_ids: list[int]) -> dict[int, EvalCursor]:
 
 
 def runs_to_evaluate(
-    db: Database, *, now: datetime, finished_grace_s: float, inhibitors: tuple[str, ...] = ()
+    db: Database,
+    *,
+    now: datetime,
+    finished_grace_s: float,
+    inhibitors: tuple[str, ...] = (),
+    live_only: tuple[str, ...] = (),
 ) -> list[int]:
     """Ids of runs the live engine should look at.
 
@@ -187,7 +192,9 @@ def runs_to_evaluate(
     runs with a firing alert never told (``last_notified_step`` null: held back by a silence)
     that nothing keeps quiet any more: no silence in force at ``now``, and not a weaker
     (non-critical) alert that fired at or after a firing alert of one of ``inhibitors`` (an
-    ended run's firing alerts stay firing, so that inhibition never ends).
+    ended run's firing alerts stay firing, so that inhibition never ends). Plus ended runs with
+    an open alert of one of ``live_only`` (``stalled``, ``no_progress``: they resolve when the
+    run ends, also when it ends with no step left to evaluate, as ``tripwire runs end`` does).
 
     >>> runs_to_evaluate(db, now=utcnow(), finished_grace_s=600, inhibitors=("non_finite",))  # doctest: +SKIP
     [3, 7]
@@ -213,6 +220,11 @@ def runs_to_evaluate(
     silenced = exists().where(
         SqlSilence.run_id == SqlRun.id, or_(SqlSilence.until.is_(None), SqlSilence.until > now)
     )
+    ended_while_open = (SqlRun.status != "running") & exists().where(
+        held.run_id == SqlRun.id,
+        held.state.in_(("pending", "firing")),
+        held.predictor.in_(live_only),
+    )
     state = type_coerce(SqlEvalCursor.state, Text)
     # The cursor a resume inserts for a run never evaluated (storage.runs.rewind) counts as none.
     placeholder = (SqlEvalCursor.last_step == -1) & (state == "{}")
@@ -233,6 +245,7 @@ def runs_to_evaluate(
                 rewinding,
                 (SqlEvalCursor.run_id.is_(None) | placeholder) & (SqlRun.ended_at >= since),
                 held_back & ~silenced,
+                ended_while_open,
             )
         )
         .order_by(SqlRun.id)

@@ -167,6 +167,9 @@ INHIBITORS = ("non_finite", "loss_exploded")
 """Predictors that say the loss has already blown up: while one fires, the run's weaker
 (non-critical) alerts are stored but not sent (forecasts of what already happened)."""
 
+LIVE_ONLY = tuple(name for name, p in PREDICTORS.items() if p.wall_time)
+"""Predictors that judge wall-clock time (``stalled``, ``no_progress``): live only."""
+
 
 class UnknownPredictor(KeyError):
     """No predictor has this name; the message lists the valid ones."""

@@ -61,3 +61,63 @@ def test_a_killed_trainer_is_stalled_and_alerted_once(sqlite_url, tmp_path):
         trainer.wait(10)
         hook.close()
         db.dispose()
+
+
+def test_a_stalled_run_ended_by_hand_resolves_its_alert(sqlite_url, tmp_path):
+    from sqlalchemy import update
+
+    import collector
+    from storage._models import SqlRun
+    from tests.test_cli_data import tripwire
+
+    db = Database(sqlite_url)
+    db.upgrade()
+    trainer = start_trainer(sqlite_url, "lost-node", tmp_path / "spool", steps=20)
+    hook = Webhook()
+    live = None
+    try:
+        wait_for(lambda: _run_reporting(db, "lost-node", 25), 90, "the trainer to report")
+        os.kill(trainer.pid, signal.SIGKILL)
+        assert trainer.wait(10) == -signal.SIGKILL
+        seen = runs.find_run(db, "lost-node").heartbeat_at
+        with db.session() as s:  # ten minutes pass
+            s.execute(
+                update(SqlRun)
+                .where(SqlRun.name == "lost-node")
+                .values(heartbeat_at=seen - timedelta(minutes=10))
+            )
+        service = AlertService(db, parse_config({}), [WebhookNotifier(hook.url)])
+        assert [(e.predictor, e.kind) for e in service.tick() if e.predictor == "stalled"] == [
+            ("stalled", "firing")
+        ]
+        live = collector.watch(_tiny(), run="alive", db=sqlite_url, spool_dir=tmp_path)
+        live.flush()
+        refused = tripwire("runs", "end", "alive", "--db", sqlite_url)
+        assert (
+            refused.returncode == 1 and "not stalled, not ended: alive (running)" in refused.stderr
+        )
+
+        ended = tripwire("runs", "end", "lost-node", "--db", sqlite_url)
+        assert ended.returncode == 0, ended.stderr
+        assert "lost-node: marked failed (last reported at " in ended.stdout
+        run = runs.find_run(db, "lost-node")
+        assert run.status == "failed" and "ended with `tripwire runs end`" in run.error
+        events = [(e.predictor, e.kind, e.notified) for e in service.tick()]
+        assert ("stalled", "resolved", True) in events
+        assert [k[2] for k in hook.keys() if k[1] == "stalled"] == ["firing", "resolved"]
+        again = tripwire("runs", "end", "lost-node", "--db", sqlite_url)
+        assert again.returncode == 1 and "lost-node (failed)" in again.stderr
+    finally:
+        if live is not None:
+            live.close()
+        if trainer.poll() is None:
+            trainer.kill()
+        trainer.wait(10)
+        hook.close()
+        db.dispose()
+
+
+def _tiny():
+    from torch import nn
+
+    return nn.Linear(2, 2)

@@ -283,3 +283,31 @@ def test_reset_evaluation(db):
     )
     store.reset_evaluation(db, run)
     assert store.list_alerts(db, run_id=run) == [] and store.eval_cursors(db, [run]) == {}
+
+
+def test_runs_to_evaluate_looks_again_at_an_ended_run_with_a_live_only_alert_open(db):
+    # `tripwire runs end` on a stalled run: no step is left to evaluate, but `stalled` must
+    # resolve; a `stalled` alert already resolved, or the run still running, changes nothing.
+    now = utcnow()
+    stalled, resolved = _run(db), _run(db)
+    for rid, state in ((stalled, "firing"), (resolved, "resolved")):
+        with db.session() as s:
+            runs.touch(s, rid, last_step=50, at=now)
+        told = {**_alert("stalled", None, state, "warning", step=50), "last_notified_step": 50}
+        store.commit_evaluation(
+            db,
+            rid,
+            expected_step=None,
+            last_step=50,
+            state={},
+            writes=[store.AlertWrite(None, told)],
+        )
+        with db.session() as s:
+            runs.finish(s, rid, status="failed", at=now - timedelta(days=3))
+
+    def looked_at(live_only=("stalled", "no_progress")):
+        found = store.runs_to_evaluate(db, now=now, finished_grace_s=600, live_only=live_only)
+        return set(found) & {stalled, resolved}
+
+    assert looked_at() == {stalled}
+    assert looked_at(live_only=()) == set()

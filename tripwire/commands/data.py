@@ -120,7 +120,8 @@ def runs_command(
 ) -> None:
     """List runs, newest first: status (running, finished, failed, stalled), last step and loss.
 
-    `tripwire runs delete` deletes runs; `tripwire runs copy` copies them into another database.
+    `tripwire runs delete` deletes runs; `tripwire runs copy` copies them into another database;
+    `tripwire runs end` marks stalled runs ended.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -240,6 +241,53 @@ def delete_command(
         click.confirm(f"Delete {what}?", abort=True)
     deleted = runs.delete_runs(db, [r.id for r in chosen])
     click.echo(f"deleted {deleted} run{'s' if deleted != 1 else ''} from {redact_url(db.url)}")
+
+
+@runs_command.command("end")
+@db_option
+@click.argument("names", nargs=-1, required=True, metavar="RUN...")
+@click.option("--project", default=None, help="Look the runs up in this project only.")
+@click.option(
+    "--status",
+    type=click.Choice(["failed", "finished"]),
+    default="failed",
+    show_default=True,
+    help="What the run is marked.",
+)
+def end_command(db_url: str | None, names: tuple[str, ...], project: str | None, status: str):
+    """Mark stalled runs ended: their trainer died without closing them (SIGKILL, a lost node).
+
+    RUN is a run id or name (the newest run with that name). The run is marked failed (or
+    finished), its error says when it last reported, and at the scheduler's next tick its
+    stalled alert resolves. A run that still reports is refused. If its trainer comes back
+    after all, what it writes is still stored, and its own close() marks it again.
+
+    \b
+      tripwire runs end gpt-small-lr3e-3
+    """
+    db = Database(db_url, create=False)
+    db.ensure_schema()
+    now = utcnow()
+    after_s = configured_after_s()
+    chosen = list({run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values())
+    not_stalled = [
+        f"{printable(r.name)} ({_display_status(r, now, after_s)})"
+        for r in chosen
+        if _display_status(r, now, after_s) != "stalled"
+    ]
+    if not_stalled:
+        raise UserError(f"not stalled, not ended: {', '.join(not_stalled)}")
+    for run in chosen:
+        seen = run.last_seen.isoformat(timespec="seconds")
+        with db.session() as s:
+            runs.finish(
+                s,
+                run.id,
+                status=status,
+                at=now,
+                error=f"ended with `tripwire runs end`: the trainer last reported at {seen}Z",
+            )
+        click.echo(f"{printable(run.name)}: marked {status} (last reported at {seen}Z)")
 
 
 @runs_command.command("copy")
