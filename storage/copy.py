@@ -45,7 +45,8 @@ def copy_run(source: Database, target: Database, run: Run) -> Copied:
     """
     if run.status == "running":
         raise StorageError(
-            f"run {run.name} is still running (or stalled) in the source; copy it once it ended"
+            f"run {run.name} is still running in the source; copy it once it ended (if its "
+            "trainer died, `tripwire runs end` it first)"
         )
     scalars = layer_rows = 0
     with target.session() as s:
