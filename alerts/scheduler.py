@@ -13,6 +13,7 @@ import logging
 from datetime import datetime, timezone
 
 from alerts.service import AlertService
+from alerts.watchdog import HeartbeatPing
 
 log = logging.getLogger("tripwire.alerts")
 
@@ -28,14 +29,18 @@ def _import_apscheduler():
     return BlockingScheduler, BackgroundScheduler
 
 
-def safe_evaluate(service: AlertService) -> None:
-    """One evaluation that logs instead of raising (the database may be down for a while)."""
+def safe_evaluate(service: AlertService, ping: HeartbeatPing | None = None) -> None:
+    """One evaluation that logs instead of raising (the database may be down for a while);
+    ``ping`` is told when it went through (:mod:`alerts.watchdog`)."""
     try:
         events = service.evaluate()
-        for event in events:
-            log.info("%s %s %s step %s", event.kind, event.predictor, event.run_label, event.step)
     except Exception as exc:
         log.error("alert tick failed: %s", exc)
+        return
+    for event in events:
+        log.info("%s %s %s step %s", event.kind, event.predictor, event.run_label, event.step)
+    if ping is not None:
+        ping.ping()
 
 
 def safe_deliver(service: AlertService) -> None:
@@ -52,9 +57,11 @@ def build_scheduler(
     interval_s: float | None = None,
     misfire_grace_s: float | None = None,
     blocking: bool = True,
+    ping: HeartbeatPing | None = None,
 ):
     """An APScheduler scheduler running ``service.evaluate`` and ``service.deliver`` every
-    ``interval_s`` seconds, each on its own.
+    ``interval_s`` seconds, each on its own; ``ping`` is requested after each evaluation that
+    went through (a dead man's switch, :mod:`alerts.watchdog`).
 
     A blocking one's ``start()`` returns only when stopped (Ctrl-C). Tripwire logs one INFO
     line per alert event (``tripwire.alerts``); APScheduler's own loggers are quieted to
@@ -73,14 +80,14 @@ def build_scheduler(
     interval = interval_s or engine.interval_s
     scheduler = (blocking_cls if blocking else background_cls)(timezone=timezone.utc)
     jobs = (
-        (safe_evaluate, "tripwire-alerts", "evaluate live runs"),
-        (safe_deliver, "tripwire-notifications", "send notifications"),
+        (safe_evaluate, [service, ping], "tripwire-alerts", "evaluate live runs"),
+        (safe_deliver, [service], "tripwire-notifications", "send notifications"),
     )
-    for job, job_id, name in jobs:
+    for job, args, job_id, name in jobs:
         scheduler.add_job(
             job,
             "interval",
-            args=[service],
+            args=args,
             seconds=interval,
             id=job_id,
             name=name,

@@ -83,6 +83,7 @@ def test_services_dependencies_and_health_checks(compose):
     assert services["scheduler"]["command"] == ["tripwire", "scheduler"]
     assert services["dashboard"]["command"][:2] == ["tripwire", "dashboard"]
     assert "_stcore/health" in " ".join(services["dashboard"]["healthcheck"]["test"])
+    assert services["scheduler"]["healthcheck"]["test"] == ["CMD", "tripwire", "health"]
     assert services["mailpit"]["profiles"] == ["email"]
     assert all("profiles" not in s for n, s in services.items() if n != "mailpit")
 
@@ -193,6 +194,15 @@ def test_the_stack_commands_run_natively_against_postgresql(compose, pg_url, tmp
             assert scheduler.poll() is None, scheduler.stdout.read()
             time.sleep(0.3)
         assert alert_store.last_beat(db, "scheduler") is not None, "the scheduler never ticked"
+        check = services["scheduler"]["healthcheck"]["test"]
+        healthy = subprocess.run(
+            [TRIPWIRE, *check[2:]],
+            env=_native_env(compose, "scheduler", pg_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert healthy.returncode == 0 and "scheduler: last tick" in healthy.stdout, healthy
     finally:
         scheduler.terminate()  # what `docker compose stop` sends (through init)
         out, _ = scheduler.communicate(timeout=30)

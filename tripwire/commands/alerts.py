@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from datetime import timedelta
 
 import click
@@ -68,13 +69,20 @@ def scheduler_command(db_url: str | None, config_path: str | None, interval, onc
     config = load_config_or_exit(config_path)
     routes = routes_or_exit(config)
     from alerts.service import AlertService
+    from alerts.watchdog import HeartbeatPing
     from storage import redact_url
 
+    try:
+        ping = HeartbeatPing.from_env()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     db = _database(db_url)
     service = AlertService(db, config, routes)
     if once:
         for event in service.tick():
             click.echo(_event_line(event))
+        if ping is not None:
+            ping.ping()
         return
     try:
         from alerts.scheduler import build_scheduler
@@ -83,9 +91,12 @@ def scheduler_command(db_url: str | None, config_path: str | None, interval, onc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     every = interval or config.engine.interval_s
     names = ", ".join(repr(r.notifier) for r in routes)
-    click.echo(f"tripwire scheduler: {redact_url(db.url)} every {every:g} s; notifiers: {names}")
+    watched = f"; heartbeat: {ping!r}" if ping is not None else ""
+    click.echo(
+        f"tripwire scheduler: {redact_url(db.url)} every {every:g} s; notifiers: {names}{watched}"
+    )
     try:
-        scheduler = build_scheduler(service, interval_s=interval)
+        scheduler = build_scheduler(service, interval_s=interval, ping=ping)
     except ImportError as exc:
         raise UserError(str(exc)) from None
     stop_on_sigterm()
@@ -99,6 +110,34 @@ def _event_line(event) -> str:  # noqa: ANN001
     layer = f" {event.layer}" if event.layer else ""
     told = "" if event.notified else f" ({event.suppressed})"
     return f"{event.kind} {event.severity} {event.predictor}{layer} run={event.run_label} step={event.step}{told}"
+
+
+@click.command("health")
+@db_option
+@config_option
+@click.option(
+    "--max-age",
+    "max_age_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    metavar="SECONDS",
+    help="How old the scheduler's last tick may be (default: 3 intervals, at least 30 s).",
+)
+def health_command(db_url: str | None, config_path: str | None, max_age_s: float | None) -> None:
+    """Exit 0 if the alert scheduler ticked lately, else 1: a health check for Docker or
+    Kubernetes, or a cron job that mails its output (a dead scheduler sends no alert at all).
+
+    \b
+      tripwire health --max-age 60 || echo "Tripwire's scheduler is down"
+    """
+    from alerts.watchdog import scheduler_health
+
+    config = load_config_or_exit(config_path)
+    db = _database(db_url, create=False)
+    ok, line = scheduler_health(db, max_age_s or max(30.0, 3 * config.engine.interval_s))
+    click.echo(line)
+    if not ok:
+        sys.exit(1)
 
 
 @click.command("evaluate")
@@ -254,6 +293,7 @@ def silence_command(
 
 def register(cli: click.Group) -> None:
     cli.add_command(scheduler_command)
+    cli.add_command(health_command)
     cli.add_command(evaluate_command)
     cli.add_command(notify_group)
     cli.add_command(silence_command)
