@@ -19,12 +19,19 @@ pages = [
     st.Page("views/alerts.py", title="Alerts", icon=":material/notifications:", url_path="alerts"),
     st.Page("views/health.py", title="Health", icon=":material/favorite:", url_path="health"),
 ]
+try:
+    auth.session_hours()
+except ValueError as exc:  # a bad TRIPWIRE_DASHBOARD_SESSION_HOURS
+    st.error(str(exc))
+    st.stop()
 # Navigation is resolved before the gate so that a deep link (/run?run=...) survives signing in.
 allowed = auth.allowed()
 page = st.navigation(pages, position="sidebar" if allowed else "hidden")
+auth.write_cookie()  # set on signing in, cleared on signing out
 if not allowed:
     auth.login_form()
     st.stop()
+auth.sign_out_button()
 try:
     queries.database(queries.db_url())
 except StorageError as exc:  # unreachable, or a schema that needs `tripwire db upgrade`

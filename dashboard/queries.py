@@ -82,10 +82,22 @@ def _choice(r) -> dict:  # noqa: ANN001
     }
 
 
+PICKER_LIMIT = 500
+"""A run picker lists the newest this many runs that match its search box."""
+
+
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def run_choices(url: str, limit: int = 500) -> list[dict]:
-    """(id, uid, name, project, status, started_at) of recent runs, for pickers."""
-    return [_choice(r) for r in runs.list_runs(database(url), limit=limit)]
+def run_choices(url: str, search: str | None = None, limit: int = PICKER_LIMIT) -> list[dict]:
+    """(id, uid, name, project, status, started_at) of the newest runs whose name or project
+    contains ``search`` (any case; every run without it), for pickers."""
+    found = runs.list_runs(database(url), search=(search or "").strip() or None, limit=limit)
+    return [_choice(r) for r in found]
+
+
+@st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
+def runs_named(url: str, name: str) -> list[dict]:
+    """Every run called exactly ``name`` (reruns, other projects' runs), newest first."""
+    return [_choice(r) for r in runs.list_runs(database(url), name=name, limit=PICKER_LIMIT)]
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
@@ -268,3 +280,14 @@ def unsilence(url: str, run_id: int) -> int:
     removed = alert_store.unsilence_run(database(url), run_id)
     silences.clear()
     return removed
+
+
+def delete_run(url: str, run_id: int) -> int:
+    """Delete a run and everything stored for it (a write: never cached) and drop the cached
+    lists that may name it (not the series, keyed by run id: nothing reads a deleted run's).
+    Returns how many runs were deleted (0 or 1)."""
+    deleted = runs.delete_runs(database(url), [run_id])
+    lists = (runs_overview, projects, run_choices, runs_named, runs_by_id, find_run, alerts)
+    for cached in (*lists, silences, health):
+        cached.clear()
+    return deleted

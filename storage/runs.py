@@ -313,9 +313,12 @@ def list_runs(
     project: str | None = None,
     status: str | None = None,
     name_contains: str | None = None,
+    name: str | None = None,
+    search: str | None = None,
     limit: int = 1000,
 ) -> list[Run]:
-    """Runs, newest first, optionally filtered by project, stored status and part of the name."""
+    """Runs, newest first, optionally filtered by project, stored status, part of the name,
+    the exact name, or ``search``: part of the name or of the project, in any case."""
     query = _runs_query().order_by(SqlRun.started_at.desc(), SqlRun.id.desc()).limit(limit)
     if project is not None:
         query = query.where(SqlProject.name == project)
@@ -323,6 +326,13 @@ def list_runs(
         query = query.where(SqlRun.status == status)
     if name_contains:
         query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
+    if name is not None:
+        query = query.where(SqlRun.name == name)
+    if search:
+        query = query.where(
+            SqlRun.name.icontains(search, autoescape=True)
+            | SqlProject.name.icontains(search, autoescape=True)
+        )
     with db.session() as s:
         return [as_run(*row) for row in s.execute(query).all()]
 

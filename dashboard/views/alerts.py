@@ -12,15 +12,21 @@ from storage.db import utcnow
 url = queries.db_url()
 st.title("Alerts")
 
-choices = queries.run_choices(url)
-labels = {c["id"]: fmt.run_label(c) for c in choices}  # names repeat: a resumed run, a 2nd train()
 
-c1, c2, c3, c4 = st.columns(4)
+def _run_labels(search: str) -> dict[int, str]:
+    """id → label of the newest runs whose name or project contains ``search`` (names repeat:
+    a resumed run, a second ``train()``)."""
+    return {c["id"]: fmt.run_label(c) for c in queries.run_choices(url, search.strip() or None)}
+
+
+c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 2])
 state = c1.segmented_control("State", ["open", "resolved", "all"], default="open")
 severity = c2.selectbox("Severity", ["(all)", "critical", "warning", "info"])
 predictors = sorted({a.predictor for a in queries.alerts(url)})
 predictor = c3.selectbox("Predictor", ["(all)", *predictors])
-run_pick = c4.selectbox(
+find = c4.text_input("Find a run", placeholder="name or project", key="alerts-run-search")
+labels = _run_labels(find)
+run_pick = c5.selectbox(
     "Run", [None, *labels], format_func=lambda i: "(all)" if i is None else labels.get(i, str(i))
 )
 
@@ -71,7 +77,13 @@ else:
 
 st.subheader("Silence a run")
 st.caption("A silenced run's alerts are still evaluated and listed; only notifications are held.")
-if choices:
+find = st.text_input(
+    "Find the run to silence", placeholder="part of its name or project", key="silence-search"
+)
+labels = _run_labels(find)
+if find.strip() and not labels:
+    st.caption(f"No run's name or project contains {fmt.md(repr(find.strip()))}.")
+if labels:
     with st.form("silence"):
         f1, f2, f3 = st.columns([2, 1, 2])
         target = f1.selectbox("Run", list(labels), format_func=lambda i: labels[i])

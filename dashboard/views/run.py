@@ -6,43 +6,79 @@ Deep link: ``/run?run=<name or uid>&step=<n>[&layer=<name>]`` (what alert messag
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, insights, queries
+from dashboard import auth, figures, insights, queries
 from dashboard import format as fmt
 from storage.entities import listed
 
 url = queries.db_url()
 params = st.query_params
-choices = queries.run_choices(url)
-if not choices:
+newest = queries.run_choices(url)
+if not newest:
     st.title("Run")
     st.info("No runs in this database yet.")
     st.stop()
 
+
+def _candidates(name: str, named: list[dict]) -> None:
+    """A link names several runs: list them, newest first, each linking to its own page."""
+    st.title(f"{len(named)} runs are named {fmt.md(name)}")
+    st.caption(
+        "Reruns (a resumed run, a second `trainer.train()`) and other projects' runs can share a "
+        "name; a link by uid, as alert messages use, opens one run. Newest first:"
+    )
+    keep = {k: params[k] for k in ("step", "layer") if k in params}
+    for c in named:
+        st.page_link(
+            "views/run.py",
+            label=f"{fmt.md(c['project'])} · started {c['started_at']:%Y-%m-%d %H:%M:%S} UTC · "
+            f"{c['status']} · uid {fmt.md(c['uid'])}",
+            query_params={"run": c["uid"], **keep},
+            icon=":material/monitoring:",
+        )
+
+
 ref = params.get("run")
 run = queries.find_run(url, ref) if ref else None
-if ref and run is None:
-    projects = sorted({c["project"] for c in choices if c["name"] == ref})
-    if len(projects) > 1:  # two teams' "baseline": a link by name cannot tell which
-        st.warning(
-            f"Run name {fmt.md(repr(ref))} is used in projects {fmt.md(', '.join(projects))}: "
-            "pick the run in the sidebar (links by uid name one); showing the newest run."
-        )
-    else:
+if ref and (run is None or run["uid"] != ref):  # a name, not a uid
+    named = queries.runs_named(url, ref)
+    if len(named) > 1:  # never guess which one was meant: say so and let the user choose
+        _candidates(ref, named)
+        st.session_state["run-candidates-shown"] = True
+        st.stop()
+    if not named:
         st.warning(f"No run named or with uid {fmt.md(repr(ref))}; showing the newest run.")
-run = run or queries.find_run(url, choices[0]["uid"])
+run = run or queries.find_run(url, newest[0]["uid"])
 
+search = st.sidebar.text_input(
+    "Find a run", placeholder="part of its name or project", key="run-search"
+)
+choices = queries.run_choices(url, search) if search.strip() else newest
 labels = {c["uid"]: fmt.run_label(c) for c in choices}
 if run["uid"] not in labels:
     labels = {run["uid"]: fmt.run_label(run), **labels}
 picked = st.sidebar.selectbox(
     "Run", list(labels), index=list(labels).index(run["uid"]), format_func=labels.get
 )
+if search.strip():
+    found = len(choices)
+    st.sidebar.caption(
+        f"No run's name or project contains {fmt.md(repr(search.strip()))}."
+        if not found
+        else f"The newest {found} matching runs."
+        if found == queries.PICKER_LIMIT
+        else f"{fmt.count(found, 'matching run')}."
+    )
+elif len(newest) == queries.PICKER_LIMIT:
+    st.sidebar.caption(f"The newest {queries.PICKER_LIMIT} runs: type above to find older ones.")
 if picked != run["uid"]:
     st.query_params.clear()
     st.query_params["run"] = picked
     run = queries.find_run(url, picked)
 elif params.get("run") != run["uid"] and params.get("run") != run["name"]:
     st.query_params["run"] = run["uid"]
+elif st.session_state.pop("run-candidates-shown", False):
+    # A page link to this same page leaves the address bar on the name: write the uid there.
+    st.query_params.from_dict(params.to_dict())
 
 try:
     mark_step = int(params["step"]) if "step" in params else None
@@ -256,3 +292,35 @@ with st.expander("Config"):
         f" · check every {run.get('every') or '?'} steps"
         + (f" · error: {fmt.md(run['error'])}" if run.get("error") else "")
     )
+
+
+confirm_key = f"delete-confirm-{run_id}"
+with st.expander("Delete this run", expanded=bool(st.session_state.get(confirm_key))):
+    st.caption(
+        "Deletes the run and everything stored for it: statistics, scalars, alerts, their "
+        "notifications and silences. It cannot be undone (`tripwire runs delete` does the same "
+        "from a shell)."
+    )
+    if live:
+        st.info(
+            "This run is still reporting: stop its trainer first (a killed one counts as "
+            "stalled after a few minutes, and can be deleted then)."
+        )
+    else:
+        with st.form(f"delete-{run_id}"):
+            typed = st.text_input(
+                f"Type the run's name, {fmt.md(run['name'], code=True)}, to confirm",
+                key=confirm_key,
+            )
+            confirmed = st.form_submit_button("Delete this run", type="primary")
+        if confirmed:
+            if typed != run["name"]:
+                st.error("The name typed does not match this run's name; nothing was deleted.")
+            elif auth.allowed():  # the gate again, at the moment of the write
+                queries.delete_run(url, run_id)
+                st.session_state["tripwire-flash"] = (
+                    f"Deleted run {fmt.md(run['name'])} ({fmt.md(run['project'])}, uid "
+                    f"{fmt.md(run['uid'], code=True)}) and everything stored for it."
+                )
+                st.query_params.clear()
+                st.switch_page("views/runs.py")

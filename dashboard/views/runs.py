@@ -9,6 +9,8 @@ from dashboard import queries
 
 url = queries.db_url()
 st.title("Runs")
+if flash := st.session_state.pop("tripwire-flash", None):  # what the last page did: a deletion
+    st.success(flash)
 
 left, middle, right = st.columns([1, 1, 2])
 project = left.selectbox("Project", ["(all)", *queries.projects(url)])

@@ -140,7 +140,7 @@ def test_silencing_a_run_from_the_alerts_page(tmp_path, monkeypatch):
     form_run = next(s for s in at.selectbox if s.label == "Run" and s.options[0] != "(all)")
     form_run.set_value(run_id)
     at.number_input[0].set_value(3.0)
-    at.text_input[0].input("rerunning with a lower lr")
+    next(t for t in at.text_input if t.label == "Reason").input("rerunning with a lower lr")
     next(b for b in at.button if b.label == "Silence").click()
     at.run()
     _assert_clean(at)
@@ -394,7 +394,16 @@ def test_a_finished_run_without_monitored_layers_says_why_its_charts_are_empty(
     assert any(n.startswith("no gradient norm: ") and "monitored layers" in n for n in notes)
 
 
-def test_a_link_by_a_name_two_projects_use_says_so(tmp_path, monkeypatch):
+def _app_page(page: str, query: dict) -> AppTest:
+    """A page through the entry point, as a browser reaches it (page links need navigation)."""
+    at = AppTest.from_file(str(DASHBOARD / "app.py"), default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(f"views/{page}.py")
+    return at.run()
+
+
+def test_a_link_by_a_name_two_projects_use_lists_both(tmp_path, monkeypatch):
     from storage import runs
     from storage.db import utcnow
 
@@ -405,10 +414,131 @@ def test_a_link_by_a_name_two_projects_use_says_so(tmp_path, monkeypatch):
                 s, uid=f"uid-{project}", project=project, name="baseline", started_at=utcnow()
             )
     db.dispose()
-    at = _run(DASHBOARD / "views" / "run.py", {"run": "baseline"})
+    at = _app_page("run", {"run": "baseline"})
     _assert_clean(at)
-    (warning,) = [shown(w.value) for w in at.warning if "baseline" in w.value]
-    assert "is used in projects alpha, beta" in warning and "No run named" not in warning
+    assert at.title[0].value == "2 runs are named baseline"
+    links = at.get("page_link")
+    assert {link.proto.query_string for link in links} == {"run=uid-alpha", "run=uid-beta"}
+    assert {shown(link.proto.label).split(" · ")[0] for link in links} == {"alpha", "beta"}
+
+
+def test_a_link_by_a_name_reruns_share_lists_them_newest_first(tmp_path, monkeypatch):
+    # W&B and MLflow treat a run name as a label, never as an id: a link by a name three runs
+    # share must not open one of them as if it were the only one.
+    from datetime import timedelta
+
+    from sample_runs import write_run
+
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "reruns")
+    for uid, hours, status in (
+        ("first", 30, "failed"),
+        ("second", 20, "finished"),
+        ("third", 1, "running"),
+    ):
+        write_run(
+            db,
+            name="gpt",
+            steps=30,
+            uid=uid,
+            status=status,
+            started=utcnow() - timedelta(hours=hours),
+        )
+    db.dispose()
+    at = _app_page("run", {"run": "gpt", "step": "12", "layer": "blocks.0.mlp.fc"})
+    _assert_clean(at)
+    assert at.title[0].value == "3 runs are named gpt"
+    assert not at.get("plotly_chart")  # no run's charts as if it were the one meant
+    links = at.get("page_link")
+    assert [link.proto.query_string for link in links] == [
+        f"run={uid}&step=12&layer=blocks.0.mlp.fc" for uid in ("third", "second", "first")
+    ]
+    labels = [shown(link.proto.label) for link in links]
+    assert [label.split(" · ")[2] for label in labels] == ["running", "finished", "failed"]
+    assert all(label.startswith("demo · started ") and " UTC · " in label for label in labels)
+    # by uid, or by a name only one run has, the page opens the run
+    at = _app_page("run", {"run": "second"})
+    _assert_clean(at)
+    assert at.title[0].value == "gpt" and "second" in at.caption[0].value
+
+
+def test_run_pickers_find_runs_past_the_newest_500(tmp_path, monkeypatch):
+    from datetime import timedelta
+
+    from storage import runs
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "many")
+    now = utcnow()
+    with db.session() as s:
+        runs.ensure_run(
+            s,
+            uid="needle",
+            project="Archive",
+            name="Old-Needle",
+            started_at=now - timedelta(days=60),
+        )
+        for i in range(600):
+            runs.ensure_run(
+                s,
+                uid=f"sweep-{i}",
+                project="sweep",
+                name=f"lr-{i}",
+                started_at=now - timedelta(minutes=i),
+            )
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "sweep-0"})
+    _assert_clean(at)
+    (picker,) = [s for s in at.sidebar.selectbox if s.label == "Run"]
+    assert len(picker.options) == 500 and not any("Needle" in o for o in picker.options)
+    for query in ("needle", "ARCHIVE"):
+        at.sidebar.text_input(key="run-search").input(query).run()
+        _assert_clean(at)
+        (picker,) = [s for s in at.sidebar.selectbox if s.label == "Run"]
+        assert [o.split(" · ")[0] for o in picker.options] == [
+            "lr-0",
+            "Old-Needle",
+        ]  # + the open run
+    picker.set_value("needle").run()
+    _assert_clean(at)
+    assert shown(at.title[0].value) == "Old-Needle"
+
+    at = _run(DASHBOARD / "views" / "alerts.py")
+    _assert_clean(at)
+    for key in ("alerts-run-search", "silence-search"):
+        at.text_input(key=key).input("needle").run()
+    _assert_clean(at)
+    pickers = [s for s in at.selectbox if s.label == "Run"]
+    assert len(pickers) == 2  # the filter and the silence form
+    for picker in pickers:
+        (found,) = [o for o in picker.options if o != "(all)"]
+        assert found.startswith("Old-Needle · Archive · ")
+
+
+def test_deleting_needs_the_runs_name_and_an_ended_run(tmp_path, monkeypatch):
+    from sample_runs import write_run
+
+    from storage import runs
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "delete")
+    write_run(db, name="scratch", steps=30, status="finished")
+    live = write_run(db, name="live", steps=30)
+    with db.session() as s:
+        runs.touch(s, live, last_step=29, at=utcnow())
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "scratch"})
+    _assert_clean(at)
+    at.text_input(key=f"delete-confirm-{runs.find_run(db, 'scratch').id}").input("scratc")
+    next(b for b in at.button if b.label == "Delete this run").click()
+    at.run()
+    assert any("does not match" in e.value for e in at.error)
+    assert runs.find_run(db, "scratch").status == "finished"  # still there
+    at = _run(DASHBOARD / "views" / "run.py", {"run": "live"})
+    _assert_clean(at)
+    assert not [b for b in at.button if b.label == "Delete this run"]
+    assert any("still reporting" in i.value for i in at.info)
+    db.dispose()
 
 
 def test_alerts_about_steps_a_resume_replaced_are_not_drawn_on_the_new_curve(tmp_path, monkeypatch):

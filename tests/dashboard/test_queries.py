@@ -49,3 +49,62 @@ def test_refresh_slows_down_for_huge_live_runs():
     assert queries.refresh_seconds(50_000, 10, 100) == 15
     assert queries.refresh_seconds(100_000, 10, 200) == 60
     assert queries.refresh_seconds(None, None, 0) == queries.LIVE_TTL_S
+
+
+def test_run_choices_search_any_run_by_part_of_its_name_or_project(db_url):
+    # More runs than a picker lists: the search goes to SQL, not through the newest few hundred.
+    from datetime import timedelta
+
+    from storage import Database, runs
+    from storage.db import utcnow
+
+    db = Database(db_url)
+    db.upgrade()
+    now = utcnow()
+    with db.session() as s:
+        runs.ensure_run(
+            s,
+            uid="old",
+            project="Vision-Team",
+            name="ResNet_50%",
+            started_at=now - timedelta(days=9),
+        )
+        runs.ensure_run(
+            s,
+            uid="older",
+            project="nlp",
+            name="resnet-ablation",
+            started_at=now - timedelta(days=10),
+        )
+        for i in range(queries.PICKER_LIMIT + 20):
+            runs.ensure_run(
+                s,
+                uid=f"sweep-{i}",
+                project="sweep",
+                name=f"lr-{i}",
+                started_at=now - timedelta(seconds=i),
+            )
+    db.dispose()
+    assert len(queries.run_choices(db_url)) == queries.PICKER_LIMIT
+    assert "old" not in {c["uid"] for c in queries.run_choices(db_url)}
+    assert [c["uid"] for c in queries.run_choices(db_url, "RESNET")] == [
+        "old",
+        "older",
+    ]  # newest first
+    assert [c["uid"] for c in queries.run_choices(db_url, "vision-team")] == ["old"]  # the project
+    assert [c["uid"] for c in queries.run_choices(db_url, "50%")] == ["old"]  # % is literal
+    assert [c["uid"] for c in queries.run_choices(db_url, "res_et")] == []  # and _ is no wildcard
+    assert [c["uid"] for c in queries.run_choices(db_url, "  lr-51  ")] == [
+        "sweep-51",
+        "sweep-510",
+        "sweep-511",
+        "sweep-512",
+        "sweep-513",
+        "sweep-514",
+        "sweep-515",
+        "sweep-516",
+        "sweep-517",
+        "sweep-518",
+        "sweep-519",
+    ]
+    assert [c["uid"] for c in queries.runs_named(db_url, "resnet-ablation")] == ["older"]
