@@ -10,8 +10,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
-# An unpinned torch would resolve to a CUDA build of several GB: install the CPU 2.13.0 first
-# when torch is missing; the project itself only asks for torch>=2.2.
+# When torch is missing, pin the 2.13.0 this project was tested with, from the pip index in
+# use: PyPI's Linux wheel is the CUDA build (several GB); for the CPU build install it first
+# from https://download.pytorch.org/whl/cpu (README). The project itself asks for torch>=2.2.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "setup: installing torch==2.13.0"
     "${pip[@]}" "torch==2.13.0"

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.alerts.test_notifiers_http import Recorder
 
 # weight_growth at a rate every layer passes while it warms up, so it fires within 60 steps;
@@ -64,3 +66,23 @@ def test_demo_config_option_and_a_bad_file_stops_before_training(tmp_path):
     assert result.returncode == 1
     assert "mine.toml: predictors.nope: unknown predictor" in result.stderr
     assert "Traceback" not in result.stderr and "step" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "rule, log_notifier",
+    [
+        (EAGER_RULE, 'projects = ["prod"]'),  # the demo's run is in project "demo"
+        (EAGER_RULE.replace('"critical"', '"info"'), 'min_severity = "critical"'),
+    ],
+    ids=["projects", "min_severity"],
+)
+def test_demo_terminal_prints_every_alert_whatever_the_file_routes_to_its_log_notifier(
+    tmp_path, rule, log_notifier
+):
+    # README: the demo's alerts follow tripwire.toml; "the terminal prints every alert either way"
+    (tmp_path / "tripwire.toml").write_text(
+        f'{rule}\n[[notifiers]]\nkind = "log"\n{log_notifier}\n'
+    )
+    result = _demo(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "FIRING" in result.stdout and "weight_growth" in result.stdout, result.stdout

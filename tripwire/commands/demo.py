@@ -27,9 +27,14 @@ def _start_alerts(db: Database, config_path: str | None, stop: threading.Event):
 
     source = find_config(config_path)  # found once: what is loaded is what is printed
     config = load_config_or_exit(source)
-    routes = routes_or_exit(config)
+    # The demo's terminal shows every alert, whatever the file routes to its log notifier (a
+    # `min_severity` or `projects` there would hide the demo's run, in project "demo").
+    routes = [
+        Route(r.notifier) if isinstance(r.notifier, ConsoleNotifier) else r
+        for r in routes_or_exit(config)
+    ]
     if not any(isinstance(r.notifier, ConsoleNotifier) for r in routes):
-        routes.insert(0, Route(ConsoleNotifier()))  # the demo's terminal shows the alerts anyway
+        routes.insert(0, Route(ConsoleNotifier()))
     service = AlertService(db, config, routes)
     click.echo(
         f"Alerts: rules from {source if source else 'the built-in defaults'}; "
