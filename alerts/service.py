@@ -32,7 +32,7 @@ from alerts.notify import Event, plan
 from alerts.predictors import INHIBITORS, LIVE_ONLY, PREDICTORS
 from storage import alerts as store
 from storage import runs
-from storage.db import Database, utcnow
+from storage.db import Database
 from storage.errors import RunNotFound, StoreUnavailable
 
 log = logging.getLogger("tripwire.alerts")
@@ -64,7 +64,7 @@ class AlertService:
     ):
         self.db = db
         self.config = config or Config()
-        self.clock = clock or utcnow
+        self.clock = clock or db.now  # the database server's clock, as the trainers' times
         self.name = name
         self.sleep = sleep
         if notifiers is None:
@@ -126,7 +126,7 @@ class AlertService:
             "errors": failures,
             "tick_s": round(time.perf_counter() - started, 4),
         }
-        store.beat(self.db, self.name, info)
+        store.beat(self.db, self.name, info, at=now)
         return events
 
     def deliver(self) -> list[Outcome]:

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable
 
 from alerts.notifiers.base import NotifyError, check_url, http_status_error, network_error, redact
-from storage import Database, utcnow
+from storage import Database
 from storage import alerts as store
 
 log = logging.getLogger("tripwire.alerts")
@@ -97,7 +97,7 @@ def scheduler_health(db: Database, max_age_s: float) -> tuple[bool, str]:
     if found is None:
         return False, "scheduler: never ticked against this database"
     seen, info = found
-    age = (utcnow() - seen).total_seconds()
+    age = (db.now() - seen).total_seconds()
     detail = f"{info.get('runs', '?')} runs, {info.get('errors', '?')} errors"
     if age > max_age_s:
         return False, f"scheduler: last tick {age:.0f} s ago, over {max_age_s:g} s ({detail})"

@@ -13,6 +13,7 @@ Caches are keyed by the database URL (a string), so one process can serve severa
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 
 import streamlit as st
 
@@ -20,7 +21,6 @@ from alerts.predictors.stalled import configured_after_s
 from dashboard import insights
 from storage import Database, redact_url, resolve_url, runs, series, stats
 from storage import alerts as alert_store
-from storage.db import utcnow
 
 LIVE_TTL_S = 3
 """Data of live runs changes every few seconds; pages refresh at about this pace."""
@@ -41,6 +41,11 @@ def database(url: str) -> Database:
     db = Database(url)
     db.ensure_schema()
     return db
+
+
+def now(url: str) -> datetime:
+    """Naive UTC now by the database server's clock, which the trainers' times are on."""
+    return database(url).now()
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
@@ -248,7 +253,8 @@ def alerts(
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
 def silences(url: str) -> list:
-    return alert_store.active_silences(database(url), utcnow())
+    db = database(url)
+    return alert_store.active_silences(db, db.now())
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)

@@ -20,18 +20,20 @@ fi
 echo "setup: installing tripwire[$extras]"
 "${pip[@]}" -e ".[$extras]"
 
-# Outside Python, the tests use Chromium (browser tests) and openssl (a certificate for the
-# TLS email tests); with CI=true a missing one fails them (tests/needs.py).
+# Outside Python, the tests use Chromium (browser tests), openssl (a certificate for the
+# TLS email tests) and faketime (a trainer with a skewed clock); with CI=true a missing one
+# fails them (tests/needs.py).
 if [ "$extras" = "dev" ]; then
     system=()
     [ -x /usr/bin/chromium ] || system+=(chromium)
     command -v openssl >/dev/null || system+=(openssl)
+    command -v faketime >/dev/null || system+=(faketime)
     if [ ${#system[@]} -gt 0 ]; then
         if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-            echo "setup: installing ${system[*]} (browser and TLS email tests)"
+            echo "setup: installing ${system[*]} (browser, TLS email and clock tests)"
             apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${system[@]}" >/dev/null
         else
-            echo "setup: missing ${system[*]}; install (apt-get install ${system[*]}) for the browser and TLS email tests" >&2
+            echo "setup: missing ${system[*]}; install (apt-get install ${system[*]}) for the browser, TLS email and clock tests" >&2
         fi
     fi
 fi

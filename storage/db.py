@@ -7,10 +7,10 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -88,6 +88,10 @@ def _masked(url: str) -> str:
         return repr(url)
     scheme, sep, _ = url.partition("://")
     return (scheme + sep if sep else "") + "***@" + url.rsplit("@", 1)[1]
+
+
+CLOCK_CHECK_S = 600.0
+"""How often :meth:`Database.clock_offset` measures the server's clock again (clocks drift)."""
 
 
 def utcnow() -> datetime:
@@ -184,6 +188,31 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._offset: tuple[float, timedelta] | None = None  # (measured at, monotonic; offset)
+
+    def now(self) -> datetime:
+        """Naive UTC now by the database server's clock, the one clock every process compares
+        times on: a trainer's heartbeat with the scheduler's now, say. Machines whose clocks
+        disagree (a laptop's Docker VM minutes behind after a sleep) then do not see a live run
+        as stalled. SQLite: this machine's clock."""
+        return utcnow() + self.clock_offset()
+
+    def clock_offset(self) -> timedelta:
+        """The database server's clock minus this machine's (zero for SQLite, and under a
+        second), measured at first use and again every ``CLOCK_CHECK_S`` seconds."""
+        if self.is_sqlite:
+            return timedelta(0)
+        at = time.monotonic()
+        if self._offset is None or at - self._offset[0] > CLOCK_CHECK_S:
+            with self.session() as s:
+                before = time.time()
+                server = s.scalar(text("select clock_timestamp() at time zone 'UTC'"))
+                after = time.time()
+            here = datetime.fromtimestamp((before + after) / 2, timezone.utc).replace(tzinfo=None)
+            # Under a second is the measurement's own noise (the round trip): clocks agree.
+            offset = server - here if abs(server - here) >= timedelta(seconds=1) else timedelta(0)
+            self._offset = (at, offset)
+        return self._offset[1]
 
     def __repr__(self) -> str:
         return f"Database({redact_url(self.url)!r})"

@@ -97,7 +97,7 @@ def ensure_run(
     if existing is not None:
         existing.status = "running"
         existing.ended_at = None
-        existing.heartbeat_at = utcnow()
+        existing.heartbeat_at = started_at  # the resumed attempt's start
         existing.logged_at = None  # until the resumed trainer logs (loading a checkpoint is slow)
         if sa_bin_edges is not None and existing.sa_bin_edges is None:
             existing.sa_bin_edges = sa_bin_edges

@@ -25,7 +25,7 @@ from sqlalchemy import case, func, or_, select, text
 
 from storage import rollup
 from storage._models import SqlAlert, SqlLayer, SqlLayerStat, SqlProject, SqlRun, SqlScalar
-from storage.db import Database, utcnow
+from storage.db import Database
 from storage.entities import LAYER_STATISTICS, STALLED_AFTER_S
 from storage.runs import as_run
 
@@ -404,7 +404,7 @@ def runs_overview(
     >>> [r["status"] for r in runs_overview(db)]    # doctest: +SKIP
     ['running', 'stalled', 'finished']
     """
-    now = now or utcnow()
+    now = now or db.now()
     last_loss = (
         select(SqlScalar.value)
         .where(SqlScalar.run_id == SqlRun.id, SqlScalar.key == "loss")

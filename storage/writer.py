@@ -323,6 +323,13 @@ class BatchWriter:
         """Write records in order in one transaction; caches change only once it committed."""
         run_id, layer_ids, written = self.run_id, dict(self._layer_ids), 0
         width = self._bucket_width
+        # The trainer's times, put on the database server's clock (where the scheduler judges
+        # them): a trainer whose clock is behind would otherwise look stalled while it trains.
+        shift = self.db.clock_offset()
+
+        def server_time(seconds: float) -> datetime:
+            return _to_datetime(seconds) + shift
+
         rewound: list[tuple[int, int, int]] = []  # (from step, steps removed, last removed)
         with self.db.session() as session:
             # Consecutive data records go to the database as one bulk insert per table: the
@@ -358,7 +365,7 @@ class BatchWriter:
                 write_data()
                 if kind == "start":
                     spec = dict(
-                        payload["run"], started_at=_to_datetime(payload["run"]["started_at"])
+                        payload["run"], started_at=server_time(payload["run"]["started_at"])
                     )
                     run_id = runs.ensure_run(session, **spec)
                     width = None  # a resumed run keeps the width it was created with
@@ -375,7 +382,7 @@ class BatchWriter:
                     if self._last_step is not None and self._last_step >= start:
                         self._last_step = start - 1 if start > 0 else None
                 elif kind == "finish":
-                    at = _to_datetime(payload["at"])
+                    at = server_time(payload["at"])
                     runs.finish(
                         session, run_id, status=payload["status"], at=at, error=payload.get("error")
                     )
@@ -386,8 +393,8 @@ class BatchWriter:
                     session,
                     run_id,
                     last_step=self._last_step,
-                    at=_to_datetime(time.time()),
-                    logged_at=_to_datetime(newest) if newest else None,
+                    at=server_time(time.time()),
+                    logged_at=server_time(newest) if newest else None,
                 )
         self.run_id, self._layer_ids, self._bucket_width = run_id, layer_ids, width
         self.rows_written += written

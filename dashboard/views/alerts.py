@@ -7,7 +7,6 @@ import streamlit as st
 
 from dashboard import figures, queries
 from dashboard import format as fmt
-from storage.db import utcnow
 
 url = queries.db_url()
 st.title("Alerts")
@@ -43,7 +42,7 @@ known = queries.runs_by_id(url, tuple(sorted({a.run_id for a in rows})))
 names = {i: f"{r['name']} · {r['project']}" for i, r in known.items()}  # two teams' "baseline"
 gone = {"name": "", "project": "", "uid": ""}  # deleted since the alerts were read
 records = figures.timeline_rows(rows, names)
-st.plotly_chart(figures.alerts_timeline(records, now=utcnow()), theme=None, key="timeline")
+st.plotly_chart(figures.alerts_timeline(records, now=queries.now(url)), theme=None, key="timeline")
 
 if rows:
     table = pd.DataFrame(
@@ -90,7 +89,7 @@ if labels:
         hours = f2.number_input("Hours", min_value=0.25, max_value=24.0 * 30, value=2.0, step=0.25)
         reason = f3.text_input("Reason", placeholder="known issue, rerunning")
         if st.form_submit_button("Silence"):
-            until = utcnow() + timedelta(hours=float(hours))
+            until = queries.now(url) + timedelta(hours=float(hours))
             queries.silence(url, target, until, reason)
             st.success(f"Silenced {fmt.md(labels[target])} until {until:%Y-%m-%d %H:%M} UTC.")
 

@@ -5,7 +5,6 @@ import streamlit as st
 
 from dashboard import format as fmt
 from dashboard import queries
-from storage.db import utcnow
 
 url = queries.db_url()
 st.title("Health")
@@ -29,7 +28,7 @@ if beat is None:
     )
 else:
     seen, details = beat
-    age = (utcnow() - seen).total_seconds()
+    age = (queries.now(url) - seen).total_seconds()
     (st.success if age < 120 else st.warning)(
         f"Last tick {fmt.duration(age)} ago ({seen:%Y-%m-%d %H:%M:%S} UTC)."
     )

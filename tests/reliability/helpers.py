@@ -143,9 +143,12 @@ def start_trainer(
     *,
     forever: bool = True,
     pause_s: float = 0.0,
+    prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """A separate Python process training with the collector (``forever``: until killed),
-    pausing ``pause_s`` seconds after its first ``steps`` steps, alive but logging nothing."""
+    pausing ``pause_s`` seconds after its first ``steps`` steps, alive but logging nothing;
+    ``prefix`` runs it under another program (``faketime``), with ``env`` added."""
     code = TRAINER.format(
         root=str(ROOT),
         run=run,
@@ -155,11 +158,11 @@ def start_trainer(
         forever=forever,
         pause_s=pause_s,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
     return subprocess.Popen(
-        [sys.executable, "-c", code],
+        [*(prefix or []), sys.executable, "-c", code],
         cwd=ROOT,
-        env=env,
+        env={**clean, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

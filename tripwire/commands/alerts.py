@@ -273,7 +273,7 @@ def silence_command(
     import getpass
 
     from storage import alerts as store
-    from storage import runs, utcnow
+    from storage import runs
 
     db = _database(db_url, create=False)
     run = runs.find_run(db, run_name, project)
@@ -281,7 +281,7 @@ def silence_command(
         removed = store.unsilence_run(db, run.id)
         click.echo(f"removed {removed} silence(s) of run {run.name} (project {run.project})")
         return
-    until = utcnow() + _duration(duration) if duration is not None else None
+    until = db.now() + _duration(duration) if duration is not None else None
     try:
         user = getpass.getuser()
     except Exception:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import click
 
 from alerts.predictors.stalled import configured_after_s
-from storage import Database, redact_url, runs, series, utcnow
+from storage import Database, redact_url, runs, series
 from storage.export import WHAT, export_frame
 from tripwire import jsonout
 from tripwire.options import UserError, db_option
@@ -127,7 +127,7 @@ def runs_command(
         return
     db = Database(db_url, create=False)
     db.ensure_schema()
-    now = utcnow()
+    now = db.now()
     found = series.runs_overview(
         db,
         project=project,
@@ -208,7 +208,7 @@ def delete_command(
         raise UserError("name the runs to delete, or give --older-than DAYS (not both)")
     db = Database(db_url, create=False)
     db.ensure_schema()
-    now = utcnow()
+    now = db.now()
     after_s = configured_after_s()
     if names:
         chosen = list(
@@ -267,7 +267,7 @@ def end_command(db_url: str | None, names: tuple[str, ...], project: str | None,
     """
     db = Database(db_url, create=False)
     db.ensure_schema()
-    now = utcnow()
+    now = db.now()
     after_s = configured_after_s()
     chosen = list({run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values())
     not_stalled = [

@@ -1,0 +1,83 @@
+"""Machines whose clocks disagree: every time is judged on the database server's clock.
+
+A trainer's clock 10 minutes behind (a laptop's Docker VM after a sleep) and a scheduler's 10
+minutes ahead, made real with ``faketime`` (libfaketime) against the real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from storage import Database, RunNotFound, runs
+from tests.needs import missing
+from tests.reliability.helpers import start_trainer, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAKE: dict[str, str] = {}  # (FAKETIME_DONT_FAKE_MONOTONIC=1 makes Python's sleep fail: EINVAL)
+
+
+def _faketime() -> str:
+    found = shutil.which("faketime")
+    if found is None:
+        missing("no faketime (apt-get install faketime)")
+    return found
+
+
+def _reporting(db: Database, name: str, step: int) -> bool:
+    try:
+        return (runs.find_run(db, name).last_step or -1) >= step
+    except RunNotFound:
+        return False
+
+
+def test_a_trainer_and_a_scheduler_with_skewed_clocks_agree_that_the_run_is_live(pg_url, tmp_path):
+    faketime = _faketime()
+    db = Database(pg_url)
+    db.upgrade()
+    trainer = start_trainer(
+        pg_url, "behind", tmp_path / "spool", steps=20, prefix=[faketime, "-f", "-10m"], env=FAKE
+    )
+    try:
+        wait_for(lambda: _reporting(db, "behind", 25), 90, "the trainer to report")
+        run = runs.find_run(db, "behind")
+        with db.session() as s:  # the server's clock, the one that is right here
+            now = s.scalar(text("select clock_timestamp() at time zone 'UTC'"))
+        for when in (run.started_at, run.heartbeat_at, run.logged_at):
+            assert abs(when - now) < timedelta(minutes=1), (when, now)
+        assert not run.is_stalled(now, 300)
+
+        ahead = {**os.environ, **FAKE}
+        command = [faketime, "-f", "+10m", sys.executable, "-m", "tripwire"]
+        listed = subprocess.run(
+            [*command, "runs", "--json", "--db", pg_url],
+            env=ahead, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert [r["status"] for r in json.loads(listed.stdout)] == ["running"]
+        tick = subprocess.run(
+            [*command, "scheduler", "--once", "--db", pg_url],
+            env=ahead, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert tick.returncode == 0, tick.stderr
+        assert "stalled" not in tick.stdout
+        health = subprocess.run(
+            [*command, "health", "--db", pg_url],
+            env=ahead, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert health.returncode == 0 and re.search(r"last tick [0-9] s ago", health.stdout), health
+
+        assert trainer.poll() is None, trainer.stderr.read()
+    finally:
+        trainer.kill()
+        trainer.wait(10)
+        db.dispose()
