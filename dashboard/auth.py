@@ -24,6 +24,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 import time
 
 import streamlit as st
@@ -167,12 +168,56 @@ def login_form() -> None:
         given = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
+        client = _client_address()
+        wait = locked_out_for(client)
+        if wait > 0:
+            st.error(f"Too many wrong passwords from this address; try again in {wait:.0f} s.")
+            return
         if secret and hmac.compare_digest(given.encode(), secret.encode()):
             token = issue(secret)
             st.session_state[_SESSION_KEY] = token
             st.session_state[_COOKIE_TODO] = ("set", token)
             st.rerun()
+        note_failure(client)
         st.error("Wrong password.")
+
+
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
+_failures: dict[str, list[float]] = {}  # client address -> times of its recent wrong passwords
+_failures_lock = threading.Lock()
+
+
+def _client_address() -> str:
+    # Behind a reverse proxy this is the proxy's address: its clients share one budget.
+    address = getattr(st.context, "ip_address", None)  # Streamlit >= 1.45
+    return address if isinstance(address, str) and address else "unknown"
+
+
+def note_failure(client: str, now: float | None = None) -> None:
+    """Count a wrong password from ``client``."""
+    now = time.monotonic() if now is None else now
+    with _failures_lock:
+        recent = [t for t in _failures.get(client, []) if now - t < FAILURE_WINDOW_S]
+        _failures[client] = [*recent, now]
+
+
+def locked_out_for(client: str, now: float | None = None) -> float:
+    """Seconds ``client`` must wait before trying again: after ``MAX_FAILURES`` wrong passwords
+    within ``FAILURE_WINDOW_S``, until the oldest of them is that old (0: it may try).
+
+    >>> for t in range(5):
+    ...     note_failure("192.0.2.9", now=float(t))
+    >>> locked_out_for("192.0.2.9", now=10.0), locked_out_for("192.0.2.9", now=301.0)
+    (290.0, 0.0)
+    """
+    now = time.monotonic() if now is None else now
+    with _failures_lock:
+        recent = [t for t in _failures.get(client, []) if now - t < FAILURE_WINDOW_S]
+        _failures[client] = recent
+    if len(recent) < MAX_FAILURES:
+        return 0.0
+    return recent[-MAX_FAILURES] + FAILURE_WINDOW_S - now
 
 
 def sign_out_button() -> None:

@@ -270,6 +270,32 @@ def test_silencing_needs_the_dashboard_password(sqlite_url, monkeypatch):
     assert [s.run_id for s in alert_store.active_silences(db, utcnow())] == [run_id]
 
 
+def test_password_guessing_is_locked_out_after_five_wrong_tries(sqlite_url, monkeypatch):
+    from dashboard import auth
+
+    monkeypatch.setattr(auth, "_failures", {})
+    Database(sqlite_url).ensure_schema()
+    monkeypatch.setenv("TRIPWIRE_DB_URL", sqlite_url)
+    monkeypatch.setenv("TRIPWIRE_DASHBOARD_PASSWORD", "let-me-in")
+    at = AppTest.from_file(str(DASHBOARD / "app.py"), default_timeout=60).run()
+
+    def sign_in(password: str) -> str:
+        at.text_input[0].input(password)
+        at.button[0].click().run()
+        assert not at.exception
+        return at.error[0].value if at.error else ""
+
+    for _ in range(auth.MAX_FAILURES):
+        assert sign_in("guess") == "Wrong password."
+    assert sign_in("let-me-in").startswith("Too many wrong passwords from this address")
+    assert [b.label for b in at.button] == ["Sign in"]  # still gated: not even the right one
+
+    for times in auth._failures.values():  # five minutes pass
+        times[:] = [t - auth.FAILURE_WINDOW_S for t in times]
+    assert sign_in("let-me-in") == ""
+    assert "Sign in" not in [b.label for b in at.button]
+
+
 # -- webhooks: https only, except loopback ---------------------------------------------------------
 
 
