@@ -151,7 +151,7 @@ def health_command(db_url: str | None, config_path: str | None, max_age_s: float
     type=click.Choice(SEVERITIES),
     default="info",
     show_default=True,
-    help="Leave out weaker alerts ('warning' leaves out the dashboard-only 'info' ones).",
+    help="Leave out weaker alerts ('warning' leaves out the 'info' ones, which are not sent).",
 )
 @click.option("--project", default=None, help="Only runs of this project.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of alerts.")
