@@ -126,7 +126,9 @@ class AlertService:
             "errors": failures,
             "tick_s": round(time.perf_counter() - started, 4),
         }
-        store.beat(self.db, self.name, info, at=now)
+        # Stamped when it ends: a tick longer than an interval (hundreds of runs) is not taken
+        # for a stopped scheduler by `tripwire health`.
+        store.beat(self.db, self.name, info, at=self.clock())
         return events
 
     def deliver(self) -> list[Outcome]:

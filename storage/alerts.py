@@ -36,7 +36,7 @@ from storage._models import (
     SqlServiceHeartbeat,
     SqlSilence,
 )
-from storage.db import Database, utcnow
+from storage.db import Database
 from storage.entities import Alert, Notification, Silence
 from storage.upsert import insert_ignore
 
@@ -285,7 +285,7 @@ def commit_evaluation(
     read) also catches one that stored a result without moving it (no new step, but alerts
     told once a silence ended).
     """
-    now = utcnow()
+    now = db.now()  # the server's clock: the dashboard and fail_interrupted compare with it
     cursors = SqlEvalCursor.__table__
     with db.session() as s:
         if expected_step is None:
@@ -503,7 +503,7 @@ def record_notification(
             status=status,
             attempts=attempts,
             error=error and error[:2000],
-            created_at=utcnow(),
+            created_at=db.now(),
         )
         s.add(row)
         s.flush()
@@ -533,7 +533,7 @@ def silence_run(
             until=until,
             reason=reason and reason[:1000],
             created_by=created_by and created_by[:255],
-            created_at=utcnow(),
+            created_at=db.now(),
         )
         s.add(row)
         s.flush()
@@ -567,7 +567,7 @@ def beat(db: Database, name: str, info: dict, *, at: datetime | None = None) -> 
 
     >>> beat(db, "scheduler", {"runs": 3, "tick_s": 0.02})     # doctest: +SKIP
     """
-    row = {"name": name, "last_seen": at or utcnow(), "info": info}
+    row = {"name": name, "last_seen": at or db.now(), "info": info}
     with db.session() as s:
         insert_ignore(s, SqlServiceHeartbeat, [row], update=("last_seen", "info"))
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
+from storage import alerts as alert_store
 from storage import rollup, runs, stats
-from storage._models import SqlAlert, SqlEvalCursor, SqlRun
+from storage._models import SqlAlert, SqlEvalCursor, SqlRun, SqlSilence
 from storage.db import Database
 from storage.entities import Run
 from storage.errors import StorageError
@@ -24,6 +25,7 @@ CHUNK_STEPS = 2000
 """Steps read from the source and written at a time (memory stays bounded on long runs)."""
 
 _ALERT_COLUMNS = [c.name for c in SqlAlert.__table__.columns if c.name not in ("id", "run_id")]
+_SILENCE_COLUMNS = [c.name for c in SqlSilence.__table__.columns if c.name not in ("id", "run_id")]
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,33 @@ class Copied:
     alerts: int
 
 
-def copy_run(source: Database, target: Database, run: Run) -> Copied:
-    """Copy ``run`` of ``source`` (same id, name, project, config, times and status) with its
-    scalars, layer statistics, alerts and the alert engine's cursor into ``target``, in one
-    transaction: a copy that fails leaves nothing behind. Deliveries (``notifications``) and
-    silences stay behind: the copy's alerts are not sent again.
+def copy_run(
+    source: Database, target: Database, run: Run, *, live_only: tuple[str, ...] = ()
+) -> Copied:
+    """Copy ``run`` of ``source`` (same uid, name, project, config, times and status) with its
+    scalars, layer statistics, alerts, silences and the alert engine's cursor into ``target``,
+    in one transaction: a copy that fails leaves nothing behind. Deliveries (``notifications``)
+    stay behind: the copy's alerts are not sent again (the silences come along so that an alert
+    a silence held back is held back in ``target`` too, not sent there as never told).
 
-    Refuses a run still ``running`` (its trainer writes to ``source``) and one ``target``
-    already holds (delete it there to copy it again).
+    Refuses a run still ``running`` (its trainer writes to ``source``), one ``target``
+    already holds (delete it there to copy it again), and one with an open alert of
+    ``live_only`` (``stalled``, ``no_progress``): the scheduler of ``source`` resolves it at its
+    next tick and says so; copied open, the scheduler of ``target`` would say so too.
     """
     if run.status == "running":
         raise StorageError(
             f"run {run.name} is still running in the source; copy it once it ended (if its "
             "trainer died, `tripwire runs end` it first)"
+        )
+    unresolved = sorted(
+        {a.predictor for a in alert_store.open_alerts(source, [run.id])[run.id]} & set(live_only)
+    )
+    if unresolved:
+        raise StorageError(
+            f"run {run.name} ended with its {', '.join(unresolved)} alert still open: copy it "
+            "once the source's scheduler resolved it (its next tick, or `tripwire scheduler "
+            "--once` with the source's --db)"
         )
     scalars = layer_rows = 0
     with target.session() as s:
@@ -93,6 +109,10 @@ def copy_run(source: Database, target: Database, run: Run) -> Copied:
                 {c: getattr(a, c) for c in _ALERT_COLUMNS} | {"run_id": run_id}
                 for a in src.scalars(select(SqlAlert).where(SqlAlert.run_id == run.id))
             ]
+            silences = [
+                {c: getattr(x, c) for c in _SILENCE_COLUMNS} | {"run_id": run_id}
+                for x in src.scalars(select(SqlSilence).where(SqlSilence.run_id == run.id))
+            ]
             cursor = src.get(SqlEvalCursor, run.id)
             cursor_row = cursor and {
                 "run_id": run_id,
@@ -102,6 +122,8 @@ def copy_run(source: Database, target: Database, run: Run) -> Copied:
             }
         if alerts:
             s.execute(insert(SqlAlert), alerts)
+        if silences:
+            s.execute(insert(SqlSilence), silences)
         if cursor_row:
             s.execute(insert(SqlEvalCursor), [cursor_row])
         s.execute(

@@ -145,3 +145,20 @@ def test_health_allows_three_intervals_and_at_least_30_s(sqlite_url, tmp_path, i
     store.beat(db, "scheduler", {"runs": 0, "errors": 0}, at=utcnow() - timedelta(seconds=45))
     result = _tripwire("health", "--config", str(config), "--db", sqlite_url)
     assert result.returncode == (1 if interval == "0.5" else 0), result.stdout
+
+
+def test_a_slow_tick_is_stamped_when_it_ends(sqlite_url):
+    # Hundreds of live runs make a tick take longer than an interval. Stamped at its start, a
+    # scheduler that works (ticking back to back) looked older than three intervals to
+    # `tripwire health`, and Docker marked it unhealthy.
+    db = Database(sqlite_url)
+    db.ensure_schema()
+    readings = iter([utcnow() - timedelta(seconds=40)])  # the tick began 40 s ago
+
+    def clock():
+        return next(readings, None) or utcnow()
+
+    AlertService(db, clock=clock, notifiers=[]).evaluate()
+    seen, info = store.last_beat(db, "scheduler")
+    assert abs(seen - utcnow()) < timedelta(seconds=5), seen
+    assert _tripwire("health", "--db", sqlite_url).returncode == 0

@@ -81,3 +81,39 @@ def test_a_trainer_and_a_scheduler_with_skewed_clocks_agree_that_the_run_is_live
         trainer.kill()
         trainer.wait(10)
         db.dispose()
+
+
+def test_alerts_and_deliveries_a_skewed_scheduler_stores_are_on_the_servers_clock(pg_url, tmp_path):
+    import collector
+    from storage import alerts as alert_store
+
+    faketime = _faketime()
+    db = Database(pg_url)
+    db.upgrade()
+    monitor = collector.watch(_tiny(), run="blew-up", db=pg_url, every=5, spool_dir=tmp_path)
+    for step in range(30):  # NaN to the end: non_finite fires and stays firing
+        monitor.log(step, loss=float("nan") if step >= 20 else 1.0)
+    monitor.close()
+    ahead = {**os.environ, **FAKE}
+    tick = subprocess.run(
+        [faketime, "-f", "+10m", sys.executable, "-m", "tripwire", "scheduler", "--once",
+         "--db", pg_url],
+        env=ahead, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tick.returncode == 0, tick.stderr
+    with db.session() as s:
+        now = s.scalar(text("select clock_timestamp() at time zone 'UTC'"))
+    (alert,) = [a for a in alert_store.list_alerts(db) if a.predictor == "non_finite"]
+    sent = alert_store.list_notifications(db)
+    assert sent, tick.stdout
+    # The dashboard's timeline draws an open alert from created_at to the server's now, and a
+    # delivery left `sending` is failed by its created_at against the server's now.
+    for when in (alert.created_at, alert.updated_at, *(n.created_at for n in sent)):
+        assert abs(when - now) < timedelta(minutes=1), (when, now)
+    db.dispose()
+
+
+def _tiny():
+    from torch import nn
+
+    return nn.Linear(2, 2)

@@ -98,3 +98,56 @@ def test_a_running_run_is_refused_and_a_failed_copy_leaves_nothing(
     with pytest.raises(StorageError, match="refused"):
         copy_run(source, target, runs.find_run(source, "live"))
     assert runs.list_runs(target) == []
+
+
+def test_an_alert_a_silence_held_back_is_not_sent_by_the_target(sqlite_url, pg_url, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    monitor = collector.watch(model, run="hushed", project="laptop", db=sqlite_url, every=5,
+                              spool_dir=tmp_path)  # fmt: skip
+    for step in range(100):  # the loss is NaN to the end: non_finite is still firing
+        monitor.log(step, loss=float("nan") if step >= 90 else 1.0, lr=0.01)
+    monitor.close()
+    source = Database(sqlite_url)
+    original = runs.find_run(source, "hushed")
+    alert_store.silence_run(source, original.id, until=None, reason="known issue")
+    assert tripwire("scheduler", "--once", "--db", sqlite_url).returncode == 0
+    held = [a for a in alert_store.list_alerts(source, run_id=original.id) if a.state == "firing"]
+    assert held and all(a.last_notified_step is None for a in held)
+    assert alert_store.list_notifications(source) == []
+    Database(pg_url).upgrade()
+
+    copied = tripwire("runs", "copy", "hushed", "--db", sqlite_url, "--to", pg_url)
+    assert copied.returncode == 0, copied.stderr
+    target = Database(pg_url)
+    assert tripwire("scheduler", "--once", "--db", pg_url).returncode == 0
+    assert alert_store.list_notifications(target) == []  # it was sent: the silence stayed behind
+    (silence,) = alert_store.active_silences(target, target.now())
+    assert (silence.run_id, silence.reason) == (runs.find_run(target, "hushed").id, "known issue")
+
+
+def test_a_run_ended_by_hand_is_copied_once_its_stalled_alert_resolved(sqlite_url, tmp_path):
+    from datetime import timedelta
+
+    from storage import utcnow
+
+    source = Database(sqlite_url)
+    source.ensure_schema()
+    with source.session() as s:  # a trainer killed 20 minutes ago
+        runs.ensure_run(s, uid="lost-1", project="p", name="lost",
+                        started_at=utcnow() - timedelta(minutes=20))  # fmt: skip
+    assert "stalled" in tripwire("scheduler", "--once", "--db", sqlite_url).stdout
+    assert tripwire("runs", "end", "lost", "--db", sqlite_url).returncode == 0
+    team = f"sqlite:///{tmp_path / 'team.db'}"
+
+    early = tripwire("runs", "copy", "lost", "--db", sqlite_url, "--to", team)
+    assert early.returncode == 1  # copied now, the team's scheduler would tell it resolved
+    assert "ended with its stalled alert still open" in early.stderr
+    assert runs.list_runs(Database(team)) == []
+
+    resolved = tripwire("scheduler", "--once", "--db", sqlite_url)  # told where it fired
+    assert "resolved" in resolved.stdout and "stalled" in resolved.stdout
+    copied = tripwire("runs", "copy", "lost", "--db", sqlite_url, "--to", team)
+    assert copied.returncode == 0, copied.stderr
+    assert tripwire("scheduler", "--once", "--db", team).returncode == 0
+    assert alert_store.list_notifications(Database(team)) == []

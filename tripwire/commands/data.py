@@ -308,13 +308,15 @@ def copy_command(
 
     RUN is a run id or name (the newest run with that name) in the database of --db (or
     TRIPWIRE_DB_URL). Each run is copied whole or not at all, with the same id, name, project
-    and times; its alerts come along but are not sent again. A run still running, or one the
-    target already holds, is refused.
+    and times; its alerts and silences come along, and its alerts are not sent again. A run
+    still running, one the target already holds, and one whose stalled or no_progress alert
+    the source's scheduler has not resolved yet are refused.
 
     \b
       tripwire runs copy gpt-small-lr3e-3 --db sqlite:///tripwire.db \\
           --to postgresql+psycopg://me@team-db:5432/tripwire
     """
+    from alerts.predictors import LIVE_ONLY
     from storage import StorageError
     from storage.copy import copy_run
 
@@ -328,7 +330,7 @@ def copy_command(
     failed = 0
     for run in chosen:
         try:
-            copied = copy_run(source, target, run)
+            copied = copy_run(source, target, run, live_only=LIVE_ONLY)
         except StorageError as exc:
             failed += 1
             click.echo(f"{printable(run.name)}: not copied: {exc}", err=True)
