@@ -90,8 +90,10 @@ def _masked(url: str) -> str:
     return (scheme + sep if sep else "") + "***@" + url.rsplit("@", 1)[1]
 
 
-CLOCK_CHECK_S = 600.0
-"""How often :meth:`Database.clock_offset` measures the server's clock again (clocks drift)."""
+CLOCK_CHECK_S = 60.0
+"""How often :meth:`Database.clock_offset` measures the server's clock again: a VM's clock falls
+behind while its host sleeps (the monotonic clock stops too), so only asking tells; one query a
+minute, well inside the 300 s after which a silent run counts as stalled."""
 
 
 def utcnow() -> datetime:

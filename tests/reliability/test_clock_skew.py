@@ -117,3 +117,18 @@ def _tiny():
     from torch import nn
 
     return nn.Linear(2, 2)
+
+
+def test_the_offset_is_measured_again_after_a_minute(pg_url, monkeypatch):
+    # A VM's clock falls 10 minutes behind while its host sleeps: the next measurement sees it.
+    import storage.db
+
+    db = Database(pg_url)
+    assert db.clock_offset() == timedelta(0)  # this machine's clock is the server's
+    real = storage.db.time.time
+    monkeypatch.setattr(storage.db.time, "time", lambda: real() - 600)
+    assert db.clock_offset() == timedelta(0)  # measured a moment ago: kept
+    measured_at, offset = db._offset
+    db._offset = (measured_at - storage.db.CLOCK_CHECK_S - 1, offset)  # a minute passes
+    assert abs(db.clock_offset() - timedelta(seconds=600)) < timedelta(seconds=5)
+    db.dispose()
