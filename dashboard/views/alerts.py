@@ -1,5 +1,6 @@
 """Alerts across runs: a timeline, filters, open/resolved, and silencing a run for a while."""
 
+from collections import Counter
 from datetime import timedelta
 
 import pandas as pd
@@ -40,6 +41,8 @@ rows = queries.alerts(
 # The runs of these alerts, also those older than the pickers' newest few hundred.
 known = queries.runs_by_id(url, tuple(sorted({a.run_id for a in rows})))
 names = {i: f"{r['name']} · {r['project']}" for i, r in known.items()}  # two teams' "baseline"
+shared = Counter(names.values())  # reruns of one name in one project: told apart by their uid
+names = {i: f"{n} · {known[i]['uid'][:8]}" if shared[n] > 1 else n for i, n in names.items()}
 gone = {"name": "", "project": "", "uid": ""}  # deleted since the alerts were read
 records = figures.timeline_rows(rows, names)
 st.plotly_chart(figures.alerts_timeline(records, now=queries.now(url)), theme=None, key="timeline")

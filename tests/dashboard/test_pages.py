@@ -563,3 +563,27 @@ def test_alerts_about_steps_a_resume_replaced_are_not_drawn_on_the_new_curve(tmp
     assert "non_finite" not in at.get("plotly_chart")[0].proto.spec
     (state,) = at.dataframe[0].value["state"]
     assert state == "resolved: the run went back to step 20"
+
+
+def test_the_alerts_timeline_keeps_reruns_of_one_name_apart(tmp_path, monkeypatch):
+    import json
+
+    from sample_runs import add_alerts
+
+    from storage import runs
+    from storage.db import utcnow
+
+    db = _sample_db(tmp_path, monkeypatch, "reruns")
+    for uid in ("aaaaaaaa1111", "bbbbbbbb2222"):  # `trainer.train()` twice: two runs, one name
+        with db.session() as s:
+            run_id = runs.ensure_run(s, uid=uid, project="p", name="gpt", started_at=utcnow())
+        add_alerts(db, run_id, 299)
+    db.dispose()
+    at = _run(DASHBOARD / "views" / "alerts.py")
+    _assert_clean(at)
+    (timeline,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    lanes = {y for trace in timeline["data"] for y in trace["y"] if y}
+    assert {lane.split(" · sa_collapse")[0] for lane in lanes if "sa_collapse" in lane} == {
+        "gpt · p · aaaaaaaa",
+        "gpt · p · bbbbbbbb",
+    }
