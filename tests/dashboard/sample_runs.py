@@ -155,6 +155,28 @@ def add_alerts(db, run_id: int, last_step: int) -> None:
     silence_run(db, run_id, until=utcnow() + timedelta(hours=1), reason="known", created_by="t")
 
 
+def needle_among_many(db, sweep: int = 600) -> None:
+    """An old run, ``Old-Needle`` (uid ``needle``, project ``Archive``), behind ``sweep`` newer
+    ones (``lr-<i>``, project ``sweep``): more than a run picker lists at once."""
+    now = utcnow()
+    with db.session() as s:
+        runs.ensure_run(
+            s,
+            uid="needle",
+            project="Archive",
+            name="Old-Needle",
+            started_at=now - timedelta(days=60),
+        )
+        for i in range(sweep):
+            runs.ensure_run(
+                s,
+                uid=f"sweep-{i}",
+                project="sweep",
+                name=f"lr-{i}",
+                started_at=now - timedelta(minutes=i),
+            )
+
+
 def populate(db, scenario: str) -> str | None:
     """Fill ``db`` for one scenario; returns the uid of the run to open (None when empty)."""
     if scenario == "empty":

@@ -416,31 +416,15 @@ def test_a_link_by_a_name_reruns_share_lists_them(tmp_path, browser):
 
 def test_the_run_picker_finds_a_run_past_the_newest_500(tmp_path, browser):
     import re
-    from datetime import timedelta
 
-    from storage import Database, runs
-    from storage.db import utcnow
+    from sample_runs import needle_among_many
+
+    from storage import Database
 
     url = f"sqlite:///{tmp_path / 'many.db'}"
     db = Database(url)
     db.upgrade()
-    now = utcnow()
-    with db.session() as s:
-        runs.ensure_run(
-            s,
-            uid="needle",
-            project="Archive",
-            name="Old-Needle",
-            started_at=now - timedelta(days=60),
-        )
-        for i in range(600):
-            runs.ensure_run(
-                s,
-                uid=f"sweep-{i}",
-                project="sweep",
-                name=f"lr-{i}",
-                started_at=now - timedelta(minutes=i),
-            )
+    needle_among_many(db)
     db.dispose()
     for base in _serve(url):
         context = browser.new_context(viewport=VIEWPORT)

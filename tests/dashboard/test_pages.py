@@ -464,29 +464,10 @@ def test_a_link_by_a_name_reruns_share_lists_them_newest_first(tmp_path, monkeyp
 
 
 def test_run_pickers_find_runs_past_the_newest_500(tmp_path, monkeypatch):
-    from datetime import timedelta
-
-    from storage import runs
-    from storage.db import utcnow
+    from sample_runs import needle_among_many
 
     db = _sample_db(tmp_path, monkeypatch, "many")
-    now = utcnow()
-    with db.session() as s:
-        runs.ensure_run(
-            s,
-            uid="needle",
-            project="Archive",
-            name="Old-Needle",
-            started_at=now - timedelta(days=60),
-        )
-        for i in range(600):
-            runs.ensure_run(
-                s,
-                uid=f"sweep-{i}",
-                project="sweep",
-                name=f"lr-{i}",
-                started_at=now - timedelta(minutes=i),
-            )
+    needle_among_many(db)
     db.dispose()
     at = _run(DASHBOARD / "views" / "run.py", {"run": "sweep-0"})
     _assert_clean(at)
