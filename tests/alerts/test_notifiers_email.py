@@ -18,6 +18,7 @@ from alerts.delivery import send_with_retry
 from alerts.notifiers import EmailNotifier, build_routes
 from tests.alerts.test_notifiers_http import alert_message
 from tests.needs import missing
+from tests.reliability.helpers import outward_address
 
 FAST = RetrySettings(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, timeout_s=5)
 
@@ -365,20 +366,9 @@ def test_a_login_without_tls_is_refused_except_to_loopback(smtp):
     assert received == [b"SmtpS3cret"]
 
 
-def _outward_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-            address = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
-
-
 def test_the_password_never_crosses_the_network_unencrypted():
     """A server reached over the network that offers AUTH without TLS never sees the password."""
-    outward = _outward_address()
+    outward = outward_address()
     if outward is None:
         pytest.skip("this machine has no address but loopback")
     received = []

@@ -32,7 +32,7 @@ from storage import alerts as alert_store
 from tests.alerts.conftest import exploding_series, make_run, write_steps
 from tests.dashboard.markdown import shown
 from tests.pgserver import free_port
-from tests.reliability.helpers import TRIPWIRE, Webhook, wait_for
+from tests.reliability.helpers import TRIPWIRE, Webhook, outward_address, wait_for
 from tripwire.cli import cli
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
@@ -197,17 +197,6 @@ def test_a_dead_database_is_reported_without_its_password(monkeypatch):
 # -- the dashboard: local by default, password gate, silencing --------------------------------------
 
 
-def _outward_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-            address = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
-
-
 @pytest.mark.slow
 def test_the_dashboard_listens_on_loopback_only_by_default(sqlite_url, tmp_path):
     Database(sqlite_url).upgrade()
@@ -230,7 +219,7 @@ def test_the_dashboard_listens_on_loopback_only_by_default(sqlite_url, tmp_path)
 
         wait_for(lambda: answers("127.0.0.1"), 90, "the dashboard")
         time.sleep(1.5)  # `tripwire dashboard` polls the health endpoint, then says where it is
-        outward = _outward_address()
+        outward = outward_address()
         if outward is not None:
             assert not answers(outward), f"the dashboard answers on {outward}"
     finally:
