@@ -149,7 +149,8 @@ def start_trainer(
 ) -> subprocess.Popen:
     """A separate Python process training with the collector (``forever``: until killed),
     pausing ``pause_s`` seconds after its first ``steps`` steps, alive but logging nothing;
-    ``prefix`` runs it under another program (``faketime``), with ``env`` added."""
+    ``prefix`` runs it under another program (``faketime``, which forks: kill the process
+    group, ``os.killpg(trainer.pid, signal.SIGKILL)``), with ``env`` added."""
     code = TRAINER.format(
         root=str(ROOT),
         run=run,
@@ -163,6 +164,7 @@ def start_trainer(
     return subprocess.Popen(
         [*(prefix or []), sys.executable, "-c", code],
         cwd=ROOT,
+        start_new_session=bool(prefix),
         env={**clean, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

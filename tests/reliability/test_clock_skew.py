@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -78,7 +79,7 @@ def test_a_trainer_and_a_scheduler_with_skewed_clocks_agree_that_the_run_is_live
 
         assert trainer.poll() is None, trainer.stderr.read()
     finally:
-        trainer.kill()
+        os.killpg(trainer.pid, signal.SIGKILL)  # faketime forks: its child trains
         trainer.wait(10)
         db.dispose()
 
