@@ -19,7 +19,7 @@ from storage import rollup, runs, stats
 from storage._models import SqlAlert, SqlEvalCursor, SqlRun, SqlSilence
 from storage.db import Database
 from storage.entities import Run
-from storage.errors import StorageError
+from storage.errors import RunNotFound, StorageError
 
 CHUNK_STEPS = 2000
 """Steps read from the source and written at a time (memory stays bounded on long runs)."""
@@ -120,6 +120,11 @@ def copy_run(
                 "state": cursor.state,
                 "updated_at": cursor.updated_at,
             }
+        if _changed(source, run):  # read in several statements: judged once, at the end
+            raise StorageError(
+                f"run {run.name} changed in the source while it was copied (resumed or "
+                "deleted); nothing was copied"
+            )
         if alerts:
             s.execute(insert(SqlAlert), alerts)
         if silences:
@@ -139,3 +144,14 @@ def copy_run(
             )
         )
     return Copied(run.name, scalars, layer_rows, len(alerts))
+
+
+def _changed(source: Database, run: Run) -> bool:
+    """Whether ``run`` is gone from ``source`` or no longer as it was read (a resume moves its
+    status, last step and heartbeat)."""
+    try:
+        now = runs.get_run(source, run.id)
+    except RunNotFound:
+        return True
+    fields = ("uid", "status", "last_step", "ended_at", "heartbeat_at")
+    return any(getattr(now, f) != getattr(run, f) for f in fields)

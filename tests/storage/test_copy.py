@@ -151,3 +151,31 @@ def test_a_run_ended_by_hand_is_copied_once_its_stalled_alert_resolved(sqlite_ur
     assert copied.returncode == 0, copied.stderr
     assert tripwire("scheduler", "--once", "--db", team).returncode == 0
     assert alert_store.list_notifications(Database(team)) == []
+
+
+@pytest.mark.parametrize("change", ["deleted", "resumed"])
+def test_a_run_that_changes_in_the_source_while_it_is_copied_is_not_copied(
+    sqlite_url, tmp_path, monkeypatch, change
+):
+    _train(sqlite_url, tmp_path, name="moving", steps=40).close()
+    source, target = Database(sqlite_url), Database(f"sqlite:///{tmp_path / 'team.db'}")
+    target.ensure_schema()
+    run = runs.find_run(source, "moving")
+    read = stats.layer_stats
+
+    def meanwhile(db, run_id, **window):  # the copy is halfway through reading the source
+        if change == "deleted":
+            runs.delete_runs(source, [run.id])
+        else:
+            resumed = collector.watch(
+                torch.nn.Linear(6, 1), db=sqlite_url, run_id=run.uid, resume_from=20,
+                spool_dir=tmp_path,
+            )  # fmt: skip
+            resumed.close()
+        monkeypatch.setattr(stats, "layer_stats", read)
+        return read(db, run_id, **window)
+
+    monkeypatch.setattr(stats, "layer_stats", meanwhile)
+    with pytest.raises(StorageError, match="changed in the source while it was copied"):
+        copy_run(source, target, run)
+    assert runs.list_runs(target) == []
