@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from alerts import observations
 from alerts.config import Config, Rule
+from alerts.engine import RunEvaluator
 from alerts.predictors import PREDICTORS
 from storage.db import Database
 from storage.entities import Run
@@ -69,14 +70,33 @@ def persistent_max(scores: Iterable[float], for_checks: int) -> float:
     return best
 
 
+class NotHealthy(ValueError):
+    """A run given as healthy on which a critical alert fires (the loss blew up)."""
+
+    def __init__(self, run: Run, predictor: str, step: int, message: str):
+        super().__init__(
+            f"run {run.name} did not train healthily: {predictor} fired at step {step} "
+            f"({message}); calibrate on runs that did"
+        )
+        self.run, self.predictor, self.step = run, predictor, step
+
+
 def healthy_scores(
-    db: Database, run: Run, rules: Mapping[str, Rule], *, chunk_steps: int = 20_000
+    db: Database,
+    run: Run,
+    rules: Mapping[str, Rule],
+    *,
+    chunk_steps: int = 20_000,
+    refuse: Mapping[str, Rule] | None = None,
 ) -> dict[str, list[list[float]]]:
     """Each rule's predictor scores over ``run``, one series per layer (or one for the run):
-    one replay for all of them, ``chunk_steps`` steps of observations in memory at a time."""
+    one replay for all of them, ``chunk_steps`` steps of observations in memory at a time.
+    The ``refuse`` rules are evaluated on the same replay, as the engine does; if one of them
+    fires, :class:`NotHealthy` is raised."""
     last = observations.horizon(db, run)
     memories: dict[str, dict] = {name: {} for name in rules}
     series: dict[str, dict[str | None, list[float]]] = {name: {} for name in rules}
+    judge = RunEvaluator(run.id, dict(refuse), {}, []) if refuse else None
     start = -1
     while last is not None and start < last:
         upto = min(last, start + chunk_steps)
@@ -85,17 +105,36 @@ def healthy_scores(
                 for verdict in PREDICTORS[name].fn(obs, memories[name], rule.params):
                     score = verdict.score if math.isfinite(verdict.score) else 0.0
                     series[name].setdefault(verdict.layer, []).append(score)
+            if judge is not None:
+                judge.feed(obs)
+                fired = [a for a in judge.touched() if a.fired_step is not None]
+                if fired:
+                    first = min(fired, key=lambda a: a.fired_step)
+                    raise NotHealthy(run, first.predictor, first.fired_step, first.message or "")
         start = upto
     return {name: list(by_layer.values()) for name, by_layer in series.items()}
 
 
 def learn(
-    db: Database, runs: list[Run], config: Config, *, margin: float = DEFAULT_MARGIN
+    db: Database,
+    runs: list[Run],
+    config: Config,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    refuse_blowups: bool = False,
 ) -> dict[str, Threshold]:
     """Thresholds for every enabled, calibratable predictor from the healthy ``runs``; a
-    predictor whose signal the runs never logged (no score at all) is left out."""
+    predictor whose signal the runs never logged (no score at all) is left out. With
+    ``refuse_blowups``, a run on which a critical alert fires raises :class:`NotHealthy`
+    (checked on the same replay)."""
     rules = {n: r for n, r in config.enabled_rules().items() if n in THRESHOLD_PARAMS}
-    replayed = [healthy_scores(db, run, rules) for run in runs]
+    critical = {
+        n: r
+        for n, r in config.enabled_rules().items()
+        if r.severity == "critical" and not PREDICTORS[n].wall_time
+    }
+    refuse = critical if refuse_blowups else None
+    replayed = [healthy_scores(db, run, rules, refuse=refuse) for run in runs]
     out = {}
     for name, rule in rules.items():
         param, cap = THRESHOLD_PARAMS[name]

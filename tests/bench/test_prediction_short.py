@@ -4,6 +4,8 @@ on the first at least 5 steps before it explodes and stays silent on the second.
 
 from __future__ import annotations
 
+import pytest
+
 from alerts.config import Config
 from bench.prediction.__main__ import DEFAULT_SET, default_sources
 from bench.prediction.evaluate import score_suite
@@ -41,10 +43,17 @@ def test_calibrate_writes_thresholds_learned_from_healthy_runs(tmp_path):
     replay(load_export(BY_NAME["gpt-lr-hold"]), db)
     path = tmp_path / "tripwire.toml"
     path.write_text("[engine]\ninterval_s = 5.0\n", encoding="utf-8")
-    result = CliRunner().invoke(
-        cli, ["calibrate", "--db", url, "--runs", "gpt-lr-hold", "--config", str(path)]
-    )
+    from alerts import observations
+
+    loads = []
+    load = observations.load
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(observations, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
+        result = CliRunner().invoke(
+            cli, ["calibrate", "--db", url, "--runs", "gpt-lr-hold", "--config", str(path)]
+        )
     assert result.exit_code == 0, result.output
+    assert len(loads) == 1  # one replay learns and checks for a blow-up (it was two)
     config = load_config(path)
     assert config.engine.interval_s == 5.0  # other settings kept
     rule = config.rules()["weight_growth"]

@@ -59,8 +59,7 @@ def calibrate_command(
     try:
         import tomllib
 
-        from alerts.backtest import evaluate_run
-        from alerts.calibrate import THRESHOLD_PARAMS, apply, learn
+        from alerts.calibrate import THRESHOLD_PARAMS, NotHealthy, apply, learn
         from alerts.config import ENV_CONFIG, ConfigError, load_config
         from alerts.toml_out import dumps
     except ImportError as exc:
@@ -82,15 +81,10 @@ def calibrate_command(
     except RunNotFound as exc:
         raise UserError(str(exc)) from None
 
-    for run in healthy:
-        blowups = [a for a in evaluate_run(db, run, config) if a.severity == "critical"]
-        if blowups:
-            first = blowups[0]
-            raise UserError(
-                f"run {run.name} did not train healthily: {first.predictor} fired at step "
-                f"{first.step} ({first.message}); calibrate on runs that did"
-            )
-    thresholds = learn(db, healthy, config, margin=margin)
+    try:
+        thresholds = learn(db, healthy, config, margin=margin, refuse_blowups=True)
+    except NotHealthy as exc:
+        raise UserError(str(exc)) from None
     for t in thresholds.values():
         change = f"{t.param} {t.default:g} -> {t.value:.4g}" if t.enabled else "disabled"
         click.echo(f"{t.predictor}: healthy max {t.healthy_max:.4g}; {change}")
