@@ -325,7 +325,7 @@ def list_runs(
     if status is not None:
         query = query.where(SqlRun.status == status)
     if name_contains:
-        query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
+        query = query.where(SqlRun.name.icontains(name_contains, autoescape=True))
     if name is not None:
         query = query.where(SqlRun.name == name)
     if search:

@@ -428,7 +428,7 @@ def runs_overview(
     elif status:
         query = query.where(SqlRun.status == status)
     if name_contains:
-        query = query.where(SqlRun.name.contains(name_contains, autoescape=True))
+        query = query.where(SqlRun.name.icontains(name_contains, autoescape=True))
     out = []
     with db.session() as s:
         rows = s.execute(query).all()

@@ -196,6 +196,8 @@ def test_runs_overview_statuses_last_loss_and_open_alerts(db):
     assert rows["done"]["duration_s"] == pytest.approx(300)
     assert [r["name"] for r in series.runs_overview(db, now=now, status="stalled")] == ["old"]
     assert [r["name"] for r in series.runs_overview(db, now=now, name_contains="liv")] == ["live"]
+    # in any case, on both backends (PostgreSQL's LIKE minds case, SQLite's does not)
+    assert [r["name"] for r in series.runs_overview(db, now=now, name_contains="LIV")] == ["live"]
     assert [r["id"] for r in series.runs_overview(db, now=now, status="running")] == [live]
     assert old
 
