@@ -88,6 +88,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _named_runs(db: Database, names: tuple[str, ...], project: str | None) -> list:
+    """The runs the command names (ids or names, the newest run of a name), each once, in the
+    order named; a name no run has raises RunNotFound."""
+    return list({run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values())
+
+
 def _display_status(run, now: datetime, stalled_after_s: float) -> str:
     return "stalled" if run.is_stalled(now, stalled_after_s) else run.status
 
@@ -211,9 +217,7 @@ def delete_command(
     now = db.now()
     after_s = configured_after_s()
     if names:
-        chosen = list(
-            {run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values()
-        )
+        chosen = _named_runs(db, names, project)
     else:
         cutoff = now - timedelta(days=older_than_days)
         found = runs.list_runs(db, project=project, limit=1_000_000)
@@ -269,11 +273,10 @@ def end_command(db_url: str | None, names: tuple[str, ...], project: str | None,
     db.ensure_schema()
     now = db.now()
     after_s = configured_after_s()
-    chosen = list({run.id: run for run in (runs.find_run(db, n, project) for n in names)}.values())
+    chosen = _named_runs(db, names, project)
+    statuses = {r.id: _display_status(r, now, after_s) for r in chosen}
     not_stalled = [
-        f"{printable(r.name)} ({_display_status(r, now, after_s)})"
-        for r in chosen
-        if _display_status(r, now, after_s) != "stalled"
+        f"{printable(r.name)} ({statuses[r.id]})" for r in chosen if statuses[r.id] != "stalled"
     ]
     if not_stalled:
         raise UserError(f"not stalled, not ended: {', '.join(not_stalled)}")
@@ -324,9 +327,7 @@ def copy_command(
     source.ensure_schema()
     target = Database(target_url)
     target.ensure_schema()
-    chosen = list(
-        {run.id: run for run in (runs.find_run(source, n, project) for n in names)}.values()
-    )
+    chosen = _named_runs(source, names, project)
     failed = 0
     for run in chosen:
         try:
