@@ -1,10 +1,10 @@
 """Copy an ended run, with its statistics and alerts, into another Tripwire database: a run
 trained against a laptop's SQLite file, brought to the team's PostgreSQL.
 
->>> from storage import Database
+>>> from storage import Database, runs
 >>> from storage.copy import copy_run
 >>> laptop, team = Database("sqlite:///tripwire.db"), Database(os.environ["TRIPWIRE_DB_URL"])  # doctest: +SKIP
->>> copy_run(laptop, team, "gpt-small-lr3e-3")  # doctest: +SKIP
+>>> copy_run(laptop, team, runs.find_run(laptop, "gpt-small-lr3e-3"))  # doctest: +SKIP
 Copied(name='gpt-small-lr3e-3', scalars=4000, layer_rows=1920, alerts=2)
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from storage import alerts as alert_store
 from storage import rollup, runs, stats
@@ -23,9 +24,6 @@ from storage.errors import RunNotFound, StorageError
 
 CHUNK_STEPS = 2000
 """Steps read from the source and written at a time (memory stays bounded on long runs)."""
-
-_ALERT_COLUMNS = [c.name for c in SqlAlert.__table__.columns if c.name not in ("id", "run_id")]
-_SILENCE_COLUMNS = [c.name for c in SqlSilence.__table__.columns if c.name not in ("id", "run_id")]
 
 
 @dataclass(frozen=True)
@@ -105,14 +103,8 @@ def copy_run(
             stats.write_layer_stats(s, run_id, layer_ids, [vars(r) for r in rows], width)
             scalars, layer_rows = scalars + len(points), layer_rows + len(rows)
         with source.session() as src:
-            alerts = [
-                {c: getattr(a, c) for c in _ALERT_COLUMNS} | {"run_id": run_id}
-                for a in src.scalars(select(SqlAlert).where(SqlAlert.run_id == run.id))
-            ]
-            silences = [
-                {c: getattr(x, c) for c in _SILENCE_COLUMNS} | {"run_id": run_id}
-                for x in src.scalars(select(SqlSilence).where(SqlSilence.run_id == run.id))
-            ]
+            alerts = _rows(src, SqlAlert, run.id, run_id)
+            silences = _rows(src, SqlSilence, run.id, run_id)
             cursor = src.get(SqlEvalCursor, run.id)
             cursor_row = cursor and {
                 "run_id": run_id,
@@ -144,6 +136,14 @@ def copy_run(
             )
         )
     return Copied(run.name, scalars, layer_rows, len(alerts))
+
+
+def _rows(src: Session, model, from_run: int, to_run: int) -> list[dict]:
+    """``model``'s rows of run ``from_run`` as rows of run ``to_run`` (their own ids left to the
+    target)."""
+    columns = [c.name for c in model.__table__.columns if c.name not in ("id", "run_id")]
+    found = src.scalars(select(model).where(model.run_id == from_run))
+    return [{c: getattr(row, c) for c in columns} | {"run_id": to_run} for row in found]
 
 
 def _changed(source: Database, run: Run) -> bool:
