@@ -194,12 +194,19 @@ def _client_address() -> str:
     return address if isinstance(address, str) and address else "unknown"
 
 
+def _recent_failures(client: str, now: float) -> list[float]:
+    """``client``'s wrong passwords within the window, the older ones forgotten (the list kept:
+    call with ``_failures_lock`` held)."""
+    recent = [t for t in _failures.get(client, []) if now - t < FAILURE_WINDOW_S]
+    _failures[client] = recent
+    return recent
+
+
 def note_failure(client: str, now: float | None = None) -> None:
     """Count a wrong password from ``client``."""
     now = time.monotonic() if now is None else now
     with _failures_lock:
-        recent = [t for t in _failures.get(client, []) if now - t < FAILURE_WINDOW_S]
-        _failures[client] = [*recent, now]
+        _recent_failures(client, now).append(now)
 
 
 def locked_out_for(client: str, now: float | None = None) -> float:
@@ -213,8 +220,7 @@ def locked_out_for(client: str, now: float | None = None) -> float:
     """
     now = time.monotonic() if now is None else now
     with _failures_lock:
-        recent = [t for t in _failures.get(client, []) if now - t < FAILURE_WINDOW_S]
-        _failures[client] = recent
+        recent = list(_recent_failures(client, now))
     if len(recent) < MAX_FAILURES:
         return 0.0
     return recent[-MAX_FAILURES] + FAILURE_WINDOW_S - now
