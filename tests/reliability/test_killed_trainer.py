@@ -12,7 +12,7 @@ from alerts.config import parse_config
 from alerts.notifiers import WebhookNotifier
 from alerts.service import AlertService
 from storage import Database, RunNotFound, runs, utcnow
-from tests.reliability.helpers import Webhook, start_trainer, wait_for
+from tests.reliability.helpers import Webhook, start_trainer, tiny_model, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_a_stalled_run_ended_by_hand_resolves_its_alert(sqlite_url, tmp_path):
         assert [(e.predictor, e.kind) for e in service.tick() if e.predictor == "stalled"] == [
             ("stalled", "firing")
         ]
-        live = collector.watch(_tiny(), run="alive", db=sqlite_url, spool_dir=tmp_path)
+        live = collector.watch(tiny_model(), run="alive", db=sqlite_url, spool_dir=tmp_path)
         live.flush()
         refused = tripwire("runs", "end", "alive", "--db", sqlite_url)
         assert (
@@ -115,9 +115,3 @@ def test_a_stalled_run_ended_by_hand_resolves_its_alert(sqlite_url, tmp_path):
         trainer.wait(10)
         hook.close()
         db.dispose()
-
-
-def _tiny():
-    from torch import nn
-
-    return nn.Linear(2, 2)
